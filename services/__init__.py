@@ -1,0 +1,1 @@
+"""flowwatch services: one package per service."""

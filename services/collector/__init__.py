@@ -1,0 +1,1 @@
+"""flowwatch collector service."""

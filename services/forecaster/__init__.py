@@ -1,0 +1,1 @@
+"""flowwatch forecaster service."""

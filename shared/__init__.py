@@ -1,0 +1,1 @@
+"""flowwatch shared package: settings, message contract, topics, bus, event time, stores, service base."""

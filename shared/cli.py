@@ -1,0 +1,102 @@
+"""``flowwatch``: the one command line. Runs any service, the whole stack, and the tools.
+
+    flowwatch up [--speed N]             the whole stack on this machine, no Docker
+    flowwatch collector|detector|...     one service
+    flowwatch config check [FILE]        validate a config file, print the effective config
+    flowwatch import FILE.csv            bulk-load historical readings
+    flowwatch health SERVICE             exit 0 if the service's heartbeat is fresh (Docker healthcheck)
+
+Each command lives in its own module with a ``main(argv) -> int``; this file only dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module:function, one-line help). Order is the order shown in --help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("shared.tools.up:main", "run the whole stack on this machine (no Docker), simulated meter by default"),
+    "collector": ("services.collector.__main__:main", "run the collector service (meter -> MQTT)"),
+    "detector": ("services.detector.__main__:main", "run the detector service (store readings, raise anomalies)"),
+    "forecaster": ("services.forecaster.__main__:main", "run the forecaster service (hourly forecast)"),
+    "exporter": ("services.exporter.__main__:main", "run the exporter service (alert.txt / server.txt)"),
+    "trainer": ("services.trainer.__main__:main", "run the trainer service (retrains the models)"),
+    "config": ("shared.tools.config_cmd:main", "config check [FILE]: validate a config file"),
+    "import": ("shared.tools.import_csv:main", "bulk-load historical readings from a CSV file"),
+    "health": ("shared.tools.health:main", "health check of one service (exit 0 when healthy)"),
+    "train": ("services.trainer.cli:main", "train the forecasting models now"),
+    "thresholds": ("services.detector.cli:main", "thresholds recalibrate: recompute anomaly thresholds now"),
+    "plot": ("shared.tools.plot:main", "plot flow, pressure, forecasts, thresholds and anomalies to a PNG"),
+    "simulate": ("shared.tools.simulate:main", "generate leak scenarios with a hydraulic simulator"),
+    "evaluate": ("shared.tools.evaluate:main", "score detection and forecasts on a readings file"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: flowwatch COMMAND [options]   (flowwatch COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {n:<{width}}  {h}" for n, (_, h) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if args else 2
+    if args[0] == "--version":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"flowwatch {version('flowwatch')}")
+        except PackageNotFoundError:
+            print("flowwatch (not installed)")
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"flowwatch: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    target, _ = COMMANDS[name]
+    module_name, func = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (exc.name == module_name or module_name.startswith(exc.name + ".")):
+            print(f"flowwatch: '{name}' is not available in this build ({module_name} missing)", file=sys.stderr)
+            return 2
+        print(
+            f"flowwatch {name}: a dependency is missing ({exc.name}); install the extra: pip install 'flowwatch[all]'",
+            file=sys.stderr,
+        )
+        return 2
+    return int(getattr(module, func)(rest) or 0)
+
+
+def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A parser with the options every command shares (``--config``)."""
+    p = argparse.ArgumentParser(prog=f"flowwatch {prog}", description=description)
+    p.add_argument(
+        "-c", "--config", metavar="FILE", default=None,
+        help="YAML config file (default: $FLOWWATCH_CONFIG, else built-in defaults); FLOWWATCH_* variables override it",
+    )
+    return p
+
+
+def settings_or_exit(path: str | None, **overrides: object):  # -> Settings
+    """Load settings; on error print each problem as a key path and exit 2."""
+    from shared.settings import ConfigFileError, format_errors, load_settings
+
+    try:
+        return load_settings(path, **overrides)
+    except (ConfigFileError, ValueError) as exc:
+        print(f"flowwatch: invalid configuration{f' in {path}' if path else ''}:", file=sys.stderr)
+        for line in format_errors(exc):
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

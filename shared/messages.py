@@ -1,0 +1,232 @@
+"""The message contract: one pydantic model per MQTT payload kind.
+
+Every payload carries ``schema_version``; timestamps are timezone-aware and normalised to UTC;
+unknown fields are refused (``extra="forbid"``) so a typo on the wire is an error, not silence.
+NaN and infinity are refused too: JSON has no NaN, and a missing value is ``null``.
+
+Units: flow rate in m³/h, pressure in bar.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+
+SIGNALS = ("flow_rate", "pressure")
+Signal = Literal["flow_rate", "pressure"]
+
+# A site or meter id is one MQTT topic level: no wildcards, no separators, no spaces.
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+def _to_utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("timestamp must carry a time zone (ISO 8601 with Z or an offset)")
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_to_utc)]
+
+# Quality flags a reading can carry. Out-of-range values are flagged, never silently dropped.
+QualityFlag = Literal[
+    "flow_rate_missing",
+    "pressure_missing",
+    "flow_rate_out_of_range",
+    "pressure_out_of_range",
+    "checksum_failed",
+    "backfilled",
+    "simulated",
+]
+
+
+class Message(BaseModel):
+    """Base of every payload."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class MeterMessage(Message):
+    site: Ident
+    meter: Ident
+
+
+class Reading(MeterMessage):
+    """One reading of the meter, timestamped by the source clock aligned to the interval."""
+
+    ts: UtcDatetime = Field(description="Event time of the reading (UTC).")
+    seq: int = Field(ge=0, description="Sequence number assigned by the collector.")
+    flow_rate: float | None = Field(default=None, description="Flow rate in m³/h; null when missing.")
+    pressure: float | None = Field(default=None, description="Pressure in bar; null when missing.")
+    quality: tuple[QualityFlag, ...] = Field(default=(), description="Quality flags.")
+    source: str = Field(default="unknown", max_length=32, description="serial, modbus, simulator, replay, import.")
+
+    @field_validator("quality")
+    @classmethod
+    def _sorted_unique(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(sorted(set(v)))
+
+
+AnomalyKind = Literal[
+    "invalid",  # NaN / missing / negative flow / out of physical range
+    "flatline",
+    "spike",
+    "gap",
+    "silent",  # meter silent (wall clock)
+    "threshold",
+    "night_flow",  # minimum night flow above baseline: leak suspected
+    "burst",
+    "pressure_loss",
+    "forecast_deviation",
+]
+Severity = Literal["info", "warning", "critical"]
+
+
+class Anomaly(MeterMessage):
+    """An alert event. Identity: (site, meter, kind, signal, start); an update overwrites itself."""
+
+    kind: AnomalyKind
+    signal: Literal["flow_rate", "pressure", "both"]
+    severity: Severity
+    state: Literal["open", "closed"]
+    start: UtcDatetime
+    end: UtcDatetime | None = None
+    ts: UtcDatetime = Field(description="Event time of this update (the reading that caused it).")
+    value: float | None = None
+    threshold: float | None = None
+    message: str = Field(default="", max_length=500)
+
+    @model_validator(mode="after")
+    def _end_consistent(self) -> Anomaly:
+        if self.state == "closed" and self.end is None:
+            raise ValueError("a closed anomaly needs an end")
+        if self.end is not None and self.end < self.start:
+            raise ValueError("end is before start")
+        return self
+
+
+class Forecast(MeterMessage):
+    """A forecast for one signal issued at ``issued_at``: values[i] is for issued_at + (i+1)*step."""
+
+    signal: Signal
+    issued_at: UtcDatetime
+    step_minutes: int = Field(gt=0, le=1440)
+    values: tuple[float, ...] = Field(min_length=1, max_length=7 * 24 * 60)
+    model: str = Field(min_length=1, max_length=64, description="Model version, or 'seasonal-naive'.")
+
+    def targets(self) -> list[datetime]:
+        from datetime import timedelta
+
+        return [self.issued_at + timedelta(minutes=self.step_minutes * (i + 1)) for i in range(len(self.values))]
+
+
+class Band(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    hour: int = Field(ge=0, le=23)
+    daytype: Literal["weekday", "weekend"]
+    lower: float
+    upper: float
+
+
+class Thresholds(MeterMessage):
+    """Anomaly thresholds for one signal, per hour of day and day type. Published retained."""
+
+    signal: Signal
+    computed_at: UtcDatetime
+    method: Literal["static", "learned"]
+    bands: tuple[Band, ...] = Field(max_length=48)
+    sample_days: float = Field(default=0, ge=0)
+
+    def band_for(self, hour: int, weekend: bool) -> Band | None:
+        daytype = "weekend" if weekend else "weekday"
+        for b in self.bands:
+            if b.hour == hour and b.daytype == daytype:
+                return b
+        return None
+
+
+class ModelInfo(MeterMessage):
+    """A trained model version. Published retained when a version is promoted."""
+
+    signal: Signal
+    version: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    created_at: UtcDatetime
+    promoted: bool
+    reason: str = Field(default="", max_length=500)
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class ServiceStatus(Message):
+    """Retained per service; the last will publishes state='offline'."""
+
+    service: Ident
+    state: Literal["online", "offline"]
+    ts: UtcDatetime = Field(description="Wall-clock time of this status.")
+    started_at: UtcDatetime | None = None
+    counters: dict[str, float] = Field(default_factory=dict)
+    last_event: UtcDatetime | None = Field(default=None, description="Event time of the last item handled.")
+    detail: str = Field(default="", max_length=500)
+
+
+class ExportRecord(MeterMessage):
+    """The content of an export file, mirrored on MQTT. ``content`` is the file, byte for byte."""
+
+    file: Literal["alert", "server"]
+    ts: UtcDatetime = Field(description="Event time the file was composed for.")
+    protocol_version: int = Field(ge=1)
+    content: str = Field(max_length=1_000_000)
+
+
+class Command(MeterMessage):
+    """An on-demand request to a service (``flowwatch train``, ``flowwatch thresholds recalibrate``)."""
+
+    action: Literal["train", "recalibrate"]
+    requested_at: UtcDatetime
+    signal: Signal | None = None
+
+
+class DeadLetter(Message):
+    """A payload that could not be handled, with the reason. Never itself validated on receipt."""
+
+    service: str = Field(max_length=64)
+    topic: str = Field(max_length=1024)
+    reason: str = Field(max_length=2000)
+    ts: UtcDatetime
+    payload_hex: str = Field(default="", description="The raw payload (hex), cut at 64 KiB.")
+    payload_truncated: bool = False
+
+
+MAX_DEADLETTER_PAYLOAD = 64 * 1024
+
+
+def dead_letter(service: str, topic: str, reason: str, payload: bytes) -> DeadLetter:
+    cut = payload[:MAX_DEADLETTER_PAYLOAD]
+    return DeadLetter(
+        service=service[:64],
+        topic=topic[:1024],
+        reason=reason[:2000],
+        ts=datetime.now(UTC),
+        payload_hex=cut.hex(),
+        payload_truncated=len(payload) > len(cut),
+    )
+
+
+def finite_or_none(x: Any) -> float | None:
+    """A float, or None for missing / NaN / infinite / non-numeric input."""
+    if x is None:
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None

@@ -1,0 +1,129 @@
+"""Readings CSV files (``timestamp,flow_rate,pressure``): the import / replay / evaluate format.
+
+``timestamp`` is ISO 8601; one with no offset is read in ``naive_tz`` (UTC unless told). An empty
+value is a missing reading (flagged); text that is not a number, NaN, infinity or a bad timestamp
+rejects the row with its line number and reason. Values outside the physical limits are kept and
+flagged, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shared.settings import RangeLimits
+
+REQUIRED = ("timestamp", "flow_rate", "pressure")
+CHUNK_ROWS = 50_000
+
+
+@dataclass
+class Reject:
+    line: int
+    reason: str
+    raw: str
+
+
+@dataclass
+class ParsedChunk:
+    frame: pd.DataFrame  # UTC index 'ts'; seq, flow_rate, pressure, quality, source
+    rejects: list[Reject] = field(default_factory=list)
+    rows: int = 0
+
+
+class CsvFormatError(ValueError):
+    pass
+
+
+def _numbers(col: pd.Series, name: str, lines: np.ndarray, rejects: list[Reject], raw: pd.DataFrame, bad: np.ndarray) -> np.ndarray:
+    text = col.fillna("").str.strip()
+    values = pd.to_numeric(text.where(text != "", None), errors="coerce").to_numpy(dtype="float64")
+    empty = (text == "").to_numpy()
+    nonfinite = ~np.isfinite(values) & ~empty
+    for i in np.flatnonzero(nonfinite & ~bad):
+        rejects.append(Reject(int(lines[i]), f"{name} {text.iloc[i]!r} is not a finite number", ",".join(map(str, raw.iloc[i].tolist()))))
+    bad |= nonfinite
+    return values
+
+
+def parse_chunk(raw: pd.DataFrame, first_line: int, limits: RangeLimits, naive_tz: str = "UTC", source: str = "import") -> ParsedChunk:
+    """Validate one chunk of string columns. ``first_line`` is the file line of the chunk's first row."""
+    n = len(raw)
+    lines = np.arange(first_line, first_line + n)
+    rejects: list[Reject] = []
+    bad = np.zeros(n, dtype=bool)
+    ts_text = raw["timestamp"].fillna("").str.strip()
+    ts = pd.to_datetime(ts_text, format="ISO8601", errors="coerce", utc=False)
+    if getattr(ts.dt, "tz", None) is None:
+        # Mixed or naive: parse per value, localising naive ones.
+        parsed = pd.to_datetime(ts_text, format="ISO8601", errors="coerce", utc=True)
+        naive = ~ts_text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True)
+        if naive.any() and naive_tz != "UTC":
+            local = pd.to_datetime(ts_text[naive], format="ISO8601", errors="coerce").dt.tz_localize(naive_tz, ambiguous="NaT", nonexistent="NaT")
+            parsed[naive] = local.dt.tz_convert("UTC")
+        ts = parsed
+    else:
+        ts = ts.dt.tz_convert("UTC")
+    bad_ts = ts.isna().to_numpy()
+    for i in np.flatnonzero(bad_ts):
+        rejects.append(Reject(int(lines[i]), f"timestamp {ts_text.iloc[i]!r} is not ISO 8601", ",".join(map(str, raw.iloc[i].tolist()))))
+    bad |= bad_ts
+    flow = _numbers(raw["flow_rate"], "flow_rate", lines, rejects, raw, bad)
+    pres = _numbers(raw["pressure"], "pressure", lines, rejects, raw, bad)
+
+    keep = ~bad
+    flow, pres = flow[keep], pres[keep]
+    quality = np.full(keep.sum(), "", dtype=object)
+
+    def flag(mask: np.ndarray, name: str) -> None:
+        quality[mask] = np.where(quality[mask] == "", name, quality[mask] + "," + name)
+
+    flag(np.isnan(flow), "flow_rate_missing")
+    flag(~np.isnan(flow) & ((flow < limits.flow_rate_min) | (flow > limits.flow_rate_max)), "flow_rate_out_of_range")
+    flag(np.isnan(pres), "pressure_missing")
+    flag(~np.isnan(pres) & ((pres < limits.pressure_min) | (pres > limits.pressure_max)), "pressure_out_of_range")
+    frame = pd.DataFrame(
+        {"seq": pd.array(lines[keep], dtype="Int64"), "flow_rate": flow, "pressure": pres, "quality": quality, "source": source},
+        index=pd.DatetimeIndex(ts[keep], name="ts"),
+    )
+    rejects.sort(key=lambda r: r.line)
+    return ParsedChunk(frame, rejects, n)
+
+
+def read_chunks(path: Path, limits: RangeLimits, naive_tz: str = "UTC", chunk_rows: int = CHUNK_ROWS, source: str = "import") -> Iterator[ParsedChunk]:
+    """Parse a readings CSV in chunks. Raises CsvFormatError if the header is wrong."""
+    try:
+        reader = pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=chunk_rows, skipinitialspace=True, on_bad_lines="error")
+    except (OSError, ValueError) as exc:
+        raise CsvFormatError(f"cannot read {path}: {exc}") from exc
+    line = 2  # the header is line 1
+    try:
+        for raw in reader:
+            raw.columns = [c.strip().lower() for c in raw.columns]
+            missing = [c for c in REQUIRED if c not in raw.columns]
+            if missing:
+                raise CsvFormatError(f"{path}: missing column(s) {', '.join(missing)}; the header must be timestamp,flow_rate,pressure")
+            chunk = parse_chunk(raw[list(REQUIRED)], line, limits, naive_tz, source)
+            line += len(raw)
+            yield chunk
+    except pd.errors.ParserError as exc:
+        raise CsvFormatError(f"{path}: {exc}") from exc
+    except pd.errors.EmptyDataError:
+        raise CsvFormatError(f"{path} is empty; expected a header timestamp,flow_rate,pressure") from None
+
+
+def read_all(path: Path, limits: RangeLimits | None = None, naive_tz: str = "UTC", source: str = "replay") -> tuple[pd.DataFrame, list[Reject]]:
+    """The whole file as one frame (sorted by time, later duplicates win) and its rejects."""
+    frames, rejects = [], []
+    for c in read_chunks(path, limits or RangeLimits(), naive_tz, source=source):
+        frames.append(c.frame)
+        rejects.extend(c.rejects)
+    if not frames:
+        return pd.DataFrame(columns=["seq", "flow_rate", "pressure", "quality", "source"]), rejects
+    df = pd.concat(frames)
+    df = df[~df.index.duplicated(keep="last")].sort_index()
+    return df, rejects

@@ -1,0 +1,20 @@
+"""Storage: one ``Store`` interface, two adapters (SQLite, InfluxDB v1 HTTP API)."""
+
+from __future__ import annotations
+
+from shared.settings import Settings
+from shared.store.base import NightFlow, Store, StoreError, StoreUnavailable
+
+
+def open_store(settings: Settings) -> Store:
+    """The store the settings choose (``store.backend``)."""
+    if settings.store.backend == "influxdb":
+        from shared.store.influx import InfluxStore
+
+        return InfluxStore(settings.store.influxdb)
+    from shared.store.sqlite import SqliteStore
+
+    return SqliteStore(settings.path(settings.store.sqlite.path), settings.store.sqlite)
+
+
+__all__ = ["NightFlow", "Store", "StoreError", "StoreUnavailable", "open_store"]

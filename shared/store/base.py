@@ -1,0 +1,198 @@
+"""The ``Store`` interface every service writes through, and the row shapes both adapters share.
+
+Identity of every record (so a redelivered message overwrites itself instead of duplicating):
+
+| what       | identity                                        |
+|------------|-------------------------------------------------|
+| reading    | (site, meter, ts)                               |
+| anomaly    | (site, meter, kind, signal, start)              |
+| forecast   | (site, meter, signal, issued_at, target_time)   |
+| thresholds | (site, meter, signal, computed_at)              |
+| night flow | (site, meter, day)                              |
+
+Timestamps are stored at one-second resolution, UTC. Range reads return pandas frames with a UTC
+``DatetimeIndex``; ``start`` is inclusive and ``end`` exclusive.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+import numpy as np
+import pandas as pd
+
+from shared.messages import Anomaly, Forecast, Reading, Thresholds
+
+
+class StoreError(RuntimeError):
+    """A write or read the store refused (bad data, bad settings). Not retried."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached for longer than the configured retry time."""
+
+
+READING_COLUMNS = ["seq", "flow_rate", "pressure", "quality", "source"]
+ANOMALY_COLUMNS = ["kind", "signal", "severity", "state", "start", "end", "ts", "value", "threshold", "message"]
+FORECAST_COLUMNS = ["signal", "issued_at", "target_time", "value", "model"]
+
+
+@dataclass(frozen=True)
+class NightFlow:
+    """Minimum night flow of one local day (m³/h)."""
+
+    site: str
+    meter: str
+    day: date
+    ts: datetime  # start of the night window, UTC
+    value: float
+
+
+def epoch(ts: datetime) -> int:
+    return int(ts.timestamp())
+
+
+def from_epoch(s: int | float | None) -> datetime | None:
+    if s is None or (isinstance(s, float) and np.isnan(s)):
+        return None
+    return datetime.fromtimestamp(int(s), UTC)
+
+
+def reading_rows(readings: Iterable[Reading]) -> list[tuple]:
+    """(site, meter, ts, seq, flow_rate, pressure, quality, source) tuples."""
+    return [
+        (r.site, r.meter, epoch(r.ts), r.seq, r.flow_rate, r.pressure, ",".join(r.quality), r.source)
+        for r in readings
+    ]
+
+
+def anomaly_row(a: Anomaly) -> tuple:
+    return (
+        a.site, a.meter, a.kind, a.signal, epoch(a.start), a.severity, a.state,
+        epoch(a.end) if a.end else None, epoch(a.ts), a.value, a.threshold, a.message,
+    )
+
+
+def forecast_rows(f: Forecast) -> list[tuple]:
+    issued = epoch(f.issued_at)
+    return [
+        (f.site, f.meter, f.signal, issued, issued + 60 * f.step_minutes * (i + 1), float(v), f.model)
+        for i, v in enumerate(f.values)
+    ]
+
+
+def thresholds_payload(t: Thresholds) -> str:
+    return t.model_dump_json()
+
+
+def thresholds_from_payload(payload: str) -> Thresholds:
+    return Thresholds.model_validate(json.loads(payload))
+
+
+def utc_index(seconds: Sequence[int] | np.ndarray, name: str = "ts") -> pd.DatetimeIndex:
+    return pd.DatetimeIndex(pd.to_datetime(np.asarray(seconds, dtype="int64"), unit="s", utc=True), name=name)
+
+
+def empty_readings() -> pd.DataFrame:
+    df = pd.DataFrame({c: pd.Series(dtype="float64") for c in READING_COLUMNS})
+    df["seq"] = df["seq"].astype("Int64")
+    df["quality"] = df["quality"].astype("object")
+    df["source"] = df["source"].astype("object")
+    df.index = utc_index([])
+    return df
+
+
+def readings_frame(ts: Sequence[int], seq, flow, pressure, quality, source) -> pd.DataFrame:
+    if len(ts) == 0:
+        return empty_readings()
+    df = pd.DataFrame(
+        {
+            "seq": pd.array(seq, dtype="Int64"),
+            "flow_rate": pd.to_numeric(pd.Series(flow, dtype="object"), errors="coerce").astype("float64").to_numpy(),
+            "pressure": pd.to_numeric(pd.Series(pressure, dtype="object"), errors="coerce").astype("float64").to_numpy(),
+            "quality": [q or "" for q in quality],
+            "source": [s or "" for s in source],
+        },
+        index=utc_index(ts),
+    )
+    return df.sort_index()
+
+
+def to_reading_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """Normalise an import frame: UTC ``ts`` index, float flow_rate / pressure, seq, quality, source."""
+    out = pd.DataFrame(index=df.index)
+    out["seq"] = df["seq"].astype("Int64") if "seq" in df else pd.array(np.arange(len(df)), dtype="Int64")
+    out["flow_rate"] = df["flow_rate"].astype("float64")
+    out["pressure"] = df["pressure"].astype("float64")
+    out["quality"] = df["quality"] if "quality" in df else ""
+    out["source"] = df["source"] if "source" in df else "import"
+    return out
+
+
+class Store(abc.ABC):
+    """Where readings, anomalies, forecasts, thresholds and night-flow figures live."""
+
+    name: str = "store"
+
+    # --- writes (idempotent; a write that returns is durable: the acknowledgement point) ---
+    @abc.abstractmethod
+    def write_readings(self, readings: Sequence[Reading]) -> int: ...
+
+    @abc.abstractmethod
+    def write_reading_frame(self, site: str, meter: str, frame: pd.DataFrame) -> int:
+        """Bulk write: ``frame`` has a UTC DatetimeIndex and flow_rate, pressure[, seq, quality, source]."""
+
+    @abc.abstractmethod
+    def write_anomalies(self, anomalies: Sequence[Anomaly]) -> int: ...
+
+    @abc.abstractmethod
+    def write_forecast(self, forecast: Forecast) -> int: ...
+
+    @abc.abstractmethod
+    def write_thresholds(self, thresholds: Thresholds) -> None: ...
+
+    @abc.abstractmethod
+    def write_night_flow(self, items: Sequence[NightFlow]) -> int: ...
+
+    # --- reads ---
+    @abc.abstractmethod
+    def read_readings(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame: ...
+
+    @abc.abstractmethod
+    def read_anomalies(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame:
+        """Anomalies whose start is in [start, end); columns ANOMALY_COLUMNS (times as UTC datetimes)."""
+
+    @abc.abstractmethod
+    def read_forecasts(self, site: str, meter: str, start: datetime, end: datetime, signal: str | None = None) -> pd.DataFrame:
+        """Forecast points whose target_time is in [start, end); columns FORECAST_COLUMNS."""
+
+    @abc.abstractmethod
+    def latest_thresholds(self, site: str, meter: str, signal: str) -> Thresholds | None: ...
+
+    @abc.abstractmethod
+    def read_night_flow(self, site: str, meter: str, start: date, end: date) -> list[NightFlow]: ...
+
+    @abc.abstractmethod
+    def last_reading_time(self, site: str, meter: str) -> datetime | None: ...
+
+    @abc.abstractmethod
+    def meters(self) -> list[tuple[str, str]]:
+        """Every (site, meter) with readings."""
+
+    # --- housekeeping ---
+    @abc.abstractmethod
+    def purge(self, before: datetime) -> None:
+        """Remove everything older than ``before`` (retention)."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        pass
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,286 @@
+"""SQLite adapter: the embedded default (no server to run, as seed 000 chose).
+
+WAL journal (readers never block the writer), ``synchronous=NORMAL`` (a committed write survives a
+crash or kill -9 of any process; choose ``FULL`` for power-loss durability), ``busy_timeout``, and
+upserts on each record's identity. A writer that finds the database locked by someone else (a DB
+browser left open with an uncommitted edit, seed 001's "database is locked") waits and retries for
+``store.sqlite.lock_retry_s`` seconds instead of crashing.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import date, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import pandas as pd
+
+from shared.messages import Anomaly, Forecast, Reading, Thresholds
+from shared.settings import SqliteSettings
+from shared.store.base import (
+    ANOMALY_COLUMNS,
+    FORECAST_COLUMNS,
+    NightFlow,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    anomaly_row,
+    epoch,
+    forecast_rows,
+    from_epoch,
+    reading_rows,
+    readings_frame,
+    thresholds_from_payload,
+    thresholds_payload,
+    to_reading_frame,
+)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    site TEXT NOT NULL, meter TEXT NOT NULL, ts INTEGER NOT NULL,
+    seq INTEGER, flow_rate REAL, pressure REAL, quality TEXT NOT NULL DEFAULT '', source TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (site, meter, ts)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS anomalies (
+    site TEXT NOT NULL, meter TEXT NOT NULL, kind TEXT NOT NULL, signal TEXT NOT NULL, start INTEGER NOT NULL,
+    severity TEXT NOT NULL, state TEXT NOT NULL, "end" INTEGER, ts INTEGER NOT NULL,
+    value REAL, threshold REAL, message TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (site, meter, kind, signal, start)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS forecasts (
+    site TEXT NOT NULL, meter TEXT NOT NULL, signal TEXT NOT NULL, issued_at INTEGER NOT NULL,
+    target_time INTEGER NOT NULL, value REAL NOT NULL, model TEXT NOT NULL,
+    PRIMARY KEY (site, meter, signal, issued_at, target_time)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS forecasts_target ON forecasts (site, meter, target_time);
+CREATE TABLE IF NOT EXISTS thresholds (
+    site TEXT NOT NULL, meter TEXT NOT NULL, signal TEXT NOT NULL, computed_at INTEGER NOT NULL,
+    method TEXT NOT NULL, payload TEXT NOT NULL,
+    PRIMARY KEY (site, meter, signal, computed_at)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS night_flow (
+    site TEXT NOT NULL, meter TEXT NOT NULL, day TEXT NOT NULL, ts INTEGER NOT NULL, value REAL NOT NULL,
+    PRIMARY KEY (site, meter, day)
+) WITHOUT ROWID;
+"""
+
+_INSERT_READING = (
+    "INSERT OR REPLACE INTO readings (site, meter, ts, seq, flow_rate, pressure, quality, source) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+class SqliteStore(Store):
+    name = "sqlite"
+
+    def __init__(self, path: Path | str, settings: SqliteSettings | None = None, *, synchronous: str = "NORMAL") -> None:
+        self.settings = settings or SqliteSettings()
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(
+                self.path, timeout=self.settings.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite database {self.path}: {exc} (check store.sqlite.path and data_dir)") from exc
+        self._retry(lambda: self._db.execute("PRAGMA journal_mode=WAL"), "enable WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.execute(f"PRAGMA busy_timeout={int(self.settings.busy_timeout_ms)}")
+        self._retry(lambda: self._db.executescript(SCHEMA), "create schema")
+
+    # --- plumbing -----------------------------------------------------------------------------
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
+        """Run ``fn``; while the database is locked by someone else, wait and retry."""
+        deadline = time.monotonic() + self.settings.lock_retry_s
+        delay, warned = 0.05, False
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _is_lock_error(exc):
+                    raise StoreError(f"SQLite {what} failed on {self.path}: {exc}") from exc
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable(
+                        f"SQLite database {self.path} stayed locked for {self.settings.lock_retry_s:.0f}s during {what}; "
+                        "close any other program writing to it (a DB browser with unsaved changes?)"
+                    ) from exc
+                if not warned:
+                    logger.warning(
+                        "SQLite database %s is locked by another process (%s); waiting and retrying "
+                        "(close DB browsers with unsaved changes)", self.path, what,
+                    )
+                    warned = True
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _write(self, sql: str, rows: Sequence[tuple], what: str) -> int:
+        if not rows:
+            return 0
+
+        def txn() -> int:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany(sql, rows)
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+                return len(rows)
+
+        return self._retry(txn, what)
+
+    def _query(self, sql: str, params: Sequence) -> list[tuple]:
+        def q() -> list[tuple]:
+            with self._lock:
+                return self._db.execute(sql, params).fetchall()
+
+        return self._retry(q, "read")
+
+    # --- writes ---------------------------------------------------------------------------------
+    def write_readings(self, readings: Sequence[Reading]) -> int:
+        return self._write(_INSERT_READING, reading_rows(readings), "write readings")
+
+    def write_reading_frame(self, site: str, meter: str, frame: pd.DataFrame) -> int:
+        f = to_reading_frame(frame)
+        n = len(f)
+        ts = f.index.as_unit("s").asi8 if isinstance(f.index, pd.DatetimeIndex) else np.asarray(f.index)
+        flow = f["flow_rate"].to_numpy()
+        pres = f["pressure"].to_numpy()
+        flow_l = [None if x != x else x for x in flow.tolist()]
+        pres_l = [None if x != x else x for x in pres.tolist()]
+        seq = [None if pd.isna(s) else int(s) for s in f["seq"].tolist()]
+        rows = list(zip([site] * n, [meter] * n, ts.tolist(), seq, flow_l, pres_l, f["quality"].tolist(), f["source"].tolist(), strict=True))
+        return self._write(_INSERT_READING, rows, "import readings")
+
+    def write_anomalies(self, anomalies: Sequence[Anomaly]) -> int:
+        return self._write(
+            'INSERT OR REPLACE INTO anomalies (site, meter, kind, signal, start, severity, state, "end", ts, value, threshold, message) '
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [anomaly_row(a) for a in anomalies],
+            "write anomalies",
+        )
+
+    def write_forecast(self, forecast: Forecast) -> int:
+        return self._write(
+            "INSERT OR REPLACE INTO forecasts (site, meter, signal, issued_at, target_time, value, model) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            forecast_rows(forecast),
+            "write forecast",
+        )
+
+    def write_thresholds(self, thresholds: Thresholds) -> None:
+        t = thresholds
+        self._write(
+            "INSERT OR REPLACE INTO thresholds (site, meter, signal, computed_at, method, payload) VALUES (?, ?, ?, ?, ?, ?)",
+            [(t.site, t.meter, t.signal, epoch(t.computed_at), t.method, thresholds_payload(t))],
+            "write thresholds",
+        )
+
+    def write_night_flow(self, items: Sequence[NightFlow]) -> int:
+        return self._write(
+            "INSERT OR REPLACE INTO night_flow (site, meter, day, ts, value) VALUES (?, ?, ?, ?, ?)",
+            [(n.site, n.meter, n.day.isoformat(), epoch(n.ts), n.value) for n in items],
+            "write night flow",
+        )
+
+    # --- reads ----------------------------------------------------------------------------------
+    def read_readings(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame:
+        rows = self._query(
+            "SELECT ts, seq, flow_rate, pressure, quality, source FROM readings "
+            "WHERE site = ? AND meter = ? AND ts >= ? AND ts < ? ORDER BY ts",
+            (site, meter, epoch(start), epoch(end)),
+        )
+        if not rows:
+            return readings_frame([], [], [], [], [], [])
+        ts, seq, flow, pres, qual, src = zip(*rows, strict=True)
+        return readings_frame(ts, seq, flow, pres, qual, src)
+
+    def read_anomalies(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame:
+        rows = self._query(
+            'SELECT kind, signal, severity, state, start, "end", ts, value, threshold, message FROM anomalies '
+            "WHERE site = ? AND meter = ? AND start >= ? AND start < ? ORDER BY start, kind, signal",
+            (site, meter, epoch(start), epoch(end)),
+        )
+        df = pd.DataFrame(rows, columns=ANOMALY_COLUMNS)
+        for c in ("start", "end", "ts"):
+            df[c] = pd.to_datetime(df[c], unit="s", utc=True)
+        return df
+
+    def read_forecasts(self, site: str, meter: str, start: datetime, end: datetime, signal: str | None = None) -> pd.DataFrame:
+        sql = (
+            "SELECT signal, issued_at, target_time, value, model FROM forecasts "
+            "WHERE site = ? AND meter = ? AND target_time >= ? AND target_time < ?"
+        )
+        params: list = [site, meter, epoch(start), epoch(end)]
+        if signal:
+            sql += " AND signal = ?"
+            params.append(signal)
+        rows = self._query(sql + " ORDER BY issued_at, signal, target_time", params)
+        df = pd.DataFrame(rows, columns=FORECAST_COLUMNS)
+        for c in ("issued_at", "target_time"):
+            df[c] = pd.to_datetime(df[c], unit="s", utc=True)
+        return df
+
+    def latest_thresholds(self, site: str, meter: str, signal: str) -> Thresholds | None:
+        rows = self._query(
+            "SELECT payload FROM thresholds WHERE site = ? AND meter = ? AND signal = ? ORDER BY computed_at DESC LIMIT 1",
+            (site, meter, signal),
+        )
+        return thresholds_from_payload(rows[0][0]) if rows else None
+
+    def read_night_flow(self, site: str, meter: str, start: date, end: date) -> list[NightFlow]:
+        rows = self._query(
+            "SELECT day, ts, value FROM night_flow WHERE site = ? AND meter = ? AND day >= ? AND day < ? ORDER BY day",
+            (site, meter, start.isoformat(), end.isoformat()),
+        )
+        return [NightFlow(site, meter, date.fromisoformat(d), from_epoch(ts), v) for d, ts, v in rows]
+
+    def last_reading_time(self, site: str, meter: str) -> datetime | None:
+        rows = self._query("SELECT MAX(ts) FROM readings WHERE site = ? AND meter = ?", (site, meter))
+        return from_epoch(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def meters(self) -> list[tuple[str, str]]:
+        return [tuple(r) for r in self._query("SELECT DISTINCT site, meter FROM readings ORDER BY site, meter", ())]
+
+    def purge(self, before: datetime) -> None:
+        cut = epoch(before)
+
+        def txn() -> None:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                for sql in (
+                    "DELETE FROM readings WHERE ts < ?",
+                    "DELETE FROM anomalies WHERE start < ?",
+                    "DELETE FROM forecasts WHERE target_time < ?",
+                    "DELETE FROM night_flow WHERE ts < ?",
+                ):
+                    self._db.execute(sql, (cut,))
+                # keep the newest thresholds per signal even when old
+                self._db.execute(
+                    "DELETE FROM thresholds WHERE computed_at < ? AND computed_at < "
+                    "(SELECT MAX(computed_at) FROM thresholds t2 WHERE t2.site = thresholds.site "
+                    "AND t2.meter = thresholds.meter AND t2.signal = thresholds.signal)",
+                    (cut,),
+                )
+                self._db.execute("COMMIT")
+
+        self._retry(txn, "purge")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,1 @@
+"""Command-line tools of flowwatch (one module per command)."""

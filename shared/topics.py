@@ -1,0 +1,126 @@
+"""Every MQTT topic string of flowwatch is built here, and nowhere else.
+
+Layout (``{prefix}`` defaults to ``flowwatch/v1``)::
+
+    {prefix}/{site}/{meter}/reading
+    {prefix}/{site}/{meter}/anomaly
+    {prefix}/{site}/{meter}/forecast
+    {prefix}/{site}/{meter}/thresholds        (retained)
+    {prefix}/{site}/{meter}/model             (retained)
+    {prefix}/{site}/{meter}/command
+    {prefix}/{site}/{meter}/export/alert      (retained)
+    {prefix}/{site}/{meter}/export/server     (retained)
+    {prefix}/service/{name}/status            (retained, last will "offline")
+    {prefix}/deadletter/{service}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "flowwatch/v1"
+
+METER_KINDS = (
+    "reading",
+    "anomaly",
+    "forecast",
+    "thresholds",
+    "model",
+    "command",
+    "export/alert",
+    "export/server",
+)
+RETAINED_KINDS = frozenset({"thresholds", "model", "export/alert", "export/server"})
+
+_LEVEL = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class TopicError(ValueError):
+    pass
+
+
+def _level(name: str, value: str) -> str:
+    if not isinstance(value, str) or not _LEVEL.match(value):
+        raise TopicError(
+            f"{name}={value!r} is not a valid topic level: use letters, digits, '_', '.', '-' "
+            "(no '/', '+', '#' or spaces)"
+        )
+    return value
+
+
+def check_publish_topic(topic: str) -> str:
+    """Refuse wildcards and empty levels in a topic we publish to."""
+    if not topic or "+" in topic or "#" in topic or "\x00" in topic:
+        raise TopicError(f"cannot publish to {topic!r}: wildcards and NUL are not allowed in publish topics")
+    if any(part == "" for part in topic.split("/")):
+        raise TopicError(f"cannot publish to {topic!r}: empty topic level")
+    return topic
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic builder bound to a prefix (``flowwatch/v1`` unless configured)."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        for part in self.prefix.split("/"):
+            _level("topic prefix", part)
+
+    def meter(self, site: str, meter: str, kind: str) -> str:
+        if kind not in METER_KINDS:
+            raise TopicError(f"unknown topic kind {kind!r}; known: {', '.join(METER_KINDS)}")
+        return f"{self.prefix}/{_level('site', site)}/{_level('meter', meter)}/{kind}"
+
+    def reading(self, site: str, meter: str) -> str:
+        return self.meter(site, meter, "reading")
+
+    def anomaly(self, site: str, meter: str) -> str:
+        return self.meter(site, meter, "anomaly")
+
+    def forecast(self, site: str, meter: str) -> str:
+        return self.meter(site, meter, "forecast")
+
+    def thresholds(self, site: str, meter: str) -> str:
+        return self.meter(site, meter, "thresholds")
+
+    def model(self, site: str, meter: str) -> str:
+        return self.meter(site, meter, "model")
+
+    def command(self, site: str, meter: str) -> str:
+        return self.meter(site, meter, "command")
+
+    def export(self, site: str, meter: str, file: str) -> str:
+        return self.meter(site, meter, f"export/{file}")
+
+    def status(self, service: str) -> str:
+        return f"{self.prefix}/service/{_level('service', service)}/status"
+
+    def deadletter(self, service: str) -> str:
+        return f"{self.prefix}/deadletter/{_level('service', service)}"
+
+    # --- subscription filters (wildcards allowed here only) ---
+    def all_meters(self, kind: str) -> str:
+        """Filter for one kind across every site and meter, e.g. ``flowwatch/v1/+/+/reading``."""
+        if kind not in METER_KINDS:
+            raise TopicError(f"unknown topic kind {kind!r}")
+        return f"{self.prefix}/+/+/{kind}"
+
+    def all_status(self) -> str:
+        return f"{self.prefix}/service/+/status"
+
+    def all_deadletter(self) -> str:
+        return f"{self.prefix}/deadletter/#"
+
+    def parse_meter(self, topic: str) -> tuple[str, str, str] | None:
+        """``(site, meter, kind)`` of a meter topic, or None if it is not one."""
+        if not topic.startswith(self.prefix + "/"):
+            return None
+        rest = topic[len(self.prefix) + 1 :].split("/")
+        if len(rest) < 3 or rest[0] in ("service", "deadletter"):
+            return None
+        kind = "/".join(rest[2:])
+        if kind not in METER_KINDS:
+            return None
+        return rest[0], rest[1], kind

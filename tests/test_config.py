@@ -1,0 +1,77 @@
+"""`flowwatch config check` on valid, typo'd and wrongly typed files (through the real CLI)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.settings import Settings, load_settings
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+def test_valid_file_prints_effective_config(tmp_path):
+    f = tmp_path / "fw.yaml"
+    f.write_text("site: plant-a\nmqtt:\n  host: broker\n  password: s3cr3t-v4lue-xyz\nstore:\n  backend: sqlite\n")
+    r = run_cli("config", "check", str(f))
+    assert r.returncode == 0, r.stderr
+    assert "site: plant-a" in r.stdout and "host: broker" in r.stdout
+    assert "s3cr3t" not in r.stdout and "'**********'" in r.stdout
+
+
+def test_typo_key_reports_path(tmp_path):
+    f = tmp_path / "fw.yaml"
+    f.write_text("mqtt:\n  hots: broker\n")
+    r = run_cli("config", "check", str(f))
+    assert r.returncode == 2
+    assert "mqtt.hots: unknown key" in r.stderr
+
+
+def test_wrong_type_reports_path(tmp_path):
+    f = tmp_path / "fw.yaml"
+    f.write_text("mqtt:\n  port: lots\ncollector:\n  interval_s: 0\n")
+    r = run_cli("config", "check", str(f))
+    assert r.returncode == 2
+    assert "mqtt.port:" in r.stderr and "collector.interval_s:" in r.stderr
+
+
+def test_not_yaml_mapping(tmp_path):
+    f = tmp_path / "fw.yaml"
+    f.write_text("- just\n- a list\n")
+    r = run_cli("config", "check", str(f))
+    assert r.returncode == 2 and "mapping" in r.stderr
+
+
+def test_env_overrides_file(tmp_path, monkeypatch):
+    f = tmp_path / "fw.yaml"
+    f.write_text("mqtt:\n  host: from-file\n  port: 1000\n")
+    monkeypatch.setenv("FLOWWATCH_MQTT__PORT", "2000")
+    s = load_settings(f)
+    assert (s.mqtt.host, s.mqtt.port) == ("from-file", 2000)
+
+
+def test_placeholder_secret_refused():
+    with pytest.raises(ValueError, match="placeholder"):
+        Settings(mqtt={"password": "changeme"})
+
+
+def test_bad_timezone():
+    with pytest.raises(ValueError, match="time zone"):
+        Settings(timezone="Mars/Olympus")
+
+
+def test_every_field_documented():
+    from pydantic import BaseModel
+
+    def walk(model: type[BaseModel], path: str):
+        for name, field in model.model_fields.items():
+            assert field.description, f"{path}{name} has no description"
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{path}{name}.")
+
+    walk(Settings, "")

@@ -1,0 +1,68 @@
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from shared.eventtime import BoundaryClock, crossed, floor
+
+SEOUL = ZoneInfo("Asia/Seoul")
+
+
+def kst(*a):
+    return datetime(*a, tzinfo=SEOUL).astimezone(UTC)
+
+
+@pytest.mark.parametrize("prev,cur,period,expected", [
+    (kst(2026, 1, 1, 9, 59), kst(2026, 1, 1, 10, 0), "hour", kst(2026, 1, 1, 10, 0)),
+    (kst(2026, 1, 1, 10, 0), kst(2026, 1, 1, 10, 1), "hour", None),
+    (kst(2026, 1, 1, 10, 9), kst(2026, 1, 1, 10, 10), "10min", kst(2026, 1, 1, 10, 10)),
+    (kst(2026, 1, 1, 10, 10), kst(2026, 1, 1, 10, 19), "10min", None),
+    (kst(2026, 1, 31, 23, 59), kst(2026, 2, 1, 0, 0), "day", kst(2026, 2, 1)),
+    (kst(2026, 1, 31, 23, 59), kst(2026, 2, 1, 0, 0), "month", kst(2026, 2, 1)),
+    (kst(2026, 1, 31, 23, 59), kst(2026, 2, 1, 0, 0), "quarter", None),
+    (kst(2026, 3, 31, 23, 59), kst(2026, 4, 1, 0, 0), "quarter", kst(2026, 4, 1)),
+    (kst(2025, 12, 31, 23, 59), kst(2026, 1, 1, 0, 0), "year", kst(2026, 1, 1)),
+    (kst(2025, 12, 31, 23, 59), kst(2026, 1, 1, 0, 0), "quarter", kst(2026, 1, 1)),
+    (kst(2028, 2, 28, 23, 59), kst(2028, 2, 29, 0, 0), "day", kst(2028, 2, 29)),  # leap day
+    (kst(2028, 2, 29, 23, 59), kst(2028, 3, 1, 0, 0), "day", kst(2028, 3, 1)),
+    (kst(2028, 2, 29, 23, 59), kst(2028, 3, 1, 0, 0), "month", kst(2028, 3, 1)),
+    (kst(2026, 1, 1, 9, 0, 30), kst(2026, 1, 1, 9, 1, 0), "minute", kst(2026, 1, 1, 9, 1)),
+    (None, kst(2026, 1, 1, 10, 0), "hour", None),
+    (kst(2026, 1, 1, 10, 5), kst(2026, 1, 1, 10, 0), "hour", None),  # out of order
+    (kst(2026, 1, 1, 7, 0), kst(2026, 1, 1, 10, 30), "hour", kst(2026, 1, 1, 10, 0)),  # gap: the latest
+])
+def test_crossed(prev, cur, period, expected):
+    assert crossed(prev, cur, period, SEOUL) == expected
+
+
+def test_day_is_local_not_utc():
+    # 15:00 UTC is 00:00 in Seoul: the local day turns there, not at UTC midnight.
+    assert crossed(datetime(2026, 5, 4, 14, 59, tzinfo=UTC), datetime(2026, 5, 4, 15, 0, tzinfo=UTC), "day", SEOUL)
+    assert crossed(datetime(2026, 5, 4, 23, 59, tzinfo=UTC), datetime(2026, 5, 5, 0, 0, tzinfo=UTC), "day", SEOUL) is None
+
+
+def test_dst_zone_day_boundary():
+    berlin = ZoneInfo("Europe/Berlin")
+    # 2026-03-29 is the spring-forward day in Berlin: midnight is still 23:00 UTC the day before.
+    assert floor(datetime(2026, 3, 29, 12, tzinfo=UTC), "day", berlin) == datetime(2026, 3, 28, 23, tzinfo=UTC)
+    assert floor(datetime(2026, 3, 30, 12, tzinfo=UTC), "day", berlin) == datetime(2026, 3, 29, 22, tzinfo=UTC)
+
+
+def test_week_starts_monday():
+    assert floor(kst(2026, 11, 22, 12), "week", SEOUL) == kst(2026, 11, 16)  # a Sunday -> Monday before
+
+
+def test_clock_per_key():
+    c = BoundaryClock(SEOUL)
+    t0 = kst(2026, 1, 1, 9, 59)
+    assert c.advance(t0, ["hour"], key="a") == {}
+    assert c.advance(t0 + timedelta(minutes=1), ["hour", "10min", "day"], key="a") == {
+        "hour": kst(2026, 1, 1, 10), "10min": kst(2026, 1, 1, 10)}
+    assert c.advance(t0 + timedelta(minutes=1), ["hour"], key="b") == {}  # new key: nothing crossed
+    assert c.advance(t0, ["hour"], key="a") == {}  # late reading crosses nothing, keeps last
+    assert c.last("a") == t0 + timedelta(minutes=1)
+
+
+def test_naive_refused():
+    with pytest.raises(ValueError):
+        floor(datetime(2026, 1, 1), "hour", SEOUL)
