@@ -1,0 +1,90 @@
+"""The alert state machine every rule shares: minimum duration to open, a clear time to close.
+
+A condition is evaluated per reading (event time). An alert *opens* once its condition has held for
+``min_s`` seconds of event time (counting each reading as covering one interval, so with 1-minute
+readings and a 3-minute minimum it opens on the third reading in a row), and *closes* once the
+condition has been clear for ``clear_s``. Value hysteresis (a band that must be re-entered by a
+margin) is the rule's business: it passes the condition it computed with the open/closed state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Transition:
+    state: str  # "open" | "closed"
+    start: float  # epoch seconds
+    end: float | None
+    ts: float
+    value: float | None
+    threshold: float | None
+    message: str
+
+
+class Alert:
+    """One (kind, signal) alert slot of one meter."""
+
+    __slots__ = (
+        "kind", "signal", "severity", "min_s", "clear_s", "step_s",
+        "is_open", "start", "first_true", "first_false", "value", "threshold", "message", "_peak_dev",
+    )
+
+    def __init__(self, kind: str, signal: str, severity: str, min_s: float, clear_s: float, step_s: float) -> None:
+        self.kind, self.signal, self.severity = kind, signal, severity
+        self.min_s, self.clear_s, self.step_s = min_s, clear_s, step_s
+        self.is_open = False
+        self.start = 0.0
+        self.first_true: float | None = None
+        self.first_false: float | None = None
+        self.value: float | None = None
+        self.threshold: float | None = None
+        self.message = ""
+        self._peak_dev = -1.0
+
+    def seed_open(self, start: float, value: float | None, threshold: float | None, message: str) -> None:
+        """Continue an alert that was open before a restart (from the store)."""
+        self.is_open, self.start, self.first_true, self.first_false = True, start, start, None
+        self.value, self.threshold, self.message = value, threshold, message
+        self._peak_dev = abs(value - threshold) if value is not None and threshold is not None else -1.0
+
+    def update(
+        self, t: float, active: bool, value: float | None = None, threshold: float | None = None, message: str = ""
+    ) -> Transition | None:
+        if active:
+            self.first_false = None
+            if self.is_open:
+                if value is not None:  # remember the worst value seen while open
+                    dev = abs(value - threshold) if threshold is not None else 0.0
+                    if dev >= self._peak_dev:
+                        self._peak_dev, self.value, self.threshold = dev, value, threshold
+                        if message:
+                            self.message = message
+                return None
+            if self.first_true is None:
+                self.first_true = t
+            if t - self.first_true + self.step_s >= self.min_s:
+                self.is_open, self.start = True, self.first_true
+                self.value, self.threshold, self.message = value, threshold, message
+                self._peak_dev = abs(value - threshold) if value is not None and threshold is not None else -1.0
+                return Transition("open", self.start, None, t, value, threshold, message)
+            return None
+        self.first_true = None
+        if not self.is_open:
+            return None
+        if self.first_false is None:
+            self.first_false = t
+        if t - self.first_false + self.step_s >= self.clear_s:
+            end = self.first_false
+            self.is_open, self.first_false = False, None
+            return Transition("closed", self.start, max(end, self.start), t, self.value, self.threshold, self.message)
+        return None
+
+    def force_close(self, t: float) -> Transition | None:
+        """Close now (the condition is known to be over, e.g. a silent meter that spoke again)."""
+        self.first_true = None
+        if not self.is_open:
+            return None
+        self.is_open, self.first_false = False, None
+        return Transition("closed", self.start, max(t, self.start), t, self.value, self.threshold, self.message)

@@ -1,0 +1,90 @@
+"""Learned threshold bands: per signal, per local hour of day and day type (weekday / weekend).
+
+Each band is the [low, high] robust quantiles of the recent readings in that hour and day type,
+widened on both sides by a margin (a share of the quantile spread, at least a per-signal floor).
+Before ``threshold_min_days`` of data exist, the configured static limits apply (method "static").
+Pure functions: the readings frame comes from the caller (the store, or a file for evaluate).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+
+from shared.messages import SIGNALS, Band, Thresholds
+from shared.settings import DetectorSettings
+
+MIN_BAND_SAMPLES = 30  # fewer readings than this in one hour/day-type cell: that band stays static
+
+
+def static_thresholds(site: str, meter: str, signal: str, cfg: DetectorSettings, at: datetime, sample_days: float = 0.0) -> Thresholds:
+    lo, hi = cfg.static_limits.get(signal, (float("-inf"), float("inf")))
+    bands = tuple(Band(hour=h, daytype=d, lower=lo, upper=hi) for h in range(24) for d in ("weekday", "weekend"))
+    return Thresholds(site=site, meter=meter, signal=signal, computed_at=at, method="static", bands=bands,
+                      sample_days=round(sample_days, 3))
+
+
+def learn_thresholds(
+    site: str, meter: str, frame: pd.DataFrame, at: datetime, cfg: DetectorSettings, tz: ZoneInfo, interval_s: float
+) -> list[Thresholds]:
+    """Bands for both signals from ``frame`` (UTC DatetimeIndex; flow_rate, pressure columns)."""
+    out = []
+    if len(frame):
+        local = frame.index.tz_convert(tz)
+        cell = np.asarray(local.hour) * 2 + (np.asarray(local.weekday) >= 5)
+    else:
+        cell = np.zeros(0, dtype=int)
+    q_lo, q_hi = cfg.threshold_quantiles
+    for sig in SIGNALS:
+        values = frame[sig].to_numpy(dtype="float64") if len(frame) else np.zeros(0)
+        ok = np.isfinite(values)
+        sample_days = float(ok.sum()) * interval_s / 86400.0
+        static = static_thresholds(site, meter, sig, cfg, at, sample_days)
+        if sample_days < cfg.threshold_min_days:
+            out.append(static)
+            continue
+        v, c = values[ok], cell[ok]
+        floor = cfg.threshold_min_spread.get(sig, 0.0)
+        bands = []
+        for b in static.bands:
+            idx = b.hour * 2 + (b.daytype == "weekend")
+            sel = v[c == idx]
+            if len(sel) < MIN_BAND_SAMPLES:
+                bands.append(b)
+                continue
+            lo, hi = np.quantile(sel, [q_lo, q_hi])
+            margin = max((hi - lo) * cfg.threshold_margin_pct / 100.0, floor)
+            bands.append(Band(hour=b.hour, daytype=b.daytype, lower=round(float(lo - margin), 6), upper=round(float(hi + margin), 6)))
+        out.append(Thresholds(site=site, meter=meter, signal=sig, computed_at=at, method="learned", bands=tuple(bands),
+                              sample_days=round(sample_days, 3)))
+    return out
+
+
+class BandTable:
+    """Fast lookup of a Thresholds message: index = hour * 2 + weekend."""
+
+    __slots__ = ("lower", "upper", "method", "sample_days", "computed_at")
+
+    def __init__(self, th: Thresholds) -> None:
+        self.lower = [float("-inf")] * 48
+        self.upper = [float("inf")] * 48
+        for b in th.bands:
+            i = b.hour * 2 + (b.daytype == "weekend")
+            self.lower[i], self.upper[i] = b.lower, b.upper
+        self.method = th.method
+        self.sample_days = th.sample_days
+        self.computed_at = th.computed_at
+
+
+def format_bands(th: Thresholds) -> str:
+    """A table of the bands for the CLI."""
+    lines = [f"{th.site}/{th.meter} {th.signal}: {th.method} ({th.sample_days:.1f} days of data, computed {th.computed_at.isoformat()})",
+             "  hour   weekday lower..upper        weekend lower..upper"]
+    for h in range(24):
+        wd, we = th.band_for(h, False), th.band_for(h, True)
+        fmt = lambda b: f"{b.lower:>10.3f}..{b.upper:<10.3f}" if b else f"{'-':>22}"  # noqa: E731
+        lines.append(f"  {h:02d}   {fmt(wd)}   {fmt(we)}")
+    return "\n".join(lines)
