@@ -249,7 +249,7 @@ class DetectionEngine:
                 self._due[(site, meter)] = floor(_dt(t), self.cfg.recalibrate_period, self.tz).timestamp()
                 m.next_recal = next_boundary(t, self.cfg.recalibrate_period, self.tz)
             if t >= m.next_day:
-                if any(b.method == "static" for b in m.bands.values()) and (site, meter) not in self._due:
+                if any(b.method == "static" for b in m.bands.values()):
                     self._due[(site, meter)] = floor(_dt(t), "day", self.tz).timestamp()
                 m.next_day = next_boundary(t, "day", self.tz)
         m.last = t
@@ -332,7 +332,8 @@ class DetectionEngine:
         is_open = a is not None and a.is_open
         if is_open:
             h = (hi - lo) * cfg.hysteresis_pct / 100.0 if hi - lo < math.inf else 0.0
-            active = x > hi - h or x < lo + h
+            upper_breach = a.value is None or lo == -math.inf or a.value > (lo + hi) / 2
+            active = x > hi - h if upper_breach else x < lo + h  # re-enter the band by a margin on the breached side
         else:
             active = x > hi or x < lo
         if active or (a is not None and (is_open or a.first_true is not None)):

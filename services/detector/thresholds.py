@@ -34,7 +34,7 @@ def learn_thresholds(
     out = []
     if len(frame):
         local = frame.index.tz_convert(tz)
-        cell = np.asarray(local.hour) * 2 + (np.asarray(local.weekday) >= 5)
+        cell = np.asarray(local.hour) * 2 + (np.asarray(local.day_of_week) >= 5)
     else:
         cell = np.zeros(0, dtype=int)
     q_lo, q_hi = cfg.threshold_quantiles

@@ -1,0 +1,289 @@
+"""Detection rules on synthetic series: every rule, its edges, hysteresis and restart determinism."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from services.detector.engine import DetectionEngine, next_boundary
+from services.detector.nightflow import night_window, parse_hhmm
+from shared.messages import Forecast
+from shared.settings import DetectorSettings
+from tests.detector_synth import T0, at, frame, minutes
+
+TZ = "Asia/Seoul"
+
+
+def engine(**kw) -> DetectionEngine:
+    return DetectionEngine(DetectorSettings(**kw), TZ)
+
+
+def run(e: DetectionEngine, df: pd.DataFrame, site="s1", meter="m1"):
+    return e.process_frame(site, meter, df)
+
+
+def kinds(anoms, kind):
+    return [a for a in anoms if a.kind == kind]
+
+
+def test_clean_series_raises_nothing():
+    e = engine()
+    assert run(e, frame(minutes=24 * 60)) == []
+
+
+# --- validity -------------------------------------------------------------------------------
+@pytest.mark.parametrize("value, sig, word", [(np.nan, "flow_rate", "missing"), (-3.0, "flow_rate", "negative"),
+                                              (5000.0, "flow_rate", "physical range"), (25.0, "pressure", "physical range")])
+def test_invalid_opens_at_once_and_closes_after_clear_time(value, sig, word):
+    df = frame(minutes=60)
+    df.iloc[30, df.columns.get_loc(sig)] = value
+    out = kinds(run(engine(clear_after_minutes=3), df), "invalid")
+    assert [a.state for a in out] == ["open", "closed"]
+    assert out[0].start == at(df, 30) and out[0].signal == sig and word in out[0].message
+    assert out[1].end == at(df, 31) and out[1].ts == at(df, 33)  # clear for 3 readings
+
+
+# --- sensor faults --------------------------------------------------------------------------
+def test_flatline_opens_after_n_minutes_and_closes_on_change():
+    df = frame(minutes=200)
+    df.iloc[50:130, 1] = 3.5  # pressure stuck for 80 minutes
+    out = kinds(run(engine(flatline_minutes=60), df), "flatline")
+    assert [(a.state, a.signal) for a in out] == [("open", "pressure"), ("closed", "pressure")]
+    assert out[0].ts == at(df, 109)  # the 60th stuck reading
+    assert out[1].end == at(df, 130)
+
+
+def test_isolated_spike_is_one_event_but_a_level_shift_is_not():
+    df = frame(minutes=120)
+    df.iloc[60, 1] += 1.5  # pressure spike, one reading
+    df.iloc[90:, 0] += 30  # flow level shift
+    out = run(engine(), df)
+    spikes = kinds(out, "spike")
+    assert len(spikes) == 1
+    s = spikes[0]
+    assert (s.signal, s.state, s.start, s.end) == ("pressure", "closed", at(df, 60), at(df, 61))
+
+
+def test_gap_in_timestamps():
+    df = frame(minutes=60).drop(frame(minutes=60).index[20:30])
+    out = kinds(run(engine(gap_factor=2.5), df), "gap")
+    assert len(out) == 1 and out[0].start == at(df, 19) and out[0].end == at(df, 20) and out[0].value == 11.0
+
+
+def test_silent_uses_wall_clock_and_closes_on_next_reading():
+    e = engine(silent_intervals=5)
+    df = frame(minutes=10)
+    run(e, df)
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    key = ("s1", "m1")
+    assert e.check_silent(now, {key: now.timestamp() - 200}) == []
+    out = e.check_silent(now, {key: now.timestamp() - 301})
+    assert [(a.kind, a.state, a.start) for a in out] == [("silent", "open", at(df, 9))]
+    assert e.check_silent(now, {key: now.timestamp() - 400}) == []  # stays open, not repeated
+    nxt = frame(start=at(df, 9) + minutes(1), minutes=1, seed=3)
+    out = run(e, nxt)
+    assert [(a.kind, a.state) for a in out] == [("silent", "closed")]
+
+
+# --- thresholds -----------------------------------------------------------------------------
+def test_static_limits_apply_before_enough_data_and_the_message_says_so():
+    df = frame(minutes=60)
+    df.iloc[20:30, 0] = 1800.0  # above static upper 1500, below physical 2000
+    out = kinds(run(engine(min_duration_minutes=3), df), "threshold")
+    assert [a.state for a in out] == ["open", "closed"]
+    assert out[0].start == at(df, 20) and out[0].ts == at(df, 22) and out[0].threshold == 1500.0
+    assert "static limits" in out[0].message
+
+
+def test_short_excursion_below_min_duration_does_not_open():
+    df = frame(minutes=60)
+    df.iloc[20:22, 0] = 1800.0
+    assert kinds(run(engine(min_duration_minutes=3), df), "threshold") == []
+
+
+def test_hysteresis_no_flapping_around_the_band():
+    # 40 minutes oscillating just above / just below the upper limit: one alert, not dozens
+    df = frame(minutes=100)
+    osc = np.where(np.arange(40) % 2 == 0, 1510.0, 1495.0)
+    df.iloc[20:60, 0] = osc
+    out = kinds(run(engine(min_duration_minutes=0, clear_after_minutes=3, hysteresis_pct=5), df), "threshold")
+    assert [a.state for a in out] == ["open", "closed"]
+    assert out[1].end == at(df, 60)
+
+
+def test_learned_bands_and_recalibration_at_a_quarter_boundary():
+    e = engine(threshold_days=7, threshold_min_days=5, recalibrate_period="quarter")
+    # 2026-03-24 00:00 local .. 2026-04-01 00:30 local (Seoul = UTC+9)
+    start = datetime(2026, 3, 23, 15, 0, tzinfo=UTC)
+    boundary = datetime(2026, 3, 31, 15, 0, tzinfo=UTC)  # 2026-04-01 00:00 Asia/Seoul
+    df = frame(start=start, minutes=int((boundary - start).total_seconds() // 60) + 30)
+    before = df[df.index < boundary]
+    run(e, before)
+    assert all(d[2] != boundary for d in e.take_due())  # daily static retries only, not the quarter
+    run(e, df[df.index == boundary])  # the reading exactly on the boundary crosses it
+    due = e.take_due()
+    assert due == [("s1", "m1", boundary)]
+    ths = e.recalibrate("s1", "m1", df, boundary)
+    assert {t.signal for t in ths} == {"flow_rate", "pressure"} and all(t.method == "learned" for t in ths)
+    flow = next(t for t in ths if t.signal == "flow_rate")
+    assert flow.computed_at == boundary and 7.0 <= flow.sample_days <= 7.01
+    b = flow.band_for(9, False)  # 09 local weekday: the pattern peaks near 50 + sin(0)
+    assert b.lower < 50 < b.upper and b.upper - b.lower < 20
+    # now a value inside the static limits but far above the learned band is an anomaly
+    tail = df[df.index > boundary].copy()
+    tail["flow_rate"] = 300.0
+    out = kinds(run(e, tail), "threshold")
+    assert out and out[0].state == "open" and "learned from 7.0 days" in out[0].message
+
+
+def test_static_thresholds_are_retried_daily_until_learned():
+    e = engine(threshold_min_days=1)
+    df = frame(minutes=3 * 24 * 60)
+    run(e, df)
+    due = e.take_due()
+    assert len(due) == 1  # the latest day boundary only (the list holds one entry per meter)
+    e.recalibrate("s1", "m1", df, due[0][2])
+    assert e.thresholds_method("s1", "m1", "flow_rate") == "learned"
+    run(e, frame(start=df.index[-1] + timedelta(minutes=1), minutes=2 * 24 * 60, seed=5))
+    assert e.take_due() == []  # learned: only the quarter boundary triggers now
+
+
+def test_next_boundary_matches_event_time_crossing():
+    from shared.eventtime import crossed
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo("Europe/Berlin")  # DST zone
+    for period in ("day", "week", "month", "quarter", "year"):
+        t = datetime(2026, 3, 28, 12, tzinfo=UTC)
+        for _ in range(5):
+            nb = next_boundary(t.timestamp(), period, tz)
+            b = datetime.fromtimestamp(nb, UTC)
+            assert crossed(t, b, period, tz) == b
+            assert crossed(t, b - timedelta(seconds=1), period, tz) is None
+            t = b
+
+
+# --- night flow -----------------------------------------------------------------------------
+def test_night_window_across_midnight():
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(TZ)
+    s, e = parse_hhmm("23:00"), parse_hhmm("01:00")
+    ts = datetime(2026, 3, 2, 15, 30, tzinfo=UTC)  # 00:30 local on 3 March
+    ws, we, day = night_window(ts, s, e, tz)
+    assert day == date(2026, 3, 2) and ws == datetime(2026, 3, 2, 14, tzinfo=UTC) and we == datetime(2026, 3, 2, 16, tzinfo=UTC)
+
+
+def test_night_minimum_across_midnight_is_recorded_once_for_the_start_day():
+    e = engine(night_start="23:00", night_end="01:00")
+    start = datetime(2026, 3, 2, 13, 0, tzinfo=UTC)  # 22:00 local
+    df = frame(start=start, minutes=240)  # to 02:00 local
+    df.iloc[60:180, 0] = 20.0  # 23:00..01:00 local
+    df.iloc[119, 0] = 11.0  # 23:59 local
+    df.iloc[150, 0] = 7.0  # 00:30 local, after midnight: the minimum
+    df.iloc[200, 0] = 1.0  # 01:20, outside the window
+    run(e, df)
+    nf = e.take_night_flows()
+    assert len(nf) == 1 and nf[0].day == date(2026, 3, 2) and nf[0].value == 7.0
+    assert nf[0].ts == datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
+    assert e.take_night_flows() == []
+
+
+def test_sustained_night_flow_rise_raises_leak_and_a_normal_night_closes_it():
+    e = engine(night_min_baseline_nights=7, night_consecutive=3, night_rise_pct=20, night_rise_abs=0.5)
+    out = []
+    day0 = datetime(2026, 3, 1, 15, 0, tzinfo=UTC)  # 00:00 local, 2 March
+    lows = [5.0] * 10 + [5.2] + [9.0] * 4 + [5.1]  # one small bump (no alert), then a leak, then repaired
+    for i, low in enumerate(lows):
+        out += run(e, frame(start=day0 + timedelta(days=i), minutes=24 * 60, seed=i, night_min=low))
+    nf = e.take_night_flows()
+    assert len(nf) == len(lows) - 1 or len(nf) == len(lows)
+    leak = kinds(out, "night_flow")
+    assert [a.state for a in leak] == ["open", "closed"]
+    first_rise = nf[11].ts  # night 12 is the first at 9.0
+    assert leak[0].start == first_rise and leak[0].signal == "flow_rate" and "leak suspected" in leak[0].message
+    assert leak[0].ts == nf[13].ts  # opened on the third rising night
+    assert leak[1].end == nf[15].ts
+
+
+# --- burst ----------------------------------------------------------------------------------
+def test_burst_flow_jump_and_pressure_drop_same_reading_is_critical_at_once():
+    df = frame(minutes=120)
+    df.iloc[60:, 0] += 60.0
+    df.iloc[60:, 1] -= 1.0
+    out = kinds(run(engine(), df), "burst")
+    assert out and out[0].state == "open" and out[0].severity == "critical" and out[0].ts == at(df, 60)
+
+
+def test_burst_pressure_drop_one_reading_later_opens_on_the_second():
+    df = frame(minutes=120)
+    df.iloc[60:, 0] += 60.0
+    df.iloc[61:, 1] -= 1.0
+    out = kinds(run(engine(), df), "burst")
+    assert out[0].state == "open" and out[0].ts == at(df, 61)
+    assert len(out) == 1  # stays open while the burst lasts (frozen baseline)
+
+
+def test_flow_jump_without_pressure_drop_is_not_a_burst():
+    df = frame(minutes=120)
+    df.iloc[60:, 0] += 60.0
+    assert kinds(run(engine(), df), "burst") == []
+
+
+def test_pressure_loss_is_critical():
+    df = frame(minutes=60)
+    df.iloc[30:40, 1] = 0.3
+    out = kinds(run(engine(), df), "pressure_loss")
+    assert [a.state for a in out] == ["open", "closed"] and out[0].severity == "critical"
+
+
+# --- forecast deviation ---------------------------------------------------------------------
+def test_sustained_forecast_deviation():
+    e = engine(forecast_sustain_minutes=15, forecast_tolerance_pct=30)
+    df = frame(minutes=180)
+    run(e, df.iloc[:60])
+    issued = at(df, 59)
+    e.on_forecast(Forecast(site="s1", meter="m1", signal="flow_rate", issued_at=issued, step_minutes=10,
+                           values=tuple([50.0] * 12), model="test"))
+    d = df.iloc[60:].copy()
+    d.iloc[10:20, 0] = 100.0  # 10 minutes: too short
+    d.iloc[40:70, 0] = 100.0  # 30 minutes: sustained
+    out = kinds(run(e, d), "forecast_deviation")
+    assert [a.state for a in out] == ["open", "closed"]
+    assert out[0].start == at(d, 40) and out[0].ts == at(d, 54) and out[0].threshold == pytest.approx(50.0)
+
+
+# --- redelivery and restart -----------------------------------------------------------------
+def test_redelivered_or_older_reading_changes_nothing():
+    e = engine()
+    df = frame(minutes=60)
+    df.iloc[30, 0] = -1.0
+    first = run(e, df.iloc[:31])
+    assert kinds(first, "invalid")
+    assert run(e, df.iloc[25:31]) == [] and e.late_readings == 6
+
+
+def test_backfill_makes_a_restart_change_no_decision():
+    df = frame(minutes=3 * 24 * 60, night_min=4.0)
+    df.iloc[500:520, 0] = 1800.0  # threshold
+    df.iloc[1000:1100, 1] = 3.3  # flatline spanning the restart point
+    df.iloc[1800, 1] += 2.0  # spike
+    df.iloc[2500:, 0] += 60  # burst
+    df.iloc[2500:, 1] -= 1
+    cut = 1050
+    whole = engine(flatline_minutes=30)
+    expected = run(whole, df)
+    nights = whole.take_night_flows()
+
+    first = engine(flatline_minutes=30)
+    before = run(first, df.iloc[:cut])
+    opened = {(a.kind, a.signal, a.start): a for a in before}
+    still_open = [a for a in opened.values() if a.state == "open"]
+    restarted = engine(flatline_minutes=30)
+    restarted.backfill("s1", "m1", df.iloc[max(0, cut - 26 * 60):cut], open_anomalies=still_open,
+                       nights=[n for n in nights if n.ts < df.index[cut]])
+    after = run(restarted, df.iloc[cut:])
+    assert before + after == expected
