@@ -8,7 +8,8 @@
   does not validate is counted, logged once per reason, dead-lettered with its raw bytes, and the
   stream goes on;
 - the PUBACK for an incoming QoS 1 message is sent only after the handler returned (manual ack):
-  the handler's durable write is the acknowledgement point. A message whose handler raised is
+  the handler's durable write is the acknowledgement point. With ``deferred_ack=True`` the handler
+  receives an ``ack`` callable instead and acknowledges later (after a batched write commits). A message whose handler raised is
   dead-lettered (so one poison message cannot stall the stream) and then acknowledged.
 """
 
@@ -46,6 +47,7 @@ class _Subscription:
     model_cls: type[BaseModel] | None  # None: raw bytes are passed to the handler
     handler: Handler
     qos: int
+    deferred_ack: bool = False
 
 
 class Bus:
@@ -183,31 +185,51 @@ class Bus:
             logger.error("could not publish dead letter: %s", exc)
 
     # --- subscribing ------------------------------------------------------------------------
-    def subscribe(self, filter: str, model_cls: type[M] | None, handler: Callable[[str, M], None], *, qos: int = 1) -> None:
-        """Handle messages on ``filter``: ``handler(topic, model)``; ``model_cls=None`` passes raw bytes."""
-        sub = _Subscription(filter, model_cls, handler, qos)
+    def subscribe(
+        self, filter: str, model_cls: type[M] | None, handler: Callable[..., None], *, qos: int = 1, deferred_ack: bool = False
+    ) -> None:
+        """Handle messages on ``filter``: ``handler(topic, model)``; ``model_cls=None`` passes raw bytes.
+
+        ``deferred_ack=True``: the handler is called as ``handler(topic, model, ack)`` and the PUBACK
+        is sent only when it calls ``ack()`` (from any thread), e.g. after a batch it queued was
+        written. A payload that does not validate, or a handler that raises, is still dead-lettered
+        and acknowledged at once. Keep the number of unacknowledged messages under the broker's
+        ``max_inflight_messages`` or delivery pauses until some are acknowledged.
+        """
+        sub = _Subscription(filter, model_cls, handler, qos, deferred_ack)
         with self._lock:
             self._subs.append(sub)
         if self.connected:
             self.client.subscribe(filter, qos=qos)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        deferred = False
         try:
-            self._dispatch(msg)
+            deferred = self._dispatch(msg)
         finally:
-            if msg.qos > 0:
+            if msg.qos > 0 and not deferred:
                 client.ack(msg.mid, msg.qos)
 
-    def _dispatch(self, msg: mqtt.MQTTMessage) -> None:
+    def _ack_later(self, msg: mqtt.MQTTMessage) -> Callable[[], None]:
+        mid, qos = msg.mid, msg.qos
+
+        def ack() -> None:
+            if qos > 0:
+                self.client.ack(mid, qos)
+
+        return ack
+
+    def _dispatch(self, msg: mqtt.MQTTMessage) -> bool:
+        """Validate and hand over; True when the handler took over the acknowledgement."""
         self.counters.inc("received")
         sub = next((s for s in self._subs if mqtt.topic_matches_sub(s.filter, msg.topic)), None)
         if sub is None:
-            return
+            return False
         payload = msg.payload
         if len(payload) > self.settings.max_payload_bytes:
             self.counters.inc("rejected")
             self.dead_letter(msg.topic, f"oversized: {len(payload)} bytes > mqtt.max_payload_bytes={self.settings.max_payload_bytes}", payload)
-            return
+            return False
         if sub.model_cls is None:
             obj: Any = payload
         else:
@@ -218,12 +240,16 @@ class Bus:
                 first = exc.errors()[0]
                 loc = ".".join(str(p) for p in first["loc"]) or "payload"
                 self.dead_letter(msg.topic, f"invalid {sub.model_cls.__name__}: {loc}: {first['msg']} ({exc.error_count()} error(s))", payload)
-                return
+                return False
         try:
-            sub.handler(msg.topic, obj)
+            if sub.deferred_ack:
+                sub.handler(msg.topic, obj, self._ack_later(msg))
+            else:
+                sub.handler(msg.topic, obj)
         except Exception as exc:  # noqa: BLE001 - one bad message must not stop the stream
             self.counters.inc("handler_errors")
             logger.exception("handler for %s failed", msg.topic)
             self.dead_letter(msg.topic, f"handler error: {type(exc).__name__}: {exc}", payload)
-            return
+            return False
         self.counters.inc("handled")
+        return sub.deferred_ack

@@ -1,0 +1,261 @@
+"""The detector service: store every reading, run the rules, store and publish the alerts.
+
+Flow (one worker thread, the service's ``run``):
+
+    MQTT (QoS 1, persistent session) --bus thread--> queue --run()--> engine --> store --> ack
+
+The bus validates each payload (dead-letters what does not validate) and hands it over with an
+``ack`` callable (deferred acknowledgement); ``run`` drains the queue in batches, runs the rules,
+writes anomalies, night-flow figures and readings (all idempotent) and only then acknowledges the
+batch. So a crash at any point means redelivery, and a redelivered reading overwrites itself in the
+store and is ignored by the engine (not newer than the last one seen). Subscriptions are registered
+before the bus connects, so messages queued for the persistent session are not dropped unmatched.
+
+At start the rolling windows are back-filled from the store (``backfill_hours`` of readings, the
+night-flow table, open alerts, the latest thresholds and forecasts), so a restart changes no
+decision. The silent-meter check is the only wall-clock rule; it runs every ``silent_check_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+
+from services.detector.engine import DetectionEngine
+from shared.bus import Bus
+from shared.eventtime import floor
+from shared.messages import SIGNALS, Anomaly, Command, Forecast, Reading, Thresholds
+from shared.service import Service
+from shared.settings import Settings
+from shared.store import Store, StoreError, open_store
+
+logger = logging.getLogger(__name__)
+
+
+def _none(v: Any) -> Any:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT else v
+
+
+def open_anomalies_from_frame(site: str, meter: str, df: pd.DataFrame) -> list[Anomaly]:
+    out = []
+    for row in df[df["state"] == "open"].itertuples(index=False):
+        try:
+            out.append(Anomaly(site=site, meter=meter, kind=row.kind, signal=row.signal, severity=row.severity, state="open",
+                               start=row.start.to_pydatetime(), ts=row.ts.to_pydatetime(), value=_none(row.value),
+                               threshold=_none(row.threshold), message=row.message or ""))
+        except ValueError as exc:  # a row another version wrote: skip it, do not crash the start
+            logger.warning("stored open anomaly of %s/%s not understood (%s); not continued", site, meter, exc)
+    return out
+
+
+def latest_forecasts_from_frame(site: str, meter: str, df: pd.DataFrame) -> list[Forecast]:
+    out = []
+    for sig, g in df.groupby("signal"):
+        issued = g["issued_at"].max()
+        g = g[g["issued_at"] == issued].sort_values("target_time")
+        step = int((g["target_time"].iloc[0] - issued).total_seconds() // 60)
+        try:
+            out.append(Forecast(site=site, meter=meter, signal=sig, issued_at=issued.to_pydatetime(), step_minutes=max(step, 1),
+                                values=tuple(float(v) for v in g["value"]), model=str(g["model"].iloc[0]) or "unknown"))
+        except ValueError as exc:
+            logger.warning("stored forecast of %s/%s not understood (%s); ignored", site, meter, exc)
+    return out
+
+
+class DetectorService(Service):
+    name = "detector"
+
+    def __init__(self, settings: Settings, *, store: Store | None = None, bus: Bus | None = None) -> None:
+        super().__init__(settings, bus=bus)
+        self.cfg = settings.detector
+        self.store = store
+        self._own_store = store is None
+        self.engine = DetectionEngine.from_settings(settings)
+        self.queue: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
+        self.last_seen: dict[tuple[str, str], float] = {}
+        self.failed = False
+        # Subscribe before connecting: a persistent session's queued messages arrive right after CONNACK.
+        t = self.topics
+        self.bus.subscribe(t.all_meters("reading"), Reading, self._enqueue("reading"), deferred_ack=True)
+        self.bus.subscribe(t.all_meters("forecast"), Forecast, self._enqueue("forecast"), deferred_ack=True)
+        self.bus.subscribe(t.all_meters("thresholds"), Thresholds, self._enqueue("thresholds"), deferred_ack=True)
+        self.bus.subscribe(t.all_meters("command"), Command, self._enqueue("command"), deferred_ack=True)
+
+    def _enqueue(self, kind: str):
+        q = self.queue
+
+        def handler(topic: str, obj: Any, ack: Any) -> None:
+            q.put((kind, obj, ack))
+
+        return handler
+
+    # --- start: back-fill ---------------------------------------------------------------------
+    def setup(self) -> None:
+        if self.store is None:
+            self.store = open_store(self.settings)
+        t0 = time.perf_counter()
+        n = 0
+        meters = self.store.meters()
+        for site, meter in meters:
+            n += self._backfill(site, meter)
+        logger.info("back-filled %d readings of %d meter(s) from %s in %.2fs", n, len(meters), self.store.name, time.perf_counter() - t0)
+
+    def _backfill(self, site: str, meter: str) -> int:
+        st = self.store
+        last = st.last_reading_time(site, meter)
+        if last is None:
+            return 0
+        end = last + timedelta(seconds=1)
+        frame = st.read_readings(site, meter, last - timedelta(hours=self.cfg.backfill_hours), end)
+        ths = [th for s in SIGNALS if (th := st.latest_thresholds(site, meter, s)) is not None]
+        keep = self.cfg.night_baseline_nights * 3 + self.cfg.night_consecutive + 2
+        local_day = last.astimezone(self.settings.tz).date()
+        nights = st.read_night_flow(site, meter, local_day - timedelta(days=keep), local_day + timedelta(days=1))
+        anoms = open_anomalies_from_frame(site, meter, st.read_anomalies(site, meter, last - timedelta(days=120), end))
+        fcs = latest_forecasts_from_frame(site, meter, st.read_forecasts(site, meter, last - timedelta(hours=6), last + timedelta(days=8)))
+        n = self.engine.backfill(site, meter, frame, open_anomalies=anoms, nights=nights, thresholds=ths, forecasts=fcs)
+        self.last_seen[(site, meter)] = time.time()
+        # A recalibration that was due but did not happen (first start after an import, a crash at a boundary).
+        if {th.signal for th in ths} != set(SIGNALS):
+            self.recalibrate(site, meter, end)
+        else:
+            due = floor(last, self.cfg.recalibrate_period, self.settings.tz)
+            if any(th.method == "static" for th in ths):
+                due = max(due, floor(last, "day", self.settings.tz))
+            if min(th.computed_at for th in ths) < due:
+                self.recalibrate(site, meter, due)
+            else:
+                for th in ths:
+                    self.bus.publish(self.topics.thresholds(site, meter), th, retain=True)
+        return n
+
+    # --- the loop -----------------------------------------------------------------------------
+    def run(self) -> None:
+        q, batch_max = self.queue, self.cfg.batch_max
+        next_silent = time.monotonic() + self.cfg.silent_check_s
+        while not self.stop_event.is_set():
+            try:
+                first = q.get(timeout=max(0.0, min(next_silent - time.monotonic(), 0.5)))
+            except queue.Empty:
+                first = None
+            if first is not None:
+                batch = [first]
+                while len(batch) < batch_max:
+                    try:
+                        batch.append(q.get_nowait())
+                    except queue.Empty:
+                        break
+                if not self._handle(batch):
+                    return
+            if time.monotonic() >= next_silent:
+                self._check_silent()
+                next_silent = time.monotonic() + self.cfg.silent_check_s
+        # stopping: handle what already arrived (SIGTERM flushes); later messages stay unacknowledged
+        batch = []
+        while True:
+            try:
+                batch.append(q.get_nowait())
+            except queue.Empty:
+                break
+        if batch:
+            self._handle(batch)
+
+    def _handle(self, batch: list[tuple[str, Any, Any]]) -> bool:
+        """Detect, write, then acknowledge. False when the store failed (the service stops, nothing acked)."""
+        eng, now = self.engine, time.time()
+        readings: list[Reading] = []
+        anomalies: list[Anomaly] = []
+        commands: list[Command] = []
+        late0 = eng.late_readings
+        for kind, obj, _ack in batch:
+            if kind == "reading":
+                readings.append(obj)
+                anomalies += eng.process(obj)
+                self.last_seen[(obj.site, obj.meter)] = now
+            elif kind == "forecast":
+                eng.on_forecast(obj)
+            elif kind == "thresholds":
+                eng.set_thresholds(obj)
+            elif kind == "command":
+                commands.append(obj)
+        nights = eng.take_night_flows()
+        try:
+            if anomalies:
+                self.store.write_anomalies(anomalies)
+            if nights:
+                self.store.write_night_flow(nights)
+            if readings:
+                self.store.write_readings(readings)
+        except StoreError as exc:
+            self.counters.inc("store_errors")
+            logger.error("store write failed, stopping without acknowledging %d message(s) (they will be redelivered): %s",
+                         len(batch), exc)
+            self.failed = True
+            self.stop_event.set()
+            return False
+        for a in anomalies:
+            self.bus.publish(self.topics.anomaly(a.site, a.meter), a)
+        for _kind, _obj, ack in batch:
+            ack()
+        c = self.counters
+        if readings:
+            c.inc("readings_stored", len(readings))
+            self.last_event = readings[-1].ts
+        if anomalies:
+            c.inc("anomalies", len(anomalies))
+        if nights:
+            c.inc("night_flow_days", len(nights))
+        if eng.late_readings != late0:
+            c.inc("late_readings", eng.late_readings - late0)
+        c.inc("batches")
+        for site, meter, at in eng.take_due():
+            self._safe_recalibrate(site, meter, at)
+        for cmd in commands:
+            if cmd.action == "recalibrate":
+                last = eng.last_time(cmd.site, cmd.meter) or self.store.last_reading_time(cmd.site, cmd.meter)
+                at = last + timedelta(seconds=1) if last else datetime.now(UTC).replace(microsecond=0)
+                logger.info("recalibration of %s/%s requested (%s)", cmd.site, cmd.meter, cmd.requested_at.isoformat())
+                self._safe_recalibrate(cmd.site, cmd.meter, at)
+        return True
+
+    def _safe_recalibrate(self, site: str, meter: str, at: datetime) -> None:
+        try:
+            self.recalibrate(site, meter, at)
+        except StoreError as exc:
+            self.counters.inc("recalibration_errors")
+            logger.error("recalibration of %s/%s at %s failed: %s (next boundary or command retries)", site, meter, at.isoformat(), exc)
+
+    def recalibrate(self, site: str, meter: str, at: datetime) -> list[Thresholds]:
+        """Learn bands from the store, install, store and publish them (retained)."""
+        frame = self.store.read_readings(site, meter, at - timedelta(days=self.cfg.threshold_days), at)
+        ths = self.engine.recalibrate(site, meter, frame, at)
+        for th in ths:
+            self.store.write_thresholds(th)
+            self.bus.publish(self.topics.thresholds(site, meter), th, retain=True)
+        self.counters.inc("recalibrations")
+        logger.info("thresholds of %s/%s recalibrated at %s: %s", site, meter, at.isoformat(),
+                    ", ".join(f"{th.signal} {th.method} ({th.sample_days:.1f} days)" for th in ths))
+        return ths
+
+    def _check_silent(self) -> None:
+        out = self.engine.check_silent(datetime.now(UTC), self.last_seen)
+        if not out:
+            return
+        try:
+            self.store.write_anomalies(out)
+        except StoreError as exc:
+            logger.error("could not store silent-meter alerts: %s", exc)
+        for a in out:
+            logger.warning("meter %s/%s silent: %s", a.site, a.meter, a.message)
+            self.bus.publish(self.topics.anomaly(a.site, a.meter), a)
+        self.counters.inc("anomalies", len(out))
+
+    def teardown(self) -> None:
+        if self.store is not None and self._own_store:
+            self.store.close()
