@@ -1,0 +1,244 @@
+"""The detector service through a real Mosquitto, against both stores (SQLite and a real influxd)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.detector.engine import DetectionEngine
+from services.detector.service import DetectorService
+from shared.bus import Bus
+from shared.messages import Anomaly, Command, DeadLetter, Reading, Thresholds
+from shared.settings import Settings
+from shared.topics import Topics
+from tests.detector_synth import frame, readings
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
+topics = Topics()
+
+
+def wait_for(cond, timeout=30.0, every=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(every)
+    return False
+
+
+class Sink:
+    def __init__(self):
+        self.items, self.lock = [], threading.Lock()
+
+    def __call__(self, topic, obj):
+        with self.lock:
+            self.items.append(obj)
+
+    def of(self, kind):
+        with self.lock:
+            return [a for a in self.items if getattr(a, "kind", None) == kind]
+
+
+def unique(settings: Settings) -> tuple[Settings, str]:
+    tag = uuid.uuid4().hex[:8]
+    s = settings.model_copy(update={"mqtt": settings.mqtt.model_copy(update={"client_id_prefix": f"t{tag}"})})
+    return s, f"site{tag}"
+
+
+def client(settings: Settings, name: str) -> Bus:
+    b = Bus(settings.mqtt, name, persistent=False)
+    assert b.connect(wait_s=10)
+    return b
+
+
+def burst_frame(minutes=60, at=40, start=T0):
+    df = frame(start=start, minutes=minutes)
+    df.iloc[at:, 0] += 60.0
+    df.iloc[at:, 1] -= 1.0
+    return df
+
+
+@pytest.fixture
+def running(settings, store):
+    """A detector in a thread on the given store; yields (service, settings, site)."""
+    s, site = unique(settings)
+    svc = DetectorService(s, store=store)
+    t = svc.start_in_thread()
+    assert svc.ready.wait(30)
+    yield svc, s, site
+    svc.stop()
+    t.join(30)
+
+
+def test_burst_is_critical_within_two_readings(running, store):
+    svc, s, site = running
+    watch = client(s, "watch-burst")
+    sink = Sink()
+    watch.subscribe(topics.all_meters("anomaly"), Anomaly, sink)
+    pub = client(s, "pub-burst")
+    df = burst_frame()
+    rs = readings(df, site=site)
+    for r in rs[:40]:
+        pub.publish(topics.reading(site, "m1"), r)
+    assert wait_for(lambda: svc.counters.get("readings_stored") >= 40)
+    assert sink.of("burst") == []
+    for r in rs[40:42]:  # the burst starts with reading 40; the alert must come by reading 41
+        pub.publish(topics.reading(site, "m1"), r)
+    assert wait_for(lambda: sink.of("burst"))
+    b = sink.of("burst")[0]
+    assert b.severity == "critical" and b.state == "open" and b.ts <= rs[41].ts and b.site == site
+    assert wait_for(lambda: len(store.read_anomalies(site, "m1", T0, T0 + timedelta(days=1))) >= 1)
+    stored = store.read_anomalies(site, "m1", T0, T0 + timedelta(days=1))
+    assert list(stored["kind"]) == ["burst"] and list(stored["severity"]) == ["critical"]
+    assert len(store.read_readings(site, "m1", T0, T0 + timedelta(days=1))) == 42
+    watch.close(), pub.close()
+
+
+def test_redelivered_reading_duplicates_nothing(running, store):
+    svc, s, site = running
+    watch = client(s, "watch-dup")
+    sink = Sink()
+    watch.subscribe(topics.all_meters("anomaly"), Anomaly, sink)
+    pub = client(s, "pub-dup")
+    rs = readings(burst_frame(minutes=45), site=site)
+    for r in rs:
+        pub.publish(topics.reading(site, "m1"), r)
+    assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs))
+    assert wait_for(lambda: len(sink.of("burst")) == 1)
+    before = store.read_anomalies(site, "m1", T0, T0 + timedelta(days=1))
+    for r in rs[38:45]:  # redeliver the burst readings and some before
+        pub.publish(topics.reading(site, "m1"), r)
+    assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs) + 7)
+    assert svc.counters.get("late_readings") == 7
+    time.sleep(0.3)  # give a duplicate alert (there must be none) the chance to arrive
+    assert len(sink.of("burst")) == 1
+    assert len(store.read_readings(site, "m1", T0, T0 + timedelta(days=1))) == len(rs)
+    after = store.read_anomalies(site, "m1", T0, T0 + timedelta(days=1))
+    assert after.equals(before)
+    watch.close(), pub.close()
+
+
+def test_malformed_payload_is_dead_lettered_and_the_next_reading_is_handled(running, store):
+    svc, s, site = running
+    dead = Sink()
+    watch = client(s, "watch-dl")
+    watch.subscribe(topics.deadletter("detector"), DeadLetter, dead)
+    pub = client(s, "pub-dl")
+    rs = readings(frame(minutes=3), site=site)
+    pub.publish(topics.reading(site, "m1"), rs[0])
+    pub.publish(topics.reading(site, "m1"), b'{"site": "x", "ts": "not a time"')
+    pub.publish(topics.reading(site, "m1"), b'{"schema_version": 1, "site": "a", "meter": "b", "ts": "2026-03-02T00:00:00Z", "seq": -1}')
+    pub.publish(topics.reading(site, "m1"), rs[1])
+    assert wait_for(lambda: len(dead.items) == 2 and svc.counters.get("readings_stored") >= 2)
+    assert svc.counters.get("dead_lettered") == 2
+    assert len(store.read_readings(site, "m1", T0, T0 + timedelta(days=1))) == 2
+    watch.close(), pub.close()
+
+
+def test_recalibrate_command_stores_and_publishes_retained_thresholds(running, store):
+    svc, s, site = running
+    pub = client(s, "pub-cal")
+    rs = readings(frame(minutes=30), site=site)
+    for r in rs:
+        pub.publish(topics.reading(site, "m1"), r)
+    assert wait_for(lambda: svc.counters.get("readings_stored") >= 30)
+    pub.publish(topics.command(site, "m1"), Command(site=site, meter="m1", action="recalibrate", requested_at=datetime.now(UTC)))
+    assert wait_for(lambda: store.latest_thresholds(site, "m1", "flow_rate") is not None)
+    th = store.latest_thresholds(site, "m1", "flow_rate")
+    assert th.method == "static" and th.computed_at == rs[-1].ts + timedelta(seconds=1)
+    got = Sink()
+    late = client(s, "late-cal")  # a late subscriber gets the retained bands
+    late.subscribe(topics.thresholds(site, "m1"), Thresholds, got)
+    assert wait_for(lambda: got.items)
+    pub.close(), late.close()
+
+
+# --- kill -9 of a detector process --------------------------------------------------------
+def _config(tmp_path: Path, s: Settings, store) -> Path:
+    data = {
+        "data_dir": str(tmp_path / "var"),
+        "log_level": "INFO",
+        "mqtt": {"host": s.mqtt.host, "port": s.mqtt.port, "username": s.mqtt.username,
+                 "password": s.mqtt.password.get_secret_value(), "client_id_prefix": s.mqtt.client_id_prefix},
+    }
+    if store.name == "sqlite":
+        data["store"] = {"backend": "sqlite", "sqlite": {"path": str(store.path)}}
+    else:
+        data["store"] = {"backend": "influxdb", "influxdb": {"url": store.settings.url, "database": store.settings.database}}
+    f = tmp_path / "cfg.yaml"
+    f.write_text(yaml.safe_dump(data))
+    return f
+
+
+def _start(cfg: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "shared.cli", "detector", "-c", str(cfg)], cwd=ROOT,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.mark.slow
+@pytest.mark.faults
+def test_kill9_and_restart_loses_nothing_and_changes_no_decision(settings, store, tmp_path):
+    s, site = unique(settings)
+    cfg = _config(tmp_path, s, store)
+    log = tmp_path / "detector.log"
+    meters = ["m1", "m2", "m3"]
+    n = 400
+    frames = {m: burst_frame(minutes=n, at=300 + 10 * i) for i, m in enumerate(meters)}
+    for i, m in enumerate(meters):
+        frames[m].iloc[100 + i, 0] = -5.0  # an invalid reading per meter, early
+    end = T0 + timedelta(days=2)
+
+    def stored() -> int:
+        return sum(len(store.read_readings(site, m, T0, end)) for m in meters)
+
+    proc = _start(cfg, log)
+    try:
+        # the detector must hold its persistent session before we publish
+        assert wait_for(lambda: (tmp_path / "var" / "health" / "detector.json").exists(), 60), log.read_text()
+        pub = client(s, "pub-kill")
+        order = [(m, r) for i in range(n) for m, r in ((m, readings(frames[m].iloc[i : i + 1], site=site, meter=m)[0]) for m in meters)]
+        half = len(order) // 2
+        for m, r in order[:half]:
+            pub.publish(topics.reading(site, m), r)
+        assert wait_for(lambda: stored() > half // 3, 60), log.read_text()
+        proc.send_signal(signal.SIGKILL)  # mid-stream
+        proc.wait(10)
+        for m, r in order[half:]:
+            pub.publish(topics.reading(site, m), r).wait_for_publish(10)
+        proc = _start(cfg, log)
+        assert wait_for(lambda: stored() == len(order), 120), (stored(), log.read_text()[-3000:])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    pub.close()
+    # the same decisions as one uninterrupted run of the rules
+    for m in meters:
+        expected = DetectionEngine.from_settings(Settings()).process_frame(site, m, frames[m])
+        want = {(a.kind, a.signal, a.start, a.state, a.end) for a in _final(expected)}
+        got_df = store.read_anomalies(site, m, T0, end)
+        got = {(r.kind, r.signal, r.start.to_pydatetime(), r.state, None if r.end is None or r.end != r.end else r.end.to_pydatetime())
+               for r in got_df.itertuples()}
+        assert got == want, m
+        assert len(got_df) == len(want)
+
+
+def _final(anoms):
+    """The last update per identity (what the store keeps)."""
+    last = {}
+    for a in anoms:
+        last[(a.kind, a.signal, a.start)] = a
+    return list(last.values())
