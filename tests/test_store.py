@@ -133,7 +133,7 @@ LOCKER = """
 import sqlite3, sys, time
 db = sqlite3.connect(sys.argv[1], isolation_level=None)
 db.execute("BEGIN IMMEDIATE")
-db.execute("INSERT OR REPLACE INTO readings (site, meter, ts, seq) VALUES ('other', 'x', 1, 1)")
+db.execute("INSERT OR IGNORE INTO meters (site, meter) VALUES ('other', 'x')")
 print("locked", flush=True)
 time.sleep(float(sys.argv[2]))
 db.execute("COMMIT")
