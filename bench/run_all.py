@@ -10,6 +10,7 @@ and the date.
 from __future__ import annotations
 
 import argparse
+import ast
 import subprocess
 import sys
 import time
@@ -64,7 +65,7 @@ def main() -> int:
             print(r.stderr[-3000:], file=sys.stderr)
             sections.append(f"## {title}\n\n`python -m bench.{name}` FAILED (exit {r.returncode}):\n\n```\n{r.stderr[-1500:]}\n```\n")
             continue
-        doc = (sys.modules.get(f"bench.{name}") or __import__(f"bench.{name}", fromlist=["__doc__"])).__doc__ or ""
+        doc = ast.get_docstring(ast.parse((ROOT / "bench" / f"{name}.py").read_text())) or ""
         how = "\n".join(doc.strip().splitlines()[1:]).strip()
         sections.append(f"## {title}\n\n{how}\n\n{r.stdout.strip()}\n\n(`python -m bench.{name}`, {dt:.0f} s)\n")
     if not args.no_write:
