@@ -52,14 +52,17 @@ class MeterState:
     # --- feeding ------------------------------------------------------------------------------
     def add_reading(self, r: Reading) -> None:
         """Remember a reading (a redelivery overwrites itself; the later timestamp in a minute wins)."""
-        m = minute_of(r.ts)
+        self.put_reading(r.ts, r.flow_rate, r.pressure)
+
+    def put_reading(self, ts: datetime, flow_rate: float | None, pressure: float | None) -> None:
+        m = minute_of(ts)
         prev = self.reading_ts.get(m)
-        if prev is None or r.ts >= prev:
-            self.readings[m] = (r.flow_rate, r.pressure)
-            self.reading_ts[m] = r.ts
-        if self.last_ts is None or r.ts > self.last_ts:
-            self.last_ts = r.ts
-        self._event(r.ts)
+        if prev is None or ts >= prev:
+            self.readings[m] = (flow_rate, pressure)
+            self.reading_ts[m] = ts
+        if self.last_ts is None or ts > self.last_ts:
+            self.last_ts = ts
+        self._event(ts)
         self._prune()
 
     def add_anomaly(self, a: Anomaly) -> None:
