@@ -188,3 +188,28 @@ def test_protocol_doc_contains_the_generated_examples():
         text = data.decode("ascii").replace("\r\n", "\n")
         assert text in doc, f"docs/protocol.md is out of date for example {name!r}: regenerate with python -m services.exporter.protocol"
     assert f"version {protocol.PROTOCOL_VERSION}" in doc.lower()
+
+
+def test_the_c_reference_in_the_doc_compiles_and_agrees(tmp_path):
+    """The device-side C snippet of docs/protocol.md accepts a real file and rejects a torn one."""
+    import shutil
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler on this machine")
+    doc = DOC.read_text(encoding="utf-8")
+    code = doc.split("```c\n", 1)[1].split("```", 1)[0]
+    code += (
+        "#include <stdio.h>\n"
+        "int main(int argc, char **argv) { static uint8_t b[65536]; FILE *f = fopen(argv[1], \"rb\");\n"
+        "  size_t n = fread(b, 1, sizeof b, f); fclose(f);\n"
+        "  printf(\"%04X %d\\n\", crc16_modbus((const uint8_t *)\"123456789\", 9), flowwatch_file_ok(b, n)); return 0; }\n"
+    )
+    (tmp_path / "fw.c").write_text(code)
+    subprocess.run([cc, "-std=c99", "-Wall", "-Werror", "-o", str(tmp_path / "fw"), str(tmp_path / "fw.c")], check=True)
+    data = protocol.examples()["server"]
+    for name, content, expect in [("ok", data, "4B37 1"), ("torn", data[:-5], "4B37 0"), ("cut", data[:300], "4B37 0")]:
+        (tmp_path / name).write_bytes(content)
+        out = subprocess.run([str(tmp_path / "fw"), str(tmp_path / name)], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == expect, name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -169,3 +169,37 @@ def test_other_meters_get_their_own_folder(cfg: Settings):
     finally:
         pub.close()
         stop(svc, th)
+
+
+def test_midnight_archives_the_previous_day_once_across_redelivery_and_restart(cfg: Settings):
+    site, meter = cfg.site, cfg.meter
+    midnight = datetime(2026, 3, 2, 0, 0, tzinfo=TZ).astimezone(UTC)
+    store = SqliteStore(cfg.path(cfg.store.sqlite.path))
+    store.write_readings([Reading(site=site, meter=meter, ts=midnight - 30 * M + i * M, seq=i, flow_rate=1.0, pressure=2.0)
+                          for i in range(30)])  # 23:30 .. 23:59 of 2026-03-01
+    store.close()
+    folder = cfg.path(cfg.exporter.archive_dir) / "2026" / "03" / "01"
+    svc, th = start(cfg)
+    pub = client(cfg, "puba")
+    try:
+        assert not folder.exists()  # back-fill: event time 23:59, the day is not over
+        after = [Reading(site=site, meter=meter, ts=midnight + i * M, seq=100 + i, flow_rate=1.0, pressure=2.0) for i in range(8)]
+        with SqliteStore(cfg.path(cfg.store.sqlite.path)) as st:  # stored, as the detector does
+            st.write_readings(after)
+        for r in after + after:  # 00:00 .. 00:07 local, then all of them redelivered
+            pub.publish(pub.topics.reading(site, meter), r).wait_for_publish(5)
+        assert wait_for(lambda: svc.counters.get("readings") == 16)
+        assert (folder / "manifest.json").exists()
+        assert svc.counters.get("archives_written") == 1
+        assert len((folder / "readings.csv").read_bytes().splitlines()) == 1 + 30
+    finally:
+        pub.close()
+        stop(svc, th)
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    svc2, th2 = start(cfg)  # back-fill puts event time at 00:07: the day is due, and already done
+    try:
+        assert svc2.archiver is not None and svc2.archiver._done_through == date(2026, 3, 1)
+        assert svc2.counters.get("archives_written") == 0
+        assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    finally:
+        stop(svc2, th2)
