@@ -31,8 +31,7 @@ from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import pandas as pd
-
+from shared.messages import Anomaly, Reading
 from shared.store import Store, StoreError
 from services.exporter.writer import atomic_write
 
@@ -46,24 +45,13 @@ FORECAST_HEADER = ("site", "meter", "signal", "issued_at", "target_time", "value
 RETRY_AFTER = timedelta(minutes=10)
 
 
-# --- pure: frames -> CSV bytes --------------------------------------------------------------------
-def _num(x: object) -> str:
-    if x is None or x is pd.NA:
-        return ""
-    try:
-        f = float(x)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return ""
-    return repr(f) if math.isfinite(f) else ""
+# --- pure: records -> CSV bytes (no pandas: the exporter stays small in memory) --------------------
+def _num(x: float | None) -> str:
+    return repr(float(x)) if x is not None and math.isfinite(x) else ""
 
 
-def _time(x: object, tz: ZoneInfo) -> str:
-    if x is None or x is pd.NaT or (isinstance(x, float) and math.isnan(x)):
-        return ""
-    ts = pd.Timestamp(x)
-    if pd.isna(ts):
-        return ""
-    return ts.tz_convert(tz).to_pydatetime().replace(microsecond=0).isoformat()
+def _time(x: datetime | None, tz: ZoneInfo) -> str:
+    return "" if x is None else x.astimezone(tz).replace(microsecond=0).isoformat()
 
 
 def _csv(header: Sequence[str], rows: list[list[str]]) -> bytes:
@@ -74,31 +62,31 @@ def _csv(header: Sequence[str], rows: list[list[str]]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def readings_csv(frames: Sequence[tuple[str, str, pd.DataFrame]], tz: ZoneInfo) -> tuple[bytes, int]:
-    rows = []
-    for site, meter, df in frames:
-        for ts, r in zip(df.index, df.itertuples(index=False), strict=True):
-            seq = "" if pd.isna(r.seq) else str(int(r.seq))
-            rows.append([site, meter, _time(ts, tz), _num(r.flow_rate), _num(r.pressure), seq, r.quality or "", r.source or ""])
+def readings_csv(groups: Sequence[tuple[str, str, list[Reading]]], tz: ZoneInfo) -> tuple[bytes, int]:
+    rows = [
+        [site, meter, _time(r.ts, tz), _num(r.flow_rate), _num(r.pressure), str(r.seq), ",".join(r.quality), r.source or ""]
+        for site, meter, records in groups
+        for r in records
+    ]
     return _csv(READING_HEADER, rows), len(rows)
 
 
-def anomalies_csv(frames: Sequence[tuple[str, str, pd.DataFrame]], tz: ZoneInfo) -> tuple[bytes, int]:
-    rows = []
-    for site, meter, df in frames:
-        for r in df.itertuples(index=False):
-            rows.append([
-                site, meter, r.kind, r.signal, r.severity, r.state, _time(r.start, tz), _time(r.end, tz), _time(r.ts, tz),
-                _num(r.value), _num(r.threshold), r.message if isinstance(r.message, str) else "",
-            ])
+def anomalies_csv(groups: Sequence[tuple[str, str, list[Anomaly]]], tz: ZoneInfo) -> tuple[bytes, int]:
+    rows = [
+        [site, meter, a.kind, a.signal, a.severity, a.state, _time(a.start, tz), _time(a.end, tz), _time(a.ts, tz),
+         _num(a.value), _num(a.threshold), a.message or ""]
+        for site, meter, records in groups
+        for a in records
+    ]
     return _csv(ANOMALY_HEADER, rows), len(rows)
 
 
-def forecasts_csv(frames: Sequence[tuple[str, str, pd.DataFrame]], tz: ZoneInfo) -> tuple[bytes, int]:
-    rows = []
-    for site, meter, df in frames:
-        for r in df.itertuples(index=False):
-            rows.append([site, meter, r.signal, _time(r.issued_at, tz), _time(r.target_time, tz), _num(r.value), r.model])
+def forecasts_csv(groups: Sequence[tuple[str, str, list[tuple]]], tz: ZoneInfo) -> tuple[bytes, int]:
+    rows = [
+        [site, meter, signal, _time(issued, tz), _time(target, tz), _num(value), model]
+        for site, meter, points in groups
+        for signal, issued, target, value, model in points
+    ]
     return _csv(FORECAST_HEADER, rows), len(rows)
 
 
@@ -165,10 +153,10 @@ class Archiver:
             return False
         start, end = day_bounds(day, self.tz)
         meters = self.store.meters()
-        r = [(s, m, self.store.read_readings(s, m, start, end)) for s, m in meters]
-        a = [(s, m, self.store.read_anomalies(s, m, start, end)) for s, m in meters]
-        f = [(s, m, self.store.read_forecasts(s, m, start, end)) for s, m in meters]
-        if not any(len(df) for _, _, df in r + a + f):
+        r = [(s, m, self.store.read_reading_records(s, m, start, end)) for s, m in meters]
+        a = [(s, m, self.store.read_anomaly_records(s, m, start, end)) for s, m in meters]
+        f = [(s, m, self.store.read_forecast_points(s, m, start, end)) for s, m in meters]
+        if not any(len(items) for _, _, items in r + a + f):
             logger.info("nothing stored for %s; no archive written", day)
             return False
         counts: dict[str, int] = {}

@@ -22,8 +22,6 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pandas as pd
-from pydantic import ValidationError
 
 from shared.bus import Bus
 from shared.eventtime import BoundaryClock, floor
@@ -109,19 +107,16 @@ class ExporterService(Service):
                 continue
             ms = self._state(site, meter)
             window_start = floor(last, "10min", self.tz) - WINDOW
-            df = self.store.read_readings(site, meter, window_start, last + timedelta(seconds=1))
-            for ts, flow, pressure in zip(df.index, df["flow_rate"], df["pressure"], strict=True):
-                ms.put_reading(ts.to_pydatetime(), finite_or_none(flow), finite_or_none(pressure))
-            an = self.store.read_anomalies(site, meter, last - timedelta(days=self.cfg.backfill_anomaly_days), last + timedelta(seconds=1))
-            for row in an.itertuples(index=False):
-                a = _anomaly_from_row(site, meter, row)
-                if a is not None and (a.state == "open" or (a.end is not None and a.end >= window_start)):
+            for r in self.store.read_reading_records(site, meter, window_start, last + timedelta(seconds=1)):
+                ms.put_reading(r.ts, finite_or_none(r.flow_rate), finite_or_none(r.pressure))
+            since = last - timedelta(days=self.cfg.backfill_anomaly_days)
+            for a in self.store.read_anomaly_records(site, meter, since, last + timedelta(seconds=1)):
+                if a.state == "open" or (a.end is not None and a.end >= window_start):
                     ms.add_anomaly(a)
-            fc = self.store.read_forecasts(site, meter, window_start, last + FORECAST_LOOKAHEAD)
-            for row in fc.itertuples(index=False):
-                v = finite_or_none(row.value)
+            for signal, issued, target, value, _model in self.store.read_forecast_points(site, meter, window_start, last + FORECAST_LOOKAHEAD):
+                v = finite_or_none(value)
                 if v is not None:
-                    ms.add_prediction(row.signal, row.target_time.to_pydatetime(), row.issued_at.to_pydatetime(), v)
+                    ms.add_prediction(signal, target, issued, v)
             self.clock.seed(last, key=(site, meter))
             logger.info(
                 "back-filled %s/%s up to %s: %d reading(s), %d anomaly(ies), %d forecast point(s)",
@@ -213,18 +208,3 @@ class ExporterService(Service):
                 protocol_version=protocol.PROTOCOL_VERSION, content=data.decode("ascii"),
             )
             self.bus.publish(self.topics.export(ms.site, ms.meter, file), record, qos=1, retain=True)
-
-
-def _anomaly_from_row(site: str, meter: str, row) -> Anomaly | None:  # row: a read_anomalies itertuple
-    def t(x):
-        return None if x is None or pd.isna(x) else pd.Timestamp(x).to_pydatetime()
-
-    try:
-        return Anomaly(
-            site=site, meter=meter, kind=row.kind, signal=row.signal, severity=row.severity, state=row.state,
-            start=t(row.start), end=t(row.end), ts=t(row.ts), value=finite_or_none(row.value),
-            threshold=finite_or_none(row.threshold), message=row.message if isinstance(row.message, str) else "",
-        )
-    except ValidationError as exc:
-        logger.warning("stored anomaly %s/%s %s at %s skipped in back-fill: %s", site, meter, row.kind, row.start, exc)
-        return None
