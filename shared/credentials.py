@@ -117,11 +117,11 @@ def ensure_secrets(folder: Path, users: Sequence[str] = USERS) -> Secrets:
     for user in users:
         f = s.mqtt_password_file(user)
         if not f.exists() or not f.read_text().strip():
-            write_private(f, _new_secret() + "\n")
+            write_private(f, _new_secret())
             created.append(f"mqtt/{user}")
     for f in (s.influx_token_file, s.influx_admin_password_file, s.grafana_admin_password_file):
         if not f.exists() or not f.read_text().strip():
-            write_private(f, _new_secret() + "\n")
+            write_private(f, _new_secret())
             created.append(str(f.relative_to(folder)))
     # The password file is derived from the passwords: rewrite it when a user is new or missing.
     current = {u: s.mqtt_password(u) for u in users}
@@ -164,7 +164,7 @@ def set_docker_owners(s: Secrets) -> None:
         os.chmod(path, mode)
 
     for d in [s.folder, *(p for p in s.folder.rglob("*") if p.is_dir())]:
-        own(d, 0, GID_FLOWWATCH, 0o750)
+        own(d, 0, GID_FLOWWATCH, 0o711)  # traversable, not listable: each file says who reads it
     for name, uid in SERVICE_UIDS.items():
         own(s.mqtt_password_file(name), uid, 0, 0o400)
     for user in ("device", "operator"):
