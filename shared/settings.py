@@ -176,7 +176,7 @@ class TrainerSettings(Section):
         description="Most steps the model outputs at once; longer forecaster horizons are rolled forward.",
     )
     units: int = Field(default=32, ge=1, le=512, description="LSTM units.")
-    batch_size: int = Field(default=256, ge=1, description="Training batch size (the exported model runs batch 1).")
+    batch_size: int = Field(default=256, ge=1, description="Largest training batch (smaller on little data, for >= ~64 updates per epoch); the exported model runs batch 1.")
     patience: int = Field(default=3, ge=1, description="Early stopping: epochs without validation improvement.")
     learning_rate: float = Field(default=0.003, gt=0, description="Adam learning rate.")
     validation_fraction: float = Field(
