@@ -180,7 +180,7 @@ def calendar(ends: np.ndarray, tz: ZoneInfo | str) -> np.ndarray:
         str(tz) if not isinstance(tz, str) else tz
     )
     hour = (idx.hour.to_numpy() + idx.minute.to_numpy() / 60.0) / 24.0
-    dow = (idx.dayofweek.to_numpy() + hour) / 7.0
+    dow = (idx.day_of_week.to_numpy() + hour) / 7.0
     a, b = 2 * np.pi * hour, 2 * np.pi * dow
     return np.stack([np.sin(a), np.cos(a), np.sin(b), np.cos(b)], axis=1)
 

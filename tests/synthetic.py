@@ -22,15 +22,23 @@ def diurnal_frame(days: float, start: datetime = START, interval_s: int = 60, se
     idx = pd.date_range(start, periods=n, freq=f"{interval_s}s", tz="UTC", name="ts")
     local = idx.tz_convert(tz)
     h = local.hour.to_numpy() + local.minute.to_numpy() / 60.0
-    weekend = local.dayofweek.to_numpy() >= 5
+    weekend = local.day_of_week.to_numpy() >= 5
     shape = (np.exp(-((h - 7.5) ** 2) / 3.0) + 0.8 * np.exp(-((h - 19.5) ** 2) / 4.0)
              + 0.35 * np.exp(-((h - 13) ** 2) / 8.0))
     shape = np.where(weekend, 0.7 * np.roll(shape, 0) + 0.15, shape)
-    ar = np.zeros(n)
-    e = rng.normal(0, 1, n)
-    for i in range(1, n):
-        ar[i] = 0.97 * ar[i - 1] + e[i]
+    ar = _ar1(rng.normal(0, 1, n), 0.97)  # slow wandering: what a model can learn from the recent window
+    par = _ar1(rng.normal(0, 1, n), 0.99)
     flow = 20 + 60 * shape + noise * (0.6 * ar + 1.5 * rng.normal(0, 1, n))
-    pressure = 4.2 - 0.012 * flow + noise * (0.01 * ar + 0.02 * rng.normal(0, 1, n))
+    pressure = 4.2 - 0.012 * flow + noise * (0.01 * par + 0.005 * rng.normal(0, 1, n))
     return pd.DataFrame({"seq": np.arange(n), "flow_rate": np.maximum(flow, 0), "pressure": pressure,
                          "quality": "", "source": "test"}, index=idx)
+
+
+def _ar1(e: np.ndarray, phi: float) -> np.ndarray:
+    """AR(1) filter: x[i] = phi * x[i-1] + e[i]."""
+    x = np.empty_like(e)
+    acc = 0.0
+    for i, v in enumerate(e.tolist()):
+        acc = phi * acc + v
+        x[i] = acc
+    return x
