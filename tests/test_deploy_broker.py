@@ -29,7 +29,8 @@ pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parents[1]
 T = Topics()
 SITE, METER = "site1", "meter1"
-KINDS = ("reading", "anomaly", "forecast", "thresholds", "model", "command", "export/alert", "export/server")
+KINDS = ("reading", "anomaly", "forecast", "thresholds/flow_rate", "thresholds/pressure", "model/flow_rate",
+         "model/pressure", "command", "export/alert", "export/server")
 
 
 def meter_topic(kind: str) -> str:
@@ -46,17 +47,17 @@ def own(user: str) -> set[str]:
 # What each user may publish and receive (the "who needs what").
 WRITE = {
     "collector": {meter_topic("reading")} | own("collector"),
-    "detector": {meter_topic("anomaly"), meter_topic("thresholds")} | own("detector"),
+    "detector": {meter_topic("anomaly"), meter_topic("thresholds/flow_rate"), meter_topic("thresholds/pressure")} | own("detector"),
     "forecaster": {meter_topic("forecast")} | own("forecaster"),
     "exporter": {meter_topic("export/alert"), meter_topic("export/server")} | own("exporter"),
-    "trainer": {meter_topic("model")} | own("trainer"),
+    "trainer": {meter_topic("model/flow_rate"), meter_topic("model/pressure")} | own("trainer"),
     "device": own("device"),
     "operator": {meter_topic("command")} | own("operator"),
 }
 READ = {
     "collector": set(),
     "detector": {meter_topic(k) for k in ("reading", "forecast", "command")},
-    "forecaster": {meter_topic(k) for k in ("reading", "model")},
+    "forecaster": {meter_topic(k) for k in ("reading", "model/flow_rate", "model/pressure")},
     "exporter": {meter_topic(k) for k in ("reading", "anomaly", "forecast")},
     "trainer": {meter_topic(k) for k in ("reading", "command")},
     "device": {meter_topic("export/alert"), meter_topic("export/server")} | {T.status(u) for u in USERS},

@@ -61,7 +61,7 @@ class ForecasterService(Service):
         self.backfill()
         st = self.settings
         self.bus.subscribe(self.topics.reading(st.site, st.meter), Reading, self.on_reading)
-        self.bus.subscribe(self.topics.model(st.site, st.meter), ModelInfo, self.on_model)
+        self.bus.subscribe(self.topics.signal_filter(st.site, st.meter, "model"), ModelInfo, self.on_model)
 
     def teardown(self) -> None:
         if self._own_store and self.store is not None:

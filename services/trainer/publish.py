@@ -21,4 +21,4 @@ def publish_result(bus: Bus, settings: Settings, r: dict):
     """Promoted versions are published retained (the forecaster hot-reloads on them); a version that
     was kept but not promoted is published too, not retained, so it never replaces the served one."""
     info = model_info(settings, r)
-    return bus.publish(bus.topics.model(settings.site, settings.meter), info, qos=1, retain=info.promoted)
+    return bus.publish(bus.topics.model(settings.site, settings.meter, info.signal), info, qos=1, retain=info.promoted)
