@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import UTC, datetime
@@ -37,6 +38,18 @@ class Listener:
         self.dead: list[DeadLetter] = []
         self.lock = threading.Lock()
         self.bus = Bus(mqtt, name)
+        self.deliveries: list[tuple[int, bool]] = []  # (seq, MQTT DUP flag) of each reading delivered
+        original = self.bus.client.on_message
+
+        def spy(client, userdata, msg):  # the DUP flag tells a broker redelivery from a second publish
+            if msg.topic.endswith("/reading"):
+                try:
+                    self.deliveries.append((json.loads(msg.payload)["seq"], bool(msg.dup)))
+                except (ValueError, KeyError, TypeError):
+                    pass
+            original(client, userdata, msg)
+
+        self.bus.client.on_message = spy
         self.bus.subscribe(self.bus.topics.reading("site1", meter), Reading, self._reading)
         self.bus.subscribe(self.bus.topics.deadletter("collector"), DeadLetter, self._dead)
         assert self.bus.connect(wait_s=10)

@@ -36,6 +36,7 @@ class Forwarder:
         self._inflight: dict[int, int] = {}  # mid -> spool id
         self._acked_ids: list[int] = []
         self._last_id = 0  # highest spool id handed to paho on this connection
+        self._resend_upto = 0  # rows up to this id were handed over before a disconnect: counted as resent
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -49,6 +50,7 @@ class Forwarder:
             self._drain_acks()
             dropped = self.bus.client.drop_out_messages()
             if self._inflight:
+                self._resend_upto = max(self._resend_upto, max(self._inflight.values()))
                 logger.info("connection lost with %d reading(s) unacknowledged; they stay in the spool and are sent again", len(self._inflight))
             self._inflight.clear()
             self._last_id = 0
@@ -87,6 +89,9 @@ class Forwarder:
             for row in self.spool.after(self._last_id, room):
                 info = self.bus.publish(row.topic, row.payload, qos=1)
                 self._last_id = row.id
+                self.counters.inc("sent")
+                if row.id <= self._resend_upto:
+                    self.counters.inc("resent")
                 if info.rc != 0:  # connection just went; on_disconnected drops it and resets
                     break
                 self._inflight[info.mid] = row.id
