@@ -252,3 +252,20 @@ def test_simulator_events_appear_where_scheduled(tmp_path, mqtt):
     spike = sched["spike"]
     assert got[spike.start].flow_rate > 2 * got[spike.start.replace(minute=spike.start.minute - 1)].flow_rate
     assert all("simulated" in r.quality for r in got.values())
+
+
+def test_replay_csv_as_fast_as_possible(tmp_path, mqtt):
+    csv = tmp_path / "r.csv"
+    csv.write_text("timestamp,flow_rate,pressure\n2026-03-02T00:00:00Z,10.5,3.1\n2026-03-02T00:01:00Z,abc,3.2\n"
+                   "2026-03-02T00:02:00Z,,3.3\n2026-03-02T00:03:00Z,5000,3.4\n")
+    lis = Listener(mqtt, "replay", "lis-replay")
+    s = collector_settings(tmp_path, mqtt, "replay", source="replay", speed=0, replay={"file": str(csv)})
+    svc, t = start(s)
+    try:
+        assert wait_for(lambda: len(lis.readings) == 3 and len(lis.dead) == 1 and svc.finished)
+    finally:
+        stop(svc, t)
+        lis.close()
+    assert [r.flow_rate for r in lis.readings] == [10.5, None, 5000]
+    assert lis.readings[1].quality == ("flow_rate_missing",) and lis.readings[2].quality == ("flow_rate_out_of_range",)
+    assert "line 3" in lis.dead[0].reason and bytes.fromhex(lis.dead[0].payload_hex).startswith(b"2026-03-02T00:01")
