@@ -72,6 +72,8 @@ class Bus:
         self._logged_reasons: set[tuple[str, str]] = set()
         self.on_connected: Callable[[], None] | None = None
         self.on_published: Callable[[int], None] | None = None
+        # Called in the network thread after the connection was lost (before any reconnect).
+        self.on_disconnected: Callable[[], None] | None = None
 
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -155,6 +157,11 @@ class Bus:
             logger.warning("disconnected from MQTT broker (%s); reconnecting", reason_code)
             self.counters.inc("mqtt_disconnects")
         self._connected.clear()
+        if self.on_disconnected is not None:
+            try:
+                self.on_disconnected()
+            except Exception:  # noqa: BLE001 - a callback bug must not kill the network thread
+                logger.exception("on_disconnected callback failed")
 
     # --- publishing -------------------------------------------------------------------------
     def publish(self, topic: str, payload: Message | bytes, *, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
