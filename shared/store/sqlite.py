@@ -17,15 +17,15 @@ from itertools import repeat
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 from shared.messages import Anomaly, Forecast, Reading, Thresholds
 from shared.settings import SqliteSettings
 from shared.store.base import (
-    ANOMALY_COLUMNS,
-    FORECAST_COLUMNS,
     NightFlow,
     Store,
     StoreError,
@@ -35,7 +35,6 @@ from shared.store.base import (
     forecast_rows,
     from_epoch,
     reading_rows,
-    readings_frame,
     thresholds_from_payload,
     thresholds_payload,
     to_reading_frame,
@@ -225,29 +224,23 @@ class SqliteStore(Store):
         )
 
     # --- reads ----------------------------------------------------------------------------------
-    def read_readings(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame:
-        rows = self._query(
-            "SELECT ts, seq, flow_rate, pressure, quality, source FROM readings "
-            "WHERE mid = ? AND ts >= ? AND ts < ? ORDER BY ts",
-            (self._mid(site, meter, create=False) or -1, epoch(start), epoch(end)),
+    def _reading_rows(self, site: str, meter: str, start: datetime, end: datetime) -> list[tuple]:
+        mid = self._mid(site, meter, create=False)
+        if mid is None:
+            return []
+        return self._query(
+            "SELECT ts, seq, flow_rate, pressure, quality, source FROM readings WHERE mid = ? AND ts >= ? AND ts < ? ORDER BY ts",
+            (mid, epoch(start), epoch(end)),
         )
-        if not rows:
-            return readings_frame([], [], [], [], [], [])
-        ts, seq, flow, pres, qual, src = zip(*rows, strict=True)
-        return readings_frame(ts, seq, flow, pres, qual, src)
 
-    def read_anomalies(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame:
-        rows = self._query(
+    def _anomaly_rows(self, site: str, meter: str, start: datetime, end: datetime) -> list[tuple]:
+        return self._query(
             'SELECT kind, signal, severity, state, start, "end", ts, value, threshold, message FROM anomalies '
             "WHERE site = ? AND meter = ? AND start >= ? AND start < ? ORDER BY start, kind, signal",
             (site, meter, epoch(start), epoch(end)),
         )
-        df = pd.DataFrame(rows, columns=ANOMALY_COLUMNS)
-        for c in ("start", "end", "ts"):
-            df[c] = pd.to_datetime(df[c], unit="s", utc=True)
-        return df
 
-    def read_forecasts(self, site: str, meter: str, start: datetime, end: datetime, signal: str | None = None) -> pd.DataFrame:
+    def _forecast_rows(self, site: str, meter: str, start: datetime, end: datetime, signal: str | None) -> list[tuple]:
         sql = (
             "SELECT signal, issued_at, target_time, value, model FROM forecasts "
             "WHERE site = ? AND meter = ? AND target_time >= ? AND target_time < ?"
@@ -256,11 +249,7 @@ class SqliteStore(Store):
         if signal:
             sql += " AND signal = ?"
             params.append(signal)
-        rows = self._query(sql + " ORDER BY issued_at, signal, target_time", params)
-        df = pd.DataFrame(rows, columns=FORECAST_COLUMNS)
-        for c in ("issued_at", "target_time"):
-            df[c] = pd.to_datetime(df[c], unit="s", utc=True)
-        return df
+        return self._query(sql + " ORDER BY issued_at, signal, target_time", params)
 
     def latest_thresholds(self, site: str, meter: str, signal: str) -> Thresholds | None:
         rows = self._query(
