@@ -160,7 +160,7 @@ def _ar1(rng: np.random.Generator, n: int, sd: float, phi: float) -> np.ndarray:
 def _demand_patterns(sc: Scenario, times: pd.DatetimeIndex, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     local = times.tz_convert(sc.timezone)
     hours = local.hour + local.minute / 60.0
-    weekend = local.dayofweek >= 5
+    weekend = local.day_of_week >= 5
     days = (local.normalize() - local.normalize()[0]).days.to_numpy()
     day_factor = 1.0 + rng.normal(0.0, sc.day_factor_sd, days.max() + 1)[days]
     res = _shape(hours, weekend, _RES_WEEKDAY, _RES_WEEKEND)
