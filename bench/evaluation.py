@@ -47,7 +47,10 @@ def run_scenario(name: str, out: Path, train_days: float | None, quick: bool) ->
     if train_days:
         cmd += ["--train-days", str(train_days)]
     t = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    with (d / "evaluate.log").open("w") as log:  # TensorFlow is chatty on stderr
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc:
+        sys.exit(f"evaluate failed on {name} (exit {rc}); see {d / 'evaluate.log'}")
     m = json.loads((d / "eval" / "metrics.json").read_text())
     m["wall_s"] = time.perf_counter() - t
     return m
