@@ -5,7 +5,7 @@
 Per scenario: ``flowwatch simulate --scenario bench/scenarios.yaml:NAME`` then ``flowwatch evaluate
 --train-days 14`` (each a subprocess: the production code, as a user runs it). Results are pooled
 over the scenarios and compared with the goals of issue 8 (docs/evaluation.md). ``--quick``: two
-short scenarios, no training. ``--no-train``: the forecaster serves seasonal naive (no TensorFlow).
+scenarios, no training. ``--no-train``: the forecaster serves seasonal naive (no TensorFlow).
 Generated data and per-scenario outputs stay in ``--out`` (default a temp folder); nothing is committed.
 """
 
@@ -36,11 +36,9 @@ GOALS = [
 ]
 
 
-def run_scenario(name: str, out: Path, train_days: float | None, quick: bool) -> dict:
+def run_scenario(name: str, out: Path, train_days: float | None) -> dict:
     d = out / name
     cmd = [sys.executable, "-m", "shared.cli", "simulate", "--scenario", f"{SUITE}:{name}", "--out", str(d)]
-    if quick:
-        cmd += ["--days", "21"]
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     cmd = [sys.executable, "-m", "shared.cli", "evaluate", "--readings", str(d / "readings.csv"), "--labels", str(d / "labels.csv"),
            "--out", str(d / "eval"), "--quiet", "--score-from-day", "14"]
@@ -103,7 +101,7 @@ def pooled(results: dict[str, dict]) -> tuple[list[list[str]], list[list[str]]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="two scenarios cut to 21 days, no training")
+    ap.add_argument("--quick", action="store_true", help="two scenarios, no training")
     ap.add_argument("--no-train", action="store_true", help="no training: forecasts are seasonal naive")
     ap.add_argument("--only", nargs="*", default=None, help="scenario names")
     ap.add_argument("--out", type=Path, default=None, help="keep the generated data and outputs here")
@@ -122,7 +120,7 @@ def main() -> None:
     results = {}
     for n in names:
         print(f"scenario {n} ...", flush=True)
-        results[n] = run_scenario(n, out, train, args.quick)
+        results[n] = run_scenario(n, out, train)
         a = results[n]["alarms"]
         print(f"  {a['alerts']} alerts, {a['false_alarms']} false; {results[n]['wall_s']:.0f} s", flush=True)
     rows, frows = pooled(results)
