@@ -201,7 +201,9 @@ class Bus:
     def _dispatch(self, msg: mqtt.MQTTMessage) -> None:
         self.counters.inc("received")
         sub = next((s for s in self._subs if mqtt.topic_matches_sub(s.filter, msg.topic)), None)
-        if sub is None:
+        if sub is None:  # cannot happen for services: they subscribe before connecting (Service.start)
+            self.counters.inc("unrouted")
+            logger.warning("message on %s matches no subscription of %s; dropped", msg.topic, self.service)
             return
         payload = msg.payload
         if len(payload) > self.settings.max_payload_bytes:

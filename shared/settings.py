@@ -141,6 +141,12 @@ class DetectorSettings(Section):
 class ForecasterSettings(Section):
     step_minutes: int = Field(default=10, ge=1, le=1440, description="Forecast resolution in minutes.")
     horizon_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60, description="How far ahead to forecast (up to 7 days).")
+    max_gap_minutes: int = Field(
+        default=60, ge=0, le=24 * 60,
+        description="Gaps up to this long are filled (linear; carried forward at the end); longer ones make "
+        "the model fall back to seasonal naive. The trainer cleans its data the same way.",
+    )
+    threads: int = Field(default=1, ge=1, le=64, description="CPU threads of the LiteRT interpreter.")
 
     @model_validator(mode="after")
     def _divides(self) -> ForecasterSettings:
@@ -152,6 +158,18 @@ class ForecasterSettings(Section):
 class ExporterSettings(Section):
     out_dir: Path = Field(default=Path("exports"), description="Folder of alert.txt / server.txt; relative to data_dir.")
     archive_days: int = Field(default=90, ge=1, description="Daily archives older than this are removed.")
+    archive: bool = Field(default=True, description="Write the daily archive (previous day's readings, anomalies, forecasts as CSV).")
+    archive_dir: Path = Field(
+        default=Path("exports/archive"), description="Folder of the date-partitioned daily archive; relative to data_dir."
+    )
+    archive_lag_minutes: int = Field(
+        default=5, ge=0, le=720,
+        description="Archive day D once event time reaches D+1 00:00 local plus this, so its last minutes are stored.",
+    )
+    mirror: bool = Field(default=True, description="Also publish each file's content retained on .../export/alert and .../export/server.")
+    backfill_anomaly_days: int = Field(
+        default=30, ge=1, description="At start, anomalies that started this many days before the last reading are read back from the store."
+    )
 
 
 class TrainerSettings(Section):
@@ -161,6 +179,32 @@ class TrainerSettings(Section):
     threads: int = Field(default=1, ge=1, description="CPU threads TensorFlow may use.")
     nice: int = Field(default=10, ge=0, le=19, description="CPU priority decrease while training.")
     epochs: int = Field(default=20, ge=1, description="Most epochs (early stopping may end sooner).")
+    models_dir: Path = Field(
+        default=Path("models"), description="Model versions (models/<signal>/<version>/); relative to data_dir. The forecaster reads them."
+    )
+    window_steps: int = Field(default=36, ge=2, le=1008, description="Past bins (at forecaster.step_minutes) the model sees.")
+    max_output_steps: int = Field(
+        default=36, ge=1, le=1008,
+        description="Most steps the model outputs at once; longer forecaster horizons are rolled forward.",
+    )
+    units: int = Field(default=32, ge=1, le=512, description="LSTM units.")
+    batch_size: int = Field(default=256, ge=1, description="Largest training batch (smaller on little data, for >= ~64 updates per epoch); the exported model runs batch 1.")
+    patience: int = Field(default=3, ge=1, description="Early stopping: epochs without validation improvement.")
+    learning_rate: float = Field(default=0.003, gt=0, description="Adam learning rate.")
+    validation_fraction: float = Field(
+        default=0.15, gt=0, lt=0.5, description="Last part of the training period used for early stopping (time-ordered)."
+    )
+    holdout_days: float = Field(
+        default=7, gt=0, description="Last days held out for the promotion test (at most 30 % of the data)."
+    )
+    min_improvement: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="Relative held-out WAPE improvement a new model needs over seasonal naive and the current model.",
+    )
+    parity_tolerance: float = Field(
+        default=1e-3, gt=0, description="Largest allowed |LiteRT - Keras| output difference (scaled units) on held-out windows."
+    )
+    seed: int = Field(default=42, description="Random seed (numpy, Python, TensorFlow) for reproducible training.")
 
 
 class Settings(BaseSettings):
