@@ -34,7 +34,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from shared.cli import base_parser, settings_or_exit
-from shared.messages import SIGNALS, Anomaly, Reading
+from shared.messages import SIGNALS, Anomaly, Forecast
 from shared.readings_csv import CsvFormatError, read_all
 
 logger = logging.getLogger(__name__)
@@ -94,18 +94,20 @@ class Forecasting:
                 v = models.current_version(models_dir, s)
                 if v is not None:
                     self.predictors[s] = ModelPredictor(models.version_dir(models_dir, s, v), f.step_minutes, f.threads)
+        self.site, self.meter = settings.site, settings.meter
         self.rows: list[tuple] = []
         self.fallbacks = 0
 
-    def add(self, ts: datetime, epoch: int, flow: float | None, pres: float | None, quality: tuple[str, ...]) -> None:
+    def add(self, ts: datetime, epoch: int, flow: float | None, pres: float | None, quality: tuple[str, ...]) -> list[Forecast]:
         self.window.add(epoch, {"flow_rate": flow, "pressure": pres}, quality)
         crossed = self.clock.advance(ts, ("hour",))
-        if "hour" in crossed:
-            self.forecast(crossed["hour"])
+        return self.forecast(crossed["hour"]) if "hour" in crossed else []
 
-    def forecast(self, issued_at: datetime) -> None:
+    def forecast(self, issued_at: datetime) -> list[Forecast]:
+        """Both signals' forecasts for the bins after ``issued_at`` (as the service would publish them)."""
         from services.forecaster.predictor import Window
 
+        out = []
         end = int(issued_at.timestamp())
         for s in SIGNALS:
             w = Window(self.window.window(s, end), end, self.step)
@@ -120,6 +122,9 @@ class Forecasting:
                 continue
             for i, v in enumerate(values):
                 self.rows.append((issued_at, issued_at + timedelta(minutes=self.step * (i + 1)), s, float(v), p.name))
+            out.append(Forecast(site=self.site, meter=self.meter, signal=s, issued_at=issued_at, step_minutes=self.step,
+                                values=tuple(float(v) for v in values), model=p.name))
+        return out
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=list(FORECAST_COLUMNS))
@@ -127,9 +132,9 @@ class Forecasting:
 
 def make_detector(settings):
     """The detector service's decision logic (readings in, Anomaly events out, no I/O)."""
-    from services.detector.engine import Detector
+    from services.detector.engine import DetectionEngine
 
-    return Detector(settings)
+    return DetectionEngine.from_settings(settings)
 
 
 @dataclass
@@ -144,7 +149,7 @@ class RunResult:
 def run(settings, frame: pd.DataFrame, models_dir: Path | None = None, progress: bool = True) -> RunResult:
     """Feed every reading of ``frame`` (readings_csv layout) through the detector and the forecaster."""
     detector = make_detector(settings)
-    fc = Forecasting(settings, models_dir)
+    fc_logic = Forecasting(settings, models_dir)
     log = AnomalyLog()
     site, meter = settings.site, settings.meter
     ts_index = frame.index
@@ -152,24 +157,21 @@ def run(settings, frame: pd.DataFrame, models_dir: Path | None = None, progress:
     flows = frame["flow_rate"].to_numpy(dtype="float64", na_value=np.nan)
     press = frame["pressure"].to_numpy(dtype="float64", na_value=np.nan)
     quals = frame["quality"].tolist() if "quality" in frame else [""] * len(frame)
+    days = timedelta(days=settings.detector.threshold_days)
     t = time.perf_counter()
-    last = None
     for i in tqdm(range(len(frame)), unit="readings", disable=not progress, desc="evaluate", mininterval=0.5):
-        ts = ts_index[i].to_pydatetime()
         f = None if np.isnan(flows[i]) else float(flows[i])
         p = None if np.isnan(press[i]) else float(press[i])
+        for a in detector.process_values(site, meter, float(epochs[i]), f, p):
+            log.add(a)
+        for s, m, at in detector.take_due():  # a recalibration boundary was crossed: hand it the recent readings
+            detector.recalibrate(s, m, frame.loc[(ts_index >= at - days) & (ts_index < at)], at)
         q = tuple(quals[i].split(",")) if quals[i] else ()
-        r = Reading(site=site, meter=meter, ts=ts, seq=i, flow_rate=f, pressure=p, quality=q, source="replay")
-        for a in detector.process(r):
-            log.add(a)
-        fc.add(ts, int(epochs[i]), f, p, q)
-        last = ts
-    if last is not None and hasattr(detector, "finish"):
-        for a in detector.finish(last) or ():
-            log.add(a)
+        for fc in fc_logic.add(ts_index[i].to_pydatetime(), int(epochs[i]), f, p, q):
+            detector.on_forecast(fc)  # forecast deviation, as the detector service gets them over MQTT
     dt = time.perf_counter() - t
-    models = {s: fc.predictors[s].name for s in SIGNALS}
-    return RunResult(log.frame(), fc.frame(), len(frame), dt, {"models": models, "forecast_fallbacks": fc.fallbacks})
+    models = {s: fc_logic.predictors[s].name for s in SIGNALS}
+    return RunResult(log.frame(), fc_logic.frame(), len(frame), dt, {"models": models, "forecast_fallbacks": fc_logic.fallbacks})
 
 
 def train_first(settings, frame: pd.DataFrame, days: float, work: Path) -> Path:
