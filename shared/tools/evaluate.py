@@ -5,7 +5,9 @@
 Readings go one by one, oldest first, through the detector's decision logic (the same class the
 detector service calls) and the forecaster's window and predictors (the same classes the
 forecaster service uses), as fast as the machine allows; the hourly forecast fires when reading
-timestamps cross the hour (shared/eventtime). With ``--train-days N`` the trainer first trains on
+timestamps cross the hour (shared/eventtime) and is handed to the detector (forecast deviation), and
+a threshold recalibration the detector asks for gets the readings of its window, as the services do.
+The wall-clock 'silent meter' rule does not run (a replay has no wall clock; gaps are detected). With ``--train-days N`` the trainer first trains on
 the first N days (TensorFlow; as ``flowwatch train`` does) and the forecaster then serves the
 promoted versions; otherwise it serves seasonal naive, as a new install does.
 
@@ -320,7 +322,14 @@ def main(argv: Sequence[str]) -> int:
             except Exception as exc:  # noqa: BLE001 - training may fail for many reasons; say which
                 print(f"flowwatch evaluate: training on the first {args.train_days:g} days failed: {exc}", file=sys.stderr)
                 return 2
-        res = run(settings, frame, models_dir, progress=not args.quiet)
+        try:
+            res = run(settings, frame, models_dir, progress=not args.quiet)
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("services."):
+                raise
+            print(f"flowwatch evaluate: {exc.name} is missing from this build; evaluate needs the detector and "
+                  "forecaster packages (services/detector/engine.py, services/forecaster/)", file=sys.stderr)
+            return 2
     write_outputs(args.out, res)
     print(f"{res.readings:,} readings in {res.seconds:.1f} s ({res.readings / max(res.seconds, 1e-9):,.0f}/s); "
           f"{len(res.anomalies)} alerts, {len(res.forecasts):,} forecast values; models {res.info['models']}")
