@@ -1,8 +1,11 @@
 """Run a local Mosquitto: used by ``flowwatch up``, the test fixtures and the benchmarks.
 
-The generated config turns on what a default Mosquitto leaves off (the brief, §10): persistence
-with a short autosave interval, and a queue limit sized for a long outage instead of the default
-1000 messages after which a QoS 1 backlog is silently dropped. Anonymous access is off.
+The config is rendered from the project's ``mosquitto/mosquitto.conf`` (the file docker compose
+mounts), so every deployment runs the same broker settings: persistence with a short autosave
+interval, a queue limit sized for a long outage instead of the default 1000 messages after which a
+QoS 1 backlog is silently dropped (the brief, §10), anonymous access off. Only the machine-local
+lines (listener, password/ACL files, persistence location, log destination, TLS files) are
+replaced; ``overrides`` may change any other key (the tests save every second).
 """
 
 from __future__ import annotations
@@ -19,10 +22,65 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared import credentials
+
 logger = logging.getLogger(__name__)
 
-# A minute-interval meter offline for 30 days queues ~43,200 readings; leave ample room.
-MAX_QUEUED_MESSAGES = 1_000_000
+PROJECT_DIR = Path(__file__).resolve().parents[1] / "mosquitto"
+PROJECT_CONF = PROJECT_DIR / "mosquitto.conf"
+PROJECT_ACL = PROJECT_DIR / "acl"
+# Lines of the project config that name things of the container; set per machine here.
+LOCAL_KEYS = frozenset({
+    "listener", "protocol", "password_file", "acl_file", "persistence_location", "log_dest", "user",
+    "cafile", "capath", "certfile", "keyfile", "tls_version", "require_certificate",
+})
+TEST_OVERRIDES = {"autosave_interval": "1"}
+
+
+def project_settings(conf: Path = PROJECT_CONF) -> list[tuple[str, str]]:
+    """The (key, value) lines of the project config that are not machine-local, in order."""
+    if not conf.exists():
+        raise RuntimeError(f"{conf} not found: run flowwatch from a checkout of the repository")
+    out = []
+    for raw in conf.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition(" ")
+        if key not in LOCAL_KEYS:
+            out.append((key, value.strip()))
+    return out
+
+
+def project_setting(key: str, conf: Path = PROJECT_CONF) -> str | None:
+    return next((v for k, v in project_settings(conf) if k == key), None)
+
+
+def render_config(
+    *, host: str, port: int, password_file: Path, data_dir: Path, log_file: Path,
+    acl_file: Path | None = None, overrides: dict[str, str] | None = None, conf: Path = PROJECT_CONF,
+) -> str:
+    """The project's mosquitto.conf with this machine's listener, files and folders."""
+    overrides = dict(overrides or {})
+    lines = [f"listener {port} {host}", f"password_file {password_file}"]
+    if acl_file is not None:
+        lines.append(f"acl_file {acl_file}")
+    # Started as root, mosquitto drops to user 'mosquitto', which cannot read our files: stay us.
+    if os.geteuid() == 0:
+        lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
+    lines += [f"persistence_location {data_dir}/", f"log_dest file {log_file}"]
+    seen = set()
+    for key, value in project_settings(conf):
+        if key in overrides and key not in seen:
+            value = overrides[key]
+        seen.add(key)
+        lines.append(f"{key} {value}".rstrip())
+    lines += [f"{k} {v}" for k, v in overrides.items() if k not in seen]
+    return "\n".join(lines) + "\n"
+
+
+# What the project config sets (kept for code that reports it, e.g. benchmarks).
+MAX_QUEUED_MESSAGES = int(project_setting("max_queued_messages") or 1000)
 
 
 def free_port() -> int:
@@ -43,25 +101,26 @@ def wait_port(host: str, port: int, timeout: float = 10.0) -> bool:
 
 
 def write_password_file(path: Path, users: dict[str, str]) -> None:
-    """Hash users into a Mosquitto password file with ``mosquitto_passwd``."""
-    exe = shutil.which("mosquitto_passwd")
-    if exe is None:
-        raise RuntimeError("mosquitto_passwd not found; install the 'mosquitto' package")
-    path.unlink(missing_ok=True)
-    path.touch(mode=0o600)
-    for user, pw in users.items():
-        subprocess.run([exe, "-b", str(path), user, pw], check=True, capture_output=True)
+    """Hash users into a Mosquitto password file (the ``mosquitto_passwd`` format, no subprocess)."""
+    credentials.write_password_file(path, users)
 
 
 @dataclass
 class MosquittoProcess:
-    """A mosquitto started with a generated config in ``workdir``."""
+    """A mosquitto started in ``workdir`` with the project config (see :func:`render_config`).
+
+    ``users`` default to one user with a random password and no ACL (the test fixtures); pass
+    ``acl_file=PROJECT_ACL`` and the generated users for the real thing (``flowwatch up``).
+    ``password_file`` uses an existing password file instead of writing one from ``users``.
+    """
 
     workdir: Path
     port: int = 0
     users: dict[str, str] = field(default_factory=dict)
     acl_file: Path | None = None
     extra_conf: str = ""
+    overrides: dict[str, str] = field(default_factory=lambda: dict(TEST_OVERRIDES))
+    password_file: Path | None = None
     host: str = "127.0.0.1"
     proc: subprocess.Popen | None = None
 
@@ -74,25 +133,15 @@ class MosquittoProcess:
         self.conf = self.workdir / "mosquitto.conf"
         self.log = self.workdir / "mosquitto.log"
         (self.workdir / "data").mkdir(exist_ok=True)
-        write_password_file(self.workdir / "passwd", self.users)
-        acl = f"acl_file {self.acl_file}\n" if self.acl_file else ""
-        # Started as root, mosquitto drops to user 'mosquitto', which cannot read our files: stay us.
-        user = f"user {pwd.getpwuid(os.geteuid()).pw_name}\n" if os.geteuid() == 0 else ""
+        if self.password_file is None:
+            self.password_file = self.workdir / "passwd"
+            write_password_file(self.password_file, self.users)
         self.conf.write_text(
-            f"listener {self.port} {self.host}\n"
-            "allow_anonymous false\n"
-            f"password_file {self.workdir / 'passwd'}\n"
-            f"{acl}{user}"
-            "persistence true\n"
-            f"persistence_location {self.workdir / 'data'}/\n"
-            "autosave_interval 1\n"
-            f"max_queued_messages {MAX_QUEUED_MESSAGES}\n"
-            "max_queued_bytes 0\n"
-            "max_inflight_messages 100\n"
-            "persistent_client_expiration 30d\n"
-            f"log_dest file {self.log}\n"
-            "log_type error\nlog_type warning\nlog_type notice\n"
-            f"{self.extra_conf}"
+            render_config(
+                host=self.host, port=self.port, password_file=self.password_file, data_dir=self.workdir / "data",
+                log_file=self.log, acl_file=self.acl_file, overrides=self.overrides,
+            )
+            + self.extra_conf
         )
 
     @property

@@ -74,6 +74,8 @@ class Bus:
         self._logged_reasons: set[tuple[str, str]] = set()
         self.on_connected: Callable[[], None] | None = None
         self.on_published: Callable[[int], None] | None = None
+        # Called in the network thread after the connection was lost (before any reconnect).
+        self.on_disconnected: Callable[[], None] | None = None
 
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -157,6 +159,11 @@ class Bus:
             logger.warning("disconnected from MQTT broker (%s); reconnecting", reason_code)
             self.counters.inc("mqtt_disconnects")
         self._connected.clear()
+        if self.on_disconnected is not None:
+            try:
+                self.on_disconnected()
+            except Exception:  # noqa: BLE001 - a callback bug must not kill the network thread
+                logger.exception("on_disconnected callback failed")
 
     # --- publishing -------------------------------------------------------------------------
     def publish(self, topic: str, payload: Message | bytes, *, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
@@ -223,7 +230,9 @@ class Bus:
         """Validate and hand over; True when the handler took over the acknowledgement."""
         self.counters.inc("received")
         sub = next((s for s in self._subs if mqtt.topic_matches_sub(s.filter, msg.topic)), None)
-        if sub is None:
+        if sub is None:  # cannot happen for services: they subscribe before connecting (Service.start)
+            self.counters.inc("unrouted")
+            logger.warning("message on %s matches no subscription of %s; dropped", msg.topic, self.service)
             return False
         payload = msg.payload
         if len(payload) > self.settings.max_payload_bytes:

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("shared.tools.config_cmd:main", "config check [FILE]: validate a config file"),
     "import": ("shared.tools.import_csv:main", "bulk-load historical readings from a CSV file"),
     "health": ("shared.tools.health:main", "health check of one service (exit 0 when healthy)"),
+    "secrets": ("shared.credentials:main", "secrets init: generate MQTT passwords, Mosquitto password file, InfluxDB token"),
     "train": ("services.trainer.cli:main", "train the forecasting models now"),
     "thresholds": ("services.detector.cli:main", "thresholds recalibrate: recompute anomaly thresholds now"),
     "plot": ("shared.tools.plot:main", "plot flow, pressure, forecasts, thresholds and anomalies to a PNG"),

@@ -40,14 +40,33 @@ class CsvFormatError(ValueError):
 
 
 def _numbers(col: pd.Series, name: str, lines: np.ndarray, rejects: list[Reject], raw: pd.DataFrame, bad: np.ndarray) -> np.ndarray:
-    text = col.fillna("").str.strip()
-    values = pd.to_numeric(text.where(text != "", None), errors="coerce").to_numpy(dtype="float64")
-    empty = (text == "").to_numpy()
-    nonfinite = ~np.isfinite(values) & ~empty
-    for i in np.flatnonzero(nonfinite & ~bad):
-        rejects.append(Reject(int(lines[i]), f"{name} {text.iloc[i]!r} is not a finite number", ",".join(map(str, raw.iloc[i].tolist()))))
-    bad |= nonfinite
+    """Parse a number column; empty is missing (NaN), anything else that is not finite rejects the row."""
+    values = pd.to_numeric(col, errors="coerce").to_numpy(dtype="float64", na_value=np.nan, copy=True)
+    suspicious = np.flatnonzero(~np.isfinite(values))  # usually few: only these are inspected as text
+    for i in suspicious:
+        text = str(col.iloc[i]).strip()
+        if text == "":
+            values[i] = np.nan
+            continue
+        values[i] = np.nan
+        if not bad[i]:
+            rejects.append(Reject(int(lines[i]), f"{name} {text!r} is not a finite number", ",".join(map(str, raw.iloc[i].tolist()))))
+        bad[i] = True
     return values
+
+
+def _timestamps(text: pd.Series, naive_tz: str) -> pd.Series:
+    """UTC timestamps (NaT where unparseable). Fast path for the canonical 2026-01-01T00:00:00Z form."""
+    ts = pd.to_datetime(text, format="%Y-%m-%dT%H:%M:%S%z", errors="coerce", utc=True)
+    if not ts.isna().any():
+        return ts
+    text = text.str.strip()
+    ts = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
+    naive = ~text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True)
+    if naive.any() and naive_tz != "UTC":
+        local = pd.to_datetime(text[naive], format="ISO8601", errors="coerce").dt.tz_localize(naive_tz, ambiguous="NaT", nonexistent="NaT")
+        ts[naive] = local.dt.tz_convert("UTC")
+    return ts
 
 
 def parse_chunk(raw: pd.DataFrame, first_line: int, limits: RangeLimits, naive_tz: str = "UTC", source: str = "import") -> ParsedChunk:
@@ -55,23 +74,10 @@ def parse_chunk(raw: pd.DataFrame, first_line: int, limits: RangeLimits, naive_t
     n = len(raw)
     lines = np.arange(first_line, first_line + n)
     rejects: list[Reject] = []
-    bad = np.zeros(n, dtype=bool)
-    ts_text = raw["timestamp"].fillna("").str.strip()
-    ts = pd.to_datetime(ts_text, format="ISO8601", errors="coerce", utc=False)
-    if getattr(ts.dt, "tz", None) is None:
-        # Mixed or naive: parse per value, localising naive ones.
-        parsed = pd.to_datetime(ts_text, format="ISO8601", errors="coerce", utc=True)
-        naive = ~ts_text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True)
-        if naive.any() and naive_tz != "UTC":
-            local = pd.to_datetime(ts_text[naive], format="ISO8601", errors="coerce").dt.tz_localize(naive_tz, ambiguous="NaT", nonexistent="NaT")
-            parsed[naive] = local.dt.tz_convert("UTC")
-        ts = parsed
-    else:
-        ts = ts.dt.tz_convert("UTC")
-    bad_ts = ts.isna().to_numpy()
-    for i in np.flatnonzero(bad_ts):
-        rejects.append(Reject(int(lines[i]), f"timestamp {ts_text.iloc[i]!r} is not ISO 8601", ",".join(map(str, raw.iloc[i].tolist()))))
-    bad |= bad_ts
+    ts = _timestamps(raw["timestamp"], naive_tz)
+    bad = ts.isna().to_numpy().copy()
+    for i in np.flatnonzero(bad):
+        rejects.append(Reject(int(lines[i]), f"timestamp {str(raw['timestamp'].iloc[i]).strip()!r} is not ISO 8601", ",".join(map(str, raw.iloc[i].tolist()))))
     flow = _numbers(raw["flow_rate"], "flow_rate", lines, rejects, raw, bad)
     pres = _numbers(raw["pressure"], "pressure", lines, rejects, raw, bad)
 
@@ -127,3 +133,38 @@ def read_all(path: Path, limits: RangeLimits | None = None, naive_tz: str = "UTC
     df = pd.concat(frames)
     df = df[~df.index.duplicated(keep="last")].sort_index()
     return df, rejects
+
+
+def prefetch(chunks: Iterator[ParsedChunk], depth: int = 2) -> Iterator[ParsedChunk]:
+    """Parse the next chunks in a background thread while the caller writes the current one."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for c in chunks:
+                if stop.is_set():
+                    return
+                q.put(c)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(exc)
+        q.put(done)
+
+    t = threading.Thread(target=produce, name="csv-parse", daemon=True)
+    t.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.05)

@@ -135,11 +135,27 @@ class Service:
         self.stop_event.set()
 
     def start(self, *, connect_wait_s: float = 10.0) -> None:
-        """Run the service until stopped. Always tears down and publishes 'offline'."""
+        """Run the service until stopped. Always tears down and publishes 'offline'.
+
+        ``setup`` (subscribe, back-fill) runs *before* connecting: a persistent session delivers
+        its queued messages right after the connect, and each must find its handler and a
+        back-filled window.
+        """
         logger.info("%s starting (site=%s meter=%s)", self.name, self.settings.site, self.settings.meter)
         try:
-            self.bus.connect(wait_s=connect_wait_s)
             self.setup()
+            if self.stop_event.is_set():
+                return
+            self.bus.connect(wait_s=None)
+            deadline = time.monotonic() + connect_wait_s
+            while not self.bus.connected and time.monotonic() < deadline:
+                if self.stop_event.wait(0.05):
+                    return
+            if not self.bus.connected:
+                logger.warning(
+                    "%s: MQTT broker %s:%s not reachable yet; running and retrying in the background",
+                    self.name, self.settings.mqtt.host, self.settings.mqtt.port,
+                )
             self.publish_status()
             self._status_thread = threading.Thread(target=self._status_loop, name=f"{self.name}-status", daemon=True)
             self._status_thread.start()

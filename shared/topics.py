@@ -5,8 +5,8 @@ Layout (``{prefix}`` defaults to ``flowwatch/v1``)::
     {prefix}/{site}/{meter}/reading
     {prefix}/{site}/{meter}/anomaly
     {prefix}/{site}/{meter}/forecast
-    {prefix}/{site}/{meter}/thresholds        (retained)
-    {prefix}/{site}/{meter}/model             (retained)
+    {prefix}/{site}/{meter}/thresholds/{signal}   (retained; one per signal)
+    {prefix}/{site}/{meter}/model/{signal}        (retained; one per signal)
     {prefix}/{site}/{meter}/command
     {prefix}/{site}/{meter}/export/alert      (retained)
     {prefix}/{site}/{meter}/export/server     (retained)
@@ -21,17 +21,18 @@ from dataclasses import dataclass
 
 DEFAULT_PREFIX = "flowwatch/v1"
 
+SIGNAL_KINDS = ("thresholds", "model")  # retained per signal: one level more
+SIGNALS = ("flow_rate", "pressure")
 METER_KINDS = (
     "reading",
     "anomaly",
     "forecast",
-    "thresholds",
-    "model",
+    *(f"{k}/{s}" for k in SIGNAL_KINDS for s in SIGNALS),
     "command",
     "export/alert",
     "export/server",
 )
-RETAINED_KINDS = frozenset({"thresholds", "model", "export/alert", "export/server"})
+RETAINED_KINDS = frozenset({*(f"{k}/{s}" for k in SIGNAL_KINDS for s in SIGNALS), "export/alert", "export/server"})
 
 _LEVEL = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -82,11 +83,11 @@ class Topics:
     def forecast(self, site: str, meter: str) -> str:
         return self.meter(site, meter, "forecast")
 
-    def thresholds(self, site: str, meter: str) -> str:
-        return self.meter(site, meter, "thresholds")
+    def thresholds(self, site: str, meter: str, signal: str) -> str:
+        return self.meter(site, meter, f"thresholds/{signal}")
 
-    def model(self, site: str, meter: str) -> str:
-        return self.meter(site, meter, "model")
+    def model(self, site: str, meter: str, signal: str) -> str:
+        return self.meter(site, meter, f"model/{signal}")
 
     def command(self, site: str, meter: str) -> str:
         return self.meter(site, meter, "command")
@@ -102,10 +103,19 @@ class Topics:
 
     # --- subscription filters (wildcards allowed here only) ---
     def all_meters(self, kind: str) -> str:
-        """Filter for one kind across every site and meter, e.g. ``flowwatch/v1/+/+/reading``."""
+        """Filter for one kind across every site and meter, e.g. ``flowwatch/v1/+/+/reading``
+        (``thresholds`` and ``model`` cover both signals: ``.../model/+``)."""
+        if kind in SIGNAL_KINDS:
+            return f"{self.prefix}/+/+/{kind}/+"
         if kind not in METER_KINDS:
             raise TopicError(f"unknown topic kind {kind!r}")
         return f"{self.prefix}/+/+/{kind}"
+
+    def signal_filter(self, site: str, meter: str, kind: str) -> str:
+        """``thresholds`` or ``model`` of one meter, both signals: ``.../{site}/{meter}/model/+``."""
+        if kind not in SIGNAL_KINDS:
+            raise TopicError(f"{kind!r} has no signal level; one of {', '.join(SIGNAL_KINDS)}")
+        return f"{self.prefix}/{_level('site', site)}/{_level('meter', meter)}/{kind}/+"
 
     def all_status(self) -> str:
         return f"{self.prefix}/service/+/status"

@@ -19,7 +19,7 @@ def reading(i, meter="m1"):
     return Reading(site="s1", meter=meter, ts=T0 + timedelta(minutes=i), seq=i, flow_rate=float(i), pressure=3.0)
 
 
-def wait_for(cond, timeout=10.0):
+def wait_for(cond, timeout=30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():

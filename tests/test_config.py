@@ -75,3 +75,10 @@ def test_every_field_documented():
                 walk(ann, f"{path}{name}.")
 
     walk(Settings, "")
+
+
+def test_configuration_doc_is_current():
+    from shared.tools.config_cmd import reference
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert doc.read_text() == reference(), "regenerate: flowwatch config doc > docs/configuration.md"

@@ -159,7 +159,7 @@ def test_recalibrate_command_stores_and_publishes_retained_thresholds(running, s
     assert th.method == "static" and th.computed_at == rs[-1].ts + timedelta(seconds=1)
     got = Sink()
     late = client(s, "late-cal")  # a late subscriber gets the retained bands
-    late.subscribe(topics.thresholds(site, "m1"), Thresholds, got)
+    late.subscribe(topics.signal_filter(site, "m1", "thresholds"), Thresholds, got)
     assert wait_for(lambda: got.items)
     pub.close(), late.close()
 

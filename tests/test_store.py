@@ -133,7 +133,7 @@ LOCKER = """
 import sqlite3, sys, time
 db = sqlite3.connect(sys.argv[1], isolation_level=None)
 db.execute("BEGIN IMMEDIATE")
-db.execute("INSERT OR REPLACE INTO readings (site, meter, ts, seq) VALUES ('other', 'x', 1, 1)")
+db.execute("INSERT OR IGNORE INTO meters (site, meter) VALUES ('other', 'x')")
 print("locked", flush=True)
 time.sleep(float(sys.argv[2]))
 db.execute("COMMIT")
@@ -171,3 +171,17 @@ def test_sqlite_gives_up_clearly(tmp_path):
         s.write_readings(readings(1))
     other.execute("ROLLBACK")
     s.close()
+
+
+def test_records_without_pandas(store):
+    rs = readings(3)
+    store.write_readings(rs)
+    back = store.read_reading_records("s1", "m1", T0, T0 + timedelta(days=1))
+    assert [(r.ts, r.seq, r.flow_rate, r.quality) for r in back] == [(r.ts, r.seq, r.flow_rate, r.quality) for r in rs]
+    a = Anomaly(site="s1", meter="m1", kind="gap", signal="flow_rate", severity="warning", state="open", start=T0, ts=T0)
+    store.write_anomalies([a])
+    got = store.read_anomaly_records("s1", "m1", T0, T0 + timedelta(days=1))
+    assert len(got) == 1 and got[0].kind == "gap" and got[0].end is None and got[0].start == T0
+    store.write_forecast(Forecast(site="s1", meter="m1", signal="pressure", issued_at=T0, step_minutes=10, values=(3.0,), model="v1"))
+    assert store.read_forecast_points("s1", "m1", T0, T0 + timedelta(hours=1)) == [
+        ("pressure", T0, T0 + timedelta(minutes=10), 3.0, "v1")]

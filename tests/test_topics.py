@@ -11,6 +11,10 @@ def test_meter_topics():
     assert t.status("detector") == "flowwatch/v1/service/detector/status"
     assert t.deadletter("detector") == "flowwatch/v1/deadletter/detector"
     assert t.all_meters("reading") == "flowwatch/v1/+/+/reading"
+    assert t.model("s1", "m1", "pressure") == "flowwatch/v1/s1/m1/model/pressure"
+    assert t.thresholds("s1", "m1", "flow_rate") == "flowwatch/v1/s1/m1/thresholds/flow_rate"
+    assert t.signal_filter("s1", "m1", "model") == "flowwatch/v1/s1/m1/model/+"
+    assert t.all_meters("thresholds") == "flowwatch/v1/+/+/thresholds/+"
 
 
 @pytest.mark.parametrize("site", ["+", "#", "a/b", "", "a b"])

@@ -60,7 +60,7 @@ def main(argv: Sequence[str]) -> int:
                 bus = None
             else:
                 for th in results:
-                    bus.publish(bus.topics.thresholds(th.site, th.meter), th, retain=True).wait_for_publish(5)
+                    bus.publish(bus.topics.thresholds(th.site, th.meter, th.signal), th, retain=True).wait_for_publish(5)
         for th in results:
             print(format_bands(th))
             print()

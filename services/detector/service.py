@@ -132,7 +132,7 @@ class DetectorService(Service):
                 self.recalibrate(site, meter, due)
             else:
                 for th in ths:
-                    self.bus.publish(self.topics.thresholds(site, meter), th, retain=True)
+                    self.bus.publish(self.topics.thresholds(site, meter, th.signal), th, retain=True)
         return n
 
     # --- the loop -----------------------------------------------------------------------------
@@ -237,7 +237,7 @@ class DetectorService(Service):
         ths = self.engine.recalibrate(site, meter, frame, at)
         for th in ths:
             self.store.write_thresholds(th)
-            self.bus.publish(self.topics.thresholds(site, meter), th, retain=True)
+            self.bus.publish(self.topics.thresholds(site, meter, th.signal), th, retain=True)
         self.counters.inc("recalibrations")
         logger.info("thresholds of %s/%s recalibrated at %s: %s", site, meter, at.isoformat(),
                     ", ".join(f"{th.signal} {th.method} ({th.sample_days:.1f} days)" for th in ths))

@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import abc
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from shared.messages import Anomaly, Forecast, Reading, Thresholds
+
+if TYPE_CHECKING:  # pandas is imported only where a frame is built: services that never ask for
+    import numpy as np  # one (collector, detector, exporter) stay small in memory
+    import pandas as pd
 
 
 class StoreError(RuntimeError):
@@ -57,9 +60,16 @@ def epoch(ts: datetime) -> int:
 
 
 def from_epoch(s: int | float | None) -> datetime | None:
-    if s is None or (isinstance(s, float) and np.isnan(s)):
+    if s is None or (isinstance(s, float) and math.isnan(s)):
         return None
     return datetime.fromtimestamp(int(s), UTC)
+
+
+def _num(x: object) -> float | None:
+    if x is None:
+        return None
+    f = float(x)
+    return None if math.isnan(f) else f
 
 
 def reading_rows(readings: Iterable[Reading]) -> list[tuple]:
@@ -94,10 +104,15 @@ def thresholds_from_payload(payload: str) -> Thresholds:
 
 
 def utc_index(seconds: Sequence[int] | np.ndarray, name: str = "ts") -> pd.DatetimeIndex:
+    import numpy as np
+    import pandas as pd
+
     return pd.DatetimeIndex(pd.to_datetime(np.asarray(seconds, dtype="int64"), unit="s", utc=True), name=name)
 
 
 def empty_readings() -> pd.DataFrame:
+    import pandas as pd
+
     df = pd.DataFrame({c: pd.Series(dtype="float64") for c in READING_COLUMNS})
     df["seq"] = df["seq"].astype("Int64")
     df["quality"] = df["quality"].astype("object")
@@ -107,6 +122,8 @@ def empty_readings() -> pd.DataFrame:
 
 
 def readings_frame(ts: Sequence[int], seq, flow, pressure, quality, source) -> pd.DataFrame:
+    import pandas as pd
+
     if len(ts) == 0:
         return empty_readings()
     df = pd.DataFrame(
@@ -124,6 +141,9 @@ def readings_frame(ts: Sequence[int], seq, flow, pressure, quality, source) -> p
 
 def to_reading_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Normalise an import frame: UTC ``ts`` index, float flow_rate / pressure, seq, quality, source."""
+    import numpy as np
+    import pandas as pd
+
     out = pd.DataFrame(index=df.index)
     out["seq"] = df["seq"].astype("Int64") if "seq" in df else pd.array(np.arange(len(df)), dtype="Int64")
     out["flow_rate"] = df["flow_rate"].astype("float64")
@@ -158,17 +178,69 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def write_night_flow(self, items: Sequence[NightFlow]) -> int: ...
 
-    # --- reads ---
+    # --- reads: each adapter returns plain rows; frames and models are built here, once ---
     @abc.abstractmethod
-    def read_readings(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame: ...
+    def _reading_rows(self, site: str, meter: str, start: datetime, end: datetime) -> list[tuple]:
+        """(ts, seq, flow_rate, pressure, quality, source) ordered by ts; ts in epoch seconds."""
 
     @abc.abstractmethod
+    def _anomaly_rows(self, site: str, meter: str, start: datetime, end: datetime) -> list[tuple]:
+        """ANOMALY_COLUMNS tuples (times in epoch seconds) with start in [start, end), by start, kind, signal."""
+
+    @abc.abstractmethod
+    def _forecast_rows(self, site: str, meter: str, start: datetime, end: datetime, signal: str | None) -> list[tuple]:
+        """FORECAST_COLUMNS tuples (times in epoch seconds) with target in [start, end), by issued_at, signal, target."""
+
+    def read_readings(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame:
+        """Readings with ts in [start, end): UTC index ``ts``; columns READING_COLUMNS."""
+        rows = self._reading_rows(site, meter, start, end)
+        if not rows:
+            return empty_readings()
+        return readings_frame(*zip(*rows, strict=True))
+
+    def read_reading_records(self, site: str, meter: str, start: datetime, end: datetime) -> list[Reading]:
+        """The same readings as models, without pandas (for services back-filling their windows)."""
+        out = []
+        for ts, seq, flow, pres, quality, source in self._reading_rows(site, meter, start, end):
+            out.append(Reading.model_construct(
+                site=site, meter=meter, ts=from_epoch(ts), seq=int(seq) if seq is not None and seq >= 0 else 0,
+                flow_rate=_num(flow), pressure=_num(pres), quality=tuple(q for q in (quality or "").split(",") if q),
+                source=source or "", schema_version=1,
+            ))
+        return out
+
     def read_anomalies(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame:
         """Anomalies whose start is in [start, end); columns ANOMALY_COLUMNS (times as UTC datetimes)."""
+        import pandas as pd
 
-    @abc.abstractmethod
+        df = pd.DataFrame(self._anomaly_rows(site, meter, start, end), columns=ANOMALY_COLUMNS)
+        df["message"] = df["message"].fillna("")
+        for c in ("start", "end", "ts"):
+            df[c] = pd.to_datetime(df[c], unit="s", utc=True)
+        return df
+
+    def read_anomaly_records(self, site: str, meter: str, start: datetime, end: datetime) -> list[Anomaly]:
+        """The same anomalies as models, without pandas."""
+        return [
+            Anomaly.model_construct(
+                site=site, meter=meter, kind=k, signal=sig, severity=sev, state=state, start=from_epoch(st),
+                end=from_epoch(en), ts=from_epoch(ts), value=_num(v), threshold=_num(th), message=msg or "", schema_version=1,
+            )
+            for k, sig, sev, state, st, en, ts, v, th, msg in self._anomaly_rows(site, meter, start, end)
+        ]
+
     def read_forecasts(self, site: str, meter: str, start: datetime, end: datetime, signal: str | None = None) -> pd.DataFrame:
         """Forecast points whose target_time is in [start, end); columns FORECAST_COLUMNS."""
+        import pandas as pd
+
+        df = pd.DataFrame(self._forecast_rows(site, meter, start, end, signal), columns=FORECAST_COLUMNS)
+        for c in ("issued_at", "target_time"):
+            df[c] = pd.to_datetime(df[c], unit="s", utc=True)
+        return df
+
+    def read_forecast_points(self, site: str, meter: str, start: datetime, end: datetime, signal: str | None = None) -> list[tuple]:
+        """(signal, issued_at, target_time, value, model) tuples with UTC datetimes, without pandas."""
+        return [(sig, from_epoch(i), from_epoch(t), float(v), m) for sig, i, t, v, m in self._forecast_rows(site, meter, start, end, signal)]
 
     @abc.abstractmethod
     def latest_thresholds(self, site: str, meter: str, signal: str) -> Thresholds | None: ...

@@ -27,23 +27,22 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
+
 import requests
 
 from shared.messages import Anomaly, Forecast, Reading, Thresholds
 from shared.settings import InfluxSettings
 from shared.store.base import (
-    ANOMALY_COLUMNS,
-    FORECAST_COLUMNS,
     NightFlow,
     Store,
     StoreError,
     StoreUnavailable,
     epoch,
     from_epoch,
-    readings_frame,
     thresholds_from_payload,
     thresholds_payload,
     to_reading_frame,
@@ -184,6 +183,9 @@ class InfluxStore(Store):
         return self._write_lines([self._reading_line(r) for r in readings])
 
     def write_reading_frame(self, site: str, meter: str, frame: pd.DataFrame) -> int:
+        import numpy as np
+        import pandas as pd
+
         f = to_reading_frame(frame)
         if f.empty:
             return 0
@@ -253,33 +255,22 @@ class InfluxStore(Store):
             rows.extend([[v[i] if i is not None else None for i in idx] for v in s["values"]])
         return rows
 
-    def read_readings(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame:
+    def _reading_rows(self, site: str, meter: str, start: datetime, end: datetime) -> list[tuple]:
         series = self._select(f"SELECT flow_rate, pressure, seq, quality, source FROM readings WHERE {self._where(site, meter, start, end)}")
-        rows = self._rows(series, ["time", "seq", "flow_rate", "pressure", "quality", "source"])
-        if not rows:
-            return readings_frame([], [], [], [], [], [])
-        ts, seq, flow, pres, qual, src = zip(*rows, strict=True)
-        return readings_frame(ts, seq, flow, pres, qual, src)
+        return [tuple(r) for r in self._rows(series, ["time", "seq", "flow_rate", "pressure", "quality", "source"])]
 
-    def read_anomalies(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame:
+    def _anomaly_rows(self, site: str, meter: str, start: datetime, end: datetime) -> list[tuple]:
         series = self._select(f"SELECT * FROM anomalies WHERE {self._where(site, meter, start, end)}")
         rows = self._rows(series, ["kind", "signal", "severity", "state", "time", "end", "ts", "value", "threshold", "message"])
-        df = pd.DataFrame(rows, columns=ANOMALY_COLUMNS)
-        df["message"] = df["message"].fillna("")
-        for c in ("start", "end", "ts"):
-            df[c] = pd.to_datetime(df[c], unit="s", utc=True)
-        return df.sort_values(["start", "kind", "signal"], kind="stable").reset_index(drop=True)
+        return sorted((tuple(r) for r in rows), key=lambda r: (r[4], r[0], r[1]))
 
-    def read_forecasts(self, site: str, meter: str, start: datetime, end: datetime, signal: str | None = None) -> pd.DataFrame:
+    def _forecast_rows(self, site: str, meter: str, start: datetime, end: datetime, signal: str | None) -> list[tuple]:
         where = self._where(site, meter, start, end)
         if signal:
             where += f" AND signal = {_ql(signal)}"
         series = self._select(f"SELECT * FROM forecasts WHERE {where}")
         rows = self._rows(series, ["signal", "issued_at", "time", "value", "model"])
-        df = pd.DataFrame(rows, columns=FORECAST_COLUMNS)
-        for c in ("issued_at", "target_time"):
-            df[c] = pd.to_datetime(df[c], unit="s", utc=True)
-        return df.sort_values(["issued_at", "signal", "target_time"], kind="stable").reset_index(drop=True)
+        return sorted((tuple(r) for r in rows), key=lambda r: (r[1], r[0], r[2]))
 
     def latest_thresholds(self, site: str, meter: str, signal: str) -> Thresholds | None:
         series = self._select(

@@ -13,19 +13,19 @@ import logging
 import sqlite3
 import threading
 import time
+from itertools import repeat
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 from shared.messages import Anomaly, Forecast, Reading, Thresholds
 from shared.settings import SqliteSettings
 from shared.store.base import (
-    ANOMALY_COLUMNS,
-    FORECAST_COLUMNS,
     NightFlow,
     Store,
     StoreError,
@@ -35,7 +35,6 @@ from shared.store.base import (
     forecast_rows,
     from_epoch,
     reading_rows,
-    readings_frame,
     thresholds_from_payload,
     thresholds_payload,
     to_reading_frame,
@@ -45,11 +44,18 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS meters (
+    id INTEGER PRIMARY KEY, site TEXT NOT NULL, meter TEXT NOT NULL, UNIQUE (site, meter)
+);
+-- readings are the bulk of the data: keyed by a small meter id instead of two strings per row
 CREATE TABLE IF NOT EXISTS readings (
-    site TEXT NOT NULL, meter TEXT NOT NULL, ts INTEGER NOT NULL,
+    mid INTEGER NOT NULL REFERENCES meters (id), ts INTEGER NOT NULL,
     seq INTEGER, flow_rate REAL, pressure REAL, quality TEXT NOT NULL DEFAULT '', source TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (site, meter, ts)
+    PRIMARY KEY (mid, ts)
 ) WITHOUT ROWID;
+CREATE VIEW IF NOT EXISTS readings_v AS
+    SELECT m.site, m.meter, r.ts, r.seq, r.flow_rate, r.pressure, r.quality, r.source
+    FROM readings r JOIN meters m ON m.id = r.mid;
 CREATE TABLE IF NOT EXISTS anomalies (
     site TEXT NOT NULL, meter TEXT NOT NULL, kind TEXT NOT NULL, signal TEXT NOT NULL, start INTEGER NOT NULL,
     severity TEXT NOT NULL, state TEXT NOT NULL, "end" INTEGER, ts INTEGER NOT NULL,
@@ -74,8 +80,7 @@ CREATE TABLE IF NOT EXISTS night_flow (
 """
 
 _INSERT_READING = (
-    "INSERT OR REPLACE INTO readings (site, meter, ts, seq, flow_rate, pressure, quality, source) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR REPLACE INTO readings (mid, ts, seq, flow_rate, pressure, quality, source) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -102,6 +107,21 @@ class SqliteStore(Store):
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute(f"PRAGMA busy_timeout={int(self.settings.busy_timeout_ms)}")
         self._retry(lambda: self._db.executescript(SCHEMA), "create schema")
+        self._mids: dict[tuple[str, str], int] = {}
+
+    def _mid(self, site: str, meter: str, create: bool = True) -> int | None:
+        """The small integer id of (site, meter); created on first write."""
+        key = (site, meter)
+        if key in self._mids:
+            return self._mids[key]
+        rows = self._query("SELECT id FROM meters WHERE site = ? AND meter = ?", key)
+        if not rows:
+            if not create:
+                return None
+            self._write("INSERT OR IGNORE INTO meters (site, meter) VALUES (?, ?)", [key], "register meter")
+            rows = self._query("SELECT id FROM meters WHERE site = ? AND meter = ?", key)
+        self._mids[key] = rows[0][0]
+        return rows[0][0]
 
     # --- plumbing -----------------------------------------------------------------------------
     def _retry(self, fn: Callable[[], T], what: str) -> T:
@@ -154,18 +174,23 @@ class SqliteStore(Store):
 
     # --- writes ---------------------------------------------------------------------------------
     def write_readings(self, readings: Sequence[Reading]) -> int:
-        return self._write(_INSERT_READING, reading_rows(readings), "write readings")
+        rows = [(self._mid(site, meter), *rest) for site, meter, *rest in reading_rows(readings)]
+        return self._write(_INSERT_READING, rows, "write readings")
 
     def write_reading_frame(self, site: str, meter: str, frame: pd.DataFrame) -> int:
         f = to_reading_frame(frame)
         n = len(f)
-        ts = f.index.as_unit("s").asi8 if isinstance(f.index, pd.DatetimeIndex) else np.asarray(f.index)
-        flow = f["flow_rate"].to_numpy()
-        pres = f["pressure"].to_numpy()
-        flow_l = [None if x != x else x for x in flow.tolist()]
-        pres_l = [None if x != x else x for x in pres.tolist()]
-        seq = [None if pd.isna(s) else int(s) for s in f["seq"].tolist()]
-        rows = list(zip([site] * n, [meter] * n, ts.tolist(), seq, flow_l, pres_l, f["quality"].tolist(), f["source"].tolist(), strict=True))
+        # SQLite stores a bound NaN as NULL, so float columns (seq included) go in as they are.
+        rows = list(zip(
+            repeat(self._mid(site, meter), n),
+            f.index.as_unit("s").asi8.tolist(),
+            f["seq"].astype("float64").to_numpy().tolist(),
+            f["flow_rate"].to_numpy().tolist(),
+            f["pressure"].to_numpy().tolist(),
+            f["quality"].tolist(),
+            f["source"].tolist(),
+            strict=True,
+        ))
         return self._write(_INSERT_READING, rows, "import readings")
 
     def write_anomalies(self, anomalies: Sequence[Anomaly]) -> int:
@@ -199,29 +224,23 @@ class SqliteStore(Store):
         )
 
     # --- reads ----------------------------------------------------------------------------------
-    def read_readings(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame:
-        rows = self._query(
-            "SELECT ts, seq, flow_rate, pressure, quality, source FROM readings "
-            "WHERE site = ? AND meter = ? AND ts >= ? AND ts < ? ORDER BY ts",
-            (site, meter, epoch(start), epoch(end)),
+    def _reading_rows(self, site: str, meter: str, start: datetime, end: datetime) -> list[tuple]:
+        mid = self._mid(site, meter, create=False)
+        if mid is None:
+            return []
+        return self._query(
+            "SELECT ts, seq, flow_rate, pressure, quality, source FROM readings WHERE mid = ? AND ts >= ? AND ts < ? ORDER BY ts",
+            (mid, epoch(start), epoch(end)),
         )
-        if not rows:
-            return readings_frame([], [], [], [], [], [])
-        ts, seq, flow, pres, qual, src = zip(*rows, strict=True)
-        return readings_frame(ts, seq, flow, pres, qual, src)
 
-    def read_anomalies(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame:
-        rows = self._query(
+    def _anomaly_rows(self, site: str, meter: str, start: datetime, end: datetime) -> list[tuple]:
+        return self._query(
             'SELECT kind, signal, severity, state, start, "end", ts, value, threshold, message FROM anomalies '
             "WHERE site = ? AND meter = ? AND start >= ? AND start < ? ORDER BY start, kind, signal",
             (site, meter, epoch(start), epoch(end)),
         )
-        df = pd.DataFrame(rows, columns=ANOMALY_COLUMNS)
-        for c in ("start", "end", "ts"):
-            df[c] = pd.to_datetime(df[c], unit="s", utc=True)
-        return df
 
-    def read_forecasts(self, site: str, meter: str, start: datetime, end: datetime, signal: str | None = None) -> pd.DataFrame:
+    def _forecast_rows(self, site: str, meter: str, start: datetime, end: datetime, signal: str | None) -> list[tuple]:
         sql = (
             "SELECT signal, issued_at, target_time, value, model FROM forecasts "
             "WHERE site = ? AND meter = ? AND target_time >= ? AND target_time < ?"
@@ -230,11 +249,7 @@ class SqliteStore(Store):
         if signal:
             sql += " AND signal = ?"
             params.append(signal)
-        rows = self._query(sql + " ORDER BY issued_at, signal, target_time", params)
-        df = pd.DataFrame(rows, columns=FORECAST_COLUMNS)
-        for c in ("issued_at", "target_time"):
-            df[c] = pd.to_datetime(df[c], unit="s", utc=True)
-        return df
+        return self._query(sql + " ORDER BY issued_at, signal, target_time", params)
 
     def latest_thresholds(self, site: str, meter: str, signal: str) -> Thresholds | None:
         rows = self._query(
@@ -251,11 +266,11 @@ class SqliteStore(Store):
         return [NightFlow(site, meter, date.fromisoformat(d), from_epoch(ts), v) for d, ts, v in rows]
 
     def last_reading_time(self, site: str, meter: str) -> datetime | None:
-        rows = self._query("SELECT MAX(ts) FROM readings WHERE site = ? AND meter = ?", (site, meter))
+        rows = self._query("SELECT MAX(ts) FROM readings WHERE mid = ?", (self._mid(site, meter, create=False) or -1,))
         return from_epoch(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def meters(self) -> list[tuple[str, str]]:
-        return [tuple(r) for r in self._query("SELECT DISTINCT site, meter FROM readings ORDER BY site, meter", ())]
+        return [tuple(r) for r in self._query("SELECT site, meter FROM meters WHERE EXISTS (SELECT 1 FROM readings WHERE mid = meters.id) ORDER BY site, meter", ())]
 
     def purge(self, before: datetime) -> None:
         cut = epoch(before)

@@ -12,6 +12,72 @@ from collections.abc import Sequence
 import yaml
 
 from shared.cli import base_parser, settings_or_exit
+from shared.settings import ENV_PREFIX, Settings
+
+DOC_HEADER = """# Configuration
+
+flowwatch reads one YAML file (`-c FILE`, or `$FLOWWATCH_CONFIG`) and then the environment:
+`FLOWWATCH_<KEY>` with `__` between levels overrides the file, e.g. `FLOWWATCH_MQTT__HOST=broker`
+sets `mqtt.host`. Unknown keys are errors. `flowwatch config check FILE` validates a file, prints each
+problem as a key path and exits 2, or prints the effective configuration (secrets masked).
+Relative paths are under `data_dir`. Secrets have no defaults: `flowwatch up` and the compose `init`
+service generate them on first start.
+
+This page is generated from the settings models (`flowwatch config doc > docs/configuration.md`);
+a test fails when it is out of date.
+"""
+
+
+def _type_name(field) -> str:
+    import typing
+
+    ann = field.annotation
+    text = getattr(ann, "__name__", None) if not typing.get_args(ann) else None
+    return (text or str(ann).replace("typing.", "").replace("pathlib.", "").replace("pydantic.types.", "")).replace("NoneType", "None")
+
+
+def _default(field) -> str:
+    from pydantic_core import PydanticUndefined
+
+    if field.default_factory is not None:
+        try:
+            value = field.default_factory()
+        except TypeError:
+            return "(see below)"
+        if hasattr(value, "model_dump"):
+            return "(section)"
+        return f"`{value!r}`"
+    if field.default is PydanticUndefined:
+        return "required"
+    return f"`{field.default!s}`" if field.default is not None else "unset"
+
+
+def reference() -> str:
+    from pydantic import BaseModel
+
+    out = [DOC_HEADER]
+
+    def section(model: type[BaseModel], path: str) -> None:
+        rows, subs = [], []
+        for name, field in model.model_fields.items():
+            key = f"{path}{name}"
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                subs.append((ann, key + "."))
+                continue
+            env = ENV_PREFIX + key.upper().replace(".", "__")
+            desc = (field.description or "").replace("|", "\\|")
+            rows.append(f"| `{key}` | {_type_name(field).replace('|', 'or')} | {_default(field)} | {desc} | `{env}` |")
+        title = path.rstrip(".") or "top level"
+        doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ and path else ""
+        out.append(f"\n## `{title}`\n" + (f"\n{doc}\n" if doc else ""))
+        out.append("\n| key | type | default | meaning | environment |\n|---|---|---|---|---|")
+        out.extend(rows)
+        for m, p in subs:
+            section(m, p)
+
+    section(Settings, "")
+    return "\n".join(out) + "\n"
 
 
 def main(argv: Sequence[str]) -> int:
@@ -19,7 +85,11 @@ def main(argv: Sequence[str]) -> int:
     sub = p.add_subparsers(dest="action", required=True)
     chk = sub.add_parser("check", help="validate a config file and print the effective config")
     chk.add_argument("file", nargs="?", default=None, help="config file (default: --config / $FLOWWATCH_CONFIG)")
+    sub.add_parser("doc", help="print the configuration reference (Markdown) generated from the settings models")
     args = p.parse_args(argv)
+    if args.action == "doc":
+        sys.stdout.write(reference())
+        return 0
     path = args.file or args.config
     settings = settings_or_exit(path)
     sys.stdout.write(f"# {path or 'built-in defaults'}: valid (environment overrides applied, secrets masked)\n")

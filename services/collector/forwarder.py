@@ -1,0 +1,122 @@
+"""Spool → broker, in order, each reading removed from the spool only after its PUBACK.
+
+paho keeps unacknowledged QoS 1 messages in memory and resends them on reconnect; the spool
+already holds them, so on every disconnect paho's copies are dropped and, once connected again,
+the spool is sent from its oldest row. This keeps one source of truth (the disk), the order of
+the stream, and no reading twice from our side. (A message the broker received but whose PUBACK
+was lost with the connection is sent again: QoS 1 is at-least-once, and every consumer writes
+idempotently by (site, meter, ts).)
+
+Locking: ``on_published`` runs inside paho's message lock, so it only appends to a deque; the
+pump thread maps message ids to spool rows under its own lock.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+
+from services.collector.spool import Spool
+from shared.bus import Bus
+from shared.counters import Counters
+
+logger = logging.getLogger(__name__)
+
+
+class Forwarder:
+    def __init__(self, spool: Spool, bus: Bus, counters: Counters, *, window: int = 50) -> None:
+        self.spool = spool
+        self.bus = bus
+        self.counters = counters
+        self.window = window
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._acks: collections.deque[int] = collections.deque()
+        self._inflight: dict[int, int] = {}  # mid -> spool id
+        self._acked_ids: list[int] = []
+        self._last_id = 0  # highest spool id handed to paho on this connection
+        self._resend_upto = 0  # rows up to this id were handed over before a disconnect: counted as resent
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- callbacks from the bus (network thread) -------------------------------------------------
+    def on_published(self, mid: int) -> None:
+        self._acks.append(mid)
+        self._wake.set()
+
+    def on_disconnected(self) -> None:
+        with self._lock:
+            self._drain_acks()
+            dropped = self.bus.client.drop_out_messages()
+            if self._inflight:
+                self._resend_upto = max(self._resend_upto, max(self._inflight.values()))
+                logger.info("connection lost with %d reading(s) unacknowledged; they stay in the spool and are sent again", len(self._inflight))
+            self._inflight.clear()
+            self._last_id = 0
+            logger.debug("dropped %d message(s) from paho's queue", len(dropped))
+
+    def on_connected(self) -> None:
+        with self._lock:
+            self._drain_acks()
+            self._inflight.clear()
+            self._last_id = 0
+        self._wake.set()
+
+    # --- the pump --------------------------------------------------------------------------------
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _drain_acks(self) -> None:
+        while self._acks:
+            spool_id = self._inflight.pop(self._acks.popleft(), None)
+            if spool_id is not None:
+                self._acked_ids.append(spool_id)
+
+    def pump_once(self) -> None:
+        with self._lock:
+            self._drain_acks()
+            acked, self._acked_ids = self._acked_ids, []
+        if acked:
+            self.spool.remove(acked)
+            self.counters.inc("acked", len(acked))
+        with self._lock:
+            if not self.bus.connected:
+                return
+            room = self.window - len(self._inflight)
+            if room <= 0:
+                return
+            for row in self.spool.after(self._last_id, room):
+                info = self.bus.publish(row.topic, row.payload, qos=1)
+                self._last_id = row.id
+                self.counters.inc("sent")
+                if row.id <= self._resend_upto:
+                    self.counters.inc("resent")
+                if info.rc != 0:  # connection just went; on_disconnected drops it and resets
+                    break
+                self._inflight[info.mid] = row.id
+        self.counters.set("spool_depth", len(self.spool))
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._inflight)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(0.5)
+            self._wake.clear()
+            try:
+                self.pump_once()
+            except Exception:  # noqa: BLE001 - the pump must survive; the spool keeps the data
+                logger.exception("forwarding from the spool failed; retrying")
+                self._stop.wait(1.0)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="collector-forwarder", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(5)

@@ -1,0 +1,222 @@
+"""The collector loop: source → validated Reading → disk spool → MQTT (QoS 1, removed on PUBACK).
+
+- one reading per interval, timestamped by the source clock aligned to the interval (a polled
+  meter is asked once per interval; a meter that talks on its own gives the first good frame of
+  each interval, later ones are counted as ``superseded``); simulator and replay carry their own
+  event time and are paced by ``collector.speed`` (0 = as fast as possible);
+- every reading gets a sequence number (kept in the spool across restarts) and quality flags;
+  out-of-range values are flagged, not dropped;
+- a frame that does not parse is counted, dead-lettered with its raw bytes and the reason, and
+  reading goes on; a port that fails is closed and reopened with backoff; I/O errors never end
+  the service.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+
+from services.collector.forwarder import Forwarder
+from services.collector.frames import FrameError
+from services.collector.quality import range_flags
+from services.collector.simulator import align
+from services.collector.sources import EndOfSource, Sample, Source, SourceIOError, make_source
+from services.collector.spool import Spool
+from shared.bus import Bus
+from shared.messages import Reading
+from shared.service import Service
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+COUNTERS = ("frames_read", "parsed", "rejected", "spooled", "dropped", "acked", "superseded", "no_response", "io_errors", "reopens")
+
+
+class CollectorService(Service):
+    name = "collector"
+
+    def __init__(self, settings: Settings, *, source: Source | None = None, bus: Bus | None = None) -> None:
+        super().__init__(settings, bus=bus)
+        self.cfg = settings.collector
+        self.source = source or make_source(settings)
+        self.topic = self.topics.reading(settings.site, settings.meter)
+        self.spool: Spool | None = None
+        self.forwarder: Forwarder | None = None
+        self.finished = False
+        self._seq = 0
+        self._open = False
+        self.source_opened = threading.Event()  # set while the source is open (tests, health)
+        self._last_ts: datetime | None = None
+        self._pace: tuple[datetime, float] | None = None  # (first event time, its wall time)
+        for c in COUNTERS:
+            self.counters.set(c, 0)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        self.spool = Spool(self.settings.path(self.cfg.spool_path), self.cfg.spool_max_rows)
+        self._seq = self.spool.next_seq()
+        self.forwarder = Forwarder(self.spool, self.bus, self.counters)
+        self.bus.on_published = self.forwarder.on_published
+        self.bus.on_disconnected = self.forwarder.on_disconnected
+        self.bus.on_connected = self._on_connected
+        if self.bus.connected:
+            self.forwarder.on_connected()
+        self.counters.set("spool_depth", len(self.spool))
+        if len(self.spool):
+            logger.info("spool holds %d unsent reading(s) from before; sending them first", len(self.spool))
+        self.forwarder.start()
+        logger.info("collector reading from %s every %ss, publishing to %s", self.source.describe(), self.cfg.interval_s, self.topic)
+
+    def _on_connected(self) -> None:
+        if self.forwarder is not None:
+            self.forwarder.on_connected()
+        self.publish_status()
+
+    def teardown(self) -> None:
+        self._close_source()
+        if self.forwarder is not None:
+            deadline = time.monotonic() + 5.0  # SIGTERM flushes what it can; the rest stays on disk
+            while self.bus.connected and len(self.spool) and time.monotonic() < deadline:
+                self.forwarder.wake()
+                time.sleep(0.05)
+            self.forwarder.stop()
+            self.forwarder.pump_once()  # remove what was acknowledged meanwhile
+        if self.spool is not None:
+            if len(self.spool):
+                logger.info("%d reading(s) stay in the spool for the next start", len(self.spool))
+            self.spool.close()
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self) -> None:
+        backoff = self.cfg.reopen_min_s
+        while not self.stop_event.is_set():
+            if not self._open:
+                if not self._open_source():
+                    self.stop_event.wait(backoff)
+                    backoff = min(backoff * 2, self.cfg.reopen_max_s)
+                    continue
+                backoff = self.cfg.reopen_min_s
+            if self.finished:
+                self.stop_event.wait(1.0)
+                continue
+            try:
+                self._step()
+            except FrameError as exc:
+                self._reject(exc.reason, exc.raw)
+            except EndOfSource as exc:
+                logger.info("%s; the collector stays up (status shows it)", exc)
+                self.finished = True
+                self.counters.set("source_finished", 1)
+            except (SourceIOError, OSError) as exc:
+                self._io_failed(exc)
+            except Exception as exc:  # noqa: BLE001 - a driver bug must not end collection
+                logger.exception("unexpected error reading %s", self.source.describe())
+                self._io_failed(exc)
+
+    def _open_source(self) -> bool:
+        try:
+            self.source.open()
+        except Exception as exc:  # noqa: BLE001 - reported and retried with backoff
+            self.counters.inc("io_errors")
+            logger.warning("cannot open %s: %s; retrying with backoff", self.source.describe(), exc)
+            return False
+        if self.counters.get("io_errors"):
+            self.counters.inc("reopens")
+        logger.info("opened %s", self.source.describe())
+        self._open = True
+        self.source_opened.set()
+        return True
+
+    def _close_source(self) -> None:
+        if self._open:
+            self._open = False
+            self.source_opened.clear()
+            try:
+                self.source.close()
+            except Exception as exc:  # noqa: BLE001
+                logger.debug("closing source: %s", exc)
+
+    def _io_failed(self, exc: BaseException) -> None:
+        self.counters.inc("io_errors")
+        logger.warning("%s failed: %s; closing and reopening", self.source.describe(), exc)
+        self._close_source()
+        self.stop_event.wait(self.cfg.reopen_min_s)
+
+    def _step(self) -> None:
+        interval = self.cfg.interval_s
+        if self.source.timed:
+            sample = self.source.read(1.0)
+            if sample is None or sample.ts is None:
+                return
+            self._wait_event_time(sample.ts)
+            self._emit(sample.ts, sample)
+            return
+        if self.source.polled:
+            now = time.time()
+            slot = align(datetime.fromtimestamp(now, UTC), interval)
+            if self._last_ts is not None and slot <= self._last_ts:
+                self.stop_event.wait(max(0.0, slot.timestamp() + interval - now))
+                return
+            self._last_ts = slot  # one question per interval, answered or not
+            sample = self.source.read(min(float(interval), 10.0))
+            if sample is None:
+                self.counters.inc("no_response")
+                logger.warning("%s did not answer for %s", self.source.describe(), slot.isoformat())
+                return
+            self._emit(slot, sample)
+            return
+        sample = self.source.read(1.0)
+        if sample is None:
+            return
+        slot = align(datetime.now(UTC), interval)
+        if self._last_ts is not None and slot <= self._last_ts:
+            self.counters.inc("frames_read")
+            self.counters.inc("superseded")
+            return
+        self._emit(slot, sample)
+
+    def _wait_event_time(self, ts: datetime) -> None:
+        speed = self.cfg.speed
+        if speed <= 0:
+            return
+        if self._pace is None:
+            self._pace = (ts, time.monotonic())
+            return
+        ts0, wall0 = self._pace
+        due = wall0 + (ts - ts0).total_seconds() / speed
+        delay = due - time.monotonic()
+        if delay > 0:
+            self.stop_event.wait(delay)
+
+    # --- output ------------------------------------------------------------------------------
+    def _reject(self, reason: str, raw: bytes) -> None:
+        self.counters.inc("frames_read")
+        self.counters.inc("rejected")
+        self.bus.dead_letter(self.topic, f"bad frame from {self.source.name}: {reason}", raw)
+
+    def _emit(self, ts: datetime, sample: Sample) -> None:
+        if self.stop_event.is_set() and self.source.timed:
+            return  # stopped while pacing: this sample is not due yet
+        self.counters.inc("frames_read")
+        flags = (*sample.flags, *range_flags(sample.flow_rate, sample.pressure, self.settings.limits))
+        try:
+            reading = Reading(
+                site=self.settings.site, meter=self.settings.meter, ts=ts, seq=self._seq,
+                flow_rate=sample.flow_rate, pressure=sample.pressure, quality=flags, source=self.source.name,
+            )
+        except ValueError as exc:
+            self.counters.inc("rejected")
+            self.bus.dead_letter(self.topic, f"bad reading from {self.source.name}: {exc}", sample.raw)
+            return
+        self.counters.inc("parsed")
+        dropped = self.spool.put(self.topic, reading.to_json(), self._seq + 1)
+        self._seq += 1
+        self._last_ts = ts
+        self.last_event = ts
+        self.counters.inc("spooled")
+        if dropped:
+            self.counters.inc("dropped", dropped)
+        self.counters.set("spool_depth", len(self.spool))
+        self.forwarder.wake()

@@ -1,0 +1,96 @@
+"""The store-and-forward spool: every reading is written here (SQLite, synchronous=FULL) before it
+is published, and removed only when the broker acknowledged it (PUBACK). Nothing lives in memory
+only: a reading survives a broker outage, a collector crash and a power cut once ``put`` returned.
+
+The spool is bounded (``collector.spool_max_rows``): when full, the oldest readings are dropped,
+counted, and logged. The sequence number of the next reading is kept here too, so it keeps
+increasing across restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SpoolRow:
+    id: int
+    topic: str
+    payload: bytes
+
+
+class Spool:
+    def __init__(self, path: Path, max_rows: int) -> None:
+        self.path = path
+        self.max_rows = max_rows
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+        self._count = self._db.execute("SELECT count(*) FROM spool").fetchone()[0]
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def next_seq(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
+            return int(row[0]) if row else 0
+
+    def put(self, topic: str, payload: bytes, next_seq: int) -> int:
+        """Write one reading durably (and the next sequence number, atomically). Returns how many old rows were dropped."""
+        with self._lock:
+            dropped = 0
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                over = self._count + 1 - self.max_rows
+                if over > 0:
+                    self._db.execute("DELETE FROM spool WHERE id IN (SELECT id FROM spool ORDER BY id LIMIT ?)", (over,))
+                    dropped = over
+                self._db.execute("INSERT INTO spool (topic, payload) VALUES (?, ?)", (topic, payload))
+                self._db.execute("INSERT INTO meta (key, value) VALUES ('next_seq', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (next_seq,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._count += 1 - dropped
+            self.dropped += dropped
+        if dropped:
+            logger.error(
+                "spool full (collector.spool_max_rows=%d): dropped the %d oldest unsent reading(s), %d in all; the broker has been unreachable for long",
+                self.max_rows, dropped, self.dropped,
+            )
+        return dropped
+
+    def after(self, last_id: int, limit: int) -> list[SpoolRow]:
+        """Rows with id > last_id, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, topic, payload FROM spool WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)).fetchall()
+        return [SpoolRow(int(i), t, bytes(p)) for i, t, p in rows]
+
+    def remove(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                n = self._db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids]).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._count -= max(0, n)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

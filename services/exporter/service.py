@@ -1,0 +1,210 @@
+"""The exporter service: readings, anomalies and forecasts in; alert.txt, server.txt, their MQTT
+mirror and the daily archive out. Everything fires in event time (reading timestamps).
+
+- every reading: ``alert.txt`` is recomposed for the minute of the latest event; an anomaly update
+  recomposes it at once. A file is written (and mirrored) only when its bytes change, so it changes
+  once a minute while readings flow, and at once when an alert opens or closes;
+- a reading that crosses a 10-minute boundary ``b`` writes ``server.txt`` for ``[b - 10 min, b)``;
+- a reading past ``D+1 00:00`` local (plus ``exporter.archive_lag_minutes``) archives day ``D`` once.
+
+Files of the configured meter (``site`` / ``meter`` settings) are ``<out_dir>/alert.txt`` and
+``<out_dir>/server.txt``; any other meter seen on the bus gets ``<out_dir>/<site>/<meter>/…``.
+
+At start the state is back-filled from the store (the last closed and the open window's readings,
+recent anomalies, forecasts targeted from the last closed window on) and the files are recomposed;
+they are rewritten only if their bytes differ, so a restart changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+
+from shared.bus import Bus
+from shared.eventtime import BoundaryClock, floor
+from shared.messages import Anomaly, ExportRecord, Forecast, MeterMessage, Reading, finite_or_none
+from shared.service import Service
+from shared.settings import Settings
+from shared.store import Store, open_store
+from services.exporter import protocol
+from services.exporter.archive import Archiver
+from services.exporter.state import WINDOW, MeterState
+from services.exporter.writer import atomic_write, read_or_none, remove_stale_temps
+
+logger = logging.getLogger(__name__)
+
+FILES = ("alert", "server")
+FORECAST_LOOKAHEAD = timedelta(days=8)  # forecasts reach at most 7 days ahead
+READY_WAIT_S = 0.5
+
+
+class ExporterService(Service):
+    name = "exporter"
+
+    def __init__(self, settings: Settings, *, bus: Bus | None = None, store: Store | None = None) -> None:
+        super().__init__(settings, bus=bus)
+        self.cfg = settings.exporter
+        self.tz = settings.tz
+        self.out_dir = settings.path(self.cfg.out_dir)
+        self.store: Store | None = store
+        self._owns_store = store is None
+        self.archiver: Archiver | None = None
+        self.meters: dict[tuple[str, str], MeterState] = {}
+        self.clock = BoundaryClock(self.tz)
+        self._lock = threading.RLock()
+        self._backfilled = threading.Event()
+        self._written: dict[Path, bytes] = {}
+        # Subscribe before the bus connects: a persistent session's queued messages are delivered
+        # right after CONNACK and must find their handler. Handlers wait for the back-fill.
+        t = self.topics
+        self.bus.subscribe(t.all_meters("reading"), Reading, self._on_reading)
+        self.bus.subscribe(t.all_meters("anomaly"), Anomaly, self._on_anomaly)
+        self.bus.subscribe(t.all_meters("forecast"), Forecast, self._on_forecast)
+
+    # --- paths ------------------------------------------------------------------------------
+    def path_for(self, site: str, meter: str, file: str) -> Path:
+        """``<out_dir>/<file>.txt`` for the configured meter, ``<out_dir>/<site>/<meter>/<file>.txt`` otherwise."""
+        if (site, meter) == (self.settings.site, self.settings.meter):
+            return self.out_dir / f"{file}.txt"
+        for part in (site, meter):
+            if part in (".", ".."):
+                raise ValueError(f"site/meter id {part!r} cannot name a folder")
+        return self.out_dir / site / meter / f"{file}.txt"
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def setup(self) -> None:
+        if self.store is None:
+            self.store = open_store(self.settings)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        n = remove_stale_temps(self.out_dir)
+        if n:
+            logger.info("removed %d temporary file(s) left by an interrupted write in %s", n, self.out_dir)
+        if self.cfg.archive:
+            self.archiver = Archiver(
+                self.store, self.settings.path(self.cfg.archive_dir), self.tz, self.cfg.archive_days,
+                timedelta(minutes=self.cfg.archive_lag_minutes), self.counters,
+            )
+        try:
+            with self._lock:
+                self._backfill()
+        finally:
+            self._backfilled.set()
+
+    def teardown(self) -> None:
+        if self.store is not None and self._owns_store:
+            self.store.close()
+
+    def _backfill(self) -> None:
+        assert self.store is not None
+        keys = set(self.store.meters()) | {(self.settings.site, self.settings.meter)}
+        latest: datetime | None = None
+        for site, meter in sorted(keys):
+            last = self.store.last_reading_time(site, meter)
+            if last is None:
+                continue
+            ms = self._state(site, meter)
+            window_start = floor(last, "10min", self.tz) - WINDOW
+            for r in self.store.read_reading_records(site, meter, window_start, last + timedelta(seconds=1)):
+                ms.put_reading(r.ts, finite_or_none(r.flow_rate), finite_or_none(r.pressure))
+            since = last - timedelta(days=self.cfg.backfill_anomaly_days)
+            for a in self.store.read_anomaly_records(site, meter, since, last + timedelta(seconds=1)):
+                if a.state == "open" or (a.end is not None and a.end >= window_start):
+                    ms.add_anomaly(a)
+            for signal, issued, target, value, _model in self.store.read_forecast_points(site, meter, window_start, last + FORECAST_LOOKAHEAD):
+                v = finite_or_none(value)
+                if v is not None:
+                    ms.add_prediction(signal, target, issued, v)
+            self.clock.seed(last, key=(site, meter))
+            logger.info(
+                "back-filled %s/%s up to %s: %d reading(s), %d anomaly(ies), %d forecast point(s)",
+                site, meter, last.isoformat(), len(ms.readings), len(ms.anomalies), len(ms.predictions),
+            )
+            self._emit_server(ms, window_start, force_publish=True)
+            self._emit_alert(ms, force_publish=True)
+            latest = last if latest is None or last > latest else latest
+        if latest is not None:
+            self.last_event = latest
+            if self.archiver is not None:
+                self.archiver.on_event_time(latest)
+
+    # --- handlers (paho network thread) -----------------------------------------------------
+    def _wait_backfilled(self) -> None:
+        while not self._backfilled.wait(READY_WAIT_S):
+            if self.stop_event.is_set():
+                raise RuntimeError("exporter stopped before its back-fill finished")
+
+    def _check_topic(self, topic: str, msg: MeterMessage) -> None:
+        parsed = self.topics.parse_meter(topic)
+        if parsed is None or parsed[:2] != (msg.site, msg.meter):
+            raise ValueError(f"payload site/meter {msg.site}/{msg.meter} does not match topic {topic}")
+
+    def _state(self, site: str, meter: str) -> MeterState:
+        ms = self.meters.get((site, meter))
+        if ms is None:
+            self.path_for(site, meter, "alert")  # refuse ids that cannot name a folder, before any state
+            ms = self.meters[(site, meter)] = MeterState(site, meter, self.tz)
+        return ms
+
+    def _on_reading(self, topic: str, r: Reading) -> None:
+        self._wait_backfilled()
+        self._check_topic(topic, r)
+        with self._lock:
+            ms = self._state(r.site, r.meter)
+            crossed = self.clock.advance(r.ts, ("10min",), key=(r.site, r.meter))
+            ms.add_reading(r)
+            self.counters.inc("readings")
+            if "10min" in crossed:
+                self._emit_server(ms, crossed["10min"] - WINDOW)
+            self._emit_alert(ms)
+            if self.archiver is not None:
+                self.archiver.on_event_time(r.ts)
+            if self.last_event is None or r.ts > self.last_event:
+                self.last_event = r.ts
+
+    def _on_anomaly(self, topic: str, a: Anomaly) -> None:
+        self._wait_backfilled()
+        self._check_topic(topic, a)
+        with self._lock:
+            ms = self._state(a.site, a.meter)
+            ms.add_anomaly(a)
+            self.counters.inc("anomalies")
+            self._emit_alert(ms)
+
+    def _on_forecast(self, topic: str, f: Forecast) -> None:
+        self._wait_backfilled()
+        self._check_topic(topic, f)
+        with self._lock:
+            self._state(f.site, f.meter).add_forecast(f)
+            self.counters.inc("forecasts")
+
+    # --- output -----------------------------------------------------------------------------
+    def _emit_alert(self, ms: MeterState, *, force_publish: bool = False) -> None:
+        data = ms.compose_alert()
+        as_of = ms.alert_as_of()
+        if data is not None and as_of is not None:
+            self._emit(ms, "alert", data, as_of, force_publish)
+
+    def _emit_server(self, ms: MeterState, window_start: datetime, *, force_publish: bool = False) -> None:
+        self._emit(ms, "server", ms.compose_server(window_start), window_start + WINDOW, force_publish)
+
+    def _emit(self, ms: MeterState, file: str, data: bytes, ts: datetime, force_publish: bool) -> None:
+        """Write ``data`` atomically if it differs from the file, then mirror it (retained)."""
+        path = self.path_for(ms.site, ms.meter, file)
+        if path not in self._written:
+            old = read_or_none(path)
+            if old is not None:
+                self._written[path] = old
+        changed = self._written.get(path) != data
+        if changed:
+            atomic_write(path, data)
+            self._written[path] = data
+            self.counters.inc(f"{file}_written")
+        if self.cfg.mirror and (changed or force_publish):
+            record = ExportRecord(
+                site=ms.site, meter=ms.meter, file=file, ts=ts.astimezone(UTC),  # type: ignore[arg-type]
+                protocol_version=protocol.PROTOCOL_VERSION, content=data.decode("ascii"),
+            )
+            self.bus.publish(self.topics.export(ms.site, ms.meter, file), record, qos=1, retain=True)

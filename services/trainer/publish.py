@@ -1,0 +1,24 @@
+"""Turning a training result into the ``model`` message (retained when promoted)."""
+
+from __future__ import annotations
+
+import math
+
+from shared.bus import Bus
+from shared.messages import ModelInfo
+from shared.settings import Settings
+
+
+def model_info(settings: Settings, r: dict) -> ModelInfo:
+    return ModelInfo(
+        site=settings.site, meter=settings.meter, signal=r["signal"], version=r["version"],
+        created_at=r["created_at"], promoted=r["promoted"], reason=r["reason"][:500],
+        metrics={k: float(v) for k, v in r["metrics"].items() if isinstance(v, int | float) and math.isfinite(v)},
+    )
+
+
+def publish_result(bus: Bus, settings: Settings, r: dict):
+    """Promoted versions are published retained (the forecaster hot-reloads on them); a version that
+    was kept but not promoted is published too, not retained, so it never replaces the served one."""
+    info = model_info(settings, r)
+    return bus.publish(bus.topics.model(settings.site, settings.meter, info.signal), info, qos=1, retain=info.promoted)

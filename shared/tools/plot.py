@@ -1,0 +1,134 @@
+"""``flowwatch plot [--since 24h] -o FILE.png``: flow and pressure with forecasts, thresholds and
+anomalies, read from the store — what a person looks at first.
+
+The time window ends at the newest stored reading (event time, so a replayed or simulated week
+plots the same as a live one), or at ``--until``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from shared.cli import base_parser, settings_or_exit
+
+logger = logging.getLogger(__name__)
+
+SIGNALS = (("flow_rate", "Flow rate (m³/h)"), ("pressure", "Pressure (bar)"))
+SEVERITY_COLORS = {"info": "tab:blue", "warning": "tab:orange", "critical": "tab:red"}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([mhdw])$")
+
+
+def parse_duration(text: str) -> timedelta:
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise ValueError(f"--since {text!r}: use a number and a unit m, h, d or w (e.g. 90m, 24h, 7d)")
+    n, unit = float(m.group(1)), m.group(2)
+    return timedelta(**{{"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[unit]: n})
+
+
+def plot(store, site: str, meter: str, start: datetime, end: datetime, out: Path, tz) -> dict[str, int]:
+    """Draw the figure into ``out``; return what was drawn (counts), for the caller and tests."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    readings = store.read_readings(site, meter, start, end)
+    forecasts = store.read_forecasts(site, meter, start, end + timedelta(hours=1))
+    anomalies = store.read_anomalies(site, meter, start - timedelta(days=1), end)
+    if not anomalies.empty:
+        ends = anomalies["end"].fillna(end)
+        anomalies = anomalies[ends >= start]
+    counts = {"readings": len(readings), "forecasts": len(forecasts), "anomalies": len(anomalies), "thresholds": 0}
+
+    fig, axes = plt.subplots(2, 1, figsize=(13, 7.5), sharex=True, constrained_layout=True)
+    for ax, (sig, label) in zip(axes, SIGNALS, strict=True):
+        local = readings.index.tz_convert(tz) if len(readings) else readings.index
+        ax.plot(local, readings[sig], lw=0.8, color="tab:blue", label="reading")
+        f = forecasts[forecasts["signal"] == sig] if not forecasts.empty else forecasts
+        if not f.empty:
+            for i, (_, grp) in enumerate(f.groupby("issued_at")):
+                ax.plot(grp["target_time"].dt.tz_convert(tz), grp["value"], "--", lw=1.2, color="tab:orange",
+                        label="forecast" if i == 0 else None)
+        th = store.latest_thresholds(site, meter, sig)
+        if th is not None and len(readings):
+            lower, upper = _band_series(th, local)
+            if lower is not None:
+                ax.fill_between(local, lower, upper, color="tab:green", alpha=0.12, step="post",
+                                label=f"thresholds ({th.method})")
+                counts["thresholds"] += 1
+        a = anomalies[anomalies["signal"].isin([sig, "both"])] if not anomalies.empty else anomalies
+        for i, row in enumerate(a.itertuples()):
+            s = max(row.start, start)
+            e = row.end if row.end is not None and row.end == row.end else end
+            color = SEVERITY_COLORS.get(row.severity, "tab:red")
+            ax.axvspan(s.astimezone(tz), max(e, s + timedelta(minutes=1)).astimezone(tz), color=color, alpha=0.18)
+            ax.annotate(row.kind, xy=(s.astimezone(tz), 1.0), xycoords=("data", "axes fraction"), fontsize=7,
+                        color=color, rotation=90, va="top", ha="right")
+            if i == 0:
+                ax.plot([], [], color=color, lw=6, alpha=0.3, label="anomaly")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    axes[-1].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=tz))
+    axes[-1].set_xlim(start.astimezone(tz), (end + timedelta(hours=1)).astimezone(tz))
+    axes[-1].set_xlabel(f"local time ({tz.key})")
+    fig.suptitle(f"{site}/{meter}: {start.astimezone(tz):%Y-%m-%d %H:%M} – {end.astimezone(tz):%Y-%m-%d %H:%M}  "
+                 f"({counts['readings']} readings, {counts['anomalies']} anomalies)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return counts
+
+
+def _band_series(th, local_index):
+    """Lower and upper bound at each reading time from the per-hour, per-day-type bands."""
+    lower, upper = [], []
+    for t in local_index:
+        b = th.band_for(t.hour, t.weekday() >= 5)
+        lower.append(b.lower if b else float("nan"))
+        upper.append(b.upper if b else float("nan"))
+    if all(x != x for x in lower):
+        return None, None
+    return lower, upper
+
+
+def main(argv: Sequence[str]) -> int:
+    p = base_parser("plot", "Plot flow and pressure with forecasts, thresholds and anomalies to a PNG.")
+    p.add_argument("--since", default="24h", help="how far back from the newest reading (e.g. 90m, 24h, 7d)")
+    p.add_argument("--until", default=None, help="end of the window, ISO 8601 (default: the newest reading)")
+    p.add_argument("--site", default=None, help="site id (default: the configured site)")
+    p.add_argument("--meter", default=None, help="meter id (default: the configured meter)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="PNG file to write")
+    args = p.parse_args(argv)
+    settings = settings_or_exit(args.config)
+    try:
+        span = parse_duration(args.since)
+    except ValueError as exc:
+        print(f"flowwatch plot: {exc}", file=sys.stderr)
+        return 2
+    from shared.store import open_store
+
+    site, meter = args.site or settings.site, args.meter or settings.meter
+    with open_store(settings) as store:
+        if args.until:
+            end = datetime.fromisoformat(args.until)
+            end = end if end.tzinfo else end.replace(tzinfo=settings.tz)
+            end = end.astimezone(UTC)
+        else:
+            last = store.last_reading_time(site, meter)
+            if last is None:
+                print(f"flowwatch plot: no readings for {site}/{meter} in the {settings.store.backend} store "
+                      "(check site / meter / store settings, or run `flowwatch up` first)", file=sys.stderr)
+                return 1
+            end = last + timedelta(minutes=1)
+        counts = plot(store, site, meter, end - span, end, args.output, settings.tz)
+    print(f"wrote {args.output}: {counts['readings']} readings, {counts['forecasts']} forecast points, "
+          f"{counts['anomalies']} anomalies, thresholds for {counts['thresholds']} signal(s)")
+    return 0

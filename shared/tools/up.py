@@ -1,0 +1,281 @@
+"""``flowwatch up``: the whole stack on this machine, no Docker.
+
+- Mosquitto from the system, started with the project's ``mosquitto/mosquitto.conf`` and ``acl``
+  (rendered by ``shared.broker``) and the secrets generated on first start in ``data_dir/secrets``;
+- the store the config chooses (SQLite under ``data_dir`` unless InfluxDB is configured);
+- the meter source the config chooses (the simulator unless ``collector.source`` names a meter);
+- the five services as child processes (``python -m shared.cli NAME -c data_dir/up/NAME.yaml``),
+  each restarted with backoff if it dies, logging to ``data_dir/logs/NAME.log``;
+- a live status view from the heartbeat files (state, counters, last event time per service);
+- Ctrl-C / SIGTERM stops the services (SIGTERM: each flushes and publishes "offline"), then the broker.
+
+``--speed N`` runs simulated event time N× faster (``collector.speed``): at 600, a minute of wall
+time is ten hours of readings — bursts, hourly forecasts and 10-minute server files within a minute.
+
+No embedded Python broker: the services rely on what Mosquitto does and the brief configures on
+purpose (persistent sessions with bounded queues, persistence, password file + ACL). amqtt, the
+one maintained pure-Python broker, has neither the same ACL / password-file formats nor the queue
+bounds, so a stack on it would be a different, untested product; ``./flowwatch up`` installs the
+distribution's mosquitto instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import SecretStr
+
+from shared.cli import base_parser, settings_or_exit
+from shared.credentials import SERVICES, ensure_secrets
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+BACKOFF_MIN_S, BACKOFF_MAX_S, HEALTHY_RUN_S = 1.0, 30.0, 60.0
+STOP_TIMEOUT_S = 20.0
+
+
+def _plain(value: Any) -> Any:
+    """Settings as plain YAML data, secrets in clear (the file is written 0600 under data_dir)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def service_config(settings: Settings, name: str, *, password_file: Path, host: str, port: int, speed: float | None) -> dict:
+    data = _plain(settings.model_dump(mode="python"))
+    data["data_dir"] = str(settings.data_dir.resolve())
+    data["mqtt"].update(host=host, port=port, username=name, password=None, password_file=str(password_file.resolve()))
+    if speed is not None:
+        data["collector"]["speed"] = speed
+    return data
+
+
+def available(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(f"services.{name}.__main__") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def mosquitto_exe() -> str | None:
+    exe = shutil.which("mosquitto")
+    if exe:
+        return exe
+    return "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
+
+
+def port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log: Path
+    env: dict[str, str]
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    restarts: int = 0
+    backoff: float = BACKOFF_MIN_S
+    next_start: float = 0.0
+    last_exit: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as f:
+            self.proc = subprocess.Popen(self.argv, stdout=f, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
+                                         start_new_session=True)  # Ctrl-C reaches us only; we stop them in order
+        self.started = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Stack:
+    def __init__(self, settings: Settings, speed: float | None, out=sys.stdout) -> None:
+        self.settings = settings
+        self.speed = speed
+        self.out = out
+        self.stop_event = threading.Event()
+        self.children: list[Child] = []
+        self.broker = None
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    # --- start ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        secrets = ensure_secrets(s.data_dir / "secrets")
+        host, port = self._start_broker(secrets)
+        up_dir = s.data_dir / "up"
+        up_dir.mkdir(exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWWATCH_")}  # the config file says it all
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        for name in SERVICES:
+            if not available(name):
+                self.say(f"  {name}: not in this build (services/{name}/__main__.py missing), skipped")
+                continue
+            cfg = up_dir / f"{name}.yaml"
+            data = service_config(s, name, password_file=secrets.mqtt_password_file(name), host=host, port=port, speed=self.speed)
+            cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+            cfg.chmod(0o600)
+            child = Child(name, [sys.executable, "-m", "shared.cli", name, "-c", str(cfg.resolve())],
+                          s.data_dir / "logs" / f"{name}.log", env)
+            child.start()
+            self.children.append(child)
+        store = f"InfluxDB {s.store.influxdb.url} ({s.store.influxdb.database})" if s.store.backend == "influxdb" \
+            else f"SQLite {s.path(s.store.sqlite.path).resolve()}"
+        self.say(f"flowwatch up: site {s.site}, meter {s.meter}, source {s.collector.source}"
+                 f"{f', speed {self.speed:g}x' if self.speed else ''}")
+        self.say(f"  broker   mqtt://{host}:{port} (users and passwords in {secrets.folder.resolve()})")
+        self.say(f"  store    {store}")
+        self.say(f"  exports  {s.path(s.exporter.out_dir).resolve()}")
+        self.say(f"  logs     {(s.data_dir / 'logs').resolve()}")
+
+    def _start_broker(self, secrets) -> tuple[str, int]:
+        from shared.broker import PROJECT_ACL, MosquittoProcess, free_port
+
+        if mosquitto_exe() is None:
+            raise SystemExit("flowwatch up: mosquitto is not installed. Install it (apt-get install mosquitto; "
+                             "./flowwatch up does this on Debian/Ubuntu) and run again.")
+        host = self.settings.mqtt.host if self.settings.mqtt.host in ("127.0.0.1", "localhost", "0.0.0.0") else "127.0.0.1"
+        port = self.settings.mqtt.port
+        if not port_free(host, port):
+            port = free_port()
+        self.broker = MosquittoProcess(self.settings.data_dir / "mosquitto", port=port, host=host, users=secrets.users(),
+                                       password_file=secrets.mosquitto_passwd, acl_file=PROJECT_ACL, overrides={})
+        self.broker.start()
+        return host, port
+
+    # --- supervise ------------------------------------------------------------------------------
+    def supervise_once(self) -> None:
+        now = time.monotonic()
+        for c in self.children:
+            if c.alive():
+                continue
+            if c.proc is not None:  # just died
+                c.last_exit = c.proc.returncode
+                ran = now - c.started
+                c.backoff = BACKOFF_MIN_S if ran > HEALTHY_RUN_S else min(c.backoff * 2, BACKOFF_MAX_S)
+                c.next_start = now + c.backoff
+                c.proc = None
+                self.say(f"  {c.name} exited with code {c.last_exit} after {ran:.0f}s; restarting in {c.backoff:.0f}s "
+                         f"(log: {c.log})")
+            elif now >= c.next_start:
+                c.restarts += 1
+                c.start()
+
+    def status_rows(self) -> list[str]:
+        from shared.service import health_file
+
+        rows = []
+        for c in self.children:
+            try:
+                st = json.loads(health_file(self.settings, c.name).read_text())
+            except (OSError, ValueError):
+                st = {}
+            state = st.get("state", "starting") if c.alive() else "down"
+            counters = st.get("counters") or {}
+            top = ", ".join(f"{k}={v:g}" for k, v in sorted(counters.items())[:6])
+            last = st.get("last_event")
+            last = datetime.fromisoformat(last).astimezone(self.settings.tz).strftime("%Y-%m-%d %H:%M") if last else "-"
+            rows.append(f"  {c.name:<11}{state:<9}restarts={c.restarts:<3} last event {last:<17} {top}")
+        return rows
+
+    def run(self, duration: float | None) -> None:
+        deadline = time.monotonic() + duration if duration else None
+        tty = self.out.isatty()
+        next_view = 0.0
+        while not self.stop_event.wait(0.5):
+            self.supervise_once()
+            now = time.monotonic()
+            if now >= next_view:
+                rows = self.status_rows()
+                if tty:
+                    self.out.write("\x1b[s\x1b[J" + "\n".join(rows) + "\n\x1b[u")
+                    self.out.flush()
+                    next_view = now + 2
+                else:
+                    self.say("status:\n" + "\n".join(rows))
+                    next_view = now + 15
+            if deadline is not None and now >= deadline:
+                break
+
+    # --- stop -----------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self.stop_event.set()
+        for c in self.children:
+            if c.alive():
+                c.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for c in self.children:
+            if c.proc is None:
+                continue
+            try:
+                c.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.say(f"  {c.name} did not stop within {STOP_TIMEOUT_S:.0f}s; killing it")
+                c.proc.kill()
+                c.proc.wait()
+        if self.broker is not None:
+            self.broker.stop()
+        self.say("flowwatch up: stopped")
+
+
+def main(argv: Sequence[str]) -> int:
+    p = base_parser("up", "Run the whole stack on this machine (no Docker).")
+    p.add_argument("--speed", type=float, default=None, help="simulated event time runs N times faster (collector.speed)")
+    p.add_argument("--for", dest="duration", type=float, default=None, metavar="SECONDS", help="stop after this many seconds")
+    p.add_argument("--data-dir", type=Path, default=None, help="data folder (default: data_dir of the config, ./var)")
+    args = p.parse_args(argv)
+    if args.speed is not None and args.speed <= 0:
+        p.error("--speed must be positive")
+    overrides = {"data_dir": args.data_dir} if args.data_dir else {}
+    settings = settings_or_exit(args.config, **overrides)
+    stack = Stack(settings, args.speed)
+
+    def on_signal(signum: int, frame: object) -> None:
+        stack.stop_event.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+        if not stack.children:
+            stack.say("flowwatch up: no service is available in this build")
+            return 1
+        stack.run(args.duration)
+    finally:
+        stack.stop()
+    return 0

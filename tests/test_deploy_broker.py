@@ -1,0 +1,249 @@
+"""The project's mosquitto.conf + ACL on a real mosquitto, with secrets from shared.credentials.
+
+Every user is tried on every topic, allowed and forbidden. Mosquitto drops a forbidden publish
+without telling the client (QoS 1 is still acknowledged) and grants a forbidden subscription but
+delivers nothing on it, so both are detected by what arrives: a publish by what the privileged
+``operator`` subscriber receives, a subscription by what the user itself receives.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from shared.broker import PROJECT_ACL, PROJECT_CONF, MosquittoProcess, free_port, project_setting
+from shared.credentials import SERVICES, USERS, ensure_secrets, mosquitto_hash
+from shared.topics import Topics
+
+pytestmark = pytest.mark.broker
+
+ROOT = Path(__file__).resolve().parents[1]
+T = Topics()
+SITE, METER = "site1", "meter1"
+KINDS = ("reading", "anomaly", "forecast", "thresholds/flow_rate", "thresholds/pressure", "model/flow_rate",
+         "model/pressure", "command", "export/alert", "export/server")
+
+
+def meter_topic(kind: str) -> str:
+    return T.meter(SITE, METER, kind)
+
+
+ALL_TOPICS = [meter_topic(k) for k in KINDS] + [T.status(u) for u in USERS] + [T.deadletter(u) for u in USERS]
+
+
+def own(user: str) -> set[str]:
+    return {T.status(user), T.deadletter(user)}
+
+
+# What each user may publish and receive (the issue's "who needs what").
+WRITE = {
+    "collector": {meter_topic("reading")} | own("collector"),
+    "detector": {meter_topic("anomaly"), meter_topic("thresholds/flow_rate"), meter_topic("thresholds/pressure")} | own("detector"),
+    "forecaster": {meter_topic("forecast")} | own("forecaster"),
+    "exporter": {meter_topic("export/alert"), meter_topic("export/server")} | own("exporter"),
+    "trainer": {meter_topic("model/flow_rate"), meter_topic("model/pressure")} | own("trainer"),
+    "device": own("device"),
+    "operator": {meter_topic("command")} | own("operator"),
+}
+READ = {
+    "collector": set(),
+    "detector": {meter_topic(k) for k in ("reading", "forecast", "command")},
+    "forecaster": {meter_topic(k) for k in ("reading", "model/flow_rate", "model/pressure")},
+    "exporter": {meter_topic(k) for k in ("reading", "anomaly", "forecast")},
+    "trainer": {meter_topic(k) for k in ("reading", "command")},
+    "device": {meter_topic("export/alert"), meter_topic("export/server")} | {T.status(u) for u in USERS},
+    "operator": set(ALL_TOPICS),
+}
+
+
+class Client:
+    """A bare paho client that records what it receives (tests only; services use shared.bus)."""
+
+    def __init__(self, broker: MosquittoProcess, user: str | None, password: str | None) -> None:
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{user}-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv311)
+        if user:
+            self.c.username_pw_set(user, password)
+        self.rc = None
+        self.connected = threading.Event()
+        self.got: list[tuple[str, str]] = []
+        self.subscribed = threading.Event()
+        self.c.on_connect = self._on_connect
+        self.c.on_message = lambda c, u, m: self.got.append((m.topic, m.payload.decode()))
+        self.c.on_subscribe = lambda *a: self.subscribed.set()
+        self.c.connect(broker.host, broker.port)
+        self.c.loop_start()
+        self.connected.wait(5)
+
+    def _on_connect(self, c, u, flags, rc, props) -> None:
+        self.rc = rc
+        self.connected.set()
+
+    def subscribe(self, filt: str) -> None:
+        self.subscribed.clear()
+        self.c.subscribe(filt, 1)
+        assert self.subscribed.wait(5)
+
+    def publish(self, topic: str, payload: str) -> None:
+        self.c.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    def payloads(self) -> set[str]:
+        return {p for _, p in self.got}
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def wait_for(cond, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+@pytest.fixture(scope="module")
+def secure_broker(tmp_path_factory: pytest.TempPathFactory):
+    d = tmp_path_factory.mktemp("secure")
+    s = ensure_secrets(d / "secrets")
+    b = MosquittoProcess(d / "mosquitto", users=s.users(), password_file=s.mosquitto_passwd, acl_file=PROJECT_ACL).start()
+    yield b, s
+    b.stop()
+
+
+def login(secure_broker, user: str) -> Client:
+    b, s = secure_broker
+    c = Client(b, user, s.mqtt_password(user))
+    assert c.rc == 0, f"{user} could not connect: {c.rc}"
+    return c
+
+
+def test_rendered_config_keeps_the_project_settings(secure_broker) -> None:
+    b, s = secure_broker
+    conf = b.conf.read_text()
+    for key in ("persistence", "max_queued_messages", "max_queued_bytes", "max_inflight_messages", "allow_anonymous"):
+        assert f"{key} {project_setting(key)}\n" in conf
+    assert project_setting("allow_anonymous") == "false"
+    assert project_setting("persistence") == "true"
+    assert int(project_setting("max_queued_messages")) >= 525_600  # a year of minute readings
+    assert f"acl_file {PROJECT_ACL}" in conf and f"password_file {s.mosquitto_passwd}" in conf
+    # the container paths of the project file are not carried over
+    assert not any(" /mosquitto/" in line or " /run/flowwatch-secrets" in line for line in conf.splitlines())
+
+
+def test_anonymous_and_wrong_passwords_are_refused(secure_broker) -> None:
+    b, s = secure_broker
+    anon = Client(b, None, None)
+    assert anon.rc is not None and anon.rc != 0
+    anon.close()
+    wrong = Client(b, "collector", s.mqtt_password("detector"))
+    assert wrong.rc is not None and wrong.rc != 0
+    wrong.close()
+    unknown = Client(b, "admin", "admin")
+    assert unknown.rc is not None and unknown.rc != 0
+    unknown.close()
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_each_user_publishes_exactly_its_own_topics(secure_broker, user: str) -> None:
+    observer = login(secure_broker, "operator")
+    observer.subscribe(f"{T.prefix}/#")
+    c = login(secure_broker, user)
+    tag = uuid.uuid4().hex
+    for topic in ALL_TOPICS:
+        c.publish(topic, f"{tag}|{topic}")
+    # Same publisher, same subscriber: delivered in order, so once the sentinel is in, every
+    # allowed publish before it is in too, and a forbidden one would have been.
+    sentinel = f"{tag}|sentinel"
+    c.publish(T.status(user), sentinel)
+    assert wait_for(lambda: sentinel in observer.payloads())
+    arrived = {p.split("|", 1)[1] for p in observer.payloads() if p.startswith(tag) and p != sentinel}
+    c.close()
+    observer.close()
+    assert arrived == WRITE[user], f"{user}: forbidden published {arrived - WRITE[user]}, allowed lost {WRITE[user] - arrived}"
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_each_user_receives_exactly_its_own_topics(secure_broker, user: str) -> None:
+    listener = login(secure_broker, user)
+    listener.subscribe(f"{T.prefix}/#")
+    for filt in [meter_topic(k) for k in KINDS] + [T.all_meters("reading"), T.all_status(), T.all_deadletter()]:
+        listener.subscribe(filt)  # literal and wildcard filters: all granted, delivery is filtered
+    observer = login(secure_broker, "operator")
+    observer.subscribe(f"{T.prefix}/#")
+    tag = uuid.uuid4().hex
+    writers = {u: login(secure_broker, u) for u in USERS}
+    for topic in ALL_TOPICS:
+        writer = next(u for u in USERS if topic in WRITE[u])
+        writers[writer].publish(topic, f"{tag}|{topic}")
+    expected_all = {f"{tag}|{t}" for t in ALL_TOPICS}
+    assert wait_for(lambda: expected_all <= observer.payloads())
+    expected = {f"{tag}|{t}" for t in READ[user]}
+    assert wait_for(lambda: expected <= listener.payloads(), 5)
+    time.sleep(0.3)  # the broker has sent everything (the observer has it); let stragglers land
+    got = {p.split("|", 1)[1] for p in listener.payloads() if p.startswith(tag)}
+    for c in [listener, observer, *writers.values()]:
+        c.close()
+    assert got == READ[user], f"{user}: received forbidden {got - READ[user]}, missed {READ[user] - got}"
+
+
+def test_every_meter_topic_has_a_writer_and_every_service_a_user() -> None:
+    for topic in ALL_TOPICS:
+        if "/deadletter/" in topic or "/service/" in topic:
+            continue
+        assert any(topic in WRITE[u] for u in USERS), topic
+    acl = PROJECT_ACL.read_text()
+    for name in SERVICES + ("device", "operator"):
+        assert re.search(rf"^user {name}$", acl, re.M), name
+
+
+def test_secrets_are_generated_once_and_kept(tmp_path: Path) -> None:
+    s1 = ensure_secrets(tmp_path / "secrets")
+    first = {u: s1.mqtt_password(u) for u in USERS}
+    token = s1.influx_token_file.read_text()
+    passwd = s1.mosquitto_passwd.read_text()
+    assert len(set(first.values())) == len(USERS) and all(len(p) >= 24 for p in first.values())
+    assert (s1.mqtt_password_file("collector").stat().st_mode & 0o777) == 0o600
+    s2 = ensure_secrets(tmp_path / "secrets")
+    assert {u: s2.mqtt_password(u) for u in USERS} == first
+    assert s2.influx_token_file.read_text() == token
+    assert s2.mosquitto_passwd.read_text() == passwd  # not rehashed when nothing changed
+    # a lost password is regenerated and the password file follows
+    s2.mqtt_password_file("device").unlink()
+    s3 = ensure_secrets(tmp_path / "secrets")
+    assert s3.mqtt_password("device") != first["device"]
+    assert s3.mosquitto_passwd.read_text() != passwd
+
+
+def test_hash_matches_mosquitto_passwd(tmp_path: Path) -> None:
+    f = tmp_path / "pw"
+    f.touch()
+    subprocess.run(["mosquitto_passwd", "-b", str(f), "alice", "s3cret-pw"], check=True)
+    line = f.read_text().strip().split(":", 1)[1]
+    _, _, iters, salt, _ = line.split("$")
+    import base64
+
+    assert mosquitto_hash("s3cret-pw", salt=base64.b64decode(salt), iterations=int(iters)) == line
+
+
+def test_compose_mosquitto_healthcheck_runs_against_the_real_broker(secure_broker) -> None:
+    """The healthcheck proves the broker answers and refuses anonymous clients."""
+    b, _ = secure_broker
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    test = compose["services"]["mosquitto"]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL"
+    cmd = test[1].replace("-p 1883", f"-p {b.port}")
+    assert subprocess.run(["sh", "-c", cmd], timeout=20).returncode == 0
+    dead = test[1].replace("-p 1883", f"-p {free_port()}")
+    assert subprocess.run(["sh", "-c", dead], timeout=20).returncode != 0
+    assert PROJECT_CONF.exists()

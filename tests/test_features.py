@@ -1,0 +1,91 @@
+"""Feature engineering shared by trainer and forecaster: pure unit tests (no TensorFlow, no broker)."""
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+from services.forecaster.predictor import SeasonalNaivePredictor, Window
+from services.forecaster.window import ReadingWindow
+from services.trainer.training import decide
+from shared import features
+from shared.settings import RangeLimits
+from tests.synthetic import START, diurnal_frame
+
+LIM = RangeLimits()
+
+
+def test_resample_labels_bins_by_their_end_and_counts_duplicates_once():
+    ep = np.array([0, 60, 60, 540, 600])
+    grid, m = features.resample(ep, np.array([1.0, 2.0, 99.0, 3.0, 10.0]), 10)
+    assert grid.tolist() == [600, 1200]
+    assert m[0] == pytest.approx(2.0) and m[1] == 10.0  # (1+2+3)/3; 600 opens the next bin
+
+
+def test_cleaning_drops_flagged_and_out_of_range():
+    v = features.clean_values("flow_rate", np.array([1.0, 2.0, -5.0, 4.0]),
+                              ["", "flow_rate_out_of_range", "", "pressure_missing"], LIM)
+    assert np.isnan(v[1]) and np.isnan(v[2]) and v[0] == 1.0 and v[3] == 4.0
+    assert features.valid_value("pressure", 3.0, ("pressure_missing",), LIM) is None
+    assert features.valid_value("pressure", 3.0, ("flow_rate_missing",), LIM) == 3.0
+
+
+def test_fill_gaps_short_inside_and_at_end_long_stays():
+    v = np.array([np.nan, 1.0, np.nan, 3.0, np.nan, np.nan, np.nan, 7.0, np.nan])
+    out = features.fill_gaps(v, 2)
+    assert np.isnan(out[0])  # leading stays
+    assert out[2] == 2.0  # short inner gap: linear
+    assert np.isnan(out[4:7]).all()  # 3 > 2: stays
+    assert out[8] == 7.0  # trailing: carried forward
+
+
+def test_seasonal_naive_week_then_day_then_nothing():
+    step = 60
+    week, day = 7 * 24, 24
+    h = np.arange(week + 1, dtype=float)  # bin k holds k; issue at the last bin
+    sn = features.seasonal_naive(h, 3, step)
+    assert sn.tolist() == [1.0, 2.0, 3.0]  # target week+k -> value k
+    h2 = h.copy()
+    h2[1] = np.nan
+    assert features.seasonal_naive(h2, 1, step)[0] == week + 1 - day  # falls back to the last day
+    assert np.isnan(features.seasonal_naive(np.array([1.0, 2.0]), 2, step)).all()
+    p = SeasonalNaivePredictor().predict(Window(np.array([1.0, 2.0]), 0, step), 2)
+    assert p.tolist() == [2.0, 2.0]  # nothing seasonal yet: persistence
+
+
+def test_serving_window_equals_training_series():
+    """The forecaster's in-memory window and the trainer's resampling give the same numbers."""
+    f = diurnal_frame(2, seed=3)
+    f.iloc[100:104, f.columns.get_loc("flow_rate")] = np.nan
+    f.iloc[200, f.columns.get_loc("quality")] = "flow_rate_out_of_range"
+    f = f.drop(f.index[1000:1200])  # a 200-minute hole: longer than max_gap
+    end = int((START + timedelta(days=2)).timestamp())
+    ends, train = features.series_from_frame(f, "flow_rate", 10, LIM, 6, end=end)
+    w = ReadingWindow(10, len(ends), 6, LIM)
+    w.backfill(f)
+    served = w.window("flow_rate", end)
+    np.testing.assert_allclose(served[1:], train[1:], equal_nan=True)  # bin 0 is cut off by the grid start
+    assert np.isnan(served).sum() >= 10
+
+
+def test_training_windows_shapes_and_targets():
+    ends = np.arange(1, 101) * 600
+    vals = np.arange(100, dtype=float)
+    vals[50] = np.nan
+    sc = features.Scaler(0.0, 1.0)
+    X, Y, issue = features.training_windows(vals, ends, sc, "UTC", 5, 3)
+    assert X.shape[1:] == (5, features.N_FEATURES) and Y.shape[1] == 3
+    k = 0
+    assert X[k, -1, 0] == vals[issue[k]] and Y[k].tolist() == vals[issue[k] + 1: issue[k] + 4].tolist()
+    assert not ((issue >= 47) & (issue <= 54)).any()  # windows touching the NaN are left out
+
+
+def test_promotion_rule():
+    assert decide(0.05, 0.06, None, 0.0, True, 0.0, 1e-3)[0]
+    ok, why = decide(0.07, 0.06, None, 0.0, True, 0.0, 1e-3)
+    assert not ok and "seasonal naive" in why
+    ok, why = decide(0.05, 0.06, 0.04, 0.0, True, 0.0, 1e-3)
+    assert not ok and "current model" in why
+    ok, why = decide(0.05, 0.06, None, 0.0, False, 0.1, 1e-3)
+    assert not ok and "parity" in why
+    assert not decide(0.059, 0.06, None, 0.05, True, 0.0, 1e-3)[0]  # min_improvement
