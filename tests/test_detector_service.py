@@ -242,3 +242,35 @@ def _final(anoms):
     for a in anoms:
         last[(a.kind, a.signal, a.start)] = a
     return list(last.values())
+
+
+def test_thresholds_recalibrate_cli_stores_prints_and_tells_the_running_detector(settings, tmp_path):
+    from shared.store.sqlite import SqliteStore
+
+    s, site = unique(settings)
+    db = tmp_path / "cal.db"
+    s = s.model_copy(update={"store": s.store.model_copy(update={"sqlite": s.store.sqlite.model_copy(update={"path": db})})})
+    df = frame(minutes=10 * 24 * 60)
+    with SqliteStore(db) as st:
+        st.write_reading_frame(site, "m1", df)
+    svc = DetectorService(s)  # opens the same file; back-fills and learns at start (no bands stored yet)
+    t = svc.start_in_thread()
+    assert svc.ready.wait(60)
+    got = Sink()
+    watch = client(s, "watch-cli")
+    watch.subscribe(topics.signal_filter(site, "m1", "thresholds"), Thresholds, got)
+    cfg = _config(tmp_path, s, SqliteStore(db))
+    out = subprocess.run([sys.executable, "-m", "shared.cli", "thresholds", "recalibrate", "-c", str(cfg), "--site", site],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"{site}/m1 flow_rate: learned (10.0 days of data" in out.stdout and "weekday lower..upper" in out.stdout
+    at = df.index[-1].to_pydatetime() + timedelta(seconds=1)
+    with SqliteStore(db) as st:
+        th = st.latest_thresholds(site, "m1", "pressure")
+    assert th.method == "learned" and th.computed_at == at
+    # the running detector got the command, recomputed the same bands and published them retained
+    assert wait_for(lambda: any(x.computed_at == at and x.signal == "flow_rate" for x in got.items), 30)
+    assert svc.counters.get("recalibrations") >= 2
+    svc.stop()
+    t.join(30)
+    watch.close()

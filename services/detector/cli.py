@@ -1,6 +1,9 @@
 """``flowwatch thresholds recalibrate [--site S] [--meter M]``: learn the bands now from the store.
 
-Stores them, publishes them retained (a running detector installs them), and prints them.
+Computes them from the store (so it works with no detector running), stores them and prints them,
+then sends a ``recalibrate`` command per meter: a running detector recomputes the same bands from the
+same readings, installs them and publishes them retained (the detector is the one MQTT user allowed
+to write thresholds topics; the operator may send commands — mosquitto/acl).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("action", choices=["recalibrate"], help="what to do")
     p.add_argument("--site", default=None, help="only this site (default: every site with readings)")
     p.add_argument("--meter", default=None, help="only this meter (default: every meter with readings)")
-    p.add_argument("--no-publish", action="store_true", help="store and print only; do not publish on MQTT")
+    p.add_argument("--no-publish", action="store_true", help="store and print only; send no command to a running detector")
     args = p.parse_args(argv)
     settings = settings_or_exit(args.config)
 
@@ -51,16 +54,19 @@ def main(argv: Sequence[str]) -> int:
                 results.append(th)
         if not args.no_publish:
             from shared.bus import Bus
+            from shared.messages import Command
 
             bus = Bus(settings.mqtt, "thresholds-cli", persistent=False)
             if not bus.connect(wait_s=10):
-                print(f"flowwatch thresholds: stored, but the broker {settings.mqtt.host}:{settings.mqtt.port} is not "
-                      "reachable, so nothing was published (a running detector picks them up at its next start)", file=sys.stderr)
+                print(f"flowwatch thresholds: stored, but the broker {settings.mqtt.host}:{settings.mqtt.port} is not reachable, "
+                      "so a running detector was not told (it loads the stored bands at its next start)", file=sys.stderr)
                 bus.close()
                 bus = None
             else:
-                for th in results:
-                    bus.publish(bus.topics.thresholds(th.site, th.meter, th.signal), th, retain=True).wait_for_publish(5)
+                now = datetime.now(UTC)
+                for site, meter in meters:
+                    cmd = Command(site=site, meter=meter, action="recalibrate", requested_at=now)
+                    bus.publish(bus.topics.command(site, meter), cmd).wait_for_publish(5)
         for th in results:
             print(format_bands(th))
             print()

@@ -84,7 +84,6 @@ class DetectorService(Service):
         t = self.topics
         self.bus.subscribe(t.all_meters("reading"), Reading, self._enqueue("reading"), deferred_ack=True)
         self.bus.subscribe(t.all_meters("forecast"), Forecast, self._enqueue("forecast"), deferred_ack=True)
-        self.bus.subscribe(t.all_meters("thresholds"), Thresholds, self._enqueue("thresholds"), deferred_ack=True)
         self.bus.subscribe(t.all_meters("command"), Command, self._enqueue("command"), deferred_ack=True)
 
     def _enqueue(self, kind: str):
@@ -180,8 +179,6 @@ class DetectorService(Service):
                 self.last_seen[(obj.site, obj.meter)] = now
             elif kind == "forecast":
                 eng.on_forecast(obj)
-            elif kind == "thresholds":
-                eng.set_thresholds(obj)
             elif kind == "command":
                 commands.append(obj)
         nights = eng.take_night_flows()
