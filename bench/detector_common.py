@@ -84,10 +84,3 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
     return s[k]
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

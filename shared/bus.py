@@ -129,9 +129,9 @@ class Bus:
                 info.wait_for_publish(timeout=2)
         except (RuntimeError, ValueError) as exc:
             logger.debug("final status not sent: %s", exc)
+        self._connected.clear()  # a requested disconnect is not "lost, reconnecting"
         self.client.disconnect()
         self.client.loop_stop()
-        self._connected.clear()
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
