@@ -26,6 +26,7 @@ def main(argv: Sequence[str]) -> int:
     settings = settings_or_exit(args.config)
 
     from services.detector.engine import DetectionEngine
+    from services.detector.service import read_columns
     from services.detector.thresholds import format_bands
 
     try:
@@ -48,8 +49,8 @@ def main(argv: Sequence[str]) -> int:
         for site, meter in meters:
             last = store.last_reading_time(site, meter)
             at = last + timedelta(seconds=1) if last else datetime.now(UTC).replace(microsecond=0)
-            frame = store.read_readings(site, meter, at - timedelta(days=settings.detector.threshold_days), at)
-            for th in engine.recalibrate(site, meter, frame, at):
+            recent = read_columns(store, site, meter, at - timedelta(days=settings.detector.threshold_days), at)
+            for th in engine.recalibrate(site, meter, recent, at):
                 store.write_thresholds(th)
                 results.append(th)
         if not args.no_publish:

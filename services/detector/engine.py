@@ -33,12 +33,10 @@ import logging
 import math
 import statistics
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
-
-import numpy as np
-import pandas as pd
 
 from shared.eventtime import floor
 from shared.messages import SIGNALS, Anomaly, Forecast, Reading, Thresholds
@@ -47,6 +45,9 @@ from shared.store.base import NightFlow
 from services.detector.alerts import Alert, Transition
 from services.detector.nightflow import NightAccumulator, NightLeakRule, parse_hhmm
 from services.detector.thresholds import BandTable, learn_thresholds, static_thresholds
+
+if TYPE_CHECKING:  # frames are accepted (flowwatch evaluate) but pandas is never imported here
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -481,12 +482,18 @@ class DetectionEngine:
         self._due.clear()
         return due
 
-    def recalibrate(self, site: str, meter: str, frame: pd.DataFrame, at: datetime) -> list[Thresholds]:
-        """Learn bands from ``frame`` (the readings of [at - threshold_days, at)), install and return them."""
-        start = at - timedelta(days=self.cfg.threshold_days)
-        if len(frame):
-            frame = frame[(frame.index >= start) & (frame.index < at)]
-        ths = learn_thresholds(site, meter, frame, at, self.cfg, self.tz, self.interval)
+    def recalibrate(self, site: str, meter: str, data: pd.DataFrame | Sequence[Reading] | tuple, at: datetime) -> list[Thresholds]:
+        """Learn bands from ``data`` (a readings frame, Reading records, or (epoch, flow, pressure) columns; only
+        [at - threshold_days, at) is used),
+        install and return them."""
+        import numpy as np
+
+        ts, fl, pr = _columns(data)
+        t = np.asarray(ts, dtype=np.float64)
+        lo, hi = (at - timedelta(days=self.cfg.threshold_days)).timestamp(), at.timestamp()
+        sel = (t >= lo) & (t < hi)
+        values = {"flow_rate": np.asarray(fl, dtype=np.float64)[sel], "pressure": np.asarray(pr, dtype=np.float64)[sel]}
+        ths = learn_thresholds(site, meter, t[sel], values, at, self.cfg, self.tz, self.interval)
         for th in ths:
             self.set_thresholds(th)
         return ths
@@ -496,22 +503,17 @@ class DetectionEngine:
         return out
 
     # --- bulk paths -------------------------------------------------------------------------
-    def process_frame(self, site: str, meter: str, frame: pd.DataFrame) -> list[Anomaly]:
-        """Run a readings frame (UTC DatetimeIndex; flow_rate, pressure) through the rules."""
-        if frame.empty:
-            return []
-        ts = frame.index.as_unit("s").asi8.astype("float64").tolist()
-        fl = frame["flow_rate"].to_numpy(dtype="float64").tolist()
-        pr = frame["pressure"].to_numpy(dtype="float64").tolist()
+    def process_frame(self, site: str, meter: str, frame: pd.DataFrame | Sequence[Reading]) -> list[Anomaly]:
+        """Run a readings frame (UTC DatetimeIndex; flow_rate, pressure) or Reading records through the rules."""
         out: list[Anomaly] = []
         proc = self.process_values
-        for t, f, p in zip(ts, fl, pr, strict=True):
+        for t, f, p in zip(*_columns(frame), strict=True):
             r = proc(site, meter, t, f, p)
             if r:
                 out += r
         return out
 
-    def backfill(self, site: str, meter: str, frame: pd.DataFrame, *, open_anomalies: Iterable[Anomaly] = (),
+    def backfill(self, site: str, meter: str, frame: pd.DataFrame | Sequence[Reading], *, open_anomalies: Iterable[Anomaly] = (),
                  nights: Iterable[NightFlow] = (), thresholds: Iterable[Thresholds] = (),
                  forecasts: Iterable[Forecast] = ()) -> int:
         """Rebuild a meter's state after a restart, emitting nothing; returns the readings replayed.
@@ -529,7 +531,8 @@ class DetectionEngine:
             sink: list[Anomaly] = []
             for n in sorted(nights, key=lambda n: n.day):
                 self._judge_night(m, n.day, n.ts.timestamp(), n.value, sink)
-            first = frame.index[0].timestamp() if len(frame) else math.inf
+            ts = _columns(frame)[0]
+            first = ts[0] if len(ts) else math.inf
             for an in open_anomalies:
                 if an.state == "open" and an.kind in SEVERITY and an.kind not in ("night_flow", "gap", "spike") \
                         and an.start.timestamp() < first:
@@ -541,9 +544,16 @@ class DetectionEngine:
         return len(frame)
 
 
-def frame_from_readings(readings: Iterable[Reading]) -> pd.DataFrame:
-    """A small readings frame (for tests and tools)."""
-    rows = list(readings)
-    idx = pd.DatetimeIndex([r.ts for r in rows], name="ts")
-    return pd.DataFrame({"flow_rate": np.array([np.nan if r.flow_rate is None else r.flow_rate for r in rows], dtype=float),
-                         "pressure": np.array([np.nan if r.pressure is None else r.pressure for r in rows], dtype=float)}, index=idx)
+def _columns(data: Any) -> tuple[list[float], list[float | None], list[float | None]]:
+    """(epoch seconds, flow, pressure) lists from a readings frame or a sequence of Reading records."""
+    if isinstance(data, tuple) and len(data) == 3:  # already columns
+        return data
+    if hasattr(data, "index") and hasattr(data, "columns"):  # a pandas frame
+        if len(data) == 0:
+            return [], [], []
+        return (data.index.as_unit("s").asi8.astype("float64").tolist(),
+                data["flow_rate"].to_numpy(dtype="float64", na_value=math.nan).tolist(),
+                data["pressure"].to_numpy(dtype="float64", na_value=math.nan).tolist())
+    rows = list(data)
+    return ([r.ts.timestamp() for r in rows], [math.nan if r.flow_rate is None else r.flow_rate for r in rows],
+            [math.nan if r.pressure is None else r.pressure for r in rows])

@@ -25,7 +25,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pandas as pd
+import numpy as np
 
 from services.detector.engine import DetectionEngine
 from shared.bus import Bus
@@ -38,34 +38,38 @@ from shared.store import Store, StoreError, open_store
 logger = logging.getLogger(__name__)
 
 
-def _none(v: Any) -> Any:
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT else v
-
-
-def open_anomalies_from_frame(site: str, meter: str, df: pd.DataFrame) -> list[Anomaly]:
+def latest_forecasts(site: str, meter: str, points: list[tuple]) -> list[Forecast]:
+    """The latest stored forecast per signal from (signal, issued_at, target_time, value, model) points."""
     out = []
-    for row in df[df["state"] == "open"].itertuples(index=False):
+    for sig in SIGNALS:
+        pts = [p for p in points if p[0] == sig]
+        if not pts:
+            continue
+        issued = max(p[1] for p in pts)
+        pts = sorted((p for p in pts if p[1] == issued), key=lambda p: p[2])
+        step = int((pts[0][2] - issued).total_seconds() // 60)
         try:
-            out.append(Anomaly(site=site, meter=meter, kind=row.kind, signal=row.signal, severity=row.severity, state="open",
-                               start=row.start.to_pydatetime(), ts=row.ts.to_pydatetime(), value=_none(row.value),
-                               threshold=_none(row.threshold), message=row.message or ""))
-        except ValueError as exc:  # a row another version wrote: skip it, do not crash the start
-            logger.warning("stored open anomaly of %s/%s not understood (%s); not continued", site, meter, exc)
-    return out
-
-
-def latest_forecasts_from_frame(site: str, meter: str, df: pd.DataFrame) -> list[Forecast]:
-    out = []
-    for sig, g in df.groupby("signal"):
-        issued = g["issued_at"].max()
-        g = g[g["issued_at"] == issued].sort_values("target_time")
-        step = int((g["target_time"].iloc[0] - issued).total_seconds() // 60)
-        try:
-            out.append(Forecast(site=site, meter=meter, signal=sig, issued_at=issued.to_pydatetime(), step_minutes=max(step, 1),
-                                values=tuple(float(v) for v in g["value"]), model=str(g["model"].iloc[0]) or "unknown"))
+            out.append(Forecast(site=site, meter=meter, signal=sig, issued_at=issued, step_minutes=max(step, 1),
+                                values=tuple(p[3] for p in pts), model=str(pts[0][4]) or "unknown"))
         except ValueError as exc:
             logger.warning("stored forecast of %s/%s not understood (%s); ignored", site, meter, exc)
     return out
+
+
+def read_columns(store: Store, site: str, meter: str, start: datetime, end: datetime,
+                 chunk: timedelta = timedelta(days=7)) -> tuple[Any, Any, Any]:
+    """(epoch, flow, pressure) numpy columns of [start, end), read a week at a time (a small peak in memory)."""
+    ts: list[float] = []
+    fl: list[float] = []
+    pr: list[float] = []
+    t = start
+    while t < end:
+        for r in store.read_reading_records(site, meter, t, min(t + chunk, end)):
+            ts.append(r.ts.timestamp())
+            fl.append(math.nan if r.flow_rate is None else r.flow_rate)
+            pr.append(math.nan if r.pressure is None else r.pressure)
+        t += chunk
+    return np.asarray(ts), np.asarray(fl), np.asarray(pr)
 
 
 class DetectorService(Service):
@@ -111,14 +115,14 @@ class DetectorService(Service):
         if last is None:
             return 0
         end = last + timedelta(seconds=1)
-        frame = st.read_readings(site, meter, last - timedelta(hours=self.cfg.backfill_hours), end)
+        recent = st.read_reading_records(site, meter, last - timedelta(hours=self.cfg.backfill_hours), end)
         ths = [th for s in SIGNALS if (th := st.latest_thresholds(site, meter, s)) is not None]
         keep = self.cfg.night_baseline_nights * 3 + self.cfg.night_consecutive + 2
         local_day = last.astimezone(self.settings.tz).date()
         nights = st.read_night_flow(site, meter, local_day - timedelta(days=keep), local_day + timedelta(days=1))
-        anoms = open_anomalies_from_frame(site, meter, st.read_anomalies(site, meter, last - timedelta(days=120), end))
-        fcs = latest_forecasts_from_frame(site, meter, st.read_forecasts(site, meter, last - timedelta(hours=6), last + timedelta(days=8)))
-        n = self.engine.backfill(site, meter, frame, open_anomalies=anoms, nights=nights, thresholds=ths, forecasts=fcs)
+        anoms = [a for a in st.read_anomaly_records(site, meter, last - timedelta(days=120), end) if a.state == "open"]
+        fcs = latest_forecasts(site, meter, st.read_forecast_points(site, meter, last - timedelta(hours=6), last + timedelta(days=8)))
+        n = self.engine.backfill(site, meter, recent, open_anomalies=anoms, nights=nights, thresholds=ths, forecasts=fcs)
         self.last_seen[(site, meter)] = time.time()
         # A recalibration that was due but did not happen (first start after an import, a crash at a boundary).
         if {th.signal for th in ths} != set(SIGNALS):
@@ -230,8 +234,7 @@ class DetectorService(Service):
 
     def recalibrate(self, site: str, meter: str, at: datetime) -> list[Thresholds]:
         """Learn bands from the store, install, store and publish them (retained)."""
-        frame = self.store.read_readings(site, meter, at - timedelta(days=self.cfg.threshold_days), at)
-        ths = self.engine.recalibrate(site, meter, frame, at)
+        ths = self.engine.recalibrate(site, meter, read_columns(self.store, site, meter, at - timedelta(days=self.cfg.threshold_days), at), at)
         for th in ths:
             self.store.write_thresholds(th)
             self.bus.publish(self.topics.thresholds(site, meter, th.signal), th, retain=True)

@@ -3,7 +3,7 @@
 Each band is the [low, high] robust quantiles of the recent readings in that hour and day type,
 widened on both sides by a margin (a share of the quantile spread, at least a per-signal floor).
 Before ``threshold_min_days`` of data exist, the configured static limits apply (method "static").
-Pure functions: the readings frame comes from the caller (the store, or a file for evaluate).
+Pure functions (numpy, no pandas: the service stays small): the readings come from the caller (the store, or a file for evaluate).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import numpy as np
-import pandas as pd
 
 from shared.messages import SIGNALS, Band, Thresholds
 from shared.settings import DetectorSettings
@@ -27,31 +26,43 @@ def static_thresholds(site: str, meter: str, signal: str, cfg: DetectorSettings,
                       sample_days=round(sample_days, 3))
 
 
+def local_cells(ts: np.ndarray, tz: ZoneInfo) -> np.ndarray:
+    """hour * 2 + weekend of each epoch second in ``ts`` (local time), without pandas."""
+    if len(ts) == 0:
+        return np.zeros(0, dtype=np.int64)
+    keys, inverse = np.unique(ts.astype(np.int64) // 900, return_inverse=True)  # zone offsets are multiples of 15 min
+    cells = np.empty(len(keys), dtype=np.int64)
+    for i, k in enumerate(keys.tolist()):
+        lt = datetime.fromtimestamp(k * 900, tz)
+        cells[i] = lt.hour * 2 + (lt.weekday() >= 5)
+    return cells[inverse]
+
+
 def learn_thresholds(
-    site: str, meter: str, frame: pd.DataFrame, at: datetime, cfg: DetectorSettings, tz: ZoneInfo, interval_s: float
+    site: str, meter: str, ts: np.ndarray, values: dict[str, np.ndarray], at: datetime, cfg: DetectorSettings,
+    tz: ZoneInfo, interval_s: float,
 ) -> list[Thresholds]:
-    """Bands for both signals from ``frame`` (UTC DatetimeIndex; flow_rate, pressure columns)."""
+    """Bands for both signals from readings ``ts`` (epoch seconds) and ``values[signal]`` (NaN = missing)."""
     out = []
-    if len(frame):
-        local = frame.index.tz_convert(tz)
-        cell = np.asarray(local.hour) * 2 + (np.asarray(local.day_of_week) >= 5)
-    else:
-        cell = np.zeros(0, dtype=int)
+    cell = local_cells(np.asarray(ts, dtype=np.float64), tz)
     q_lo, q_hi = cfg.threshold_quantiles
     for sig in SIGNALS:
-        values = frame[sig].to_numpy(dtype="float64") if len(frame) else np.zeros(0)
-        ok = np.isfinite(values)
+        v_all = np.asarray(values.get(sig, np.full(len(cell), np.nan)), dtype=np.float64)
+        ok = np.isfinite(v_all)
         sample_days = float(ok.sum()) * interval_s / 86400.0
         static = static_thresholds(site, meter, sig, cfg, at, sample_days)
         if sample_days < cfg.threshold_min_days:
             out.append(static)
             continue
-        v, c = values[ok], cell[ok]
+        v, c = v_all[ok], cell[ok]
+        order = np.argsort(c, kind="stable")
+        v, c = v[order], c[order]
+        bounds = np.searchsorted(c, np.arange(49))
         floor = cfg.threshold_min_spread.get(sig, 0.0)
         bands = []
         for b in static.bands:
             idx = b.hour * 2 + (b.daytype == "weekend")
-            sel = v[c == idx]
+            sel = v[bounds[idx] : bounds[idx + 1]]
             if len(sel) < MIN_BAND_SAMPLES:
                 bands.append(b)
                 continue
