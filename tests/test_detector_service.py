@@ -274,3 +274,32 @@ def test_thresholds_recalibrate_cli_stores_prints_and_tells_the_running_detector
     svc.stop()
     t.join(30)
     watch.close()
+
+
+def test_bus_deferred_ack_redelivers_what_was_not_acknowledged(settings):
+    """The bus extension the detector relies on: no PUBACK until ack() is called."""
+    s, site = unique(settings)
+    got, acks = [], []
+
+    def handler(topic, r, ack):
+        got.append(r.seq)
+        acks.append(ack)
+
+    sub = Bus(s.mqtt, "defer")
+    sub.subscribe(topics.reading(site, "m1"), Reading, handler, deferred_ack=True)
+    assert sub.connect(10)
+    pub = client(s, "pub-defer")
+    rs = readings(frame(minutes=2), site=site)
+    for r in rs:
+        pub.publish(topics.reading(site, "m1"), r).wait_for_publish(5)
+    assert wait_for(lambda: got == [0, 1])
+    acks[0]()  # acknowledge the first only
+    time.sleep(0.3)
+    sub.client.disconnect()  # as if the process died: the session keeps the unacknowledged one
+    sub.client.loop_stop()
+    got.clear()
+    again = Bus(s.mqtt, "defer")
+    again.subscribe(topics.reading(site, "m1"), Reading, lambda t, r, ack: (got.append(r.seq), ack()), deferred_ack=True)
+    assert again.connect(10)
+    assert wait_for(lambda: got == [1])
+    again.close(), pub.close()
