@@ -20,7 +20,14 @@ import uuid
 from pathlib import Path
 
 from bench.common import machine, table
-from bench.detector_common import percentile, reading_payload, start_detector, start_influxd, stop, write_config
+from bench.detector_common import (
+    percentile,
+    reading_payload,
+    start_detector,
+    start_influxd,
+    stop,
+    write_config,
+)
 from shared.broker import MosquittoProcess
 from shared.bus import Bus
 from shared.messages import Anomaly

@@ -30,7 +30,7 @@ def readings(df: pd.DataFrame, site: str = "s1", meter: str = "m1") -> list[Read
     out = []
     for i, (ts, f, p) in enumerate(zip(df.index, df["flow_rate"], df["pressure"], strict=True)):
         out.append(Reading(site=site, meter=meter, ts=ts.to_pydatetime(), seq=i,
-                           flow_rate=None if f != f else float(f), pressure=None if p != p else float(p)))
+                           flow_rate=None if np.isnan(f) else float(f), pressure=None if np.isnan(p) else float(p)))
     return out
 
 

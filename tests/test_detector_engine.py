@@ -12,7 +12,7 @@ from services.detector.engine import DetectionEngine, next_boundary
 from services.detector.nightflow import night_window, parse_hhmm
 from shared.messages import Forecast
 from shared.settings import DetectorSettings
-from tests.detector_synth import T0, at, frame, minutes
+from tests.detector_synth import at, frame, minutes
 
 TZ = "Asia/Seoul"
 
@@ -152,8 +152,9 @@ def test_static_thresholds_are_retried_daily_until_learned():
 
 
 def test_next_boundary_matches_event_time_crossing():
-    from shared.eventtime import crossed
     from zoneinfo import ZoneInfo
+
+    from shared.eventtime import crossed
 
     tz = ZoneInfo("Europe/Berlin")  # DST zone
     for period in ("day", "week", "month", "quarter", "year"):

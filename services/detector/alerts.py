@@ -27,8 +27,20 @@ class Alert:
     """One (kind, signal) alert slot of one meter."""
 
     __slots__ = (
-        "kind", "signal", "severity", "min_s", "clear_s", "step_s",
-        "is_open", "start", "first_true", "first_false", "value", "threshold", "message", "_peak_dev",
+        "_peak_dev",
+        "clear_s",
+        "first_false",
+        "first_true",
+        "is_open",
+        "kind",
+        "message",
+        "min_s",
+        "severity",
+        "signal",
+        "start",
+        "step_s",
+        "threshold",
+        "value",
     )
 
     def __init__(self, kind: str, signal: str, severity: str, min_s: float, clear_s: float, step_s: float) -> None:

@@ -38,13 +38,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from services.detector.alerts import Alert, Transition
+from services.detector.nightflow import NightAccumulator, NightLeakRule, parse_hhmm
+from services.detector.thresholds import BandTable, learn_thresholds, static_thresholds
 from shared.eventtime import floor
 from shared.messages import SIGNALS, Anomaly, Forecast, Reading, Thresholds
 from shared.settings import DetectorSettings, RangeLimits, Settings
 from shared.store.base import NightFlow
-from services.detector.alerts import Alert, Transition
-from services.detector.nightflow import NightAccumulator, NightLeakRule, parse_hhmm
-from services.detector.thresholds import BandTable, learn_thresholds, static_thresholds
 
 if TYPE_CHECKING:  # frames are accepted (flowwatch evaluate) but pandas is never imported here
     import pandas as pd
@@ -88,7 +88,7 @@ def _mad(s: list[float], med: float) -> float:
 
 
 class _Signal:
-    __slots__ = ("fifo", "sorted", "flat_since", "flat_ref", "pending", "base")
+    __slots__ = ("base", "fifo", "flat_ref", "flat_since", "pending", "sorted")
 
     def __init__(self) -> None:
         self.fifo: deque[float] = deque()
@@ -100,8 +100,22 @@ class _Signal:
 
 
 class _Meter:
-    __slots__ = ("site", "meter", "last", "sig", "alerts", "night", "leak", "bands", "forecasts",
-                 "next_recal", "next_day", "last_jump", "last_drop", "frozen")
+    __slots__ = (
+        "alerts",
+        "bands",
+        "forecasts",
+        "frozen",
+        "last",
+        "last_drop",
+        "last_jump",
+        "leak",
+        "meter",
+        "next_day",
+        "next_recal",
+        "night",
+        "sig",
+        "site",
+    )
 
     def __init__(self, site: str, meter: str) -> None:
         self.site, self.meter = site, meter
@@ -276,12 +290,12 @@ class DetectionEngine:
 
     def _valid(self, m: _Meter, sig: str, x: float | None, t: float, out: list[Anomaly]) -> float | None:
         lo, hi, name = self._ranges[sig]
-        if x is not None and x == x and lo <= x <= hi:
+        if x is not None and lo <= x <= hi:  # NaN fails the range test
             a = m.alerts.get(("invalid", sig))
             if a is not None and (a.is_open or a.first_true is not None):
                 self._emit(m, a, a.update(t, False), out)
-            return None if x is None else x
-        if x is None or x != x:
+            return x
+        if x is None or math.isnan(x):
             val, thr, msg = None, None, f"{sig} is missing"
         elif sig == "flow_rate" and x < 0:
             val, thr, msg = x, 0.0, f"negative flow {x:.3f} m³/h"

@@ -38,7 +38,7 @@ def night_window(ts: datetime, start: time, end: time, tz: ZoneInfo) -> tuple[da
 class NightAccumulator:
     """Tracks the minimum flow of the current night window of one meter."""
 
-    __slots__ = ("start", "end", "tz", "ws", "we", "day", "minimum", "count", "expected")
+    __slots__ = ("count", "day", "end", "expected", "minimum", "start", "tz", "we", "ws")
 
     def __init__(self, start: time, end: time, tz: ZoneInfo, interval_s: float) -> None:
         self.start, self.end, self.tz = start, end, tz
@@ -64,8 +64,7 @@ class NightAccumulator:
             self._open(ts)
         if flow is not None and self.ws <= ts < self.we:
             self.count += 1
-            if flow < self.minimum:
-                self.minimum = flow
+            self.minimum = min(self.minimum, flow)
         return done
 
 

@@ -77,7 +77,7 @@ def learn_thresholds(
 class BandTable:
     """Fast lookup of a Thresholds message: index = hour * 2 + weekend."""
 
-    __slots__ = ("lower", "upper", "method", "sample_days", "computed_at")
+    __slots__ = ("computed_at", "lower", "method", "sample_days", "upper")
 
     def __init__(self, th: Thresholds) -> None:
         self.lower = [float("-inf")] * 48
@@ -96,6 +96,6 @@ def format_bands(th: Thresholds) -> str:
              "  hour   weekday lower..upper        weekend lower..upper"]
     for h in range(24):
         wd, we = th.band_for(h, False), th.band_for(h, True)
-        fmt = lambda b: f"{b.lower:>10.3f}..{b.upper:<10.3f}" if b else f"{'-':>22}"  # noqa: E731
+        fmt = lambda b: f"{b.lower:>10.3f}..{b.upper:<10.3f}" if b else f"{'-':>22}"
         lines.append(f"  {h:02d}   {fmt(wd)}   {fmt(we)}")
     return "\n".join(lines)
