@@ -49,7 +49,10 @@ def _default(field) -> str:
         return f"`{value!r}`"
     if field.default is PydanticUndefined:
         return "required"
-    return f"`{field.default!s}`" if field.default is not None else "unset"
+    if field.default is None:
+        return "unset"
+    text = field.default if not isinstance(field.default, str) or field.default.isprintable() else repr(field.default)
+    return f"`{text!s}`"
 
 
 def reference() -> str:
