@@ -15,6 +15,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 # name -> (module:function, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -83,7 +84,18 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
         "-c", "--config", metavar="FILE", default=None,
         help="YAML config file (default: $FLOWWATCH_CONFIG, else built-in defaults); FLOWWATCH_* variables override it",
     )
+    p.add_argument(
+        "--data-dir", metavar="DIR", type=Path, default=None,
+        help="data folder: store, spool, models, exports, secrets, logs (default: data_dir of the config, ./var)",
+    )
     return p
+
+
+def settings_from_args(args: argparse.Namespace, **overrides: object):  # -> Settings
+    """Settings for a command parsed by ``base_parser``: its ``--config`` and ``--data-dir``."""
+    if getattr(args, "data_dir", None) is not None:
+        overrides.setdefault("data_dir", args.data_dir)
+    return settings_or_exit(args.config, **overrides)
 
 
 def settings_or_exit(path: str | None, **overrides: object):  # -> Settings

@@ -184,7 +184,7 @@ def prepare_data_dirs(paths: Sequence[Path]) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    from shared.cli import base_parser, settings_or_exit
+    from shared.cli import base_parser, settings_from_args
 
     p = base_parser("secrets", "Generate the secrets on first start; keep them on later starts.")
     sub = p.add_subparsers(dest="action", required=True)
@@ -193,7 +193,7 @@ def main(argv: Sequence[str]) -> int:
     init.add_argument("--docker", action="store_true", help="as root: set the owners the compose containers need")
     init.add_argument("--data-dirs", type=Path, nargs="*", default=[], help="with --docker: shared volume folders to prepare")
     args = p.parse_args(argv)
-    folder = args.dir or settings_or_exit(args.config).data_dir / "secrets"
+    folder = args.dir or settings_from_args(args).data_dir / "secrets"
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     s = ensure_secrets(folder)
     if args.docker:

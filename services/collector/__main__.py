@@ -29,7 +29,7 @@ Units: flow rate m3/h, pressure bar. Full reference: docs/meters.md, docs/config
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
-    from shared.cli import base_parser, settings_or_exit
+    from shared.cli import base_parser, settings_from_args
 
     p = base_parser("collector", "Read the meter (serial line protocol, Modbus RTU/TCP, simulator or CSV replay) and publish readings on MQTT, spooling to disk while the broker is away.")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         col["interval_s"] = args.interval
     if args.speed is not None:
         col["speed"] = args.speed
-    settings = settings_or_exit(args.config, collector=col)
+    settings = settings_from_args(args, collector=col)
 
     from services.collector.service import CollectorService
     from shared.service import setup_logging

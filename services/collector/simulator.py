@@ -30,10 +30,11 @@ from shared.messages import Reading
 from shared.settings import RangeLimits, SimEvent, SimulatorSettings
 
 # A demo should show a burst within its first minute at --speed 600: it starts 20 minutes in.
+# Each event lasts long enough for the default detector rules to see it (flat-line: 60 min).
 DEFAULT_EVENTS: tuple[SimEvent, ...] = (
     SimEvent(kind="burst", at_minutes=20, duration_minutes=30),
     SimEvent(kind="spike", at_minutes=150, signal="flow_rate"),
-    SimEvent(kind="flatline", at_minutes=240, duration_minutes=45, signal="pressure"),
+    SimEvent(kind="flatline", at_minutes=240, duration_minutes=90, signal="pressure"),
     SimEvent(kind="pressure_drop", at_minutes=360, duration_minutes=30),
     SimEvent(kind="gap", at_minutes=480, duration_minutes=15),
     SimEvent(kind="leak", at_minutes=600, duration_minutes=24 * 60),

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from shared.cli import base_parser, settings_or_exit
+from shared.cli import base_parser, settings_from_args
 from shared.store import StoreError, open_store
 
 
@@ -23,7 +23,7 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--meter", default=None, help="only this meter (default: every meter with readings)")
     p.add_argument("--no-publish", action="store_true", help="store and print only; send no command to a running detector")
     args = p.parse_args(argv)
-    settings = settings_or_exit(args.config)
+    settings = settings_from_args(args)
 
     from services.detector.engine import DetectionEngine
     from services.detector.service import read_columns

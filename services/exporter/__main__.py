@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from shared.cli import base_parser, settings_or_exit
+from shared.cli import base_parser, settings_from_args
 from shared.service import setup_logging
 from shared.store import StoreError
 
@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 def main(argv: Sequence[str] | None = None) -> int:
     p = base_parser("exporter", "Write alert.txt / server.txt for the embedded device, mirror them on MQTT, archive daily.")
     args = p.parse_args(list(argv) if argv is not None else None)
-    settings = settings_or_exit(args.config)
+    settings = settings_from_args(args)
     setup_logging(settings.log_level)
     from services.exporter.service import ExporterService
 

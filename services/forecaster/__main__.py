@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shared.cli import base_parser, settings_or_exit
+from shared.cli import base_parser, settings_from_args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = base_parser("forecaster", "Run the forecaster service (next hour of flow and pressure, every hour).")
     args = p.parse_args(argv)
-    settings = settings_or_exit(args.config)
+    settings = settings_from_args(args)
     from services.forecaster.service import ForecasterService
     from shared.service import setup_logging
 

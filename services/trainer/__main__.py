@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shared.cli import base_parser, settings_or_exit
+from shared.cli import base_parser, settings_from_args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = base_parser("trainer", "Run the trainer service (first, periodic and on-demand training).")
     args = p.parse_args(argv)
-    settings = settings_or_exit(args.config)
+    settings = settings_from_args(args)
     from services.trainer.service import TrainerService
     from shared.service import setup_logging
 

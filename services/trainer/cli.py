@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from shared.cli import base_parser, settings_or_exit
+from shared.cli import base_parser, settings_from_args
 from shared.messages import SIGNALS, Command
 
 
@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--request", action="store_true", help="ask the running trainer service over MQTT instead")
     p.add_argument("--no-publish", action="store_true", help="do not publish the model messages")
     args = p.parse_args(argv)
-    settings = settings_or_exit(args.config)
+    settings = settings_from_args(args)
     signals = (args.signal,) if args.signal else SIGNALS
 
     from shared.service import setup_logging

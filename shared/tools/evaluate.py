@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from shared.cli import base_parser, settings_or_exit
+from shared.cli import base_parser, settings_from_args
 from shared.messages import SIGNALS, Anomaly, Forecast
 from shared.readings_csv import CsvFormatError, read_all
 
@@ -297,7 +297,7 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    settings = settings_or_exit(args.config)
+    settings = settings_from_args(args)
     from shared.scenarios import read_labels
 
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shared.cli import base_parser, settings_or_exit
+from shared.cli import base_parser, settings_from_args
 from shared.service import HEALTH_STALE_S, check_health
 
 
@@ -13,6 +13,6 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("service", choices=["collector", "detector", "forecaster", "exporter", "trainer"])
     p.add_argument("--stale-s", type=float, default=HEALTH_STALE_S, help="heartbeat older than this is unhealthy")
     args = p.parse_args(argv)
-    ok, text = check_health(settings_or_exit(args.config), args.service, args.stale_s)
+    ok, text = check_health(settings_from_args(args), args.service, args.stale_s)
     print(text)
     return 0 if ok else 1

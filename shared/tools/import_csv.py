@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from shared.cli import base_parser, settings_or_exit
+from shared.cli import base_parser, settings_from_args
 from shared.readings_csv import CsvFormatError, prefetch, read_chunks
 from shared.store import StoreError, open_store
 
@@ -36,7 +36,7 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--rejects", type=Path, default=None, help="where to write rejected rows (default FILE.rejects.csv)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    settings = settings_or_exit(args.config)
+    settings = settings_from_args(args)
     site, meter = args.site or settings.site, args.meter or settings.meter
     if not args.file.is_file():
         print(f"flowwatch import: no such file: {args.file}", file=sys.stderr)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from shared.cli import base_parser, settings_or_exit
+from shared.cli import base_parser, settings_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +73,14 @@ def plot(store, site: str, meter: str, start: datetime, end: datetime, out: Path
                         color=color, rotation=90, va="top", ha="right")
             if i == 0:
                 ax.plot([], [], color=color, lw=6, alpha=0.3, label="anomaly")
+        _fit_y(ax, readings[sig] if len(readings) else [], f["value"] if not f.empty else [])
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8)  # outside: never over the data
     axes[-1].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=tz))
-    axes[-1].set_xlim(start.astimezone(tz), (end + timedelta(hours=1)).astimezone(tz))
+    # Start at the first reading when the store holds less than the window (a fresh install).
+    first = readings.index.min() if len(readings) else start
+    axes[-1].set_xlim(max(start, first).astimezone(tz), (end + timedelta(hours=1)).astimezone(tz))
     axes[-1].set_xlabel(f"local time ({tz.key})")
     fig.suptitle(f"{site}/{meter}: {start.astimezone(tz):%Y-%m-%d %H:%M} – {end.astimezone(tz):%Y-%m-%d %H:%M}  "
                  f"({counts['readings']} readings, {counts['anomalies']} anomalies)")
@@ -85,6 +88,20 @@ def plot(store, site: str, meter: str, start: datetime, end: datetime, out: Path
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return counts
+
+
+def _fit_y(ax, *series) -> None:
+    """Scale the y axis to the readings and forecasts, not to a wide static band (0-1500 m³/h
+    would flatten the curve): bands and alert spans are clipped at the edges instead."""
+    import numpy as np
+
+    values = np.concatenate([np.asarray(s, dtype=float) for s in series]) if series else np.array([])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return
+    lo, hi = float(values.min()), float(values.max())
+    pad = max((hi - lo) * 0.08, abs(hi) * 0.02, 1e-3)
+    ax.set_ylim(lo - pad, hi + pad)
 
 
 def _band_series(th, local_index):
@@ -107,7 +124,7 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--meter", default=None, help="meter id (default: the configured meter)")
     p.add_argument("-o", "--output", required=True, type=Path, help="PNG file to write")
     args = p.parse_args(argv)
-    settings = settings_or_exit(args.config)
+    settings = settings_from_args(args)
     try:
         span = parse_duration(args.since)
     except ValueError as exc:

@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 from pydantic import SecretStr
 
-from shared.cli import base_parser, settings_or_exit
+from shared.cli import base_parser, settings_from_args
 from shared.credentials import SERVICES, ensure_secrets
 from shared.settings import Settings
 
@@ -257,12 +257,10 @@ def main(argv: Sequence[str]) -> int:
     p = base_parser("up", "Run the whole stack on this machine (no Docker).")
     p.add_argument("--speed", type=float, default=None, help="simulated event time runs N times faster (collector.speed)")
     p.add_argument("--for", dest="duration", type=float, default=None, metavar="SECONDS", help="stop after this many seconds")
-    p.add_argument("--data-dir", type=Path, default=None, help="data folder (default: data_dir of the config, ./var)")
     args = p.parse_args(argv)
     if args.speed is not None and args.speed <= 0:
         p.error("--speed must be positive")
-    overrides = {"data_dir": args.data_dir} if args.data_dir else {}
-    settings = settings_or_exit(args.config, **overrides)
+    settings = settings_from_args(args)
     stack = Stack(settings, args.speed)
 
     def on_signal(signum: int, frame: object) -> None:
