@@ -125,7 +125,7 @@ def main() -> None:
         print(f"  {a['alerts']} alerts, {a['false_alarms']} false; {results[n]['wall_s']:.0f} s", flush=True)
     rows, frows = pooled(results)
     print(f"\nflowwatch evaluation suite: {len(names)} scenario(s) ({', '.join(names)}); "
-          f"training: {'first %s days' % train if train else 'none (seasonal naive)'}; {machine()}")
+          f"training: {f'first {train} days' if train else 'none (seasonal naive)'}; {machine()}")
     print(table(["goal", "events", "recall / rate", "median delay", "p90 delay", "status"], rows))
     print()
     print(table(["next-hour forecast", "targets", "WAPE", "persistence", "seasonal naive", "skill vs s. naive", "goal (≥ 30 %, < persistence)"], frows))

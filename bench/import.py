@@ -83,8 +83,8 @@ def main() -> None:
 
         results = []
         for name, make, target in (("SQLite", sqlite, 300_000), ("InfluxDB 1.6.7", influxdb, 150_000)):
-            imp, imp_all = median_of(runs, lambda: run_import(csv, make))
-            wr, _ = median_of(runs, lambda: run_write(df, make))
+            imp, imp_all = median_of(runs, lambda make=make: run_import(csv, make))
+            wr, _ = median_of(runs, lambda make=make: run_write(df, make))
             results.append((name, f"{imp:,.0f}", f"{wr:,.0f}", f"≥ {target:,}", "met" if imp >= target else "NOT met"))
         print(f"import of {rows:,} minute readings; median of {runs} run(s); {machine()}")
         print(table(["store", "flowwatch import (rows/s)", "store write only (rows/s)", "target", "status"], results))

@@ -245,7 +245,7 @@ def simulate(sc: Scenario) -> Simulated:
     junctions = list(wn.junction_name_list)
     sensor = "J0-0"
     leak_nodes = [lk.node or str(rng.choice(junctions[1:])) for lk in sc.leaks]
-    for lk, node in zip(sc.leaks, leak_nodes):
+    for node in leak_nodes:
         if node not in junctions:
             raise ValueError(f"leak node {node!r} is not a junction of the network (J<row>-<col>, 0..{sc.grid - 1})")
 
@@ -259,7 +259,7 @@ def simulate(sc: Scenario) -> Simulated:
         leak_min = np.zeros(n_min)
         leak_step = np.zeros(n_steps)
         per_leak_step = []
-        for idx, (lk, node) in enumerate(zip(sc.leaks, leak_nodes)):
+        for lk, node in zip(sc.leaks, leak_nodes, strict=True):
             p0 = np.clip(base.node["pressure"][node].to_numpy()[:n_steps], 0.0, None)
             shape = np.sqrt(p0) / max(np.sqrt(p0).mean(), 1e-9)
             full_step = lk.size_pct / 100.0 * mean_inflow * shape

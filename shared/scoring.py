@@ -90,7 +90,7 @@ def match(labels: Sequence[Label], alerts: Sequence[Alert], data_end: datetime,
     for lab in labels:
         l1 = lab.end + slack
         ok = detects.get(lab.kind, frozenset())
-        hits = [i for i, (a, (s, e)) in enumerate(zip(alerts, spans)) if a.kind in ok and _overlaps(s, e, lab.start, l1)]
+        hits = [i for i, (a, (s, e)) in enumerate(zip(alerts, spans, strict=True)) if a.kind in ok and _overlaps(s, e, lab.start, l1)]
         if hits:
             first = min(alerts[i].start for i in hits)
             results.append(LabelResult(lab, True, max(first - lab.start, timedelta(0)), hits))
@@ -125,7 +125,7 @@ def detection_metrics(results: Sequence[LabelResult]) -> dict[str, dict]:
 
 
 def alarm_metrics(alerts: Sequence[Alert], explained: Sequence[bool], scored_days: float) -> dict:
-    false = [a for a, ok in zip(alerts, explained) if not ok]
+    false = [a for a, ok in zip(alerts, explained, strict=True) if not ok]
     by_kind: dict[str, int] = {}
     for a in false:
         by_kind[a.kind] = by_kind.get(a.kind, 0) + 1
@@ -183,7 +183,7 @@ def forecast_metrics(forecasts: pd.DataFrame, actual: pd.Series, step_minutes: i
 
     f, pe, sn = score(pred), score(persist), score(snaive)
     skill = lambda base: (1 - f["wape"] / base["wape"]) if f["wape"] is not None and base["wape"] else None  # noqa: E731
-    counts = {str(m): int(c) for m, c in zip(*np.unique(models.astype(str), return_counts=True))} if len(models) else {}
+    counts = {str(m): int(c) for m, c in zip(*np.unique(models.astype(str), return_counts=True), strict=True)} if len(models) else {}
     return {
         "targets": int(len(y)),
         "forecast": f,

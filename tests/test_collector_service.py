@@ -15,7 +15,6 @@ from shared.broker import free_port
 from shared.bus import Bus
 from shared.messages import DeadLetter, Reading
 from shared.settings import Settings
-from tests.harness import mqtt_settings
 from tests.meters import ModbusMeter, PtyBridge, PtyPair
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,16 @@ import pytest
 
 from services.collector.frames import FrameError, checksum, parse_frame
 from services.collector.quality import range_flags
-from services.collector.registers import MAX_REGISTERS_PER_READ, ReadBlock, RegisterError, decode, encode, plan_reads, scaled, values_from_blocks
+from services.collector.registers import (
+    MAX_REGISTERS_PER_READ,
+    ReadBlock,
+    RegisterError,
+    decode,
+    encode,
+    plan_reads,
+    scaled,
+    values_from_blocks,
+)
 from services.collector.simulator import Simulator
 from services.collector.spool import Spool
 from shared.settings import FrameFormat, RangeLimits, RegisterSpec, Settings, SimEvent, SimulatorSettings

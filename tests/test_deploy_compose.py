@@ -137,5 +137,5 @@ def test_dockerfile(name: str) -> None:
     assert not any(f"['{o}']" in text for o in others)
     # non-root, the uid that owns its MQTT password
     assert re.search(rf"^USER {SERVICE_UIDS[name]}:10000$", text, re.M)
-    assert f'HEALTHCHECK' in text and f'"flowwatch", "health", "{name}"' in text
+    assert 'HEALTHCHECK' in text and f'"flowwatch", "health", "{name}"' in text
     assert f'CMD ["{name}"]' in text

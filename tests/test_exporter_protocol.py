@@ -127,7 +127,7 @@ def test_gap_gives_null_rows_never_missing_rows():
     assert rows[0][2:4] == ["NULL", "NULL"] and rows[1][2:4] == ["NULL", "NULL"]
     assert rows[2][2:4] == ["NULL", "2.500"]
     assert all(r[2:4] == ["NULL", "NULL"] for r in rows[3:])
-    assert f",10,\r\n".encode() not in data and b"WINDOW,2026-03-01T10:00:00+09:00,2026-03-01T10:10:00+09:00,10\r\n" in data
+    assert b",10,\r\n" not in data and b"WINDOW,2026-03-01T10:00:00+09:00,2026-03-01T10:10:00+09:00,10\r\n" in data
 
 
 def test_long_gap_writes_the_latest_closed_window_all_null():

@@ -5,18 +5,26 @@ bus, a counter and a dead-letter entry)."""
 from __future__ import annotations
 
 import json
-import threading
 import time
-from datetime import UTC, datetime
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from shared.bus import Bus
 from shared.messages import (
-    Anomaly, Command, DeadLetter, ExportRecord, Forecast, ModelInfo, Reading, ServiceStatus, Thresholds,
+    Anomaly,
+    Command,
+    DeadLetter,
+    ExportRecord,
+    Forecast,
+    ModelInfo,
+    Reading,
+    ServiceStatus,
+    Thresholds,
 )
 from shared.settings import ConfigFileError, load_settings
 from tests.test_messages import EXAMPLES

@@ -4,7 +4,16 @@ import pytest
 from pydantic import ValidationError
 
 from shared.messages import (
-    Anomaly, Band, Command, ExportRecord, Forecast, ModelInfo, Reading, ServiceStatus, Thresholds, dead_letter,
+    Anomaly,
+    Band,
+    Command,
+    ExportRecord,
+    Forecast,
+    ModelInfo,
+    Reading,
+    ServiceStatus,
+    Thresholds,
+    dead_letter,
 )
 
 T = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)

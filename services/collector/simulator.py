@@ -148,7 +148,7 @@ class Simulator:
             flow = demand * (1 + cfg.noise * ar) + demand * cfg.noise * 0.3 * z[1]
             active: list[str] = []
             gap = False
-            for j, ev in enumerate(sched):
+            for ev in sched:
                 if ev.kind == "leak" and ts >= ev.start:
                     span = (ev.end - ev.start).total_seconds()
                     frac = 1.0 if span <= 0 else min(1.0, (ts - ev.start).total_seconds() / span)

@@ -31,9 +31,9 @@ from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from services.exporter.writer import atomic_write
 from shared.messages import Anomaly, Reading
 from shared.store import Store, StoreError
-from services.exporter.writer import atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -22,17 +22,16 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-
+from services.exporter import protocol
+from services.exporter.archive import Archiver
+from services.exporter.state import WINDOW, MeterState
+from services.exporter.writer import atomic_write, read_or_none, remove_stale_temps
 from shared.bus import Bus
 from shared.eventtime import BoundaryClock, floor
 from shared.messages import Anomaly, ExportRecord, Forecast, MeterMessage, Reading, finite_or_none
 from shared.service import Service
 from shared.settings import Settings
 from shared.store import Store, open_store
-from services.exporter import protocol
-from services.exporter.archive import Archiver
-from services.exporter.state import WINDOW, MeterState
-from services.exporter.writer import atomic_write, read_or_none, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 

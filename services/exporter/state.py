@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from services.exporter import protocol
 from shared.eventtime import floor
 from shared.messages import Anomaly, Forecast, Reading
-from services.exporter import protocol
 
 WINDOW = timedelta(minutes=protocol.SERVER_WINDOW_MINUTES)
 KEEP_READINGS = 3 * WINDOW  # the open window, the last closed one, and slack for late readings

@@ -13,9 +13,9 @@ import logging
 import sqlite3
 import threading
 import time
-from itertools import repeat
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
+from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 

@@ -266,8 +266,8 @@ def plot(path: Path, readings: pd.DataFrame, labels: pd.DataFrame, anomalies: pd
             if a.signal in (s, "both"):
                 ax.axvline(a.start, color="black", lw=0.6, alpha=0.7)
         ax.set_ylabel(f"{s} ({unit})")
-    from matplotlib.patches import Patch
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     handles = [Patch(color=c, alpha=0.3, label=k) for k, c in colors.items()] + [Line2D([], [], color="black", lw=0.8, label="alert start")]
     axes[0].legend(handles=handles + axes[0].get_legend_handles_labels()[0][:2], loc="upper right", fontsize=8, ncol=5)
