@@ -83,6 +83,7 @@ class DetectorService(Service):
         self.engine = DetectionEngine.from_settings(settings)
         self.queue: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
         self.last_seen: dict[tuple[str, str], float] = {}
+        self._logged_open: set[tuple] = set()  # alerts whose opening was logged (one line each)
         self.failed = False
         # Subscribe before connecting: a persistent session's queued messages arrive right after CONNACK.
         t = self.topics
@@ -202,6 +203,7 @@ class DetectorService(Service):
             return False
         for a in anomalies:
             self.bus.publish(self.topics.anomaly(a.site, a.meter), a)
+            self._log_anomaly(a)
         for _kind, _obj, ack in batch:
             ack()
         c = self.counters
@@ -224,6 +226,20 @@ class DetectorService(Service):
                 logger.info("recalibration of %s/%s requested (%s)", cmd.site, cmd.meter, cmd.requested_at.isoformat())
                 self._safe_recalibrate(cmd.site, cmd.meter, at)
         return True
+
+    def _log_anomaly(self, a: Anomaly) -> None:
+        """One log line when an alert opens (warning) and when it closes (info); updates go to debug."""
+        key = (a.site, a.meter, a.kind, a.signal, a.start)
+        where = f"{a.site}/{a.meter} {a.kind} on {a.signal}"
+        if a.state == "closed":
+            self._logged_open.discard(key)
+            minutes = (a.end - a.start).total_seconds() / 60 if a.end else 0.0
+            logger.info("anomaly closed: %s (%s, lasted %.0f min)", where, a.severity, minutes)
+        elif key not in self._logged_open:
+            self._logged_open.add(key)
+            logger.warning("anomaly: %s, %s, since %s: %s", where, a.severity, a.start.isoformat(), a.message)
+        else:
+            logger.debug("anomaly update: %s, %s: %s", where, a.severity, a.message)
 
     def _safe_recalibrate(self, site: str, meter: str, at: datetime) -> None:
         try:
@@ -259,3 +275,4 @@ class DetectorService(Service):
     def teardown(self) -> None:
         if self.store is not None and self._own_store:
             self.store.close()
+

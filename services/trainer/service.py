@@ -60,6 +60,10 @@ class TrainerService(Service):
         self.bus.subscribe(self.topics.command(s.site, s.meter), Command, self.on_command)
         self._worker = threading.Thread(target=self._work, name="trainer-worker", daemon=True)
         self._worker.start()
+        if self._needs_model() and not self._first_attempted:
+            logger.info("no model yet: the first training starts once the store holds %g days of readings "
+                        "(trainer.first_training_days; or run 'flowwatch train'); until then the forecaster "
+                        "serves seasonal naive", s.trainer.first_training_days)
 
     def teardown(self) -> None:
         self._wake.set()
