@@ -46,7 +46,8 @@ def run_import(path: Path, make_store) -> float:
     store = make_store()
     t = time.perf_counter()
     n = 0
-    for chunk in prefetch(read_chunks(path, RangeLimits())):
+    chunks = read_chunks(path, RangeLimits())
+    for chunk in prefetch(chunks) if store.parse_ahead else chunks:
         n += store.write_reading_frame("site1", "meter1", chunk.frame)
     dt = time.perf_counter() - t
     store.close()

@@ -18,7 +18,7 @@ import pandas as pd
 from shared.settings import RangeLimits
 
 REQUIRED = ("timestamp", "flow_rate", "pressure")
-CHUNK_ROWS = 50_000
+CHUNK_ROWS = 100_000
 
 
 @dataclass

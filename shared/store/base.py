@@ -157,6 +157,10 @@ class Store(abc.ABC):
     """Where readings, anomalies, forecasts, thresholds and night-flow figures live."""
 
     name: str = "store"
+    #: Parse the next import chunk in a thread while this store writes the current one. True where
+    #: the write is done mostly by a server in another process (InfluxDB); an in-process engine
+    #: (SQLite) would contend with the parser for the GIL instead: 263k vs 314k rows/s measured.
+    parse_ahead: bool = False
 
     # --- writes (idempotent; a write that returns is durable: the acknowledgement point) ---
     @abc.abstractmethod

@@ -87,6 +87,7 @@ def _ql_time(ts: datetime) -> str:
 
 class InfluxStore(Store):
     name = "influxdb"
+    parse_ahead = True
 
     def __init__(self, settings: InfluxSettings, *, retry_for_s: float = 3600.0) -> None:
         self.settings = settings
@@ -169,9 +170,18 @@ class InfluxStore(Store):
         if self.settings.retention_policy:
             params["rp"] = self.settings.retention_policy
         bs = self.settings.batch_size
-        for i in range(0, len(lines), bs):
-            body = "\n".join(lines[i : i + bs]).encode()
-            self._request("POST", "/write", params=params, data=body)
+        bodies = ("\n".join(lines[i : i + bs]).encode() for i in range(0, len(lines), bs))
+        if len(lines) <= bs:
+            for body in bodies:
+                self._request("POST", "/write", params=params, data=body)
+            return len(lines)
+        # A bulk write: two requests in flight, so the server parses one batch while the next is
+        # sent (points are idempotent, the order of batches does not matter); any failure fails all.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="influx-write") as pool:
+            for fut in [pool.submit(self._request, "POST", "/write", params=params, data=b) for b in bodies]:
+                fut.result()
         return len(lines)
 
     # --- writes ---------------------------------------------------------------------------------

@@ -53,7 +53,8 @@ def main(argv: Sequence[str]) -> int:
     rej_file = None
     try:
         with tqdm(total=total, unit="rows", disable=args.quiet, desc=f"import {args.file.name}") as bar:
-            for chunk in prefetch(read_chunks(args.file, settings.limits, args.naive_tz)):
+            chunks = read_chunks(args.file, settings.limits, args.naive_tz)
+            for chunk in prefetch(chunks) if store.parse_ahead else chunks:
                 imported += store.write_reading_frame(site, meter, chunk.frame)
                 if chunk.rejects:
                     if rej_file is None:
