@@ -1,5 +1,7 @@
-"""Benchmark: the hourly forecast job per signal (read window, infer, store, publish; target <= 20 ms)
-and the forecaster's RSS (target <= 150 MB), measured in a subprocess that never imports TensorFlow.
+"""Benchmark: the hourly forecast job per signal, and the forecaster's memory.
+
+The job per signal (read window, infer, store, publish; target <= 20 ms) and the forecaster's RSS
+(target <= 150 MB), measured in a subprocess that never imports TensorFlow.
 
     python -m bench.forecast [--quick] [--runs N]
 

@@ -10,7 +10,10 @@ process, bench/mqtt_publisher.py) and the same payloads (N readings round-robin 
    Zero loss is verified: the store holds exactly the N (site, meter, ts) identities published, and
    the detector dead-lettered nothing.
 
-The ratio detector / raw of each run is reported, with the median over runs.
+The ratio detector / raw of each run is reported, with the median over runs. Both phases are
+limited by the one publisher (a single paho client, QoS 1): a ratio near 100 % means the detector
+keeps up with all one client can publish, and a ratio above 100 % is run-to-run noise between the
+two phases, not a detector faster than the broker.
 
     python -m bench.pipeline [--quick] [--runs N] [--readings N] [--meters M]
 """

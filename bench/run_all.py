@@ -66,8 +66,11 @@ def main() -> int:
             sections.append(f"## {title}\n\n`python -m bench.{name}` FAILED (exit {r.returncode}):\n\n```\n{r.stderr[-1500:]}\n```\n")
             continue
         doc = ast.get_docstring(ast.parse((ROOT / "bench" / f"{name}.py").read_text())) or ""
-        how = "\n".join(doc.strip().splitlines()[1:]).strip()
-        sections.append(f"## {title}\n\n{how}\n\n{r.stdout.strip()}\n\n(`python -m bench.{name}`, {dt:.0f} s)\n")
+        how = "\n".join(doc.strip().splitlines()[1:]).strip("\n")  # keep the usage line's indent (a code block)
+        out = r.stdout.strip()
+        if not any(line.startswith("|") for line in out.splitlines()):  # aligned plain text: keep it so
+            out = f"```text\n{out}\n```"
+        sections.append(f"## {title}\n\n{how}\n\n{out}\n\n(`python -m bench.{name}`, {dt:.0f} s)\n")
     if not args.no_write:
         (ROOT / "docs" / "benchmarks.md").write_text("\n".join(sections))
         print("wrote docs/benchmarks.md")

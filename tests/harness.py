@@ -88,3 +88,13 @@ def mqtt_settings(broker) -> MqttSettings:  # broker: shared.broker.MosquittoPro
 
 def have_influxd() -> bool:
     return shutil.which("influxd") is not None or Path("/usr/bin/influxd").exists()
+
+
+def wait_for(cond, timeout: float = 30.0, every: float = 0.02) -> bool:
+    """Poll ``cond`` until it is true or ``timeout`` seconds pass (generous: CI machines are busy)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(every)
+    return bool(cond())

@@ -10,6 +10,7 @@ import pytest
 from shared.bus import Bus
 from shared.messages import DeadLetter, Reading
 from shared.topics import TopicError, Topics
+from tests.harness import wait_for
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 topics = Topics()
@@ -17,15 +18,6 @@ topics = Topics()
 
 def reading(i, meter="m1"):
     return Reading(site="s1", meter=meter, ts=T0 + timedelta(minutes=i), seq=i, flow_rate=float(i), pressure=3.0)
-
-
-def wait_for(cond, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 class Sink:

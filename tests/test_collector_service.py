@@ -15,18 +15,10 @@ from shared.broker import free_port
 from shared.bus import Bus
 from shared.messages import DeadLetter, Reading
 from shared.settings import Settings
+from tests.harness import wait_for
 from tests.meters import ModbusMeter, PtyBridge, PtyPair
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(cond, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 class Listener:

@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from shared.broker import PROJECT_ACL, PROJECT_CONF, MosquittoProcess, free_port, project_setting
 from shared.credentials import SERVICES, USERS, ensure_secrets, mosquitto_hash
 from shared.topics import Topics
+from tests.harness import wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -101,15 +102,6 @@ class Client:
     def close(self) -> None:
         self.c.disconnect()
         self.c.loop_stop()
-
-
-def wait_for(cond, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -16,19 +15,11 @@ from shared.messages import Anomaly, DeadLetter, ExportRecord, Forecast, Reading
 from shared.settings import Settings
 from shared.store.sqlite import SqliteStore
 from tests.exporter_check import verify
+from tests.harness import wait_for
 
 TZ = ZoneInfo("Asia/Seoul")
 M = timedelta(minutes=1)
 T10 = datetime(2026, 3, 1, 10, 0, tzinfo=TZ).astimezone(UTC)
-
-
-def wait_for(cond, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 class Sink:
