@@ -309,7 +309,7 @@ class DetectorSettings(Section):
     )
     # alert hygiene
     min_duration_minutes: float = Field(
-        default=3, ge=0, description="A threshold / forecast-deviation condition must hold this long before an alert opens."
+        default=30, ge=0, description="A reading outside its threshold band must stay outside this long before a 'threshold' alert opens."
     )
     clear_after_minutes: float = Field(
         default=3, ge=0, description="An open alert closes once its condition has been clear this long."
@@ -364,15 +364,30 @@ class DetectorSettings(Section):
     )
     night_baseline_nights: int = Field(default=28, ge=3, le=365, description="Baseline = median of up to this many previous nights.")
     night_min_baseline_nights: int = Field(default=7, ge=1, description="Nights needed before the leak rule judges a night.")
-    night_rise_pct: float = Field(default=20.0, gt=0, description="A night rises when its minimum exceeds the baseline by this %...")
-    night_rise_abs: float = Field(default=0.5, ge=0, description="...and by at least this much (m³/h).")
-    night_consecutive: int = Field(default=3, ge=1, description="Rising nights in a row that raise 'night_flow' (leak suspected).")
+    night_sigma_min_pct: float = Field(
+        default=3.0, gt=0, description="Smallest night-to-night spread (sigma) as % of the baseline, so a very steady meter is not over-alerted."
+    )
+    night_cusum_slack: float = Field(
+        default=0.5, ge=0, description="CUSUM slack (sigmas): the excess per night that counts towards a leak is z minus this."
+    )
+    night_cusum_limit: float = Field(
+        default=4.0, gt=0, description="'night_flow' (leak suspected) opens when the CUSUM of night excesses passes this many sigmas."
+    )
+    night_single_z: float = Field(
+        default=4.5, gt=0, description="One night this many sigmas above the baseline raises 'night_flow' at once (a large leak)."
+    )
     # burst
-    burst_baseline_minutes: float = Field(default=15, gt=0, description="Flow / pressure baseline = median of this many minutes before.")
-    burst_window_minutes: float = Field(default=5, ge=0, description="Flow jump and pressure drop must come within this many minutes.")
-    burst_flow_jump_pct: float = Field(default=30.0, gt=0, description="A flow jump is a rise over the baseline of this %...")
-    burst_flow_jump_abs: float = Field(default=5.0, ge=0, description="...and of at least this much (m³/h).")
-    burst_pressure_drop: float = Field(default=0.5, gt=0, description="A pressure drop is a fall below the baseline by this much (bar).")
+    burst_baseline_minutes: float = Field(
+        default=15, gt=0, description="Burst baseline = median of this many minutes before the level (the median of the last 3 readings)."
+    )
+    burst_window_minutes: float = Field(default=5, ge=0, description="The flow step and the pressure step must come within this many minutes.")
+    burst_flow_jump_pct: float = Field(
+        default=15.0, gt=0, description="A flow step: the level rises over the baseline by this % of the mean flow of the last day..."
+    )
+    burst_flow_jump_abs: float = Field(default=1.0, ge=0, description="...and by at least this much (m³/h).")
+    burst_pressure_drop: float = Field(
+        default=0.05, gt=0, description="A pressure step: the level falls below the baseline by this much (bar); the meter's noise is ~0.01."
+    )
     # forecast deviation
     forecast_tolerance_pct: float = Field(default=30.0, gt=0, description="Readings further than this % from the forecast deviate...")
     forecast_tolerance_abs: dict[str, float] = Field(

@@ -115,7 +115,7 @@ def test_hysteresis_no_flapping_around_the_band():
 
 
 def test_learned_bands_and_recalibration_at_a_quarter_boundary():
-    e = engine(threshold_days=7, threshold_min_days=5, recalibrate_period="quarter")
+    e = engine(threshold_days=7, threshold_min_days=5, recalibrate_period="quarter", min_duration_minutes=3)
     # 2026-03-24 00:00 local .. 2026-04-01 00:30 local (Seoul = UTC+9)
     start = datetime(2026, 3, 23, 15, 0, tzinfo=UTC)
     boundary = datetime(2026, 3, 31, 15, 0, tzinfo=UTC)  # 2026-04-01 00:00 Asia/Seoul
@@ -193,39 +193,85 @@ def test_night_minimum_across_midnight_is_recorded_once_for_the_start_day():
     assert e.take_night_flows() == []
 
 
-def test_sustained_night_flow_rise_raises_leak_and_a_normal_night_closes_it():
-    e = engine(night_min_baseline_nights=7, night_consecutive=3, night_rise_pct=20, night_rise_abs=0.5)
+def nights(e, lows):
+    """Run whole days with the given night minimums; (anomalies, night-flow records)."""
     out = []
     day0 = datetime(2026, 3, 1, 15, 0, tzinfo=UTC)  # 00:00 local, 2 March
-    lows = [5.0] * 10 + [5.2] + [9.0] * 4 + [5.1]  # one small bump (no alert), then a leak, then repaired
     for i, low in enumerate(lows):
         out += run(e, frame(start=day0 + timedelta(days=i), minutes=24 * 60, seed=i, night_min=low))
-    nf = e.take_night_flows()
-    assert len(nf) == len(lows) - 1 or len(nf) == len(lows)
+    return out, e.take_night_flows()
+
+
+def test_a_large_night_flow_rise_raises_leak_the_same_night_and_two_normal_nights_close_it():
+    lows = [5.0] * 10 + [5.2] + [9.0] * 4 + [5.05, 5.0, 5.0]  # one small bump (no alert), a leak, repaired
+    out, nf = nights(engine(night_min_baseline_nights=7), lows)
     leak = kinds(out, "night_flow")
     assert [a.state for a in leak] == ["open", "closed"]
-    first_rise = nf[11].ts  # night 12 is the first at 9.0
-    assert leak[0].start == first_rise and leak[0].signal == "flow_rate" and "leak suspected" in leak[0].message
-    assert leak[0].ts == nf[13].ts  # opened on the third rising night
-    assert leak[1].end == nf[15].ts
+    assert leak[0].start == nf[11].ts == leak[0].ts  # the first night at 9.0 raises it, the same night
+    assert leak[0].signal == "flow_rate" and "leak suspected" in leak[0].message and "night_single_z" in leak[0].message
+    assert leak[1].end == nf[16].ts  # the second normal night in a row closes it
+
+
+def test_a_small_steady_night_flow_rise_adds_up_to_a_leak():
+    # +0.3 m³/h on ~5 (6 %): no single night is alarming, the CUSUM of the excess is
+    base = [5.0, 5.3, 4.8, 5.1, 4.9, 5.2, 5.0, 4.7, 5.1, 5.0]
+    out, nf = nights(engine(night_min_baseline_nights=7), base + [x + 0.3 for x in base[:8]])
+    leak = kinds(out, "night_flow")
+    assert leak and leak[0].state == "open" and "adds up" in leak[0].message
+    assert nf[10].ts < leak[0].start <= nf[15].ts  # raised within a few nights of the rise, not on the first
+
+
+def test_ordinary_night_to_night_variation_raises_nothing():
+    rng = np.random.default_rng(5)
+    lows = list(5.0 * (1 + rng.normal(0, 0.06, 40)))  # 6 % night-to-night spread, no leak
+    out, _ = nights(engine(night_min_baseline_nights=7), lows)
+    assert kinds(out, "night_flow") == []
 
 
 # --- burst ----------------------------------------------------------------------------------
-def test_burst_flow_jump_and_pressure_drop_same_reading_is_critical_at_once():
+def test_burst_flow_step_and_pressure_step_is_critical_on_the_second_reading():
+    # the level is the median of the last 3 readings: a step shows on its second reading
     df = frame(minutes=120)
     df.iloc[60:, 0] += 60.0
     df.iloc[60:, 1] -= 1.0
     out = kinds(run(engine(), df), "burst")
-    assert out and out[0].state == "open" and out[0].severity == "critical" and out[0].ts == at(df, 60)
+    assert out and out[0].state == "open" and out[0].severity == "critical" and out[0].ts == at(df, 61)
 
 
-def test_burst_pressure_drop_one_reading_later_opens_on_the_second():
+def test_burst_pressure_step_one_reading_later_opens_when_both_show():
     df = frame(minutes=120)
     df.iloc[60:, 0] += 60.0
     df.iloc[61:, 1] -= 1.0
     out = kinds(run(engine(), df), "burst")
-    assert out[0].state == "open" and out[0].ts == at(df, 61)
+    assert out[0].state == "open" and out[0].ts == at(df, 62)
     assert len(out) == 1  # stays open while the burst lasts (frozen baseline)
+
+
+def test_burst_step_is_scaled_by_the_days_mean_flow():
+    # a step of 8 % of the mean flow is not a burst at the default 15 %; 25 % is
+    for rise, expected in ((0.08, 0), (0.25, 1)):
+        df = frame(minutes=24 * 60)
+        mean = float(df["flow_rate"].mean())
+        df.iloc[-60:, 0] += rise * mean
+        df.iloc[-60:, 1] -= 0.2
+        assert len([a for a in kinds(run(engine(), df), "burst") if a.state == "open"]) == expected, rise
+
+
+def test_one_noisy_reading_is_not_a_burst_step():
+    df = frame(minutes=120)
+    df.iloc[60, 0] += 60.0
+    df.iloc[60, 1] -= 1.0
+    assert kinds(run(engine(), df), "burst") == []
+
+
+def test_a_slow_ramp_is_not_a_burst():
+    df = frame(minutes=240)
+    ramp = np.linspace(0.0, 40.0, 120)  # +40 m³/h over 2 hours: demand, not a burst
+    df.iloc[60:180, 0] += ramp
+    df.iloc[180:, 0] += 40.0
+    df.iloc[60:180, 1] -= ramp / 40.0
+    df.iloc[180:, 1] -= 1.0
+    assert kinds(run(engine(), df), "burst") == []
 
 
 def test_flow_jump_without_pressure_drop_is_not_a_burst():

@@ -59,6 +59,8 @@ SEVERITY = {
 _STEP = {"day": timedelta(hours=36), "week": timedelta(days=8), "month": timedelta(days=40),
          "quarter": timedelta(days=100), "year": timedelta(days=400)}
 MAD_SCALE = 1.4826
+_TAINTING = ("burst", "pressure_loss")  # a forecast issued while one is open is not used for deviation
+BURST_LEVEL_N = 3  # readings in the burst rule's "level" (median): one noisy reading is not a step
 Key = tuple[str, str]
 
 
@@ -96,7 +98,41 @@ class _Signal:
         self.flat_since: float | None = None
         self.flat_ref = 0.0
         self.pending: tuple[float, float, float, float] | None = None  # (ts, value, median, limit)
-        self.base: deque[tuple[float, float]] = deque()  # burst baseline (ts, value)
+        self.base: deque[tuple[float, float]] = deque()  # burst level + baseline readings (ts, value)
+
+
+class _DayMean:
+    """Exponentially weighted mean over about a day (time constant 24 h), bias-corrected: the plain
+    mean of what has been seen while less than a day has. O(1) memory."""
+
+    __slots__ = ("s", "t", "w")
+    TAU = 86_400.0
+
+    def __init__(self) -> None:
+        self.s = self.w = 0.0
+        self.t: float | None = None
+
+    def add(self, t: float, x: float) -> None:
+        if self.t is not None:
+            k = math.exp(-(t - self.t) / self.TAU)
+            self.s, self.w = self.s * k, self.w * k
+        self.s, self.w, self.t = self.s + x, self.w + 1.0, t
+
+    @property
+    def value(self) -> float | None:
+        return self.s / self.w if self.w else None
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _level_and_base(q: deque[tuple[float, float]], n: int) -> tuple[float | None, float | None]:
+    """(median of the last ``n`` values, median of the ones before them) of a burst deque."""
+    if len(q) < n + 3:
+        return None, None
+    vals = [v for _, v in q]
+    return statistics.median(vals[-n:]), statistics.median(vals[:-n])
 
 
 class _Meter:
@@ -104,6 +140,7 @@ class _Meter:
         "alerts",
         "bands",
         "forecasts",
+        "flow_mean",
         "frozen",
         "last",
         "last_drop",
@@ -130,7 +167,8 @@ class _Meter:
         self.next_day = math.inf
         self.last_jump: float | None = None
         self.last_drop: float | None = None
-        self.frozen: tuple[float | None, float | None] = (None, None)
+        self.frozen: tuple[float | None, float | None, float | None] = (None, None, None)
+        self.flow_mean = _DayMean()
 
 
 class DetectionEngine:
@@ -330,10 +368,10 @@ class DetectionEngine:
         if pend is not None:
             pt, pv, pmed, plim = pend
             s.pending = None
-            if abs(x - pmed) <= plim:
+            if abs(x - pmed) <= plim and abs(x - pv) > plim:  # came back: the outlier stood alone
                 self._one_shot(m, "spike", sig, pt, t, pv, pmed + (plim if pv > pmed else -plim),
                                f"{sig} spike {pv:.3f} against a rolling median of {pmed:.3f} (detector.spike_z={cfg.spike_z:g})", out)
-        elif outlier:
+        elif outlier and s.fifo and abs(x - s.fifo[-1]) > lim:  # a jump from the previous reading, not a drift
             s.pending = (t, x, med, lim)
         s.fifo.append(x)
         bisect.insort(w, x)
@@ -385,18 +423,36 @@ class DetectionEngine:
                                                                f"for {cfg.forecast_sustain_minutes:g} min or more"), out)
 
     def _burst(self, m: _Meter, f: float | None, p: float | None, t: float, out: list[Anomaly]) -> None:
+        """A flow step up together with a pressure step down, within ``burst_window_minutes``.
+
+        A step compares the *level* (median of the last ``BURST_LEVEL_N`` readings: one noisy
+        reading is not a step) with the *baseline* (median of the ``burst_baseline_minutes`` before
+        them). The flow step is scaled by the mean flow of the last day, so a burst of a given size
+        counts the same at the morning peak as at night; a slow diurnal ramp moves level and baseline
+        together and is not a step. While a burst is open the baselines are frozen."""
         cfg = self.cfg
+        fq, pq = m.sig["flow_rate"].base, m.sig["pressure"].base
+        if f is not None:
+            fq.append((t, f))
+            m.flow_mean.add(t, f)
+        if p is not None:
+            pq.append((t, p))
+        horizon = t - self._burst_base_s - BURST_LEVEL_N * self.interval
+        while fq and fq[0][0] <= horizon:
+            fq.popleft()
+        while pq and pq[0][0] <= horizon:
+            pq.popleft()
+        lf, bf = _level_and_base(fq, BURST_LEVEL_N) if f is not None else (None, None)
+        lp, bp = _level_and_base(pq, BURST_LEVEL_N) if p is not None else (None, None)
         a = m.alerts.get(("burst", "both"))
         is_open = a is not None and a.is_open
-        fb_q, pb_q = m.sig["flow_rate"].base, m.sig["pressure"].base
         if is_open:
-            bf, bp = m.frozen
+            bf, bp, ref = m.frozen
         else:
-            bf = statistics.median([v for _, v in fb_q]) if len(fb_q) >= 3 else None
-            bp = statistics.median([v for _, v in pb_q]) if len(pb_q) >= 3 else None
-        jump_thr = None if bf is None else bf + max(abs(bf) * cfg.burst_flow_jump_pct / 100.0, cfg.burst_flow_jump_abs)
-        jump = f is not None and jump_thr is not None and f > jump_thr
-        drop = p is not None and bp is not None and bp - p > cfg.burst_pressure_drop
+            ref = m.flow_mean.value
+        jump_thr = None if bf is None or ref is None else bf + max(abs(ref) * cfg.burst_flow_jump_pct / 100.0, cfg.burst_flow_jump_abs)
+        jump = lf is not None and jump_thr is not None and lf > jump_thr
+        drop = lp is not None and bp is not None and bp - lp > cfg.burst_pressure_drop
         if jump:
             m.last_jump = t
         if drop:
@@ -411,24 +467,14 @@ class DetectionEngine:
             a = a or self._alert(m, "burst", "both")
             msg = ""
             if active and not is_open:
-                msg = (f"burst suspected: flow {f if f is not None else float('nan'):.3f} m³/h over the baseline {bf:.3f} "
-                       f"and pressure {p if p is not None else float('nan'):.3f} bar under the baseline {bp:.3f} "
+                msg = (f"burst suspected: flow {_num(lf)} m³/h over the baseline {_num(bf)} "
+                       f"(step > {cfg.burst_flow_jump_pct:g} % of the day's mean flow {_num(ref)}) and pressure "
+                       f"{_num(lp)} bar under the baseline {_num(bp)} (step > {cfg.burst_pressure_drop:g} bar) "
                        f"within {cfg.burst_window_minutes:g} min")
-            tr = a.update(t, active, f, jump_thr, msg)
+            tr = a.update(t, active, lf, jump_thr, msg)
             if tr is not None and tr.state == "open":
-                m.frozen = (bf, bp)
+                m.frozen = (bf, bp, ref)
             self._emit(m, a, tr, out)
-            if a.is_open:
-                return  # baselines stay frozen while a burst is open
-        horizon = t - self._burst_base_s
-        if f is not None:
-            fb_q.append((t, f))
-        if p is not None:
-            pb_q.append((t, p))
-        while fb_q and fb_q[0][0] <= horizon:
-            fb_q.popleft()
-        while pb_q and pb_q[0][0] <= horizon:
-            pb_q.popleft()
 
     def _night_done(self, m: _Meter, day, ws: float, minimum: float, out: list[Anomaly]) -> None:
         if not self._replay:
@@ -439,18 +485,25 @@ class DetectionEngine:
         judged = m.leak.judge(day, ws, value)
         if judged is None:
             return
-        rising, base, thr = judged
+        z, base, sigma = judged
+        if base is None:
+            return
+        cfg = self.cfg
         a = self._alert(m, "night_flow", "flow_rate")
-        k = self.cfg.night_consecutive
-        active = rising and len(m.leak.run) >= k
+        lim = cfg.night_cusum_limit
+        if a.is_open:
+            active = m.leak.normal_run < 2  # two normal nights in a row: repaired
+            if not active:
+                m.leak.cusum = 0.0
+        else:
+            active = m.leak.cusum > lim or z > cfg.night_single_z
         msg = ""
         if active and not a.is_open:
-            msg = (f"leak suspected: minimum night flow {value:.3f} m³/h above the baseline {base:.3f} "
-                   f"(median of earlier nights) for {len(m.leak.run)} nights in a row (threshold {thr:.3f})")
-        tr = a.update(ws, active, value, thr, msg)
-        if tr is not None and tr.state == "open":
-            a.start = tr.start = m.leak.run[0][1]
-        self._emit(m, a, tr, out)
+            why = (f"one night {z:.1f} sigma above it (detector.night_single_z)" if z > cfg.night_single_z
+                   else f"the excess over recent nights adds up to {m.leak.cusum:.1f} sigma (detector.night_cusum_limit={lim:g})")
+            msg = (f"leak suspected: minimum night flow {value:.3f} m³/h against a baseline of {base:.3f} "
+                   f"(median of earlier nights, sigma {sigma:.3f}): {why}")
+        self._emit(m, a, a.update(ws, active, value, base + lim * sigma, msg), out)
 
     # --- wall-clock liveness ----------------------------------------------------------------
     def check_silent(self, now: datetime, last_seen: dict[Key, float]) -> list[Anomaly]:
@@ -475,6 +528,10 @@ class DetectionEngine:
         cur = m.forecasts.get(fc.signal)
         issued = fc.issued_at.timestamp()
         if cur is not None and cur[0] > issued:
+            return
+        if any(a.is_open for (kind, _), a in m.alerts.items() if kind in _TAINTING):
+            # made from readings of a burst / pressure loss: it would flag the recovery as a deviation
+            m.forecasts.pop(fc.signal, None)
             return
         m.forecasts[fc.signal] = (issued, [d.timestamp() for d in fc.targets()], [float(v) for v in fc.values])
 

@@ -1,10 +1,21 @@
 """Minimum night flow (MNF): the standard utility leak indicator.
 
 Each local night, the minimum flow inside the night window (default 02:00–04:00 local; a window whose
-end is before its start crosses midnight and belongs to the day it starts on) is recorded. A night
-*rises* when its minimum is above the baseline — the median of up to N earlier non-rising nights —
-by a share and by an absolute amount. ``night_consecutive`` rising nights in a row open a
-"night_flow" alert (leak suspected); the first night that does not rise closes it.
+end is before its start crosses midnight and belongs to the day it starts on) is recorded and judged
+against the earlier nights:
+
+- baseline: the median of up to ``night_baseline_nights`` earlier nights that were not suspect; its
+  spread sigma = 1.4826 x their median absolute deviation (at least ``night_sigma_min_pct`` % of the
+  baseline): night minimums vary from night to night (weather, weekends) by several per cent;
+- z = (night - baseline) / sigma; a one-sided CUSUM accumulates the excess, night after night:
+  ``S = min(max(0, S + z - night_cusum_slack), 2 x night_cusum_limit)``. A leak adds a steady flow
+  every night, so S grows; ordinary nights pull it back to 0.
+- "night_flow" (leak suspected) opens when S passes ``night_cusum_limit`` or one night alone is
+  ``night_single_z`` sigmas above the baseline (a large leak: raised the same night), and closes
+  after two normal nights in a row (z under the slack: the leak was repaired), which also resets S.
+- Nights that raise or keep up the alarm (S over the limit, or one night over ``night_single_z``)
+  are left out of the baseline, so a leak is not learned as the new normal; every other night
+  counts, high ones included, so the spread is not underestimated.
 """
 
 from __future__ import annotations
@@ -69,36 +80,40 @@ class NightAccumulator:
 
 
 class NightLeakRule:
-    """Judges each completed night against the baseline of earlier nights."""
+    """Judges each completed night against the baseline of earlier nights (CUSUM, see the module doc)."""
 
     def __init__(self, cfg: DetectorSettings) -> None:
         self.cfg = cfg
-        self.nights: OrderedDict[date, tuple[float, bool]] = OrderedDict()  # day -> (value, rising)
-        self.run: list[tuple[date, float]] = []  # consecutive rising nights: (day, window start epoch)
+        self.nights: OrderedDict[date, tuple[float, bool]] = OrderedDict()  # day -> (value, suspect)
+        self.cusum = 0.0
+        self.normal_run = 0  # nights in a row with z <= the slack
         self.last_day: date | None = None
 
-    def baseline(self) -> tuple[float | None, int]:
-        vals = [v for v, rising in self.nights.values() if not rising][-self.cfg.night_baseline_nights :]
+    def baseline(self) -> tuple[float | None, float | None, int]:
+        """(median, sigma, nights used) of the recent non-suspect nights; (None, None, n) while too few."""
+        vals = [v for v, suspect in self.nights.values() if not suspect][-self.cfg.night_baseline_nights :]
         if len(vals) < self.cfg.night_min_baseline_nights:
-            return None, len(vals)
-        return statistics.median(vals), len(vals)
+            return None, None, len(vals)
+        med = statistics.median(vals)
+        mad = statistics.median(abs(v - med) for v in vals)
+        sigma = max(1.4826 * mad, abs(med) * self.cfg.night_sigma_min_pct / 100.0, 1e-6)
+        return med, sigma, len(vals)
 
-    def judge(self, day: date, ws: float, value: float) -> tuple[bool, float | None, float | None] | None:
-        """Record a night; returns (rising, baseline, threshold), or None for a night at or before the last judged."""
+    def judge(self, day: date, ws: float, value: float) -> tuple[float, float | None, float | None] | None:
+        """Record a night; returns (z, baseline, sigma) with :attr:`cusum` updated, or None for a
+        night at or before the last judged (a replay) and while the baseline is still being learned
+        (z = 0 then)."""
         if self.last_day is not None and day <= self.last_day:
             return None
         self.last_day = day
-        base, _ = self.baseline()
-        rising = False
-        thr = None
-        if base is not None:
-            thr = max(base * (1 + self.cfg.night_rise_pct / 100.0), base + self.cfg.night_rise_abs)
-            rising = value > thr
-        self.nights[day] = (value, rising)
-        while len(self.nights) > self.cfg.night_baseline_nights * 3 + self.cfg.night_consecutive:
+        cfg = self.cfg
+        base, sigma, _ = self.baseline()
+        z = 0.0
+        if base is not None and sigma is not None:
+            z = (value - base) / sigma
+            self.cusum = min(max(0.0, self.cusum + z - cfg.night_cusum_slack), 2 * cfg.night_cusum_limit)
+            self.normal_run = self.normal_run + 1 if z <= cfg.night_cusum_slack else 0
+        self.nights[day] = (value, self.cusum > cfg.night_cusum_limit or z > cfg.night_single_z)
+        while len(self.nights) > cfg.night_baseline_nights * 3:
             self.nights.popitem(last=False)
-        if rising:
-            self.run.append((day, ws))
-        else:
-            self.run.clear()
-        return rising, base, thr
+        return z, base, sigma

@@ -118,7 +118,7 @@ class DetectorService(Service):
         end = last + timedelta(seconds=1)
         recent = st.read_reading_records(site, meter, last - timedelta(hours=self.cfg.backfill_hours), end)
         ths = [th for s in SIGNALS if (th := st.latest_thresholds(site, meter, s)) is not None]
-        keep = self.cfg.night_baseline_nights * 3 + self.cfg.night_consecutive + 2
+        keep = self.cfg.night_baseline_nights * 3 + 2
         local_day = last.astimezone(self.settings.tz).date()
         nights = st.read_night_flow(site, meter, local_day - timedelta(days=keep), local_day + timedelta(days=1))
         anoms = [a for a in st.read_anomaly_records(site, meter, last - timedelta(days=120), end) if a.state == "open"]

@@ -94,8 +94,10 @@ def format_bands(th: Thresholds) -> str:
     """A table of the bands for the CLI."""
     lines = [f"{th.site}/{th.meter} {th.signal}: {th.method} ({th.sample_days:.1f} days of data, computed {th.computed_at.isoformat()})",
              "  hour   weekday lower..upper        weekend lower..upper"]
+    def fmt(b) -> str:
+        return f"{b.lower:>10.3f}..{b.upper:<10.3f}" if b else f"{'-':>22}"
+
     for h in range(24):
         wd, we = th.band_for(h, False), th.band_for(h, True)
-        fmt = lambda b: f"{b.lower:>10.3f}..{b.upper:<10.3f}" if b else f"{'-':>22}"
         lines.append(f"  {h:02d}   {fmt(wd)}   {fmt(we)}")
     return "\n".join(lines)
