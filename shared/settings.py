@@ -309,7 +309,7 @@ class DetectorSettings(Section):
     )
     # alert hygiene
     min_duration_minutes: float = Field(
-        default=30, ge=0, description="A reading outside its threshold band must stay outside this long before a 'threshold' alert opens."
+        default=60, ge=0, description="A reading outside its threshold band must stay outside this long before a 'threshold' alert opens."
     )
     clear_after_minutes: float = Field(
         default=3, ge=0, description="An open alert closes once its condition has been clear this long."
@@ -343,7 +343,7 @@ class DetectorSettings(Section):
         default=(0.005, 0.995), description="Lower and upper quantile of each hour-of-day / day-type band."
     )
     threshold_margin_pct: float = Field(
-        default=20.0, ge=0, description="Widen each learned band by this % of its quantile spread on both sides."
+        default=50.0, ge=0, description="Widen each learned band by this % of its quantile spread on both sides."
     )
     threshold_min_spread: dict[str, float] = Field(
         default_factory=lambda: {"flow_rate": 1.0, "pressure": 0.2},
@@ -368,21 +368,21 @@ class DetectorSettings(Section):
         default=3.0, gt=0, description="Smallest night-to-night spread (sigma) as % of the baseline, so a very steady meter is not over-alerted."
     )
     night_cusum_slack: float = Field(
-        default=0.5, ge=0, description="CUSUM slack (sigmas): the excess per night that counts towards a leak is z minus this."
+        default=0.75, ge=0, description="CUSUM slack (sigmas): the excess per night that counts towards a leak is z minus this."
     )
     night_cusum_limit: float = Field(
-        default=4.0, gt=0, description="'night_flow' (leak suspected) opens when the CUSUM of night excesses passes this many sigmas."
+        default=5.0, gt=0, description="'night_flow' (leak suspected) opens when the CUSUM of night excesses passes this many sigmas."
     )
     night_single_z: float = Field(
         default=4.5, gt=0, description="One night this many sigmas above the baseline raises 'night_flow' at once (a large leak)."
     )
     # burst
     burst_baseline_minutes: float = Field(
-        default=15, gt=0, description="Burst baseline = median of this many minutes before the level (the median of the last 3 readings)."
+        default=5, gt=0, description="Burst baseline = median of this many minutes before the level (the median of the last 3 readings); short, so a demand ramp is not a step."
     )
     burst_window_minutes: float = Field(default=5, ge=0, description="The flow step and the pressure step must come within this many minutes.")
     burst_flow_jump_pct: float = Field(
-        default=15.0, gt=0, description="A flow step: the level rises over the baseline by this % of the mean flow of the last day..."
+        default=12.0, gt=0, description="A flow step: the level rises over the baseline by this % of the mean flow of the last day..."
     )
     burst_flow_jump_abs: float = Field(default=1.0, ge=0, description="...and by at least this much (m³/h).")
     burst_pressure_drop: float = Field(

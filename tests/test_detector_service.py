@@ -303,3 +303,29 @@ def test_bus_deferred_ack_redelivers_what_was_not_acknowledged(settings):
     assert again.connect(10)
     assert wait_for(lambda: got == [1])
     again.close(), pub.close()
+
+
+def test_alerts_stored_but_not_published_before_a_stop_are_published_at_restart(settings, store):
+    """kill -9 between storing a batch's alerts and publishing them: the restart publishes them."""
+    s, site = unique(settings)
+    df = frame(minutes=60)
+    store.write_reading_frame(site, "m1", df)
+    last = df.index[-1].to_pydatetime()
+    lost = Anomaly(site=site, meter="m1", kind="burst", signal="both", severity="critical", state="open",
+                   start=last - timedelta(minutes=2), ts=last, value=110.0, threshold=60.0, message="burst suspected")
+    store.write_anomalies([lost])
+    got = Sink()
+    watch = client(s, "watch-republish")
+    watch.subscribe(topics.anomaly(site, "m1"), Anomaly, got)
+    time.sleep(0.5)  # the subscription is in place
+    svc = DetectorService(s, store=store)
+    svc.start_in_thread()
+    try:
+        assert svc.ready.wait(30)
+        assert wait_for(lambda: got.of("burst"), 30), got.items
+        a = got.of("burst")[0]
+        assert (a.start, a.state, a.ts) == (lost.start, "open", lost.ts)
+        assert svc.counters.get("anomalies_republished") >= 1
+    finally:
+        svc.stop()
+        watch.close()

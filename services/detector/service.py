@@ -121,7 +121,16 @@ class DetectorService(Service):
         keep = self.cfg.night_baseline_nights * 3 + 2
         local_day = last.astimezone(self.settings.tz).date()
         nights = st.read_night_flow(site, meter, local_day - timedelta(days=keep), local_day + timedelta(days=1))
-        anoms = [a for a in st.read_anomaly_records(site, meter, last - timedelta(days=120), end) if a.state == "open"]
+        stored = st.read_anomaly_records(site, meter, last - timedelta(days=120), end)
+        anoms = [a for a in stored if a.state == "open"]
+        # A stop between storing a batch's alerts and publishing them (kill -9, power cut) would leave
+        # them unpublished: the redelivered readings decide nothing new. Publish the latest updates
+        # again; subscribers keep one state per alert identity, so a repeat is harmless.
+        latest = [a for a in stored if a.ts >= last - timedelta(hours=1)]
+        for a in latest:
+            self.bus.publish(self.topics.anomaly(a.site, a.meter), Anomaly.model_validate(a.model_dump()))
+        if latest:
+            self.counters.inc("anomalies_republished", len(latest))
         fcs = latest_forecasts(site, meter, st.read_forecast_points(site, meter, last - timedelta(hours=6), last + timedelta(days=8)))
         n = self.engine.backfill(site, meter, recent, open_anomalies=anoms, nights=nights, thresholds=ths, forecasts=fcs)
         self.last_seen[(site, meter)] = time.time()
