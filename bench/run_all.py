@@ -4,7 +4,7 @@
 
 Each benchmark is a module in bench/ that prints a Markdown table; this runs them one after the
 other (never in parallel: they would measure each other) and records their output with the machine
-and the date.
+and the date. With --only, the named sections of docs/benchmarks.md are replaced and the others kept.
 """
 
 from __future__ import annotations
@@ -70,11 +70,28 @@ def main() -> int:
         out = r.stdout.strip()
         if not any(line.startswith("|") for line in out.splitlines()):  # aligned plain text: keep it so
             out = f"```text\n{out}\n```"
-        sections.append(f"## {title}\n\n{how}\n\n{out}\n\n(`python -m bench.{name}`, {dt:.0f} s)\n")
+        sections.append(f"## {title}\n\n{how}\n\n{out}\n\n(`python -m bench.{name}`, {dt:.0f} s, run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC)\n")
     if not args.no_write:
-        (ROOT / "docs" / "benchmarks.md").write_text("\n".join(sections))
+        doc = ROOT / "docs" / "benchmarks.md"
+        if only and doc.exists():
+            text = _merge(doc.read_text(), sections[2:])
+        else:
+            text = "\n".join(sections)
+        doc.write_text(text)
         print("wrote docs/benchmarks.md")
     return 1 if failed else 0
+
+
+def _merge(old: str, new_sections: list[str]) -> str:
+    """Replace the ``## title`` sections of ``old`` that ``new_sections`` bring; keep the rest."""
+    parts = old.split("\n## ")
+    by_title = {sec.split("\n", 1)[0][3:]: sec for sec in new_sections}
+    out = [parts[0]]
+    for part in parts[1:]:
+        title = part.split("\n", 1)[0]
+        out.append(by_title.pop(title)[3:].rstrip("\n") + "\n" if title in by_title else part)
+    out += [sec[3:] for sec in by_title.values()]
+    return "\n## ".join(out)
 
 
 if __name__ == "__main__":

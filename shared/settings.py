@@ -309,7 +309,7 @@ class DetectorSettings(Section):
     )
     # alert hygiene
     min_duration_minutes: float = Field(
-        default=60, ge=0, description="A reading outside its threshold band must stay outside this long before a 'threshold' alert opens."
+        default=90, ge=0, description="A reading outside its threshold band must stay outside this long before a 'threshold' alert opens."
     )
     clear_after_minutes: float = Field(
         default=3, ge=0, description="An open alert closes once its condition has been clear this long."
@@ -394,7 +394,7 @@ class DetectorSettings(Section):
         default_factory=lambda: {"flow_rate": 5.0, "pressure": 0.5},
         description="...and further than this much (units of the signal).",
     )
-    forecast_sustain_minutes: float = Field(default=15, ge=0, description="Deviation must last this long to raise an alert.")
+    forecast_sustain_minutes: float = Field(default=30, ge=0, description="Deviation must last this long to raise an alert.")
     # service
     backfill_hours: float = Field(
         default=26, gt=0, description="At start, replay this many hours of stored readings through the rules (covers the night window)."
