@@ -241,9 +241,12 @@ class DetectorService(Service):
         key = (a.site, a.meter, a.kind, a.signal, a.start)
         where = f"{a.site}/{a.meter} {a.kind} on {a.signal}"
         if a.state == "closed":
-            self._logged_open.discard(key)
             minutes = (a.end - a.start).total_seconds() / 60 if a.end else 0.0
-            logger.info("anomaly closed: %s (%s, lasted %.0f min)", where, a.severity, minutes)
+            if key in self._logged_open:
+                self._logged_open.discard(key)
+                logger.info("anomaly closed: %s (%s, lasted %.0f min)", where, a.severity, minutes)
+            else:  # a one-reading event (spike, gap) arrives closed
+                logger.warning("anomaly: %s, %s, at %s (%.0f min): %s", where, a.severity, a.start.isoformat(), minutes, a.message)
         elif key not in self._logged_open:
             self._logged_open.add(key)
             logger.warning("anomaly: %s, %s, since %s: %s", where, a.severity, a.start.isoformat(), a.message)
