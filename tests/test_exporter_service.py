@@ -116,10 +116,18 @@ def test_files_mirror_deadletter_and_restart(cfg: Settings):
         late.subscribe(topics.export(site, meter, "alert"), ExportRecord, mirror)
         late.subscribe(topics.export(site, meter, "server"), ExportRecord, mirror)
         assert wait_for(lambda: {o.file for _, o in mirror.items} == {"alert", "server"})
-        for _, rec in mirror.items:
-            path = out / f"{rec.file}.txt"
-            assert rec.content.encode("ascii") == path.read_bytes()
-            assert rec.protocol_version == 1 and rec.site == site
+
+        def latest() -> dict:
+            with mirror.lock:
+                return {o.file: o for _, o in mirror.items}  # the newest record per file
+
+        # the file is written first, then mirrored: the retained copy may be one write behind for a
+        # moment, and the next publish (which this subscriber also receives) catches up
+        def mirrored() -> bool:
+            return all(rec.content.encode("ascii") == (out / f"{f}.txt").read_bytes() for f, rec in latest().items())
+
+        assert wait_for(mirrored, 10), {f: rec.content[:80] for f, rec in latest().items()}
+        assert all(rec.protocol_version == 1 and rec.site == site for rec in latest().values())
         late.close()
     finally:
         stop(svc, th)
