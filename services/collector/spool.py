@@ -49,21 +49,29 @@ class Spool:
 
     def put(self, topic: str, payload: bytes, next_seq: int) -> int:
         """Write one reading durably (and the next sequence number, atomically). Returns how many old rows were dropped."""
+        return self.put_many(topic, [payload], next_seq)
+
+    def put_many(self, topic: str, payloads: list[bytes], next_seq: int) -> int:
+        """Write readings durably in one transaction (one fsync: a backlog from a replay), with the next
+        sequence number. Returns how many old rows were dropped."""
+        n = len(payloads)
+        if n == 0:
+            return 0
+        keep = payloads[-self.max_rows:] if n > self.max_rows else payloads  # more than it holds: the newest
         with self._lock:
-            dropped = 0
+            old = min(max(self._count + len(keep) - self.max_rows, 0), self._count)
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                over = self._count + 1 - self.max_rows
-                if over > 0:
-                    self._db.execute("DELETE FROM spool WHERE id IN (SELECT id FROM spool ORDER BY id LIMIT ?)", (over,))
-                    dropped = over
-                self._db.execute("INSERT INTO spool (topic, payload) VALUES (?, ?)", (topic, payload))
+                if old:
+                    self._db.execute("DELETE FROM spool WHERE id IN (SELECT id FROM spool ORDER BY id LIMIT ?)", (old,))
+                self._db.executemany("INSERT INTO spool (topic, payload) VALUES (?, ?)", [(topic, p) for p in keep])
                 self._db.execute("INSERT INTO meta (key, value) VALUES ('next_seq', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (next_seq,))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._count += 1 - dropped
+            dropped = old + n - len(keep)
+            self._count += len(keep) - old
             self.dropped += dropped
         if dropped:
             logger.error(
