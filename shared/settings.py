@@ -382,7 +382,7 @@ class DetectorSettings(Section):
         default=1.5, ge=0, description="An open 'night_flow' closes after two nights in a row at most this many sigmas above the baseline (repaired).",
     )
     night_single_z: float = Field(
-        default=3.5, gt=0, description="One night this many sigmas above the baseline raises 'night_flow' at once (a large leak)."
+        default=3.5, gt=0, description="One night this many sigmas above the baseline raises 'night_flow' at once (a medium or large leak)."
     )
     # burst
     burst_baseline_minutes: float = Field(
