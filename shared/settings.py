@@ -390,7 +390,7 @@ class DetectorSettings(Section):
     )
     burst_window_minutes: float = Field(default=5, ge=0, description="The flow step and the pressure step must come within this many minutes.")
     burst_flow_jump_pct: float = Field(
-        default=15.0, gt=0, description="A flow step: the level rises over the baseline by this % of the mean flow of the last day..."
+        default=13.0, gt=0, description="A flow step: the level rises over the baseline by this % of the mean flow of the last day..."
     )
     burst_flow_jump_abs: float = Field(default=1.0, ge=0, description="...and by at least this much (m³/h).")
     burst_pressure_drop: float = Field(
