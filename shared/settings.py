@@ -337,7 +337,8 @@ class DetectorSettings(Section):
     )
     threshold_days: float = Field(default=28, gt=0, description="Learn the bands from this many days of recent readings.")
     threshold_min_days: float = Field(
-        default=7, gt=0, description="Below this many days of data the static limits apply (retried daily until learned)."
+        default=14, gt=0,
+        description="Below this many days of data the static limits apply (retried daily until learned); two weeks, so each weekend hour band sees four days.",
     )
     threshold_quantiles: tuple[float, float] = Field(
         default=(0.005, 0.995), description="Lower and upper quantile of each hour-of-day / day-type band."
@@ -363,6 +364,10 @@ class DetectorSettings(Section):
         default=0.5, gt=0, le=1, description="Fraction of the night window's readings needed to record its minimum."
     )
     night_baseline_nights: int = Field(default=28, ge=3, le=365, description="Baseline = median of up to this many previous nights.")
+    night_by_daytype: bool = Field(
+        default=True,
+        description="Judge weekday and weekend nights against the median of earlier nights of the same day type (sigma pooled over both).",
+    )
     night_min_baseline_nights: int = Field(default=7, ge=1, description="Nights needed before the leak rule judges a night.")
     night_sigma_min_pct: float = Field(
         default=3.0, gt=0, description="Smallest night-to-night spread (sigma) as % of the baseline, so a very steady meter is not over-alerted."
@@ -371,10 +376,13 @@ class DetectorSettings(Section):
         default=0.75, ge=0, description="CUSUM slack (sigmas): the excess per night that counts towards a leak is z minus this."
     )
     night_cusum_limit: float = Field(
-        default=5.0, gt=0, description="'night_flow' (leak suspected) opens when the CUSUM of night excesses passes this many sigmas."
+        default=4.0, gt=0, description="'night_flow' (leak suspected) opens when the CUSUM of night excesses passes this many sigmas."
+    )
+    night_clear_z: float = Field(
+        default=1.5, ge=0, description="An open 'night_flow' closes after two nights in a row at most this many sigmas above the baseline (repaired).",
     )
     night_single_z: float = Field(
-        default=4.5, gt=0, description="One night this many sigmas above the baseline raises 'night_flow' at once (a large leak)."
+        default=3.5, gt=0, description="One night this many sigmas above the baseline raises 'night_flow' at once (a medium or large leak)."
     )
     # burst
     burst_baseline_minutes: float = Field(
@@ -382,7 +390,7 @@ class DetectorSettings(Section):
     )
     burst_window_minutes: float = Field(default=5, ge=0, description="The flow step and the pressure step must come within this many minutes.")
     burst_flow_jump_pct: float = Field(
-        default=12.0, gt=0, description="A flow step: the level rises over the baseline by this % of the mean flow of the last day..."
+        default=13.0, gt=0, description="A flow step: the level rises over the baseline by this % of the mean flow of the last day..."
     )
     burst_flow_jump_abs: float = Field(default=1.0, ge=0, description="...and by at least this much (m³/h).")
     burst_pressure_drop: float = Field(

@@ -213,9 +213,10 @@ def test_a_large_night_flow_rise_raises_leak_the_same_night_and_two_normal_night
 
 
 def test_a_small_steady_night_flow_rise_adds_up_to_a_leak():
-    # +0.3 m³/h on ~5 (6 %): no single night is alarming, the CUSUM of the excess is
+    # +0.3 m³/h on ~5 (6 %): no single night is alarming (single-night rule set out of reach), the
+    # CUSUM of the excess is
     base = [5.0, 5.3, 4.8, 5.1, 4.9, 5.2, 5.0, 4.7, 5.1, 5.0]
-    out, nf = nights(engine(night_min_baseline_nights=7), base + [x + 0.3 for x in base[:8]])
+    out, nf = nights(engine(night_min_baseline_nights=7, night_single_z=6.0), base + [x + 0.3 for x in base[:8]])
     leak = kinds(out, "night_flow")
     assert leak and leak[0].state == "open" and "adds up" in leak[0].message
     assert nf[10].ts < leak[0].start <= nf[15].ts  # raised within a few nights of the rise, not on the first
@@ -226,6 +227,46 @@ def test_ordinary_night_to_night_variation_raises_nothing():
     lows = list(5.0 * (1 + rng.normal(0, 0.06, 40)))  # 6 % night-to-night spread, no leak
     out, _ = nights(engine(night_min_baseline_nights=7), lows)
     assert kinds(out, "night_flow") == []
+
+
+def weekly_lows(weeks: int, weekday: float = 5.0, weekend: float = 6.0, seed: int = 3) -> list[float]:
+    """Night minimums from Monday 2 March: weekend nights (Sat, Sun) higher, 1 % night-to-night noise."""
+    rng = np.random.default_rng(seed)
+    return [(weekend if i % 7 in (5, 6) else weekday) * (1 + rng.normal(0, 0.01)) for i in range(7 * weeks)]
+
+
+def test_weekend_nights_are_judged_against_weekend_nights():
+    # weekend night flow 20 % over weekday night flow is the weekly pattern, not a leak
+    lows = weekly_lows(5)
+    out, nf = nights(engine(), lows)
+    assert [n.day.weekday() for n in nf[5:7]] == [5, 6]
+    assert kinds(out, "night_flow") == []
+    out, _ = nights(engine(night_by_daytype=False), lows)  # one baseline for all nights: every weekend is a "rise"
+    assert kinds(out, "night_flow")
+
+
+def test_a_small_leak_on_a_weekly_pattern_is_found_within_a_few_nights():
+    lows = weekly_lows(5)
+    lows = lows[:21] + [x + 0.4 for x in lows[21:]]  # +0.4 m³/h (8 % of the weekday night) from Monday, night 21
+    out, nf = nights(engine(), lows)
+    leak = kinds(out, "night_flow")
+    assert leak and leak[0].state == "open"
+    assert nf[21].ts <= leak[0].start <= nf[23].ts
+    assert leak[0].threshold < 5.8  # a weekday night against the weekday nights (~5.0 + 4 sigma), not the weekend ones (~6)
+
+
+def test_night_flow_closes_after_two_nights_near_the_baseline_and_they_renew_it():
+    # after the repair the nights sit 1 sigma over the old baseline (sigma = 3 % of 5): normal nights
+    # (night_clear_z 1.5), not a leak; at z <= slack (0.75) the alert would have stayed open
+    lows = [5.0] * 10 + [8.0] * 3 + [5.15, 5.15, 5.15, 5.15]
+    e = engine()
+    out, nf = nights(e, lows)
+    leak = kinds(out, "night_flow")
+    assert [a.state for a in leak] == ["open", "closed"]
+    assert leak[0].start == nf[10].ts and leak[1].end == nf[14].ts
+    # nights that keep the alarm up and add to it stay out of the baseline; once closed, such nights count again
+    suspect = [s for _, s, _ in e._meters[("s1", "m1")].leak.nights.values()]
+    assert suspect == [False] * 10 + [True] * 5 + [False] * 2
 
 
 # --- burst ----------------------------------------------------------------------------------

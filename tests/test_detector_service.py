@@ -250,7 +250,7 @@ def test_thresholds_recalibrate_cli_stores_prints_and_tells_the_running_detector
     s, site = unique(settings)
     db = tmp_path / "cal.db"
     s = s.model_copy(update={"store": s.store.model_copy(update={"sqlite": s.store.sqlite.model_copy(update={"path": db})})})
-    df = frame(minutes=10 * 24 * 60)
+    df = frame(minutes=15 * 24 * 60)  # bands are learned from threshold_min_days (14) on
     with SqliteStore(db) as st:
         st.write_reading_frame(site, "m1", df)
     svc = DetectorService(s)  # opens the same file; back-fills and learns at start (no bands stored yet)
@@ -263,7 +263,7 @@ def test_thresholds_recalibrate_cli_stores_prints_and_tells_the_running_detector
     out = subprocess.run([sys.executable, "-m", "shared.cli", "thresholds", "recalibrate", "-c", str(cfg), "--site", site],
                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
-    assert f"{site}/m1 flow_rate: learned (10.0 days of data" in out.stdout and "weekday lower..upper" in out.stdout
+    assert f"{site}/m1 flow_rate: learned (15.0 days of data" in out.stdout and "weekday lower..upper" in out.stdout
     at = df.index[-1].to_pydatetime() + timedelta(seconds=1)
     with SqliteStore(db) as st:
         th = st.latest_thresholds(site, "m1", "pressure")

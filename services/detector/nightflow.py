@@ -4,18 +4,24 @@ Each local night, the minimum flow inside the night window (default 02:00–04:0
 end is before its start crosses midnight and belongs to the day it starts on) is recorded and judged
 against the earlier nights:
 
-- baseline: the median of up to ``night_baseline_nights`` earlier nights that were not suspect; its
-  spread sigma = 1.4826 x their median absolute deviation (at least ``night_sigma_min_pct`` % of the
-  baseline): night minimums vary from night to night (weather, weekends) by several per cent;
+- baseline: the median of the earlier nights of the same day type (weekday / weekend, by the local
+  date the window starts on; ``night_by_daytype``) among up to ``night_baseline_nights`` recent nights
+  that were not suspect: weekend nights run higher than weekday ones (people up late), and a baseline
+  that mixes them both sees every weekend as a rise and needs a wide sigma. The spread sigma =
+  1.4826 x the median absolute deviation of every recent night from its own day type's median (pooled,
+  so two weekend nights a week still give a stable sigma), at least ``night_sigma_min_pct`` % of the
+  baseline: night minimums vary from night to night (weather) by several per cent. Until two nights of
+  each type are known, all nights form one baseline;
 - z = (night - baseline) / sigma; a one-sided CUSUM accumulates the excess, night after night:
   ``S = min(max(0, S + z - night_cusum_slack), 2 x night_cusum_limit)``. A leak adds a steady flow
   every night, so S grows; ordinary nights pull it back to 0.
 - "night_flow" (leak suspected) opens when S passes ``night_cusum_limit`` or one night alone is
   ``night_single_z`` sigmas above the baseline (a large leak: raised the same night), and closes
-  after two normal nights in a row (z under the slack: the leak was repaired), which also resets S.
+  after two normal nights in a row (z at most ``night_clear_z``: the leak was repaired), which also resets S.
 - Nights that raise or keep up the alarm (S over the limit, or one night over ``night_single_z``)
-  are left out of the baseline, so a leak is not learned as the new normal; every other night
-  counts, high ones included, so the spread is not underestimated.
+  and themselves add to S (z over the slack) are left out of the baseline, so a leak is not
+  learned as the new normal; every other night counts, high ones included, so the spread is not
+  underestimated, and normal nights after a repair renew the baseline.
 """
 
 from __future__ import annotations
@@ -84,20 +90,36 @@ class NightLeakRule:
 
     def __init__(self, cfg: DetectorSettings) -> None:
         self.cfg = cfg
-        self.nights: OrderedDict[date, tuple[float, bool]] = OrderedDict()  # day -> (value, suspect)
+        self.nights: OrderedDict[date, tuple[float, bool, bool]] = OrderedDict()  # day -> (value, suspect, weekend)
         self.cusum = 0.0
-        self.normal_run = 0  # nights in a row with z <= the slack
+        self.normal_run = 0  # nights in a row with z <= night_clear_z
         self.last_day: date | None = None
 
-    def baseline(self) -> tuple[float | None, float | None, int]:
-        """(median, sigma, nights used) of the recent non-suspect nights; (None, None, n) while too few."""
-        vals = [v for v, suspect in self.nights.values() if not suspect][-self.cfg.night_baseline_nights :]
-        if len(vals) < self.cfg.night_min_baseline_nights:
-            return None, None, len(vals)
-        med = statistics.median(vals)
-        mad = statistics.median(abs(v - med) for v in vals)
+    def baseline(self, weekend: bool | None = None) -> tuple[float | None, float | None, int]:
+        """(median, sigma, nights used) of the recent non-suspect nights; (None, None, n) while too few.
+
+        With ``night_by_daytype`` and ``weekend`` given, the median is that of the recent nights of
+        the same day type (weekday / weekend: night flow differs between them), and sigma is pooled
+        over all recent nights, each taken against the median of its own day type. While fewer than
+        two nights of that type are known, all recent nights count together."""
+        recent = [(v, wk) for v, suspect, wk in self.nights.values() if not suspect][-self.cfg.night_baseline_nights :]
+        if len(recent) < self.cfg.night_min_baseline_nights:
+            return None, None, len(recent)
+        meds: dict[bool, float] = {}
+        if self.cfg.night_by_daytype and weekend is not None:
+            for t in (False, True):
+                vals = [v for v, wk in recent if wk == t]
+                if len(vals) >= 2:
+                    meds[t] = statistics.median(vals)
+        if weekend is not None and len(meds) == 2:
+            med = meds[weekend]
+            devs = [abs(v - meds[wk]) for v, wk in recent]
+        else:
+            med = statistics.median(v for v, _ in recent)
+            devs = [abs(v - med) for v, _ in recent]
+        mad = statistics.median(devs)
         sigma = max(1.4826 * mad, abs(med) * self.cfg.night_sigma_min_pct / 100.0, 1e-6)
-        return med, sigma, len(vals)
+        return med, sigma, len(recent)
 
     def judge(self, day: date, ws: float, value: float) -> tuple[float, float | None, float | None] | None:
         """Record a night; returns (z, baseline, sigma) with :attr:`cusum` updated, or None for a
@@ -107,13 +129,15 @@ class NightLeakRule:
             return None
         self.last_day = day
         cfg = self.cfg
-        base, sigma, _ = self.baseline()
+        weekend = day.weekday() >= 5
+        base, sigma, _ = self.baseline(weekend)
         z = 0.0
         if base is not None and sigma is not None:
             z = (value - base) / sigma
             self.cusum = min(max(0.0, self.cusum + z - cfg.night_cusum_slack), 2 * cfg.night_cusum_limit)
-            self.normal_run = self.normal_run + 1 if z <= cfg.night_cusum_slack else 0
-        self.nights[day] = (value, self.cusum > cfg.night_cusum_limit or z > cfg.night_single_z)
+            self.normal_run = self.normal_run + 1 if z <= cfg.night_clear_z else 0
+        suspect = (self.cusum > cfg.night_cusum_limit or z > cfg.night_single_z) and z > cfg.night_cusum_slack
+        self.nights[day] = (value, suspect, weekend)
         while len(self.nights) > cfg.night_baseline_nights * 3:
             self.nights.popitem(last=False)
         return z, base, sigma
