@@ -590,6 +590,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigFileError(f"{path}: the top level must be a mapping of keys, not {type(data).__name__}")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:  # e.g. '?' or '1: x' in YAML: a key that is empty or a number
+        raise ConfigFileError(f"{path}: every top-level key must be a setting name (text), not {bad[0]!r}; see docs/configuration.md")
     return data
 
 

@@ -46,6 +46,15 @@ def test_not_yaml_mapping(tmp_path):
     assert r.returncode == 2 and "mapping" in r.stderr
 
 
+@pytest.mark.parametrize("text, key", [("?\n", "None"), ("1: x\n", "1")])
+def test_a_key_that_is_not_a_name_is_a_clear_error(tmp_path, text, key):
+    # found by the config fuzzer: YAML '?' is a mapping with an empty key
+    f = tmp_path / "fw.yaml"
+    f.write_text(text)
+    r = run_cli("config", "check", str(f))
+    assert r.returncode == 2 and f"must be a setting name (text), not {key}" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_env_overrides_file(tmp_path, monkeypatch):
     f = tmp_path / "fw.yaml"
     f.write_text("mqtt:\n  host: from-file\n  port: 1000\n")
