@@ -26,7 +26,8 @@ def start_influxd(workdir: Path):
 
 
 def write_config(workdir: Path, broker: MosquittoProcess, *, store: str, influx_url: str | None = None,
-                 client_prefix: str = "bench", detector: dict | None = None) -> Path:
+                 client_prefix: str = "bench", detector: dict | None = None, extra: dict | None = None) -> Path:
+    """A config for the bench processes on ``broker``; ``extra`` adds top-level keys (site, collector...)."""
     data = {
         "data_dir": str(workdir / "var"),
         "log_level": "WARNING",
@@ -37,6 +38,7 @@ def write_config(workdir: Path, broker: MosquittoProcess, *, store: str, influx_
     }
     if store == "influxdb":
         data["store"]["influxdb"] = {"url": influx_url, "database": "bench"}
+    data.update(extra or {})
     f = workdir / f"{client_prefix}.yaml"
     f.write_text(yaml.safe_dump(data))
     return f

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from bench.common import machine, median_of, table
-from shared.readings_csv import prefetch, read_chunks
+from shared.readings_csv import import_chunks
 from shared.settings import RangeLimits
 from shared.store.influx import InfluxStore
 from shared.store.sqlite import SqliteStore
@@ -46,8 +46,7 @@ def run_import(path: Path, make_store) -> float:
     store = make_store()
     t = time.perf_counter()
     n = 0
-    chunks = read_chunks(path, RangeLimits())
-    for chunk in prefetch(chunks) if store.parse_ahead else chunks:
+    for chunk in import_chunks(path, RangeLimits(), parse_ahead=store.parse_ahead):
         n += store.write_reading_frame("site1", "meter1", chunk.frame)
     dt = time.perf_counter() - t
     store.close()

@@ -124,8 +124,6 @@ def detector_phase(broker: MosquittoProcess, db: Path, health: Path, n: int, met
 
 def collector_phase(broker: MosquittoProcess, work: Path, db: Path, n: int) -> float:
     """The real collector (replay as fast as possible) -> Mosquitto -> detector -> store, one meter."""
-    import yaml
-
     site = f"col{uuid.uuid4().hex[:6]}"
     csv = work / f"{site}.csv"
     with csv.open("w") as f:
@@ -133,13 +131,10 @@ def collector_phase(broker: MosquittoProcess, work: Path, db: Path, n: int) -> f
         for i in range(n):
             ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_767_225_600 + 60 * i))  # from 2026-01-01
             f.write(f"{ts},{40 + (i % 97) * 0.1:.3f},{4 - (i % 89) * 0.001:.4f}\n")
-    cfg = work / f"{site}.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "site": site, "meter": "c0", "data_dir": str(work / site), "log_level": "WARNING",
-        "mqtt": {"host": broker.host, "port": broker.port, "username": broker.username, "password": broker.password,
-                 "client_id_prefix": site},
+    cfg = write_config(work, broker, store="sqlite", client_prefix=site, extra={
+        "site": site, "meter": "c0", "data_dir": str(work / site),  # a spool of its own
         "collector": {"source": "replay", "speed": 0, "replay": {"file": str(csv)}},
-    }))
+    })
     log = (work / f"{site}.log").open("ab")
     proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "collector", "-c", str(cfg)], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT, env=env())

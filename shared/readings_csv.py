@@ -122,6 +122,13 @@ def read_chunks(path: Path, limits: RangeLimits, naive_tz: str = "UTC", chunk_ro
         raise CsvFormatError(f"{path} is empty; expected a header timestamp,flow_rate,pressure") from None
 
 
+def import_chunks(path: Path, limits: RangeLimits, naive_tz: str = "UTC", *, parse_ahead: bool = False) -> Iterator[ParsedChunk]:
+    """The chunks of an import into a store: parsed ahead in a thread when the store says it gains
+    from it (``Store.parse_ahead``), in turn otherwise."""
+    chunks = read_chunks(path, limits, naive_tz)
+    return prefetch(chunks) if parse_ahead else chunks
+
+
 def read_all(path: Path, limits: RangeLimits | None = None, naive_tz: str = "UTC", source: str = "replay") -> tuple[pd.DataFrame, list[Reject]]:
     """The whole file as one frame (sorted by time, later duplicates win) and its rejects."""
     frames, rejects = [], []

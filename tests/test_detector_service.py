@@ -22,19 +22,12 @@ from shared.messages import Anomaly, Command, DeadLetter, Reading, Thresholds
 from shared.settings import Settings
 from shared.topics import Topics
 from tests.detector_synth import frame, readings
+from tests.harness import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
 topics = Topics()
 
-
-def wait_for(cond, timeout=30.0, every=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(every)
-    return False
 
 
 class Sink:

@@ -220,8 +220,7 @@ class CollectorService(Service):
             self._spool([reading])
 
     def _emit_many(self, samples: list[Sample]) -> None:
-        readings = [r for s in samples if s.ts is not None and (r := self._reading(s.ts, s)) is not None]
-        self._spool(readings)
+        self._spool([r for s in samples if (r := self._reading(s.ts, s)) is not None])
 
     def _reading(self, ts: datetime, sample: Sample) -> Reading | None:
         """A validated Reading with the next sequence number, or None (counted and dead-lettered)."""

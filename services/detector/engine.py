@@ -491,12 +491,7 @@ class DetectionEngine:
         cfg = self.cfg
         a = self._alert(m, "night_flow", "flow_rate")
         lim = cfg.night_cusum_limit
-        if a.is_open:
-            active = m.leak.normal_run < 2  # two normal nights in a row: repaired
-            if not active:
-                m.leak.cusum = 0.0
-        else:
-            active = m.leak.cusum > lim or z > cfg.night_single_z
+        active = m.leak.alarm(z, a.is_open)
         msg = ""
         if active and not a.is_open:
             why = (f"one night {z:.1f} sigma above it (detector.night_single_z)" if z > cfg.night_single_z

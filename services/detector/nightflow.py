@@ -141,3 +141,14 @@ class NightLeakRule:
         while len(self.nights) > cfg.night_baseline_nights * 3:
             self.nights.popitem(last=False)
         return z, base, sigma
+
+    def alarm(self, z: float, is_open: bool) -> bool:
+        """Whether "night_flow" is (still) raised after the night just judged: it opens when the CUSUM
+        passes its limit or one night alone passes ``night_single_z``; an open one closes after two
+        normal nights in a row, which also resets the CUSUM."""
+        if is_open:
+            if self.normal_run >= 2:
+                self.cusum = 0.0
+                return False
+            return True
+        return self.cusum > self.cfg.night_cusum_limit or z > self.cfg.night_single_z

@@ -128,7 +128,7 @@ class DetectorService(Service):
         # again; subscribers keep one state per alert identity, so a repeat is harmless.
         latest = [a for a in stored if a.ts >= last - timedelta(hours=1)]
         for a in latest:
-            self.bus.publish(self.topics.anomaly(a.site, a.meter), Anomaly.model_validate(a.model_dump()))
+            self.bus.publish(self.topics.anomaly(a.site, a.meter), a)
         if latest:
             self.counters.inc("anomalies_republished", len(latest))
         fcs = latest_forecasts(site, meter, st.read_forecast_points(site, meter, last - timedelta(hours=6), last + timedelta(days=8)))
@@ -287,4 +287,3 @@ class DetectorService(Service):
     def teardown(self) -> None:
         if self.store is not None and self._own_store:
             self.store.close()
-

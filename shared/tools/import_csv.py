@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from shared.cli import base_parser, settings_from_args
-from shared.readings_csv import CsvFormatError, prefetch, read_chunks
+from shared.readings_csv import CsvFormatError, import_chunks
 from shared.store import StoreError, open_store
 
 SHOW_REJECTS = 20
@@ -53,8 +53,7 @@ def main(argv: Sequence[str]) -> int:
     rej_file = None
     try:
         with tqdm(total=total, unit="rows", disable=args.quiet, desc=f"import {args.file.name}") as bar:
-            chunks = read_chunks(args.file, settings.limits, args.naive_tz)
-            for chunk in prefetch(chunks) if store.parse_ahead else chunks:
+            for chunk in import_chunks(args.file, settings.limits, args.naive_tz, parse_ahead=store.parse_ahead):
                 imported += store.write_reading_frame(site, meter, chunk.frame)
                 if chunk.rejects:
                     if rej_file is None:
