@@ -4,13 +4,11 @@
   restarts receives what was published while it was away (the broker queues it);
 - automatic reconnect with backoff; every subscription is renewed in ``on_connect``;
 - a retained last will marks the service "offline";
-- ``subscribe(filter, model_cls, handler)`` validates each payload; a payload that is too large or
-  does not validate is counted, logged once per reason, dead-lettered with its raw bytes, and the
-  stream goes on;
-- the PUBACK for an incoming QoS 1 message is sent only after the handler returned (manual ack):
-  the handler's durable write is the acknowledgement point. With ``deferred_ack=True`` the handler
-  receives an ``ack`` callable instead and acknowledges later (after a batched write commits). A message whose handler raised is
-  dead-lettered (so one poison message cannot stall the stream) and then acknowledged.
+- ``subscribe(filter, model_cls, handler)`` routes a topic to a handler in the bus's inbox
+  (:mod:`shared.inbox`): paho's network thread only enqueues; one worker validates, calls the
+  handler, and sends the PUBACK (manual ack) when it returned, so the handler's durable write is
+  the acknowledgement point. A message at fault is dead-lettered with its raw bytes and acked; an
+  infrastructure fault is retried, never dead-lettered.
 """
 
 from __future__ import annotations
@@ -19,14 +17,14 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from shared.counters import Counters
+from shared.inbox import Delivery, Inbox
 from shared.messages import Message, dead_letter
 from shared.settings import MqttSettings
 from shared.topics import Topics, check_publish_topic
@@ -39,15 +37,6 @@ Handler = Callable[[str, Any], None]
 
 class BusError(RuntimeError):
     pass
-
-
-@dataclass
-class _Subscription:
-    filter: str
-    model_cls: type[BaseModel] | None  # None: raw bytes are passed to the handler
-    handler: Handler
-    qos: int
-    deferred_ack: bool = False
 
 
 class Bus:
@@ -68,8 +57,7 @@ class Bus:
         self.topics = Topics(settings.topic_prefix)
         self.counters = counters if counters is not None else Counters()
         self.client_id = client_id or f"{settings.client_id_prefix}-{service}"
-        self._subs: list[_Subscription] = []
-        self._lock = threading.Lock()
+        self.inbox = Inbox(self, self.counters)
         self._connected = threading.Event()
         self._logged_reasons: set[tuple[str, str]] = set()
         self.on_connected: Callable[[], None] | None = None
@@ -102,6 +90,7 @@ class Bus:
     # --- connection -------------------------------------------------------------------------
     def connect(self, wait_s: float | None = 10.0) -> bool:
         """Start the network loop; reconnects on its own. Returns whether connected within wait_s."""
+        self.inbox.start(self.service)
         self.client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s)
         self.client.loop_start()
         if wait_s is None:
@@ -122,7 +111,8 @@ class Bus:
         return self._connected.wait(timeout)
 
     def close(self, final: Message | None = None) -> None:
-        """Publish ``final`` (retained status) if connected, then disconnect cleanly."""
+        """Finish the inbox's current work, publish ``final`` (retained status) if connected, disconnect."""
+        self.inbox.stop()
         try:
             if final is not None and self.connected:
                 info = self.client.publish(self.topics.status(self.service), final.to_json(), qos=1, retain=True)
@@ -141,10 +131,8 @@ class Bus:
                 self.settings.host, self.settings.port, self.client_id, reason_code,
             )
             return
-        with self._lock:
-            subs = list(self._subs)
-        for s in subs:
-            client.subscribe(s.filter, qos=s.qos)
+        for r in list(self.inbox.routes):
+            client.subscribe(r.filter, qos=r.qos)
         self.counters.inc("mqtt_connects")
         logger.info("connected to MQTT %s:%s as %s", self.settings.host, self.settings.port, self.client_id)
         self._connected.set()
@@ -192,73 +180,21 @@ class Bus:
             logger.error("could not publish dead letter: %s", exc)
 
     # --- subscribing ------------------------------------------------------------------------
-    def subscribe(
-        self, filter: str, model_cls: type[M] | None, handler: Callable[..., None], *, qos: int = 1, deferred_ack: bool = False
-    ) -> None:
-        """Handle messages on ``filter``: ``handler(topic, model)``; ``model_cls=None`` passes raw bytes.
+    def subscribe(self, filter: str, model_cls: type[M] | None, handler: Callable[[str, Any], None] | None, *, qos: int = 1) -> None:
+        """Handle messages on ``filter`` in the inbox worker: ``handler(topic, model)``.
 
-        ``deferred_ack=True``: the handler is called as ``handler(topic, model, ack)`` and the PUBACK
-        is sent only when it calls ``ack()`` (from any thread), e.g. after a batch it queued was
-        written. A payload that does not validate, or a handler that raises, is still dead-lettered
-        and acknowledged at once. Keep the number of unacknowledged messages under the broker's
-        ``max_inflight_messages`` or delivery pauses until some are acknowledged.
+        ``model_cls=None`` passes the raw bytes. The PUBACK is sent when the handler returns; a
+        message at fault is dead-lettered and acknowledged; an infrastructure error is retried
+        (see :mod:`shared.inbox`). ``handler=None``: only the inbox's batch handler sees them.
         """
-        sub = _Subscription(filter, model_cls, handler, qos, deferred_ack)
-        with self._lock:
-            self._subs.append(sub)
+        self.inbox.route(filter, model_cls, handler, qos)
         if self.connected:
             self.client.subscribe(filter, qos=qos)
 
+    def ack(self, mid: int, qos: int) -> None:
+        """Send the PUBACK of an incoming QoS 1 message (from the inbox worker)."""
+        self.client.ack(mid, qos)
+
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        deferred = False
-        try:
-            deferred = self._dispatch(msg)
-        finally:
-            if msg.qos > 0 and not deferred:
-                client.ack(msg.mid, msg.qos)
-
-    def _ack_later(self, msg: mqtt.MQTTMessage) -> Callable[[], None]:
-        mid, qos = msg.mid, msg.qos
-
-        def ack() -> None:
-            if qos > 0:
-                self.client.ack(mid, qos)
-
-        return ack
-
-    def _dispatch(self, msg: mqtt.MQTTMessage) -> bool:
-        """Validate and hand over; True when the handler took over the acknowledgement."""
-        self.counters.inc("received")
-        sub = next((s for s in self._subs if mqtt.topic_matches_sub(s.filter, msg.topic)), None)
-        if sub is None:  # cannot happen for services: they subscribe before connecting (Service.start)
-            self.counters.inc("unrouted")
-            logger.warning("message on %s matches no subscription of %s; dropped", msg.topic, self.service)
-            return False
-        payload = msg.payload
-        if len(payload) > self.settings.max_payload_bytes:
-            self.counters.inc("rejected")
-            self.dead_letter(msg.topic, f"oversized: {len(payload)} bytes > mqtt.max_payload_bytes={self.settings.max_payload_bytes}", payload)
-            return False
-        if sub.model_cls is None:
-            obj: Any = payload
-        else:
-            try:
-                obj = sub.model_cls.model_validate_json(payload)
-            except ValidationError as exc:
-                self.counters.inc("rejected")
-                first = exc.errors()[0]
-                loc = ".".join(str(p) for p in first["loc"]) or "payload"
-                self.dead_letter(msg.topic, f"invalid {sub.model_cls.__name__}: {loc}: {first['msg']} ({exc.error_count()} error(s))", payload)
-                return False
-        try:
-            if sub.deferred_ack:
-                sub.handler(msg.topic, obj, self._ack_later(msg))
-            else:
-                sub.handler(msg.topic, obj)
-        except Exception as exc:  # noqa: BLE001 - one bad message must not stop the stream
-            self.counters.inc("handler_errors")
-            logger.exception("handler for %s failed", msg.topic)
-            self.dead_letter(msg.topic, f"handler error: {type(exc).__name__}: {exc}", payload)
-            return False
-        self.counters.inc("handled")
-        return sub.deferred_ack
+        # The network thread only enqueues: validation, handlers and acks run in the inbox worker.
+        self.inbox.put(Delivery(msg.topic, msg.payload, msg.qos, msg.mid))

@@ -1,8 +1,12 @@
 """Service base: one stop event, signal handling, setup → run → teardown (in ``finally``, flushing),
 status publication on MQTT (retained, last will "offline") and a heartbeat file for health checks.
 
-A service subclasses :class:`Service` and implements ``setup``, ``run`` (loop until
-``self.stop_event`` is set, waiting on it instead of sleeping) and ``teardown``.
+A service subclasses :class:`Service`, declares what it subscribes to in ``__init__`` or ``setup``
+(``self.bus.subscribe(filter, Model, handler)``, or a batch handler with
+``self.inbox.set_batch_handler``) and implements ``setup`` and ``teardown``; ``run`` is needed only
+by a service with a loop of its own (the collector reads its meter there). Every message is
+handled by the one inbox worker of the service (:mod:`shared.inbox`), never on paho's thread;
+``tick`` runs in that worker every ``tick_s`` seconds of wall clock (liveness checks).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class Service:
     """Base of the five services."""
 
     name: str = "service"
+    tick_s: float = 1.0
 
     def __init__(self, settings: Settings, *, bus: Bus | None = None) -> None:
         self.settings = settings
@@ -73,6 +78,10 @@ class Service:
             will=ServiceStatus(service=self.name, state="offline", ts=self.started_at),
         )
         self.topics = self.bus.topics
+        self.inbox = self.bus.inbox
+        if type(self).tick is not Service.tick:
+            self.inbox.on_tick = self.tick
+            self.inbox.tick_s = self.tick_s
         self.bus.on_connected = self.publish_status
         self._status_thread: threading.Thread | None = None
 
@@ -86,6 +95,13 @@ class Service:
 
     def teardown(self) -> None:
         """Flush and close what setup opened."""
+
+    def tick(self) -> None:
+        """Wall-clock work in the inbox worker every ``tick_s`` (only if a service overrides it)."""
+
+    def retry(self, fn, what: str):  # noqa: ANN001, ANN201 - see Inbox.retry
+        """Run ``fn`` until the store/disk lets it through (a handler's I/O; see :meth:`Inbox.retry`)."""
+        return self.inbox.retry(fn, what)
 
     # --- status -----------------------------------------------------------------------------
     def status(self, state: str = "online", detail: str = "") -> ServiceStatus:
@@ -164,6 +180,7 @@ class Service:
             self.run()
         finally:
             self.stop_event.set()
+            self.inbox.stop()  # the handler at work finishes; what is queued stays unacknowledged
             try:
                 self.teardown()
             finally:

@@ -18,7 +18,7 @@ import yaml
 from services.detector.engine import DetectionEngine
 from services.detector.service import DetectorService
 from shared.bus import Bus
-from shared.messages import Anomaly, Command, DeadLetter, Reading, Thresholds
+from shared.messages import Anomaly, Command, DeadLetter, Thresholds
 from shared.settings import Settings
 from shared.topics import Topics
 from tests.detector_synth import frame, readings
@@ -269,35 +269,6 @@ def test_thresholds_recalibrate_cli_stores_prints_and_tells_the_running_detector
     watch.close()
 
 
-def test_bus_deferred_ack_redelivers_what_was_not_acknowledged(settings):
-    """The bus extension the detector relies on: no PUBACK until ack() is called."""
-    s, site = unique(settings)
-    got, acks = [], []
-
-    def handler(topic, r, ack):
-        got.append(r.seq)
-        acks.append(ack)
-
-    sub = Bus(s.mqtt, "defer")
-    sub.subscribe(topics.reading(site, "m1"), Reading, handler, deferred_ack=True)
-    assert sub.connect(10)
-    pub = client(s, "pub-defer")
-    rs = readings(frame(minutes=2), site=site)
-    for r in rs:
-        pub.publish(topics.reading(site, "m1"), r).wait_for_publish(5)
-    assert wait_for(lambda: got == [0, 1])
-    acks[0]()  # acknowledge the first only
-    time.sleep(0.3)
-    sub.client.disconnect()  # as if the process died: the session keeps the unacknowledged one
-    sub.client.loop_stop()
-    got.clear()
-    again = Bus(s.mqtt, "defer")
-    again.subscribe(topics.reading(site, "m1"), Reading, lambda t, r, ack: (got.append(r.seq), ack()), deferred_ack=True)
-    assert again.connect(10)
-    assert wait_for(lambda: got == [1])
-    again.close(), pub.close()
-
-
 def test_alerts_stored_but_not_published_before_a_stop_are_published_at_restart(settings, store):
     """kill -9 between storing a batch's alerts and publishing them: the restart publishes them."""
     s, site = unique(settings)
@@ -322,3 +293,33 @@ def test_alerts_stored_but_not_published_before_a_stop_are_published_at_restart(
     finally:
         svc.stop()
         watch.close()
+
+
+def test_a_reading_that_makes_a_rule_raise_is_dead_lettered_and_the_next_is_judged(running, store):
+    """One poison reading (a rule raises on it) never stops the detector: it is dead-lettered with the
+    reason and acknowledged; the readings after it are stored and judged (the burst is raised)."""
+    svc, s, site = running
+    original = svc.engine.process
+
+    def failing_rule(r):
+        if r.seq == 20:
+            raise ZeroDivisionError("injected rule failure")
+        return original(r)
+
+    svc.engine.process = failing_rule
+    dead, sink = Sink(), Sink()
+    watch = client(s, "watch-poison")
+    watch.subscribe(topics.deadletter("detector"), DeadLetter, dead)
+    watch.subscribe(topics.all_meters("anomaly"), Anomaly, sink)
+    pub = client(s, "pub-poison")
+    rs = readings(burst_frame(minutes=45), site=site)
+    for r in rs:
+        pub.publish(topics.reading(site, "m1"), r)
+    assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs) - 1)
+    assert wait_for(lambda: len(dead.items) == 1)
+    assert "ZeroDivisionError: injected rule failure" in dead.items[0].reason
+    assert wait_for(lambda: sink.of("burst"))  # readings after the poison one are judged
+    stored = store.read_readings(site, "m1", T0, T0 + timedelta(days=1))
+    assert len(stored) == len(rs) - 1 and rs[20].ts not in {t.to_pydatetime() for t in stored.index}
+    assert svc.counters.get("handler_errors") == 1 and not svc.stop_event.is_set()
+    watch.close(), pub.close()

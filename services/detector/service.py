@@ -1,26 +1,29 @@
 """The detector service: store every reading, run the rules, store and publish the alerts.
 
-Flow (one worker thread, the service's ``run``):
+Flow (the service's inbox worker, :mod:`shared.inbox`):
 
-    MQTT (QoS 1, persistent session) --bus thread--> queue --run()--> engine --> store --> ack
+    MQTT (QoS 1, persistent session) --network thread--> inbox --worker--> engine --> store --> ack
 
-The bus validates each payload (dead-letters what does not validate) and hands it over with an
-``ack`` callable (deferred acknowledgement); ``run`` drains the queue in batches, runs the rules,
-writes anomalies, night-flow figures and readings (all idempotent) and only then acknowledges the
-batch. So a crash at any point means redelivery, and a redelivered reading overwrites itself in the
-store and is ignored by the engine (not newer than the last one seen). Subscriptions are registered
-before the bus connects, so messages queued for the persistent session are not dropped unmatched.
+The inbox hands over batches of validated messages (readings, forecasts, commands). Each message
+goes through the engine under a guard: one that makes a rule raise (a timestamp the calendar code
+cannot place, a value no rule expected) is dead-lettered with its reason and acknowledged, and the
+rest of the batch goes on. Then anomalies, night-flow figures and readings are written (all
+idempotent) and the batch is acknowledged. A store that fails is retried with backoff, nothing
+acknowledged and nothing dead-lettered meanwhile; a stop during that leaves the batch to be
+redelivered, and a redelivered reading overwrites itself in the store and is ignored by the engine
+(not newer than the last one seen). Subscriptions are registered before the bus connects, so
+messages queued for the persistent session are not dropped unmatched.
 
 At start the rolling windows are back-filled from the store (``backfill_hours`` of readings, the
 night-flow table, open alerts, the latest thresholds and forecasts), so a restart changes no
-decision. The silent-meter check is the only wall-clock rule; it runs every ``silent_check_s``.
+decision. The silent-meter check is the only wall-clock rule; it runs every ``silent_check_s`` in
+the inbox worker (``tick``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import queue
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +33,7 @@ import numpy as np
 from services.detector.engine import DetectionEngine
 from shared.bus import Bus
 from shared.eventtime import floor
+from shared.inbox import Delivery
 from shared.messages import SIGNALS, Anomaly, Command, Forecast, Reading, Thresholds
 from shared.service import Service
 from shared.settings import Settings
@@ -81,23 +85,15 @@ class DetectorService(Service):
         self.store = store
         self._own_store = store is None
         self.engine = DetectionEngine.from_settings(settings)
-        self.queue: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
         self.last_seen: dict[tuple[str, str], float] = {}
         self._logged_open: set[tuple] = set()  # alerts whose opening was logged (one line each)
-        self.failed = False
+        self.tick_s = self.cfg.silent_check_s
+        self.inbox.tick_s = self.tick_s
         # Subscribe before connecting: a persistent session's queued messages arrive right after CONNACK.
         t = self.topics
-        self.bus.subscribe(t.all_meters("reading"), Reading, self._enqueue("reading"), deferred_ack=True)
-        self.bus.subscribe(t.all_meters("forecast"), Forecast, self._enqueue("forecast"), deferred_ack=True)
-        self.bus.subscribe(t.all_meters("command"), Command, self._enqueue("command"), deferred_ack=True)
-
-    def _enqueue(self, kind: str):
-        q = self.queue
-
-        def handler(topic: str, obj: Any, ack: Any) -> None:
-            q.put((kind, obj, ack))
-
-        return handler
+        for kind, model in (("reading", Reading), ("forecast", Forecast), ("command", Command)):
+            self.bus.subscribe(t.all_meters(kind), model, None)
+        self.inbox.set_batch_handler(self._handle, self.cfg.batch_max)
 
     # --- start: back-fill ---------------------------------------------------------------------
     def setup(self) -> None:
@@ -148,73 +144,35 @@ class DetectorService(Service):
                     self.bus.publish(self.topics.thresholds(site, meter, th.signal), th, retain=True)
         return n
 
-    # --- the loop -----------------------------------------------------------------------------
-    def run(self) -> None:
-        q, batch_max = self.queue, self.cfg.batch_max
-        next_silent = time.monotonic() + self.cfg.silent_check_s
-        while not self.stop_event.is_set():
-            try:
-                first = q.get(timeout=max(0.0, min(next_silent - time.monotonic(), 0.5)))
-            except queue.Empty:
-                first = None
-            if first is not None:
-                batch = [first]
-                while len(batch) < batch_max:
-                    try:
-                        batch.append(q.get_nowait())
-                    except queue.Empty:
-                        break
-                if not self._handle(batch):
-                    return
-            if time.monotonic() >= next_silent:
-                self._check_silent()
-                next_silent = time.monotonic() + self.cfg.silent_check_s
-        # stopping: handle what already arrived (SIGTERM flushes); later messages stay unacknowledged
-        batch = []
-        while True:
-            try:
-                batch.append(q.get_nowait())
-            except queue.Empty:
-                break
-        if batch:
-            self._handle(batch)
+    # --- the inbox worker --------------------------------------------------------------------
+    def tick(self) -> None:
+        self._check_silent()
 
-    def _handle(self, batch: list[tuple[str, Any, Any]]) -> bool:
-        """Detect, write, then acknowledge. False when the store failed (the service stops, nothing acked)."""
+    def _handle(self, batch: list[Delivery]) -> None:
+        """Detect (each message guarded), write (retried), publish; the inbox then acknowledges."""
         eng, now = self.engine, time.time()
         readings: list[Reading] = []
         anomalies: list[Anomaly] = []
         commands: list[Command] = []
         late0 = eng.late_readings
-        for kind, obj, _ack in batch:
-            if kind == "reading":
-                readings.append(obj)
-                anomalies += eng.process(obj)
-                self.last_seen[(obj.site, obj.meter)] = now
-            elif kind == "forecast":
-                eng.on_forecast(obj)
-            elif kind == "command":
+        for d in batch:
+            obj = d.obj
+            if not self.topics.matches_meter(d.topic, obj):
+                self.counters.inc("rejected")
+                self.inbox.reject(d, f"payload site/meter {obj.site}/{obj.meter} does not match topic {d.topic}")
+            elif isinstance(obj, Reading):
+                if self.inbox.guard(d, lambda r=obj: anomalies.extend(eng.process(r))):
+                    readings.append(obj)
+                    self.last_seen[(obj.site, obj.meter)] = now
+            elif isinstance(obj, Forecast):
+                self.inbox.guard(d, lambda f=obj: eng.on_forecast(f))
+            else:
                 commands.append(obj)
         nights = eng.take_night_flows()
-        try:
-            if anomalies:
-                self.store.write_anomalies(anomalies)
-            if nights:
-                self.store.write_night_flow(nights)
-            if readings:
-                self.store.write_readings(readings)
-        except StoreError as exc:
-            self.counters.inc("store_errors")
-            logger.error("store write failed, stopping without acknowledging %d message(s) (they will be redelivered): %s",
-                         len(batch), exc)
-            self.failed = True
-            self.stop_event.set()
-            return False
+        self.retry(lambda: self._write(anomalies, nights, readings), "detector store write")
         for a in anomalies:
             self.bus.publish(self.topics.anomaly(a.site, a.meter), a)
             self._log_anomaly(a)
-        for _kind, _obj, ack in batch:
-            ack()
         c = self.counters
         if readings:
             c.inc("readings_stored", len(readings))
@@ -234,7 +192,14 @@ class DetectorService(Service):
                 at = last + timedelta(seconds=1) if last else datetime.now(UTC).replace(microsecond=0)
                 logger.info("recalibration of %s/%s requested (%s)", cmd.site, cmd.meter, cmd.requested_at.isoformat())
                 self._safe_recalibrate(cmd.site, cmd.meter, at)
-        return True
+
+    def _write(self, anomalies: list[Anomaly], nights: list, readings: list[Reading]) -> None:
+        if anomalies:
+            self.store.write_anomalies(anomalies)
+        if nights:
+            self.store.write_night_flow(nights)
+        if readings:
+            self.store.write_readings(readings)
 
     def _log_anomaly(self, a: Anomaly) -> None:
         """One log line when an alert opens (warning) and when it closes (info); updates go to debug."""

@@ -18,7 +18,6 @@ they are rewritten only if their bytes differ, so a restart changes nothing.
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -37,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 FILES = ("alert", "server")
 FORECAST_LOOKAHEAD = timedelta(days=8)  # forecasts reach at most 7 days ahead
-READY_WAIT_S = 0.5
 
 
 class ExporterService(Service):
@@ -53,11 +51,10 @@ class ExporterService(Service):
         self.archiver: Archiver | None = None
         self.meters: dict[tuple[str, str], MeterState] = {}
         self.clock = BoundaryClock(self.tz)
-        self._lock = threading.RLock()
-        self._backfilled = threading.Event()
         self._written: dict[Path, bytes] = {}
         # Subscribe before the bus connects: a persistent session's queued messages are delivered
-        # right after CONNACK and must find their handler. Handlers wait for the back-fill.
+        # right after CONNACK and must find their handler. The inbox worker that runs the handlers
+        # starts with the connection, after ``setup`` back-filled the state.
         t = self.topics
         self.bus.subscribe(t.all_meters("reading"), Reading, self._on_reading)
         self.bus.subscribe(t.all_meters("anomaly"), Anomaly, self._on_anomaly)
@@ -86,11 +83,7 @@ class ExporterService(Service):
                 self.store, self.settings.path(self.cfg.archive_dir), self.tz, self.cfg.archive_days,
                 timedelta(minutes=self.cfg.archive_lag_minutes), self.counters,
             )
-        try:
-            with self._lock:
-                self._backfill()
-        finally:
-            self._backfilled.set()
+        self._backfill()
 
     def teardown(self) -> None:
         if self.store is not None and self._owns_store:
@@ -129,15 +122,9 @@ class ExporterService(Service):
             if self.archiver is not None:
                 self.archiver.on_event_time(latest)
 
-    # --- handlers (paho network thread) -----------------------------------------------------
-    def _wait_backfilled(self) -> None:
-        while not self._backfilled.wait(READY_WAIT_S):
-            if self.stop_event.is_set():
-                raise RuntimeError("exporter stopped before its back-fill finished")
-
+    # --- handlers (the inbox worker) ---------------------------------------------------------
     def _check_topic(self, topic: str, msg: MeterMessage) -> None:
-        parsed = self.topics.parse_meter(topic)
-        if parsed is None or parsed[:2] != (msg.site, msg.meter):
+        if not self.topics.matches_meter(topic, msg):
             raise ValueError(f"payload site/meter {msg.site}/{msg.meter} does not match topic {topic}")
 
     def _state(self, site: str, meter: str) -> MeterState:
@@ -148,36 +135,30 @@ class ExporterService(Service):
         return ms
 
     def _on_reading(self, topic: str, r: Reading) -> None:
-        self._wait_backfilled()
         self._check_topic(topic, r)
-        with self._lock:
-            ms = self._state(r.site, r.meter)
-            crossed = self.clock.advance(r.ts, ("10min",), key=(r.site, r.meter))
-            ms.add_reading(r)
-            self.counters.inc("readings")
-            if "10min" in crossed:
-                self._emit_server(ms, crossed["10min"] - WINDOW)
-            self._emit_alert(ms)
-            if self.archiver is not None:
-                self.archiver.on_event_time(r.ts)
-            if self.last_event is None or r.ts > self.last_event:
-                self.last_event = r.ts
+        ms = self._state(r.site, r.meter)
+        crossed = self.clock.advance(r.ts, ("10min",), key=(r.site, r.meter))
+        ms.add_reading(r)
+        self.counters.inc("readings")
+        if "10min" in crossed:
+            self._emit_server(ms, crossed["10min"] - WINDOW)
+        self._emit_alert(ms)
+        if self.archiver is not None:
+            self.archiver.on_event_time(r.ts)
+        if self.last_event is None or r.ts > self.last_event:
+            self.last_event = r.ts
 
     def _on_anomaly(self, topic: str, a: Anomaly) -> None:
-        self._wait_backfilled()
         self._check_topic(topic, a)
-        with self._lock:
-            ms = self._state(a.site, a.meter)
-            ms.add_anomaly(a)
-            self.counters.inc("anomalies")
-            self._emit_alert(ms)
+        ms = self._state(a.site, a.meter)
+        ms.add_anomaly(a)
+        self.counters.inc("anomalies")
+        self._emit_alert(ms)
 
     def _on_forecast(self, topic: str, f: Forecast) -> None:
-        self._wait_backfilled()
         self._check_topic(topic, f)
-        with self._lock:
-            self._state(f.site, f.meter).add_forecast(f)
-            self.counters.inc("forecasts")
+        self._state(f.site, f.meter).add_forecast(f)
+        self.counters.inc("forecasts")
 
     # --- output -----------------------------------------------------------------------------
     def _emit_alert(self, ms: MeterState, *, force_publish: bool = False) -> None:
@@ -198,7 +179,9 @@ class ExporterService(Service):
                 self._written[path] = old
         changed = self._written.get(path) != data
         if changed:
-            atomic_write(path, data)
+            # A disk error is retried here (the state change above is not redone); a stop meanwhile
+            # leaves the message unacknowledged, and the restart back-fills and rewrites the file.
+            self.retry(lambda: atomic_write(path, data), f"writing {path}")
             self._written[path] = data
             self.counters.inc(f"{file}_written")
         if self.cfg.mirror and (changed or force_publish):

@@ -1,30 +1,25 @@
 """The forecaster service: on each hour boundary in event time, forecast the next hour of both signals.
 
-- Input window in memory (:mod:`services.forecaster.window`), fed by the reading stream and
-  back-filled from the store at start; the hour boundary is crossed by reading timestamps
-  (:mod:`shared.eventtime`), never by a timer.
-- Per signal the promoted model version (LiteRT, no TensorFlow) or, before any model exists, the
-  seasonal-naive baseline, labelled ``seasonal-naive`` in the forecast's ``model`` field. A window the
-  model cannot run on (a gap longer than ``forecaster.max_gap_minutes``) falls back to seasonal
-  naive for that forecast, counted as ``forecast_fallbacks``.
-- Hot reload: a retained ``ModelInfo`` with ``promoted=True`` swaps that signal's predictor; at start
+The decisions are :class:`services.forecaster.engine.ForecastEngine`'s (window, hour boundary,
+model or seasonal naive, fallback); this service feeds it and does the I/O:
+
+- readings arrive through the inbox (:mod:`shared.inbox`, off paho's thread); the window is
+  back-filled from the store at start, and the hour boundary is crossed by reading timestamps
+  (:mod:`shared.eventtime`), never by a timer;
+- each forecast is stored and published; a store that fails is retried with backoff (the hour is
+  crossed once, its forecast is written when the store lets it), nothing is dead-lettered;
+- hot reload: a retained ``ModelInfo`` with ``promoted=True`` swaps that signal's predictor; at start
   the versions named by ``models/<signal>/current`` are loaded.
-- Horizons longer than the model's output are rolled forward (see ``LiteRTModel.forecast``).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from datetime import datetime, timedelta
 
-import numpy as np
-
-from services.forecaster.predictor import ModelPredictor, Predictor, SeasonalNaivePredictor, Window
-from services.forecaster.window import ReadingWindow
-from shared import features, models
-from shared.eventtime import BoundaryClock
+from services.forecaster.engine import ForecastEngine
+from shared import models
 from shared.messages import SIGNALS, Forecast, ModelInfo, Reading
 from shared.service import Service
 from shared.store import Store, StoreError, open_store
@@ -37,18 +32,15 @@ class ForecasterService(Service):
 
     def __init__(self, settings, *, bus=None, store: Store | None = None) -> None:
         super().__init__(settings, bus=bus)
-        f = settings.forecaster
         self.store = store
         self._own_store = store is None
         self.models_dir = settings.path(settings.trainer.models_dir)
-        self.steps = f.horizon_minutes // f.step_minutes
-        self.window = ReadingWindow(f.step_minutes, features.history_steps(f.step_minutes, settings.trainer.window_steps),
-                                    f.max_gap_minutes // f.step_minutes, settings.limits)
-        self.clock = BoundaryClock(settings.tz)
-        self.naive = SeasonalNaivePredictor()
-        self.predictors: dict[str, Predictor] = {s: self.naive for s in SIGNALS}
-        self._lock = threading.Lock()
-        self.last_job_ms: dict[str, float] = {}
+        self.engine = ForecastEngine(settings, settings.site, settings.meter)
+        self.last_job_ms: dict[str, float] = {}  # per signal: window, inference, store, publish
+
+    @property
+    def predictors(self):
+        return self.engine.predictors
 
     # --- lifecycle --------------------------------------------------------------------------
     def setup(self) -> None:
@@ -73,27 +65,23 @@ class ForecasterService(Service):
             last = self.store.last_reading_time(st.site, st.meter)
             if last is None:
                 return
-            span = timedelta(minutes=self.window.history_steps * st.forecaster.step_minutes)
-            n = self.window.backfill(self.store.read_readings(st.site, st.meter, last - span, last + timedelta(seconds=1)))
+            span = timedelta(minutes=self.engine.window.history_steps * st.forecaster.step_minutes)
+            n = self.engine.window.backfill(self.store.read_readings(st.site, st.meter, last - span, last + timedelta(seconds=1)))
         except StoreError as exc:
             logger.warning("back-fill from the store failed (%s); the window fills from the stream", exc)
             return
-        with self._lock:
-            self.clock.seed(last)
+        self.engine.seed(last)
         self.last_event = last
         logger.info("back-filled %d readings up to %s", n, last.isoformat())
 
     # --- models -----------------------------------------------------------------------------
     def load(self, signal: str, version: str) -> bool:
-        path = models.version_dir(self.models_dir, signal, version)
         try:
-            p = ModelPredictor(path, self.settings.forecaster.step_minutes, self.settings.forecaster.threads)
+            self.engine.load(signal, models.version_dir(self.models_dir, signal, version))
         except models.ModelError as exc:
             self.counters.inc("model_load_errors")
             logger.error("cannot load %s model %s (%s); keeping %s", signal, version, exc, self.predictors[signal].name)
             return False
-        with self._lock:
-            self.predictors[signal] = p
         self.counters.inc("model_loads")
         logger.info("serving %s model %s", signal, version)
         return True
@@ -105,49 +93,28 @@ class ForecasterService(Service):
             return
         self.load(info.signal, info.version)
 
-    # --- the stream -------------------------------------------------------------------------
+    # --- the stream (inbox worker) ----------------------------------------------------------
     def on_reading(self, topic: str, r: Reading) -> None:
         if r.site != self.settings.site or r.meter != self.settings.meter:
             return
-        with self._lock:
-            self.window.add_reading(r)
-            crossed = self.clock.advance(r.ts, ("hour",))
+        fallbacks, skipped = self.engine.fallbacks, self.engine.skipped
+        out = self.engine.add_reading(r)
         self.last_event = max(self.last_event or r.ts, r.ts)
-        if "hour" in crossed:
-            self.forecast(crossed["hour"])
+        self.counters.inc("forecast_fallbacks", self.engine.fallbacks - fallbacks)
+        self.counters.inc("forecasts_skipped", self.engine.skipped - skipped)
+        for f in out:
+            self.emit(f)
 
     def forecast(self, issued_at: datetime) -> list[Forecast]:
         """Forecast, store and publish both signals for the bins after ``issued_at``."""
-        out = []
-        for s in SIGNALS:
-            t0 = time.perf_counter()
-            f = self.forecast_signal(s, issued_at)
-            if f is None:
-                continue
-            self.store.write_forecast(f)
-            self.bus.publish(self.topics.forecast(f.site, f.meter), f, qos=1)
-            self.last_job_ms[s] = (time.perf_counter() - t0) * 1000
-            self.counters.inc("forecasts")
-            out.append(f)
+        out = self.engine.forecast(issued_at)
+        for f in out:
+            self.emit(f)
         return out
 
-    def forecast_signal(self, signal: str, issued_at: datetime) -> Forecast | None:
-        step = self.settings.forecaster.step_minutes
-        end = int(issued_at.timestamp())
-        with self._lock:
-            w = Window(self.window.window(signal, end), end, step)
-            predictor = self.predictors[signal]
-        try:
-            values = predictor.predict(w, self.steps)
-        except models.InsufficientData as exc:
-            self.counters.inc("forecast_fallbacks")
-            logger.info("%s at %s: %s; serving seasonal naive", signal, issued_at.isoformat(), exc)
-            predictor = self.naive
-            values = predictor.predict(w, self.steps)
-        if not np.isfinite(values).all():
-            self.counters.inc("forecasts_skipped")
-            logger.warning("%s at %s: no data to forecast from yet; skipped", signal, issued_at.isoformat())
-            return None
-        st = self.settings
-        return Forecast(site=st.site, meter=st.meter, signal=signal, issued_at=issued_at, step_minutes=step,
-                        values=tuple(float(v) for v in values), model=predictor.name)
+    def emit(self, f: Forecast) -> None:
+        t0 = time.perf_counter()
+        self.retry(lambda: self.store.write_forecast(f), f"storing the {f.signal} forecast of {f.issued_at.isoformat()}")
+        self.bus.publish(self.topics.forecast(f.site, f.meter), f, qos=1)
+        self.counters.inc("forecasts")
+        self.last_job_ms[f.signal] = self.engine.job_ms.get(f.signal, 0.0) + (time.perf_counter() - t0) * 1000
