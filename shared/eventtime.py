@@ -98,6 +98,55 @@ def parse_period(text: str) -> str:
     return text
 
 
+def implausible(ts: datetime, *, last: datetime | None, now: datetime, limits) -> str | None:
+    """Why a reading dated ``ts`` cannot be placed in time, or None when it can.
+
+    ``last`` is the meter's previous accepted reading (its own event clock), ``now`` this machine's
+    clock, ``limits`` the ``limits`` settings (``earliest``, ``max_ahead_s``, ``max_jump_s``). A reading
+    is implausible before ``limits.earliest``, or when it is more than ``max_ahead_s`` ahead of the
+    clock *and* more than ``max_jump_s`` ahead of the meter's previous reading (a replay or a
+    simulation at ``--speed`` runs ahead of the clock a reading at a time, legitimately).
+    """
+    if ts < limits.earliest:
+        return f"timestamp {ts.isoformat()} is before limits.earliest ({limits.earliest.isoformat()})"
+    ahead = (ts - now).total_seconds()
+    if ahead <= limits.max_ahead_s:
+        return None
+    if last is not None and (ts - last).total_seconds() <= limits.max_jump_s:
+        return None
+    since = f" and {_human((ts - last).total_seconds())} after the meter's previous reading" if last is not None else ""
+    return (f"timestamp {ts.isoformat()} is {_human(ahead)} ahead of this machine's clock{since} "
+            f"(limits.max_ahead_s={limits.max_ahead_s:g}, limits.max_jump_s={limits.max_jump_s:g}); check the meter's clock")
+
+
+def _human(seconds: float) -> str:
+    for unit, n in (("days", 86400), ("h", 3600), ("min", 60)):
+        if abs(seconds) >= n:
+            return f"{seconds / n:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+class TimeGuard:
+    """Judges each reading's timestamp before it moves any clock (per meter; see :func:`implausible`)."""
+
+    def __init__(self, limits) -> None:
+        self.limits = limits
+        self._last: dict[object, datetime] = {}
+
+    def seed(self, key: object, ts: datetime) -> None:
+        """The meter's clock at start (its newest stored reading)."""
+        if key not in self._last or ts > self._last[key]:
+            self._last[key] = ts
+
+    def check(self, key: object, ts: datetime, now: datetime | None = None) -> str | None:
+        """None (and the meter's clock moves on) when ``ts`` is plausible, else the reason."""
+        last = self._last.get(key)
+        reason = implausible(ts, last=last, now=now or datetime.now(UTC), limits=self.limits)
+        if reason is None and (last is None or ts > last):
+            self._last[key] = ts
+        return reason
+
+
 def utcnow() -> datetime:
     """Wall-clock now. Only for liveness (meter silent) and status, never for cadences."""
     return datetime.now(UTC)

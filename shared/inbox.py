@@ -284,6 +284,10 @@ class Inbox:
             fn()
         except (Stopping, *INFRA_ERRORS):
             raise
+        except MessageFault as exc:  # the handler's own verdict on the content
+            self.counters.inc("rejected")
+            self.reject(d, str(exc))
+            return False
         except Exception as exc:  # noqa: BLE001 - one bad message must not stop the stream
             self.counters.inc("handler_errors")
             logger.debug("handler for %s failed", d.topic, exc_info=True)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from shared.eventtime import implausible
 from shared.settings import RangeLimits
 
 REQUIRED = ("timestamp", "flow_rate", "pressure")
@@ -69,6 +71,24 @@ def _timestamps(text: pd.Series, naive_tz: str) -> pd.Series:
     return ts
 
 
+def _implausible_times(ts: pd.Series, limits: RangeLimits) -> list[tuple[int, str]]:
+    """Rows whose time cannot be placed (:func:`shared.eventtime.implausible`); in a file the meter's
+    previous reading is the row before (the row after, for the first row), so a simulated file that
+    runs ahead of the clock passes and a lone far-future row does not."""
+    now = datetime.now(UTC)
+    sec = ts.dt.as_unit("us").astype("int64").to_numpy() / 1e6  # no overflow up to year 9999
+    sec[ts.isna().to_numpy()] = np.nan
+    out = [(int(i), f"timestamp {ts.iloc[i].isoformat()} is before limits.earliest ({limits.earliest.isoformat()})")
+           for i in np.flatnonzero(sec < limits.earliest.timestamp())]  # year 0 has no Python datetime
+    for i in np.flatnonzero(sec > now.timestamp() + limits.max_ahead_s):
+        j = i - 1 if i > 0 else i + 1
+        last = ts.iloc[j].to_pydatetime() if 0 <= j < len(ts) and not pd.isna(ts.iloc[j]) else None
+        reason = implausible(ts.iloc[i].to_pydatetime(), last=last, now=now, limits=limits)
+        if reason is not None:
+            out.append((int(i), reason))
+    return sorted(out)
+
+
 def parse_chunk(raw: pd.DataFrame, first_line: int, limits: RangeLimits, naive_tz: str = "UTC", source: str = "import") -> ParsedChunk:
     """Validate one chunk of string columns. ``first_line`` is the file line of the chunk's first row."""
     n = len(raw)
@@ -78,6 +98,9 @@ def parse_chunk(raw: pd.DataFrame, first_line: int, limits: RangeLimits, naive_t
     bad = ts.isna().to_numpy().copy()
     for i in np.flatnonzero(bad):
         rejects.append(Reject(int(lines[i]), f"timestamp {str(raw['timestamp'].iloc[i]).strip()!r} is not ISO 8601", ",".join(map(str, raw.iloc[i].tolist()))))
+    for i, reason in _implausible_times(ts, limits):
+        bad[i] = True
+        rejects.append(Reject(int(lines[i]), reason, ",".join(map(str, raw.iloc[i].tolist()))))
     flow = _numbers(raw["flow_rate"], "flow_rate", lines, rejects, raw, bad)
     pres = _numbers(raw["pressure"], "pressure", lines, rejects, raw, bad)
 

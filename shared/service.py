@@ -22,7 +22,9 @@ from pathlib import Path
 
 from shared.bus import Bus
 from shared.counters import Counters
-from shared.messages import ServiceStatus
+from shared.eventtime import TimeGuard
+from shared.inbox import MessageFault
+from shared.messages import MeterMessage, ServiceStatus
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,7 @@ class Service:
         )
         self.topics = self.bus.topics
         self.inbox = self.bus.inbox
+        self.time_guard = TimeGuard(settings.limits)
         if type(self).tick is not Service.tick:
             self.inbox.on_tick = self.tick
             self.inbox.tick_s = self.tick_s
@@ -98,6 +101,15 @@ class Service:
 
     def tick(self) -> None:
         """Wall-clock work in the inbox worker every ``tick_s`` (only if a service overrides it)."""
+
+    def judge_time(self, r: MeterMessage, ts: datetime | None = None) -> None:
+        """Raise :class:`MessageFault` (the inbox dead-letters it) when a reading's time is implausible.
+
+        Called before a reading moves any clock; the meter's clock moves on only when it passes."""
+        reason = self.time_guard.check((r.site, r.meter), ts or r.ts)
+        if reason is not None:
+            self.counters.inc("implausible_time")
+            raise MessageFault(reason)
 
     def retry(self, fn, what: str):  # noqa: ANN001, ANN201 - see Inbox.retry
         """Run ``fn`` until the store/disk lets it through (a handler's I/O; see :meth:`Inbox.retry`)."""

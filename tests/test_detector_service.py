@@ -323,3 +323,27 @@ def test_a_reading_that_makes_a_rule_raise_is_dead_lettered_and_the_next_is_judg
     assert len(stored) == len(rs) - 1 and rs[20].ts not in {t.to_pydatetime() for t in stored.index}
     assert svc.counters.get("handler_errors") == 1 and not svc.stop_event.is_set()
     watch.close(), pub.close()
+
+
+def test_readings_from_absurd_times_are_dead_lettered_and_move_no_clock(running, store):
+    """A reading dated 9999-12-31 or 2099 in the middle of a live stream is dead-lettered with its reason,
+    never stored, and the readings after it are stored and judged (not 'late'); no gap alert opens."""
+    svc, s, site = running
+    dead, sink = Sink(), Sink()
+    watch = client(s, "watch-time")
+    watch.subscribe(topics.deadletter("detector"), DeadLetter, dead)
+    watch.subscribe(topics.all_meters("anomaly"), Anomaly, sink)
+    pub = client(s, "pub-time")
+    rs = readings(burst_frame(minutes=45), site=site)
+    absurd = [rs[10].model_copy(update={"ts": datetime(9999, 12, 31, 23, 59, tzinfo=UTC), "seq": 9000}),
+              rs[10].model_copy(update={"ts": datetime(2099, 1, 1, tzinfo=UTC), "seq": 9001}),
+              rs[10].model_copy(update={"ts": datetime(1970, 1, 1, tzinfo=UTC), "seq": 9002})]
+    for r in rs[:10] + absurd + rs[10:]:
+        pub.publish(topics.reading(site, "m1"), r)
+    assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs) and len(dead.items) == 3)
+    assert all("timestamp" in d.reason for d in dead.items), [d.reason for d in dead.items]
+    assert svc.counters.get("late_readings") == 0 and svc.counters.get("implausible_time") == 3
+    assert wait_for(lambda: sink.of("burst"))  # judged after the absurd ones
+    assert sink.of("gap") == []
+    assert store.last_reading_time(site, "m1") == rs[-1].ts
+    watch.close(), pub.close()

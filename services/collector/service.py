@@ -225,6 +225,12 @@ class CollectorService(Service):
     def _reading(self, ts: datetime, sample: Sample) -> Reading | None:
         """A validated Reading with the next sequence number, or None (counted and dead-lettered)."""
         self.counters.inc("frames_read")
+        reason = self.time_guard.check((self.settings.site, self.settings.meter), ts)
+        if reason is not None:
+            self.counters.inc("rejected")
+            self.counters.inc("implausible_time")
+            self.bus.dead_letter(self.topic, f"bad reading from {self.source.name}: {reason}", sample.raw)
+            return None
         flags = (*sample.flags, *range_flags(sample.flow_rate, sample.pressure, self.settings.limits))
         try:
             reading = Reading(

@@ -128,6 +128,7 @@ class DetectorService(Service):
         if latest:
             self.counters.inc("anomalies_republished", len(latest))
         fcs = latest_forecasts(site, meter, st.read_forecast_points(site, meter, last - timedelta(hours=6), last + timedelta(days=8)))
+        self.time_guard.seed((site, meter), last)
         n = self.engine.backfill(site, meter, recent, open_anomalies=anoms, nights=nights, thresholds=ths, forecasts=fcs)
         self.last_seen[(site, meter)] = time.time()
         # A recalibration that was due but did not happen (first start after an import, a crash at a boundary).
@@ -161,7 +162,7 @@ class DetectorService(Service):
                 self.counters.inc("rejected")
                 self.inbox.reject(d, f"payload site/meter {obj.site}/{obj.meter} does not match topic {d.topic}")
             elif isinstance(obj, Reading):
-                if self.inbox.guard(d, lambda r=obj: anomalies.extend(eng.process(r))):
+                if self.inbox.guard(d, lambda r=obj: (self.judge_time(r), anomalies.extend(eng.process(r)))):
                     readings.append(obj)
                     self.last_seen[(obj.site, obj.meter)] = now
             elif isinstance(obj, Forecast):

@@ -110,6 +110,7 @@ class ExporterService(Service):
                 if v is not None:
                     ms.add_prediction(signal, target, issued, v)
             self.clock.seed(last, key=(site, meter))
+            self.time_guard.seed((site, meter), last)
             logger.info(
                 "back-filled %s/%s up to %s: %d reading(s), %d anomaly(ies), %d forecast point(s)",
                 site, meter, last.isoformat(), len(ms.readings), len(ms.anomalies), len(ms.predictions),
@@ -136,6 +137,7 @@ class ExporterService(Service):
 
     def _on_reading(self, topic: str, r: Reading) -> None:
         self._check_topic(topic, r)
+        self.judge_time(r)
         ms = self._state(r.site, r.meter)
         crossed = self.clock.advance(r.ts, ("10min",), key=(r.site, r.meter))
         ms.add_reading(r)

@@ -71,6 +71,7 @@ class ForecasterService(Service):
             logger.warning("back-fill from the store failed (%s); the window fills from the stream", exc)
             return
         self.engine.seed(last)
+        self.time_guard.seed((st.site, st.meter), last)
         self.last_event = last
         logger.info("back-filled %d readings up to %s", n, last.isoformat())
 
@@ -97,6 +98,7 @@ class ForecasterService(Service):
     def on_reading(self, topic: str, r: Reading) -> None:
         if r.site != self.settings.site or r.meter != self.settings.meter:
             return
+        self.judge_time(r)
         fallbacks, skipped = self.engine.fallbacks, self.engine.skipped
         out = self.engine.add_reading(r)
         self.last_event = max(self.last_event or r.ts, r.ts)

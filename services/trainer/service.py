@@ -54,6 +54,7 @@ class TrainerService(Service):
         last = self.store.last_reading_time(s.site, s.meter)
         if last is not None:
             self.clock.seed(last)
+            self.time_guard.seed((s.site, s.meter), last)
             self.last_event = last
             self._maybe_first(last)
         self.bus.subscribe(self.topics.reading(s.site, s.meter), Reading, self.on_reading)
@@ -103,6 +104,7 @@ class TrainerService(Service):
     def on_reading(self, topic: str, r: Reading) -> None:
         if r.site != self.settings.site or r.meter != self.settings.meter:
             return
+        self.judge_time(r)
         crossed = self.clock.advance(r.ts, ("day", "week", self.settings.trainer.period))
         self.last_event = max(self.last_event or r.ts, r.ts)
         if not crossed:
