@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import models
+from shared import modelstore
 from shared.messages import SIGNALS, Command, Reading
 from shared.settings import Settings
 from shared.store.sqlite import SqliteStore
@@ -76,7 +76,7 @@ def test_training_exports_checks_parity_and_promotes(trained):
         assert m["promoted"] and m["metrics"]["parity_max_abs"] <= s.trainer.parity_tolerance
         assert m["metrics"]["wape_model"] < m["metrics"]["wape_seasonal_naive"]
         assert {"wape_persistence", "mae_model", "mae_seasonal_naive"} <= set(m["metrics"])
-        assert models.current_version(mdir, sig) == r.version
+        assert modelstore.current_version(mdir, sig) == r.version
         meta = json.loads((vdir / "scaler.json").read_text())
         assert meta["scaler"]["std"] > 0 and meta["window_steps"] == 18
 
@@ -96,7 +96,7 @@ def test_worse_model_is_not_promoted(trained):
     assert not r.promoted
     assert "does not beat" in r.reason
     assert r.metrics["wape_model"] > r.metrics["wape_current"]
-    assert models.current_version(mdir, "flow_rate") == results["flow_rate"].version  # unchanged
+    assert modelstore.current_version(mdir, "flow_rate") == results["flow_rate"].version  # unchanged
     kept = json.loads((Path(r.path) / "metrics.json").read_text())
     assert kept["promoted"] is False and kept["reason"] == r.reason
 
@@ -159,7 +159,7 @@ def test_trainer_on_command_promotes_and_forecaster_hot_reloads(tmp_path, broker
         pub.publish(pub.topics.command(s.site, s.meter), cmd, qos=1).wait_for_publish(5)
         wait_for(lambda: all(fc.predictors[x].name != "seasonal-naive" for x in SIGNALS), 150, "hot reload of both models")
         mdir = s.path(s.trainer.models_dir)
-        versions = {x: models.current_version(mdir, x) for x in SIGNALS}
+        versions = {x: modelstore.current_version(mdir, x) for x in SIGNALS}
         assert {x: fc.predictors[x].name for x in SIGNALS} == versions
 
         h2 = h1 + timedelta(hours=1)

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from shared import features
-from shared.models import InsufficientData, LiteRTModel, ModelError
+from shared.modelstore import InsufficientData, LiteRTModel, ModelError
 
 SEASONAL_NAIVE = "seasonal-naive"
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from services.forecaster.predictor import ModelPredictor, Predictor, SeasonalNaivePredictor, Window
 from services.forecaster.window import ReadingWindow
-from shared import features, models
+from shared import features, modelstore
 from shared.eventtime import BoundaryClock
 from shared.messages import SIGNALS, Forecast, ModelInfo, Reading
 from shared.service import Service
@@ -55,7 +55,7 @@ class ForecasterService(Service):
         if self.store is None:
             self.store = open_store(self.settings)
         for s in SIGNALS:
-            v = models.current_version(self.models_dir, s)
+            v = modelstore.current_version(self.models_dir, s)
             if v is not None:
                 self.load(s, v)
         self.backfill()
@@ -85,10 +85,10 @@ class ForecasterService(Service):
 
     # --- models -----------------------------------------------------------------------------
     def load(self, signal: str, version: str) -> bool:
-        path = models.version_dir(self.models_dir, signal, version)
+        path = modelstore.version_dir(self.models_dir, signal, version)
         try:
             p = ModelPredictor(path, self.settings.forecaster.step_minutes, self.settings.forecaster.threads)
-        except models.ModelError as exc:
+        except modelstore.ModelError as exc:
             self.counters.inc("model_load_errors")
             logger.error("cannot load %s model %s (%s); keeping %s", signal, version, exc, self.predictors[signal].name)
             return False
@@ -139,7 +139,7 @@ class ForecasterService(Service):
             predictor = self.predictors[signal]
         try:
             values = predictor.predict(w, self.steps)
-        except models.InsufficientData as exc:
+        except modelstore.InsufficientData as exc:
             self.counters.inc("forecast_fallbacks")
             logger.info("%s at %s: %s; serving seasonal naive", signal, issued_at.isoformat(), exc)
             predictor = self.naive

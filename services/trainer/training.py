@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from shared import features, models
+from shared import features, modelstore
 from shared.features import Scaler
 from shared.messages import SIGNALS
 from shared.settings import Settings
@@ -115,7 +115,7 @@ def load_series(store: Store, settings: Settings, end: datetime | None = None) -
 def new_version(mdir: Path, signal: str, now: datetime) -> str:
     base = now.strftime("%Y%m%dT%H%M%SZ")
     v, k = base, 1
-    while models.version_dir(mdir, signal, v).exists():
+    while modelstore.version_dir(mdir, signal, v).exists():
         k += 1
         v = f"{base}-{k}"
     return v
@@ -176,12 +176,12 @@ def _baselines(values: np.ndarray, issues: np.ndarray, out: int, step_minutes: i
 
 def _score_current(mdir: Path, signal: str, values: np.ndarray, ends: np.ndarray, issues: np.ndarray,
                    out: int, sn: np.ndarray, step_minutes: int) -> tuple[str | None, np.ndarray | None, str]:
-    cur = models.current_version(mdir, signal)
+    cur = modelstore.current_version(mdir, signal)
     if cur is None:
         return None, None, "no current model"
     try:
-        m = models.LiteRTModel(models.version_dir(mdir, signal, cur))
-    except models.ModelError as exc:
+        m = modelstore.LiteRTModel(modelstore.version_dir(mdir, signal, cur))
+    except modelstore.ModelError as exc:
         logger.warning("current %s model %s cannot be loaded (%s); comparing with seasonal naive only", signal, cur, exc)
         return cur, None, f"current model {cur} unusable"
     if m.meta.step_minutes != step_minutes:
@@ -191,7 +191,7 @@ def _score_current(mdir: Path, signal: str, values: np.ndarray, ends: np.ndarray
     for k, i in enumerate(issues):
         try:
             preds[k] = m.forecast(values[max(0, i + 1 - hist): i + 1], int(ends[i]), out)
-        except models.InsufficientData:
+        except modelstore.InsufficientData:
             preds[k] = sn[k]  # what the forecaster would have served
     return cur, preds, ""
 
@@ -256,17 +256,17 @@ def train_signal(settings: Settings, signal: str, ends: np.ndarray, values: np.n
 
     now = now or datetime.now(UTC)
     version = new_version(mdir, signal, now)
-    vdir = models.version_dir(mdir, signal, version)
+    vdir = modelstore.version_dir(mdir, signal, version)
     vdir.mkdir(parents=True)
-    model.save(vdir / models.KERAS_FILE)
-    (vdir / models.MODEL_FILE).write_bytes(export_tflite(model, W, out, tr.units))
-    meta = models.ModelMeta(signal=signal, version=version, created_at=now.isoformat(), step_minutes=step,
+    model.save(vdir / modelstore.KERAS_FILE)
+    (vdir / modelstore.MODEL_FILE).write_bytes(export_tflite(model, W, out, tr.units))
+    meta = modelstore.ModelMeta(signal=signal, version=version, created_at=now.isoformat(), step_minutes=step,
                             window_steps=W, out_steps=out, timezone=settings.timezone,
                             max_gap_steps=fc.max_gap_minutes // step, scaler=scaler)
-    (vdir / models.META_FILE).write_text(meta.to_json())
+    (vdir / modelstore.META_FILE).write_text(meta.to_json())
 
     # Parity and held-out predictions come from the exported model: what the forecaster serves.
-    lite = models.LiteRTModel(vdir)
+    lite = modelstore.LiteRTModel(vdir)
     keras_out = model.predict(Xte, batch_size=1024, verbose=0)
     lite_out = np.stack([lite.run(x) for x in Xte])
     npar = min(len(Xte), PARITY_MAX_WINDOWS)
@@ -295,15 +295,15 @@ def train_signal(settings: Settings, signal: str, ends: np.ndarray, values: np.n
         reason += f" ({cur_note})"
     m = {k: float(v) for k, v in m.items() if math.isfinite(v)}
     try:
-        _report(vdir / models.REPORT_FILE, signal, version, hist.history, ends, values, ite, pred, sn, out, step, m)
+        _report(vdir / modelstore.REPORT_FILE, signal, version, hist.history, ends, values, ite, pred, sn, out, step, m)
     except Exception:  # noqa: BLE001 - a plotting problem must not lose a trained model
         logger.exception("%s: report.png not written", signal)
     info = {"current_before": cur, "data_start": _iso(ends[0]), "data_end": _iso(ends[-1]),
             "step_minutes": step, "window_steps": W, "out_steps": out, "units": tr.units}
-    vm = models.VersionMetrics(signal, version, now.isoformat(), promoted, reason, m, info)
-    models.atomic_write_text(vdir / models.METRICS_FILE, vm.to_json())
+    vm = modelstore.VersionMetrics(signal, version, now.isoformat(), promoted, reason, m, info)
+    modelstore.atomic_write_text(vdir / modelstore.METRICS_FILE, vm.to_json())
     if promoted:
-        models.set_current(mdir, signal, version)
+        modelstore.set_current(mdir, signal, version)
     logger.info("%s: version %s %s: %s (model WAPE %.4f, persistence %.4f, seasonal naive %.4f) in %.1fs",
                 signal, version, "PROMOTED" if promoted else "kept, not promoted", reason, m.get("wape_model", float("nan")),
                 m.get("wape_persistence", float("nan")), m.get("wape_seasonal_naive", float("nan")), time.perf_counter() - t0)

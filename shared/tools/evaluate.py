@@ -79,11 +79,11 @@ class Forecasting:
     def __init__(self, settings, models_dir: Path | None) -> None:
         from services.forecaster.predictor import ModelPredictor, SeasonalNaivePredictor
         from services.forecaster.window import ReadingWindow
-        from shared import features, models
+        from shared import features, modelstore
         from shared.eventtime import BoundaryClock
 
         f = settings.forecaster
-        self.models, self.features = models, features
+        self.modelstore, self.features = modelstore, features
         self.step = f.step_minutes
         self.steps = f.horizon_minutes // f.step_minutes
         self.window = ReadingWindow(f.step_minutes, features.history_steps(f.step_minutes, settings.trainer.window_steps),
@@ -93,9 +93,9 @@ class Forecasting:
         self.predictors = {s: self.naive for s in SIGNALS}
         if models_dir is not None:
             for s in SIGNALS:
-                v = models.current_version(models_dir, s)
+                v = modelstore.current_version(models_dir, s)
                 if v is not None:
-                    self.predictors[s] = ModelPredictor(models.version_dir(models_dir, s, v), f.step_minutes, f.threads)
+                    self.predictors[s] = ModelPredictor(modelstore.version_dir(models_dir, s, v), f.step_minutes, f.threads)
         self.site, self.meter = settings.site, settings.meter
         self.rows: list[tuple] = []
         self.fallbacks = 0
@@ -116,7 +116,7 @@ class Forecasting:
             p = self.predictors[s]
             try:
                 values = p.predict(w, self.steps)
-            except self.models.InsufficientData:
+            except self.modelstore.InsufficientData:
                 self.fallbacks += 1
                 p = self.naive
                 values = p.predict(w, self.steps)
