@@ -1,7 +1,7 @@
 """Model versions on disk and the LiteRT runner both the trainer (parity, comparison with the
 current model) and the forecaster (serving) use. Imports no TensorFlow.
 
-Layout under ``<data_dir>/<trainer.models_dir>``::
+Layout under ``<data_dir>/<models.dir>``::
 
     <signal>/current               the promoted version's name (written temp + fsync + rename)
     <signal>/<version>/model.keras the trained Keras model (trainer only)

@@ -21,14 +21,14 @@ from tests.synthetic import START, diurnal_frame
 pytestmark = pytest.mark.tf
 ROOT = Path(__file__).resolve().parents[1]
 DAYS = 16
-SMALL = {"epochs": 8, "holdout_days": 2, "units": 16, "window_steps": 18, "batch_size": 32,
+SMALL = {"epochs": 8, "holdout_days": 2, "units": 16, "batch_size": 32,
          "learning_rate": 0.005, "nice": 0, "threads": 1}
 
 
 def small_settings(data_dir: Path, **kw) -> Settings:
     mqtt = kw.pop("mqtt", None)
     extra = {"mqtt": mqtt} if mqtt else {}
-    return Settings(data_dir=data_dir, trainer={**SMALL, **kw}, **extra)
+    return Settings(data_dir=data_dir, trainer={**SMALL, **kw}, models={"window_steps": 18}, **extra)
 
 
 def fill_store(settings: Settings) -> None:
@@ -65,7 +65,7 @@ def trained(tmp_path_factory):
 
 def test_training_exports_checks_parity_and_promotes(trained):
     s, results = trained
-    mdir = s.path(s.trainer.models_dir)
+    mdir = s.path(s.models.dir)
     for sig in SIGNALS:
         r = results[sig]
         assert r.promoted, r.reason
@@ -86,7 +86,7 @@ def test_worse_model_is_not_promoted(trained):
 
     s, results = trained
     worse = s.model_copy(update={"trainer": s.trainer.model_copy(update={"units": 2, "epochs": 1})})
-    mdir = s.path(s.trainer.models_dir)
+    mdir = s.path(s.models.dir)
     st = SqliteStore(s.path(s.store.sqlite.path))
     try:
         ends, values = training.load_series(st, worse)["flow_rate"]
@@ -158,7 +158,7 @@ def test_trainer_on_command_promotes_and_forecaster_hot_reloads(tmp_path, broker
         cmd = Command(site=s.site, meter=s.meter, action="train", requested_at=datetime.now(UTC))
         pub.publish(pub.topics.command(s.site, s.meter), cmd, qos=1).wait_for_publish(5)
         wait_for(lambda: all(fc.predictors[x].name != "seasonal-naive" for x in SIGNALS), 150, "hot reload of both models")
-        mdir = s.path(s.trainer.models_dir)
+        mdir = s.path(s.models.dir)
         versions = {x: modelstore.current_version(mdir, x) for x in SIGNALS}
         assert {x: fc.predictors[x].name for x in SIGNALS} == versions
 

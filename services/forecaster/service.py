@@ -5,7 +5,7 @@
   (:mod:`shared.eventtime`), never by a timer.
 - Per signal the promoted model version (LiteRT, no TensorFlow) or, before any model exists, the
   seasonal-naive baseline, labelled ``seasonal-naive`` in the forecast's ``model`` field. A window the
-  model cannot run on (a gap longer than ``forecaster.max_gap_minutes``) falls back to seasonal
+  model cannot run on (a gap longer than ``models.max_gap_minutes``) falls back to seasonal
   naive for that forecast, counted as ``forecast_fallbacks``.
 - Hot reload: a retained ``ModelInfo`` with ``promoted=True`` swaps that signal's predictor; at start
   the versions named by ``models/<signal>/current`` are loaded.
@@ -37,13 +37,13 @@ class ForecasterService(Service):
 
     def __init__(self, settings, *, bus=None, store: Store | None = None) -> None:
         super().__init__(settings, bus=bus)
-        f = settings.forecaster
+        m = settings.models
         self.store = store
         self._own_store = store is None
-        self.models_dir = settings.path(settings.trainer.models_dir)
-        self.steps = f.horizon_minutes // f.step_minutes
-        self.window = ReadingWindow(f.step_minutes, features.history_steps(f.step_minutes, settings.trainer.window_steps),
-                                    f.max_gap_minutes // f.step_minutes, settings.limits)
+        self.models_dir = settings.path(m.dir)
+        self.steps = settings.forecaster.horizon_minutes // m.step_minutes
+        self.window = ReadingWindow(m.step_minutes, features.history_steps(m.step_minutes, m.window_steps),
+                                    m.max_gap_minutes // m.step_minutes, settings.limits)
         self.clock = BoundaryClock(settings.tz)
         self.naive = SeasonalNaivePredictor()
         self.predictors: dict[str, Predictor] = {s: self.naive for s in SIGNALS}
@@ -73,7 +73,7 @@ class ForecasterService(Service):
             last = self.store.last_reading_time(st.site, st.meter)
             if last is None:
                 return
-            span = timedelta(minutes=self.window.history_steps * st.forecaster.step_minutes)
+            span = timedelta(minutes=self.window.history_steps * st.models.step_minutes)
             n = self.window.backfill(self.store.read_readings(st.site, st.meter, last - span, last + timedelta(seconds=1)))
         except StoreError as exc:
             logger.warning("back-fill from the store failed (%s); the window fills from the stream", exc)
@@ -87,7 +87,7 @@ class ForecasterService(Service):
     def load(self, signal: str, version: str) -> bool:
         path = modelstore.version_dir(self.models_dir, signal, version)
         try:
-            p = ModelPredictor(path, self.settings.forecaster.step_minutes, self.settings.forecaster.threads)
+            p = ModelPredictor(path, self.settings.models.step_minutes, self.settings.forecaster.threads)
         except modelstore.ModelError as exc:
             self.counters.inc("model_load_errors")
             logger.error("cannot load %s model %s (%s); keeping %s", signal, version, exc, self.predictors[signal].name)
@@ -132,7 +132,7 @@ class ForecasterService(Service):
         return out
 
     def forecast_signal(self, signal: str, issued_at: datetime) -> Forecast | None:
-        step = self.settings.forecaster.step_minutes
+        step = self.settings.models.step_minutes
         end = int(issued_at.timestamp())
         with self._lock:
             w = Window(self.window.window(signal, end), end, step)

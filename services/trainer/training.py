@@ -67,7 +67,7 @@ class TrainResult:
 
 
 def models_dir(settings: Settings) -> Path:
-    return settings.path(settings.trainer.models_dir)
+    return settings.path(settings.models.dir)
 
 
 def configure_runtime(settings: Settings) -> None:
@@ -105,9 +105,9 @@ def load_series(store: Store, settings: Settings, end: datetime | None = None) -
         end = last + timedelta(seconds=1)
     start = end - timedelta(days=settings.trainer.max_days)
     frame = store.read_readings(site, meter, start, end)
-    f = settings.forecaster
-    gap = f.max_gap_minutes // f.step_minutes
-    out = {s: features.series_from_frame(frame, s, f.step_minutes, settings.limits, gap) for s in SIGNALS}
+    m = settings.models
+    gap = m.max_gap_minutes // m.step_minutes
+    out = {s: features.series_from_frame(frame, s, m.step_minutes, settings.limits, gap) for s in SIGNALS}
     logger.info("read %d readings %s .. %s for %s/%s", len(frame), start.isoformat(), end.isoformat(), site, meter)
     return out
 
@@ -219,11 +219,11 @@ def train_signal(settings: Settings, signal: str, ends: np.ndarray, values: np.n
     import keras
 
     t0 = time.perf_counter()
-    tr, fc = settings.trainer, settings.forecaster
+    tr, fc, ms = settings.trainer, settings.forecaster, settings.models
     mdir = models_dir(settings)
-    step = fc.step_minutes
+    step = ms.step_minutes
     day_steps = 86_400 // (60 * step)
-    W = tr.window_steps
+    W = ms.window_steps
     out = min(fc.horizon_minutes // step, tr.max_output_steps)
     n = len(values)
     valid = np.isfinite(values)
@@ -239,7 +239,7 @@ def train_signal(settings: Settings, signal: str, ends: np.ndarray, values: np.n
     nval = max(1, int(len(Xf) * tr.validation_fraction))
     if len(Xf) - nval < MIN_TRAIN_WINDOWS or test_mask.sum() == 0:
         raise NotEnoughData(f"{signal}: {len(Xf) - nval} training and {int(test_mask.sum())} held-out windows; "
-                            f"need {MIN_TRAIN_WINDOWS}+ and 1+ (more data, or lower trainer.window_steps / holdout_days)")
+                            f"need {MIN_TRAIN_WINDOWS}+ and 1+ (more data, or lower models.window_steps / trainer.holdout_days)")
     Xtr, Ytr, Xva, Yva = Xf[:-nval], Yf[:-nval], Xf[-nval:], Yf[-nval:]
     Xte, Yte, ite = X[test_mask], Y[test_mask], issue[test_mask]
     logger.info("%s: %d train, %d validation, %d held-out windows of %d x %d min -> %d steps",
@@ -262,7 +262,7 @@ def train_signal(settings: Settings, signal: str, ends: np.ndarray, values: np.n
     (vdir / modelstore.MODEL_FILE).write_bytes(export_tflite(model, W, out, tr.units))
     meta = modelstore.ModelMeta(signal=signal, version=version, created_at=now.isoformat(), step_minutes=step,
                             window_steps=W, out_steps=out, timezone=settings.timezone,
-                            max_gap_steps=fc.max_gap_minutes // step, scaler=scaler)
+                            max_gap_steps=ms.max_gap_minutes // step, scaler=scaler)
     (vdir / modelstore.META_FILE).write_text(meta.to_json())
 
     # Parity and held-out predictions come from the exported model: what the forecaster serves.

@@ -7,11 +7,12 @@ There is no settings singleton: ``load_settings()`` is called in ``main()`` and 
 passed down, so tests build their own. ``flowwatch config check`` validates a file.
 
 One module per section (``mqtt``, ``store``, ``limits``, ``collector``, ``detector``,
-``forecaster``, ``exporter``, ``trainer``); the top level and loading are in :mod:`.root`.
+``forecaster``, ``exporter``, ``trainer``; ``models`` in :mod:`.modelstore`); the top level and
+loading are in :mod:`.root`.
 Import from here: ``from shared.settings import Settings, MqttSettings``.
 """
 
-from shared.settings.base import ENV_PREFIX, PLACEHOLDER_SECRETS, Section, check_secret, read_secret
+from shared.settings.base import ENV_PREFIX, PLACEHOLDER_SECRETS, Section, check_secret, env_name, read_secret
 from shared.settings.collector import (
     ChecksumSettings,
     CollectorSettings,
@@ -28,6 +29,7 @@ from shared.settings.detector import DetectorSettings
 from shared.settings.exporter import ExporterSettings
 from shared.settings.forecaster import ForecasterSettings
 from shared.settings.limits import RangeLimits
+from shared.settings.modelstore import ModelStoreSettings
 from shared.settings.mqtt import MqttSettings
 from shared.settings.root import CONFIG_ENV, ConfigFileError, Settings, format_errors, load_settings, read_config_file
 from shared.settings.store import InfluxSettings, SqliteSettings, StoreSettings
@@ -47,6 +49,7 @@ __all__ = [
     "FrameFormat",
     "InfluxSettings",
     "ModbusSettings",
+    "ModelStoreSettings",
     "MqttSettings",
     "RangeLimits",
     "RegisterSpec",
@@ -60,6 +63,7 @@ __all__ = [
     "StoreSettings",
     "TrainerSettings",
     "check_secret",
+    "env_name",
     "format_errors",
     "load_settings",
     "read_config_file",

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from shared.settings.base import ENV_PREFIX
@@ -17,6 +17,7 @@ from shared.settings.detector import DetectorSettings
 from shared.settings.exporter import ExporterSettings
 from shared.settings.forecaster import ForecasterSettings
 from shared.settings.limits import RangeLimits
+from shared.settings.modelstore import ModelStoreSettings
 from shared.settings.mqtt import MqttSettings
 from shared.settings.store import StoreSettings
 from shared.settings.trainer import TrainerSettings
@@ -44,6 +45,9 @@ class Settings(BaseSettings):
     forecaster: ForecasterSettings = Field(default_factory=ForecasterSettings, description="Forecaster service.")
     exporter: ExporterSettings = Field(default_factory=ExporterSettings, description="Exporter service.")
     trainer: TrainerSettings = Field(default_factory=TrainerSettings, description="Trainer service.")
+    models: ModelStoreSettings = Field(
+        default_factory=ModelStoreSettings, description="Model store: written by the trainer, served by the forecaster."
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -53,6 +57,15 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {v!r}; use an IANA name such as 'Asia/Seoul' or 'UTC'") from None
         return v
+
+    @model_validator(mode="after")
+    def _horizon_in_steps(self) -> Settings:
+        if self.forecaster.horizon_minutes % self.models.step_minutes:
+            raise ValueError(
+                f"forecaster.horizon_minutes ({self.forecaster.horizon_minutes}) must be a multiple of "
+                f"models.step_minutes ({self.models.step_minutes})"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

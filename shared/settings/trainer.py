@@ -1,8 +1,7 @@
-"""``trainer``: when and how models are trained, and where they are kept."""
+"""``trainer``: when and how models are trained; where they are kept and what they see is ``models``."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -11,16 +10,14 @@ from shared.settings.base import Section
 
 
 class TrainerSettings(Section):
+    moved_keys = {"models_dir": "models.dir", "window_steps": "models.window_steps"}
+
     first_training_days: float = Field(default=14, gt=0, description="Train first once this many days of data exist.")
     period: Literal["month", "quarter", "year"] = Field(default="year", description="Retrain when event time crosses this boundary.")
     max_days: int = Field(default=365, ge=1, description="Train on at most this many days of data.")
     threads: int = Field(default=1, ge=1, description="CPU threads TensorFlow may use.")
     nice: int = Field(default=10, ge=0, le=19, description="CPU priority decrease while training.")
     epochs: int = Field(default=20, ge=1, description="Most epochs (early stopping may end sooner).")
-    models_dir: Path = Field(
-        default=Path("models"), description="Model versions (models/<signal>/<version>/); relative to data_dir. The forecaster reads them."
-    )
-    window_steps: int = Field(default=36, ge=2, le=1008, description="Past bins (at forecaster.step_minutes) the model sees.")
     max_output_steps: int = Field(
         default=36, ge=1, le=1008,
         description="Most steps the model outputs at once; longer forecaster horizons are rolled forward.",
