@@ -30,6 +30,7 @@ import numpy as np
 
 from shared import features, modelstore
 from shared.features import Scaler
+from shared.fileio import atomic_write
 from shared.messages import SIGNALS
 from shared.settings import Settings
 from shared.store import Store
@@ -301,7 +302,7 @@ def train_signal(settings: Settings, signal: str, ends: np.ndarray, values: np.n
     info = {"current_before": cur, "data_start": _iso(ends[0]), "data_end": _iso(ends[-1]),
             "step_minutes": step, "window_steps": W, "out_steps": out, "units": tr.units}
     vm = modelstore.VersionMetrics(signal, version, now.isoformat(), promoted, reason, m, info)
-    modelstore.atomic_write_text(vdir / modelstore.METRICS_FILE, vm.to_json())
+    atomic_write(vdir / modelstore.METRICS_FILE, vm.to_json().encode())
     if promoted:
         modelstore.set_current(mdir, signal, version)
     logger.info("%s: version %s %s: %s (model WAPE %.4f, persistence %.4f, seasonal naive %.4f) in %.1fs",
