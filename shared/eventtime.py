@@ -96,8 +96,3 @@ def parse_period(text: str) -> str:
     if text not in PERIODS:
         raise ValueError(f"unknown period {text!r}; one of {', '.join(PERIODS)}")
     return text
-
-
-def utcnow() -> datetime:
-    """Wall-clock now. Only for liveness (meter silent) and status, never for cadences."""
-    return datetime.now(UTC)
