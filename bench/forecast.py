@@ -76,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             # a model to serve (trained and exported in its own process, not measured); promote it
             # whatever its score, so the benchmark measures the LiteRT path
             train = ("import sys; from shared.settings import Settings; from services.trainer import training; "
-                     "from shared.store.sqlite import SqliteStore; from shared import models; "
+                     "from shared.store.sqlite import SqliteStore; from shared import modelstore; "
                      "s = Settings.model_validate_json(open(sys.argv[1]).read()); training.configure_runtime(s); "
                      "st = SqliteStore(s.path(s.store.sqlite.path)); "
-                     "[models.set_current(training.models_dir(s), r.signal, r.version) for r in training.train_all(s, st)]")
+                     "[modelstore.set_current(training.models_dir(s), r.signal, r.version) for r in training.train_all(s, st)]")
             subprocess.run([sys.executable, "-c", train, str(cfg)], cwd=ROOT, check=True, capture_output=True)
             results = []
             for _ in range(reps):

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.fileio import atomic_write
+
 logger = logging.getLogger(__name__)
 
 SERVICES = ("collector", "detector", "forecaster", "exporter", "trainer")
@@ -53,16 +55,9 @@ def mosquitto_hash(password: str, *, salt: bytes | None = None, iterations: int 
 
 
 def write_private(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write a file readable only by its owner, atomically (tmp + rename)."""
+    """Write a file readable only by its owner, atomically and durably (never readable by others, even while written)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, text.encode(), mode=mode)
 
 
 def write_password_file(path: Path, users: dict[str, str]) -> None:

@@ -145,8 +145,3 @@ class TimeGuard:
         if reason is None and (last is None or ts > last):
             self._last[key] = ts
         return reason
-
-
-def utcnow() -> datetime:
-    """Wall-clock now. Only for liveness (meter silent) and status, never for cadences."""
-    return datetime.now(UTC)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from shared.bus import Bus
 from shared.counters import Counters
 from shared.eventtime import TimeGuard
+from shared.fileio import atomic_write
 from shared.inbox import MessageFault
 from shared.messages import MeterMessage, ServiceStatus
 from shared.settings import Settings
@@ -134,12 +134,8 @@ class Service:
             self.bus.publish(self.topics.status(self.name), st, qos=1, retain=True)
 
     def _write_heartbeat(self, st: ServiceStatus) -> None:
-        path = health_file(self.settings, self.name)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(st.model_dump_json())
-            os.replace(tmp, path)
+            atomic_write(health_file(self.settings, self.name), st.model_dump_json().encode())
         except OSError as exc:
             logger.debug("heartbeat not written: %s", exc)
 

@@ -32,7 +32,6 @@ METER_KINDS = (
     "export/alert",
     "export/server",
 )
-RETAINED_KINDS = frozenset({*(f"{k}/{s}" for k in SIGNAL_KINDS for s in SIGNALS), "export/alert", "export/server"})
 
 _LEVEL = re.compile(r"^[A-Za-z0-9_.-]+$")
 

@@ -73,6 +73,39 @@ def test_bad_timezone():
         Settings(timezone="Mars/Olympus")
 
 
+@pytest.mark.parametrize("text, line", [
+    ("trainer:\n  models_dir: /srv/models\n", "trainer: models_dir moved to models.dir (FLOWWATCH_MODELS__DIR in the environment)"),
+    ("trainer:\n  window_steps: 48\n", "trainer: window_steps moved to models.window_steps"),
+    ("forecaster:\n  step_minutes: 15\n", "forecaster: step_minutes moved to models.step_minutes"),
+    ("forecaster:\n  max_gap_minutes: 30\n", "forecaster: max_gap_minutes moved to models.max_gap_minutes"),
+])
+def test_moved_key_names_its_new_place(tmp_path, text, line):
+    f = tmp_path / "fw.yaml"
+    f.write_text(text)
+    r = run_cli("config", "check", str(f))
+    assert r.returncode == 2 and line in r.stderr, r.stderr
+
+
+def test_moved_key_from_the_environment_names_its_new_place(monkeypatch):
+    monkeypatch.setenv("FLOWWATCH_TRAINER__MODELS_DIR", "/srv/models")
+    with pytest.raises(ValueError, match="models_dir moved to models.dir"):
+        load_settings()
+
+
+def test_model_store_section(tmp_path, monkeypatch):
+    f = tmp_path / "fw.yaml"
+    f.write_text("models:\n  dir: /srv/models\n  step_minutes: 15\n  window_steps: 48\nforecaster:\n  horizon_minutes: 90\n")
+    monkeypatch.setenv("FLOWWATCH_MODELS__MAX_GAP_MINUTES", "30")
+    s = load_settings(f)
+    assert (s.models.dir, s.models.step_minutes, s.models.window_steps, s.models.max_gap_minutes) == (Path("/srv/models"), 15, 48, 30)
+    assert s.path(s.models.dir) == Path("/srv/models")
+
+
+def test_horizon_must_be_whole_model_steps():
+    with pytest.raises(ValueError, match=r"forecaster.horizon_minutes \(60\) must be a multiple of models.step_minutes \(25\)"):
+        Settings(models={"step_minutes": 25})
+
+
 def test_every_field_documented():
     from pydantic import BaseModel
 

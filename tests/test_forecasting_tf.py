@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import models
+from shared import modelstore
 from shared.messages import SIGNALS, Command, Reading
 from shared.settings import Settings
 from shared.store.sqlite import SqliteStore
@@ -21,14 +21,14 @@ from tests.synthetic import START, diurnal_frame
 pytestmark = pytest.mark.tf
 ROOT = Path(__file__).resolve().parents[1]
 DAYS = 16
-SMALL = {"epochs": 8, "holdout_days": 2, "units": 16, "window_steps": 18, "batch_size": 32,
+SMALL = {"epochs": 8, "holdout_days": 2, "units": 16, "batch_size": 32,
          "learning_rate": 0.005, "nice": 0, "threads": 1}
 
 
 def small_settings(data_dir: Path, **kw) -> Settings:
     mqtt = kw.pop("mqtt", None)
     extra = {"mqtt": mqtt} if mqtt else {}
-    return Settings(data_dir=data_dir, trainer={**SMALL, **kw}, **extra)
+    return Settings(data_dir=data_dir, trainer={**SMALL, **kw}, models={"window_steps": 18}, **extra)
 
 
 def fill_store(settings: Settings) -> None:
@@ -65,7 +65,7 @@ def trained(tmp_path_factory):
 
 def test_training_exports_checks_parity_and_promotes(trained):
     s, results = trained
-    mdir = s.path(s.trainer.models_dir)
+    mdir = s.path(s.models.dir)
     for sig in SIGNALS:
         r = results[sig]
         assert r.promoted, r.reason
@@ -76,7 +76,7 @@ def test_training_exports_checks_parity_and_promotes(trained):
         assert m["promoted"] and m["metrics"]["parity_max_abs"] <= s.trainer.parity_tolerance
         assert m["metrics"]["wape_model"] < m["metrics"]["wape_seasonal_naive"]
         assert {"wape_persistence", "mae_model", "mae_seasonal_naive"} <= set(m["metrics"])
-        assert models.current_version(mdir, sig) == r.version
+        assert modelstore.current_version(mdir, sig) == r.version
         meta = json.loads((vdir / "scaler.json").read_text())
         assert meta["scaler"]["std"] > 0 and meta["window_steps"] == 18
 
@@ -86,7 +86,7 @@ def test_worse_model_is_not_promoted(trained):
 
     s, results = trained
     worse = s.model_copy(update={"trainer": s.trainer.model_copy(update={"units": 2, "epochs": 1})})
-    mdir = s.path(s.trainer.models_dir)
+    mdir = s.path(s.models.dir)
     st = SqliteStore(s.path(s.store.sqlite.path))
     try:
         ends, values = training.load_series(st, worse)["flow_rate"]
@@ -96,7 +96,7 @@ def test_worse_model_is_not_promoted(trained):
     assert not r.promoted
     assert "does not beat" in r.reason
     assert r.metrics["wape_model"] > r.metrics["wape_current"]
-    assert models.current_version(mdir, "flow_rate") == results["flow_rate"].version  # unchanged
+    assert modelstore.current_version(mdir, "flow_rate") == results["flow_rate"].version  # unchanged
     kept = json.loads((Path(r.path) / "metrics.json").read_text())
     assert kept["promoted"] is False and kept["reason"] == r.reason
 
@@ -158,8 +158,8 @@ def test_trainer_on_command_promotes_and_forecaster_hot_reloads(tmp_path, broker
         cmd = Command(site=s.site, meter=s.meter, action="train", requested_at=datetime.now(UTC))
         pub.publish(pub.topics.command(s.site, s.meter), cmd, qos=1).wait_for_publish(5)
         wait_for(lambda: all(fc.predictors[x].name != "seasonal-naive" for x in SIGNALS), 150, "hot reload of both models")
-        mdir = s.path(s.trainer.models_dir)
-        versions = {x: models.current_version(mdir, x) for x in SIGNALS}
+        mdir = s.path(s.models.dir)
+        versions = {x: modelstore.current_version(mdir, x) for x in SIGNALS}
         assert {x: fc.predictors[x].name for x in SIGNALS} == versions
 
         h2 = h1 + timedelta(hours=1)

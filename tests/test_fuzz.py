@@ -75,7 +75,7 @@ def test_payload_fuzz_never_crashes(kind, data):
 
 @hsettings(max_examples=1000, deadline=None)
 @given(doc=st.dictionaries(st.sampled_from(["site", "meter", "timezone", "mqtt", "store", "collector", "detector",
-                                            "forecaster", "exporter", "trainer", "limits", "bogus"]), values, max_size=5))
+                                            "forecaster", "exporter", "trainer", "models", "limits", "bogus"]), values, max_size=5))
 def test_config_fuzz_never_crashes(tmp_path_factory, doc):
     f = tmp_path_factory.mktemp("cfg") / "fw.yaml"
     f.write_text(yaml.safe_dump(doc))

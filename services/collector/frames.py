@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from shared.crc import crc16_modbus
 from shared.settings import FrameField, FrameFormat
 
 # Values a meter might print for "no value": read as missing, not as a bad frame.
@@ -51,12 +52,7 @@ def checksum(kind: str, body: bytes) -> int:
     if kind == "sum8":
         return sum(body) & 0xFF
     if kind == "crc16-modbus":
-        crc = 0xFFFF
-        for b in body:
-            crc ^= b
-            for _ in range(8):
-                crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        return crc
+        return crc16_modbus(body)
     raise ValueError(f"unknown checksum kind {kind!r}")
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from shared.crc import crc16_modbus
 from shared.messages import Anomaly
 
 PROTOCOL_VERSION = 1
@@ -53,27 +54,6 @@ SERVER_COLUMNS = ("time", "flow_rate_m3h", "pressure_bar", "flags", "pred_flow_r
 
 class IntegrityError(ValueError):
     """A file that fails the integrity check (torn, truncated, altered)."""
-
-
-# --- CRC-16/MODBUS (poly 0x8005 reflected = 0xA001, init 0xFFFF, no final xor; check 0x4B37) --------
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC_TABLE = _crc_table()
-
-
-def crc16_modbus(data: bytes, crc: int = 0xFFFF) -> int:
-    """CRC-16/MODBUS of ``data`` (table-driven). ``crc16_modbus(b"123456789") == 0x4B37``."""
-    for b in data:
-        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
-    return crc
 
 
 # --- field formatting ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ window → predict → fallback loop exists once.
   :mod:`shared.features`, the same the trainer uses).
 - Per signal the promoted model (LiteRT) or, before any model exists, the seasonal-naive baseline,
   named in the forecast's ``model`` field. A window the model cannot run on (a gap longer than
-  ``forecaster.max_gap_minutes``) falls back to seasonal naive for that forecast (``fallbacks``);
+  ``models.max_gap_minutes``) falls back to seasonal naive for that forecast (``fallbacks``);
   a window with no data at all gives no forecast (``skipped``).
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from services.forecaster.predictor import ModelPredictor, Predictor, SeasonalNaivePredictor, Window
 from services.forecaster.window import ReadingWindow
-from shared import features, models
+from shared import features, modelstore
 from shared.eventtime import BoundaryClock
 from shared.messages import SIGNALS, Forecast, Reading
 
@@ -34,13 +34,13 @@ class ForecastEngine:
     """One meter's forecasting logic (window, hour boundary, predictor with fallback)."""
 
     def __init__(self, settings, site: str, meter: str) -> None:
-        f = settings.forecaster
+        m = settings.models
         self.site, self.meter = site, meter
-        self.step = f.step_minutes
-        self.steps = f.horizon_minutes // f.step_minutes
-        self.threads = f.threads
-        self.window = ReadingWindow(f.step_minutes, features.history_steps(f.step_minutes, settings.trainer.window_steps),
-                                    f.max_gap_minutes // f.step_minutes, settings.limits)
+        self.step = m.step_minutes
+        self.steps = settings.forecaster.horizon_minutes // m.step_minutes
+        self.threads = settings.forecaster.threads
+        self.window = ReadingWindow(m.step_minutes, features.history_steps(m.step_minutes, m.window_steps),
+                                    m.max_gap_minutes // m.step_minutes, settings.limits)
         self.clock = BoundaryClock(settings.tz)
         self.naive = SeasonalNaivePredictor()
         self.predictors: dict[str, Predictor] = {s: self.naive for s in SIGNALS}
@@ -50,7 +50,7 @@ class ForecastEngine:
 
     # --- models -----------------------------------------------------------------------------
     def load(self, signal: str, path: Path) -> Predictor:
-        """Serve the model in ``path`` for ``signal``; raises :class:`models.ModelError`."""
+        """Serve the model in ``path`` for ``signal``; raises :class:`modelstore.ModelError`."""
         p = ModelPredictor(path, self.step, self.threads)
         self.predictors[signal] = p
         return p
@@ -58,9 +58,9 @@ class ForecastEngine:
     def load_current(self, models_dir: Path) -> None:
         """Serve the promoted version of each signal found in ``models_dir`` (if any)."""
         for s in SIGNALS:
-            v = models.current_version(models_dir, s)
+            v = modelstore.current_version(models_dir, s)
             if v is not None:
-                self.load(s, models.version_dir(models_dir, s, v))
+                self.load(s, modelstore.version_dir(models_dir, s, v))
 
     # --- the stream -------------------------------------------------------------------------
     def seed(self, last: datetime) -> None:
@@ -93,7 +93,7 @@ class ForecastEngine:
         predictor = self.predictors[signal]
         try:
             values = predictor.predict(w, self.steps)
-        except models.InsufficientData as exc:
+        except modelstore.InsufficientData as exc:
             self.fallbacks += 1
             logger.info("%s at %s: %s; serving seasonal naive", signal, issued_at.isoformat(), exc)
             predictor = self.naive

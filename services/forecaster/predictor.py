@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from shared import features
-from shared.models import InsufficientData, LiteRTModel, ModelError
+from shared.modelstore import InsufficientData, LiteRTModel, ModelError
 
 SEASONAL_NAIVE = "seasonal-naive"
 
@@ -49,7 +49,7 @@ class ModelPredictor:
         self.model = LiteRTModel(path, threads)
         if self.model.meta.step_minutes != step_minutes:
             raise ModelError(f"{path}: trained for {self.model.meta.step_minutes}-minute steps, "
-                             f"forecaster.step_minutes is {step_minutes}; retrain (flowwatch train)")
+                             f"models.step_minutes is {step_minutes}; retrain (flowwatch train)")
         self.name = self.model.version
 
     def predict(self, window: Window, steps: int) -> np.ndarray:

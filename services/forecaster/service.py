@@ -19,7 +19,7 @@ import time
 from datetime import datetime, timedelta
 
 from services.forecaster.engine import ForecastEngine
-from shared import models
+from shared import modelstore
 from shared.messages import SIGNALS, Forecast, ModelInfo, Reading
 from shared.service import Service
 from shared.store import Store, StoreError, open_store
@@ -34,7 +34,7 @@ class ForecasterService(Service):
         super().__init__(settings, bus=bus)
         self.store = store
         self._own_store = store is None
-        self.models_dir = settings.path(settings.trainer.models_dir)
+        self.models_dir = settings.path(settings.models.dir)
         self.engine = ForecastEngine(settings, settings.site, settings.meter)
         self.last_job_ms: dict[str, float] = {}  # per signal: window, inference, store, publish
 
@@ -47,7 +47,7 @@ class ForecasterService(Service):
         if self.store is None:
             self.store = open_store(self.settings)
         for s in SIGNALS:
-            v = models.current_version(self.models_dir, s)
+            v = modelstore.current_version(self.models_dir, s)
             if v is not None:
                 self.load(s, v)
         self.backfill()
@@ -65,7 +65,7 @@ class ForecasterService(Service):
             last = self.store.last_reading_time(st.site, st.meter)
             if last is None:
                 return
-            span = timedelta(minutes=self.engine.window.history_steps * st.forecaster.step_minutes)
+            span = timedelta(minutes=self.engine.window.history_steps * st.models.step_minutes)
             n = self.engine.window.backfill(self.store.read_readings(st.site, st.meter, last - span, last + timedelta(seconds=1)))
         except StoreError as exc:
             logger.warning("back-fill from the store failed (%s); the window fills from the stream", exc)
@@ -78,8 +78,8 @@ class ForecasterService(Service):
     # --- models -----------------------------------------------------------------------------
     def load(self, signal: str, version: str) -> bool:
         try:
-            self.engine.load(signal, models.version_dir(self.models_dir, signal, version))
-        except models.ModelError as exc:
+            self.engine.load(signal, modelstore.version_dir(self.models_dir, signal, version))
+        except modelstore.ModelError as exc:
             self.counters.inc("model_load_errors")
             logger.error("cannot load %s model %s (%s); keeping %s", signal, version, exc, self.predictors[signal].name)
             return False

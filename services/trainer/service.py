@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from services.trainer import job
 from services.trainer.publish import publish_result
 from services.trainer.training import models_dir
-from shared import models
+from shared import modelstore
 from shared.eventtime import BoundaryClock
 from shared.messages import SIGNALS, Command, Reading
 from shared.service import Service
@@ -84,7 +84,7 @@ class TrainerService(Service):
 
     def _needs_model(self) -> bool:
         mdir = models_dir(self.settings)
-        return any(models.current_version(mdir, s) is None for s in SIGNALS)
+        return any(modelstore.current_version(mdir, s) is None for s in SIGNALS)
 
     def _maybe_first(self, ts: datetime) -> None:
         """Queue the first training when a signal has no model and enough history exists."""

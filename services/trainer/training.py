@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from shared import features, models
+from shared import features, modelstore
 from shared.features import Scaler
+from shared.fileio import atomic_write
 from shared.messages import SIGNALS
 from shared.settings import Settings
 from shared.store import Store
@@ -67,7 +68,7 @@ class TrainResult:
 
 
 def models_dir(settings: Settings) -> Path:
-    return settings.path(settings.trainer.models_dir)
+    return settings.path(settings.models.dir)
 
 
 def configure_runtime(settings: Settings) -> None:
@@ -105,9 +106,9 @@ def load_series(store: Store, settings: Settings, end: datetime | None = None) -
         end = last + timedelta(seconds=1)
     start = end - timedelta(days=settings.trainer.max_days)
     frame = store.read_readings(site, meter, start, end)
-    f = settings.forecaster
-    gap = f.max_gap_minutes // f.step_minutes
-    out = {s: features.series_from_frame(frame, s, f.step_minutes, settings.limits, gap) for s in SIGNALS}
+    m = settings.models
+    gap = m.max_gap_minutes // m.step_minutes
+    out = {s: features.series_from_frame(frame, s, m.step_minutes, settings.limits, gap) for s in SIGNALS}
     logger.info("read %d readings %s .. %s for %s/%s", len(frame), start.isoformat(), end.isoformat(), site, meter)
     return out
 
@@ -115,7 +116,7 @@ def load_series(store: Store, settings: Settings, end: datetime | None = None) -
 def new_version(mdir: Path, signal: str, now: datetime) -> str:
     base = now.strftime("%Y%m%dT%H%M%SZ")
     v, k = base, 1
-    while models.version_dir(mdir, signal, v).exists():
+    while modelstore.version_dir(mdir, signal, v).exists():
         k += 1
         v = f"{base}-{k}"
     return v
@@ -176,12 +177,12 @@ def _baselines(values: np.ndarray, issues: np.ndarray, out: int, step_minutes: i
 
 def _score_current(mdir: Path, signal: str, values: np.ndarray, ends: np.ndarray, issues: np.ndarray,
                    out: int, sn: np.ndarray, step_minutes: int) -> tuple[str | None, np.ndarray | None, str]:
-    cur = models.current_version(mdir, signal)
+    cur = modelstore.current_version(mdir, signal)
     if cur is None:
         return None, None, "no current model"
     try:
-        m = models.LiteRTModel(models.version_dir(mdir, signal, cur))
-    except models.ModelError as exc:
+        m = modelstore.LiteRTModel(modelstore.version_dir(mdir, signal, cur))
+    except modelstore.ModelError as exc:
         logger.warning("current %s model %s cannot be loaded (%s); comparing with seasonal naive only", signal, cur, exc)
         return cur, None, f"current model {cur} unusable"
     if m.meta.step_minutes != step_minutes:
@@ -191,7 +192,7 @@ def _score_current(mdir: Path, signal: str, values: np.ndarray, ends: np.ndarray
     for k, i in enumerate(issues):
         try:
             preds[k] = m.forecast(values[max(0, i + 1 - hist): i + 1], int(ends[i]), out)
-        except models.InsufficientData:
+        except modelstore.InsufficientData:
             preds[k] = sn[k]  # what the forecaster would have served
     return cur, preds, ""
 
@@ -219,11 +220,11 @@ def train_signal(settings: Settings, signal: str, ends: np.ndarray, values: np.n
     import keras
 
     t0 = time.perf_counter()
-    tr, fc = settings.trainer, settings.forecaster
+    tr, fc, ms = settings.trainer, settings.forecaster, settings.models
     mdir = models_dir(settings)
-    step = fc.step_minutes
+    step = ms.step_minutes
     day_steps = 86_400 // (60 * step)
-    W = tr.window_steps
+    W = ms.window_steps
     out = min(fc.horizon_minutes // step, tr.max_output_steps)
     n = len(values)
     valid = np.isfinite(values)
@@ -239,7 +240,7 @@ def train_signal(settings: Settings, signal: str, ends: np.ndarray, values: np.n
     nval = max(1, int(len(Xf) * tr.validation_fraction))
     if len(Xf) - nval < MIN_TRAIN_WINDOWS or test_mask.sum() == 0:
         raise NotEnoughData(f"{signal}: {len(Xf) - nval} training and {int(test_mask.sum())} held-out windows; "
-                            f"need {MIN_TRAIN_WINDOWS}+ and 1+ (more data, or lower trainer.window_steps / holdout_days)")
+                            f"need {MIN_TRAIN_WINDOWS}+ and 1+ (more data, or lower models.window_steps / trainer.holdout_days)")
     Xtr, Ytr, Xva, Yva = Xf[:-nval], Yf[:-nval], Xf[-nval:], Yf[-nval:]
     Xte, Yte, ite = X[test_mask], Y[test_mask], issue[test_mask]
     logger.info("%s: %d train, %d validation, %d held-out windows of %d x %d min -> %d steps",
@@ -256,17 +257,17 @@ def train_signal(settings: Settings, signal: str, ends: np.ndarray, values: np.n
 
     now = now or datetime.now(UTC)
     version = new_version(mdir, signal, now)
-    vdir = models.version_dir(mdir, signal, version)
+    vdir = modelstore.version_dir(mdir, signal, version)
     vdir.mkdir(parents=True)
-    model.save(vdir / models.KERAS_FILE)
-    (vdir / models.MODEL_FILE).write_bytes(export_tflite(model, W, out, tr.units))
-    meta = models.ModelMeta(signal=signal, version=version, created_at=now.isoformat(), step_minutes=step,
+    model.save(vdir / modelstore.KERAS_FILE)
+    (vdir / modelstore.MODEL_FILE).write_bytes(export_tflite(model, W, out, tr.units))
+    meta = modelstore.ModelMeta(signal=signal, version=version, created_at=now.isoformat(), step_minutes=step,
                             window_steps=W, out_steps=out, timezone=settings.timezone,
-                            max_gap_steps=fc.max_gap_minutes // step, scaler=scaler)
-    (vdir / models.META_FILE).write_text(meta.to_json())
+                            max_gap_steps=ms.max_gap_minutes // step, scaler=scaler)
+    (vdir / modelstore.META_FILE).write_text(meta.to_json())
 
     # Parity and held-out predictions come from the exported model: what the forecaster serves.
-    lite = models.LiteRTModel(vdir)
+    lite = modelstore.LiteRTModel(vdir)
     keras_out = model.predict(Xte, batch_size=1024, verbose=0)
     lite_out = np.stack([lite.run(x) for x in Xte])
     npar = min(len(Xte), PARITY_MAX_WINDOWS)
@@ -295,15 +296,15 @@ def train_signal(settings: Settings, signal: str, ends: np.ndarray, values: np.n
         reason += f" ({cur_note})"
     m = {k: float(v) for k, v in m.items() if math.isfinite(v)}
     try:
-        _report(vdir / models.REPORT_FILE, signal, version, hist.history, ends, values, ite, pred, sn, out, step, m)
+        _report(vdir / modelstore.REPORT_FILE, signal, version, hist.history, ends, values, ite, pred, sn, out, step, m)
     except Exception:  # noqa: BLE001 - a plotting problem must not lose a trained model
         logger.exception("%s: report.png not written", signal)
     info = {"current_before": cur, "data_start": _iso(ends[0]), "data_end": _iso(ends[-1]),
             "step_minutes": step, "window_steps": W, "out_steps": out, "units": tr.units}
-    vm = models.VersionMetrics(signal, version, now.isoformat(), promoted, reason, m, info)
-    models.atomic_write_text(vdir / models.METRICS_FILE, vm.to_json())
+    vm = modelstore.VersionMetrics(signal, version, now.isoformat(), promoted, reason, m, info)
+    atomic_write(vdir / modelstore.METRICS_FILE, vm.to_json().encode())
     if promoted:
-        models.set_current(mdir, signal, version)
+        modelstore.set_current(mdir, signal, version)
     logger.info("%s: version %s %s: %s (model WAPE %.4f, persistence %.4f, seasonal naive %.4f) in %.1fs",
                 signal, version, "PROMOTED" if promoted else "kept, not promoted", reason, m.get("wape_model", float("nan")),
                 m.get("wape_persistence", float("nan")), m.get("wape_seasonal_naive", float("nan")), time.perf_counter() - t0)

@@ -79,23 +79,23 @@ class Forecasting:
     def __init__(self, settings, models_dir: Path | None) -> None:
         from services.forecaster.predictor import ModelPredictor, SeasonalNaivePredictor
         from services.forecaster.window import ReadingWindow
-        from shared import features, models
+        from shared import features, modelstore
         from shared.eventtime import BoundaryClock
 
-        f = settings.forecaster
-        self.models, self.features = models, features
-        self.step = f.step_minutes
-        self.steps = f.horizon_minutes // f.step_minutes
-        self.window = ReadingWindow(f.step_minutes, features.history_steps(f.step_minutes, settings.trainer.window_steps),
-                                    f.max_gap_minutes // f.step_minutes, settings.limits)
+        f, m = settings.forecaster, settings.models
+        self.modelstore, self.features = modelstore, features
+        self.step = m.step_minutes
+        self.steps = f.horizon_minutes // m.step_minutes
+        self.window = ReadingWindow(m.step_minutes, features.history_steps(m.step_minutes, m.window_steps),
+                                    m.max_gap_minutes // m.step_minutes, settings.limits)
         self.clock = BoundaryClock(settings.tz)
         self.naive = SeasonalNaivePredictor()
         self.predictors = {s: self.naive for s in SIGNALS}
         if models_dir is not None:
             for s in SIGNALS:
-                v = models.current_version(models_dir, s)
+                v = modelstore.current_version(models_dir, s)
                 if v is not None:
-                    self.predictors[s] = ModelPredictor(models.version_dir(models_dir, s, v), f.step_minutes, f.threads)
+                    self.predictors[s] = ModelPredictor(modelstore.version_dir(models_dir, s, v), m.step_minutes, f.threads)
         self.site, self.meter = settings.site, settings.meter
         self.rows: list[tuple] = []
         self.fallbacks = 0
@@ -116,7 +116,7 @@ class Forecasting:
             p = self.predictors[s]
             try:
                 values = p.predict(w, self.steps)
-            except self.models.InsufficientData:
+            except self.modelstore.InsufficientData:
                 self.fallbacks += 1
                 p = self.naive
                 values = p.predict(w, self.steps)
@@ -190,7 +190,7 @@ def train_first(settings, frame: pd.DataFrame, days: float, work: Path) -> Path:
         db.close()
     for r in results:
         print(f"trained {r.signal}: version {r.version}, promoted={r.promoted} ({r.reason})")
-    return settings.path(settings.trainer.models_dir)
+    return settings.path(settings.models.dir)
 
 
 # --- scoring and output -------------------------------------------------------------------------
@@ -337,7 +337,7 @@ def main(argv: Sequence[str]) -> int:
     if labels is not None:
         start = frame.index[0].to_pydatetime()
         sf = args.score_from_day if args.score_from_day is not None else (args.train_days or 0.0)
-        m = score(frame, labels, res.anomalies, res.forecasts, start + timedelta(days=sf), settings.forecaster.step_minutes)
+        m = score(frame, labels, res.anomalies, res.forecasts, start + timedelta(days=sf), settings.models.step_minutes)
         m["run"] = {"readings": res.readings, "seconds": round(res.seconds, 2), **res.info}
         (args.out / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
         plot(args.out / "evaluation.png", frame, labels, res.anomalies, res.forecasts)

@@ -1,7 +1,7 @@
 """Model versions on disk and the LiteRT runner both the trainer (parity, comparison with the
 current model) and the forecaster (serving) use. Imports no TensorFlow.
 
-Layout under ``<data_dir>/<trainer.models_dir>``::
+Layout under ``<data_dir>/<models.dir>``::
 
     <signal>/current               the promoted version's name (written temp + fsync + rename)
     <signal>/<version>/model.keras the trained Keras model (trainer only)
@@ -14,7 +14,6 @@ Layout under ``<data_dir>/<trainer.models_dir>``::
 from __future__ import annotations
 
 import json
-import os
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 
 from shared import features
 from shared.features import Scaler
+from shared.fileio import atomic_write
 
 MODEL_FILE = "model.tflite"
 KERAS_FILE = "model.keras"
@@ -95,24 +95,6 @@ def version_dir(models_dir: Path, signal: str, version: str) -> Path:
     return models_dir / signal / version
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 def current_version(models_dir: Path, signal: str) -> str | None:
     try:
         v = (signal_dir(models_dir, signal) / CURRENT_FILE).read_text().strip()
@@ -124,7 +106,7 @@ def current_version(models_dir: Path, signal: str) -> str | None:
 def set_current(models_dir: Path, signal: str, version: str) -> None:
     if not (version_dir(models_dir, signal, version) / MODEL_FILE).is_file():
         raise ModelError(f"cannot promote {signal}/{version}: {MODEL_FILE} missing")
-    atomic_write_text(signal_dir(models_dir, signal) / CURRENT_FILE, version + "\n")
+    atomic_write(signal_dir(models_dir, signal) / CURRENT_FILE, (version + "\n").encode())
 
 
 def read_metrics(models_dir: Path, signal: str, version: str) -> dict[str, Any] | None:

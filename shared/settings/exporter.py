@@ -1,0 +1,26 @@
+"""``exporter``: the files for the embedded device and the daily archive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from shared.settings.base import Section
+
+
+class ExporterSettings(Section):
+    out_dir: Path = Field(default=Path("exports"), description="Folder of alert.txt / server.txt; relative to data_dir.")
+    archive_days: int = Field(default=90, ge=1, description="Daily archives older than this are removed.")
+    archive: bool = Field(default=True, description="Write the daily archive (previous day's readings, anomalies, forecasts as CSV).")
+    archive_dir: Path = Field(
+        default=Path("exports/archive"), description="Folder of the date-partitioned daily archive; relative to data_dir."
+    )
+    archive_lag_minutes: int = Field(
+        default=5, ge=0, le=720,
+        description="Archive day D once event time reaches D+1 00:00 local plus this, so its last minutes are stored.",
+    )
+    mirror: bool = Field(default=True, description="Also publish each file's content retained on .../export/alert and .../export/server.")
+    backfill_anomaly_days: int = Field(
+        default=30, ge=1, description="At start, anomalies that started this many days before the last reading are read back from the store."
+    )

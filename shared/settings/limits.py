@@ -1,0 +1,37 @@
+"""``limits``: the physically valid range of each signal and the plausible window of a reading's time
+(collector, services, import, features)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import Field, model_validator
+
+from shared.settings.base import Section
+
+
+class RangeLimits(Section):
+    flow_rate_min: float = Field(default=0.0, description="Lowest physically valid flow rate (m³/h).")
+    flow_rate_max: float = Field(default=2000.0, description="Highest physically valid flow rate (m³/h).")
+    pressure_min: float = Field(default=0.0, description="Lowest physically valid pressure (bar).")
+    pressure_max: float = Field(default=16.0, description="Highest physically valid pressure (bar).")
+    earliest: datetime = Field(
+        default=datetime(2000, 1, 1, tzinfo=UTC),
+        description="Readings dated before this are implausible: dead-lettered (services) or rejected with their line (files), never stored.",
+    )
+    max_ahead_s: float = Field(
+        default=300.0, ge=0,
+        description="How far a reading may be ahead of this machine's clock (meter clock drift). Further ahead is allowed only within max_jump_s of the meter's previous reading (a replay or simulation running ahead of the clock).",
+    )
+    max_jump_s: float = Field(
+        default=6 * 3600.0, gt=0,
+        description="How far a reading that is ahead of this machine's clock may be ahead of the meter's previous reading (the longest gap a replay or simulation running ahead of the clock may have).",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RangeLimits:
+        if self.flow_rate_min >= self.flow_rate_max:
+            raise ValueError("flow_rate_min must be below flow_rate_max")
+        if self.pressure_min >= self.pressure_max:
+            raise ValueError("pressure_min must be below pressure_max")
+        return self

@@ -1,0 +1,143 @@
+"""The top level of the configuration: ``Settings`` and how it is loaded from a file and the environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from shared.settings.base import ENV_PREFIX
+from shared.settings.collector import CollectorSettings
+from shared.settings.detector import DetectorSettings
+from shared.settings.exporter import ExporterSettings
+from shared.settings.forecaster import ForecasterSettings
+from shared.settings.limits import RangeLimits
+from shared.settings.modelstore import ModelStoreSettings
+from shared.settings.mqtt import MqttSettings
+from shared.settings.store import StoreSettings
+from shared.settings.trainer import TrainerSettings
+
+CONFIG_ENV = "FLOWWATCH_CONFIG"
+
+
+class Settings(BaseSettings):
+    """Top-level flowwatch configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    site: str = Field(default="site1", pattern=r"^[A-Za-z0-9_.-]+$", description="Site id of this installation.")
+    meter: str = Field(default="meter1", pattern=r"^[A-Za-z0-9_.-]+$", description="Meter id of the attached meter.")
+    timezone: str = Field(default="Asia/Seoul", description="Local zone for day, hour and night-window boundaries.")
+    data_dir: Path = Field(default=Path("var"), description="Folder for the database, spool, models and exports.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+    limits: RangeLimits = Field(default_factory=RangeLimits, description="Physical validity limits.")
+    mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection.")
+    store: StoreSettings = Field(default_factory=StoreSettings, description="Storage backend.")
+    collector: CollectorSettings = Field(default_factory=CollectorSettings, description="Collector service.")
+    detector: DetectorSettings = Field(default_factory=DetectorSettings, description="Detector service.")
+    forecaster: ForecasterSettings = Field(default_factory=ForecasterSettings, description="Forecaster service.")
+    exporter: ExporterSettings = Field(default_factory=ExporterSettings, description="Exporter service.")
+    trainer: TrainerSettings = Field(default_factory=TrainerSettings, description="Trainer service.")
+    models: ModelStoreSettings = Field(
+        default_factory=ModelStoreSettings, description="Model store: written by the trainer, served by the forecaster."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}; use an IANA name such as 'Asia/Seoul' or 'UTC'") from None
+        return v
+
+    @model_validator(mode="after")
+    def _horizon_in_steps(self) -> Settings:
+        if self.forecaster.horizon_minutes % self.models.step_minutes:
+            raise ValueError(
+                f"forecaster.horizon_minutes ({self.forecaster.horizon_minutes}) must be a multiple of "
+                f"models.step_minutes ({self.models.step_minutes})"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the config file (passed as init kwargs).
+        return env_settings, init_settings, file_secret_settings
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def path(self, p: Path) -> Path:
+        """A configured path, resolved under data_dir when relative."""
+        return p if p.is_absolute() else self.data_dir / p
+
+    def masked(self) -> dict[str, Any]:
+        """The effective config as plain data, secrets shown as '**********'."""
+        return self.model_dump(mode="json")  # SecretStr dumps masked in json mode
+
+
+class ConfigFileError(ValueError):
+    pass
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        raise ConfigFileError(f"{path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"{path}: the top level must be a mapping of keys, not {type(data).__name__}")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:  # e.g. '?' or '1: x' in YAML: a key that is empty or a number
+        raise ConfigFileError(f"{path}: every top-level key must be a setting name (text), not {bad[0]!r}; see docs/configuration.md")
+    return data
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from a YAML file (or $FLOWWATCH_CONFIG) and the environment.
+
+    Raises ``pydantic.ValidationError`` or ``ConfigFileError``.
+    """
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = os.environ[CONFIG_ENV]
+    data = read_config_file(Path(path)) if path else {}
+    data.update(overrides)
+    return Settings(**data)
+
+
+def format_errors(exc: Exception) -> list[str]:
+    """One line per error: ``key.path: reason``."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling; see docs/configuration.md)"
+            lines.append(f"{loc}: {msg}")
+        return lines
+    return [str(exc)]
