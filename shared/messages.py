@@ -187,6 +187,25 @@ class ExportRecord(MeterMessage):
     content: str = Field(max_length=1_000_000)
 
 
+class Stored(MeterMessage):
+    """The detector's receipt to the collector: these readings of the meter are in the store (or were
+    dead-lettered there). The collector removes them from its spool only then (end-to-end delivery)."""
+
+    ranges: tuple[tuple[int, int, UtcDatetime, UtcDatetime], ...] = Field(
+        min_length=1, max_length=10_000, description="(first seq, last seq, first ts, last ts) of each run of consecutive readings.")
+
+
+def stored_ranges(readings: list) -> list[tuple[int, int, datetime, datetime]]:
+    """Runs of consecutive sequence numbers (in arrival order) as ``Stored.ranges``."""
+    out: list[list] = []
+    for r in sorted(readings, key=lambda r: r.seq):
+        if out and r.seq == out[-1][1] + 1 and r.ts >= out[-1][3]:
+            out[-1][1], out[-1][3] = r.seq, r.ts
+        else:
+            out.append([r.seq, r.seq, r.ts, r.ts])
+    return [tuple(x) for x in out]
+
+
 class Command(MeterMessage):
     """An on-demand request to a service (``flowwatch train``, ``flowwatch thresholds recalibrate``)."""
 

@@ -8,6 +8,7 @@ Layout (``{prefix}`` defaults to ``flowwatch/v1``)::
     {prefix}/{site}/{meter}/thresholds/{signal}   (retained; one per signal)
     {prefix}/{site}/{meter}/model/{signal}        (retained; one per signal)
     {prefix}/{site}/{meter}/command
+    {prefix}/{site}/{meter}/stored            (the detector's receipt to the collector)
     {prefix}/{site}/{meter}/export/alert      (retained)
     {prefix}/{site}/{meter}/export/server     (retained)
     {prefix}/service/{name}/status            (retained, last will "offline")
@@ -29,6 +30,7 @@ METER_KINDS = (
     "forecast",
     *(f"{k}/{s}" for k in SIGNAL_KINDS for s in SIGNALS),
     "command",
+    "stored",
     "export/alert",
     "export/server",
 )
@@ -90,6 +92,9 @@ class Topics:
 
     def command(self, site: str, meter: str) -> str:
         return self.meter(site, meter, "command")
+
+    def stored(self, site: str, meter: str) -> str:
+        return self.meter(site, meter, "stored")
 
     def export(self, site: str, meter: str, file: str) -> str:
         return self.meter(site, meter, f"export/{file}")

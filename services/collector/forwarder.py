@@ -1,11 +1,13 @@
-"""Spool → broker, in order, each reading removed from the spool only after its PUBACK.
+"""Spool → broker, in order; a PUBACK marks a reading sent, the detector's ``stored`` receipt removes it.
 
-paho keeps unacknowledged QoS 1 messages in memory and resends them on reconnect; the spool
-already holds them, so on every disconnect paho's copies are dropped and, once connected again,
-the spool is sent from its oldest row. This keeps one source of truth (the disk), the order of
-the stream, and no reading twice from our side. (A message the broker received but whose PUBACK
-was lost with the connection is sent again: QoS 1 is at-least-once, and every consumer writes
-idempotently by (site, meter, ts).)
+End-to-end delivery: the broker persists its queues every few seconds and can crash in between, so
+its PUBACK is not the end of a reading's journey; the detector's receipt (:class:`Stored`, sent
+after its store write) is. A reading the broker acknowledged stays in the spool, marked sent, and
+is not sent again on that connection; on every new connection all readings not yet stored are sent
+again from the oldest (the broker may have lost them). paho keeps unacknowledged QoS 1 messages in
+memory and resends them on reconnect; the spool already holds them, so on every disconnect paho's
+copies are dropped. One source of truth (the disk), the stream's order, and at-least-once: a
+reading sent twice is stored once (identity (site, meter, ts), same values) and judged once.
 
 Locking: ``on_published`` runs inside paho's message lock, so it only appends to a deque; the
 pump thread maps message ids to spool rows under its own lock.
@@ -37,6 +39,7 @@ class Forwarder:
         self._acked_ids: list[int] = []
         self._last_id = 0  # highest spool id handed to paho on this connection
         self._resend_upto = 0  # rows up to this id were handed over before a disconnect: counted as resent
+        self._unsend = False  # a new connection: send again what the broker acknowledged but the detector has not stored
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -61,7 +64,15 @@ class Forwarder:
             self._drain_acks()
             self._inflight.clear()
             self._last_id = 0
+            self._unsend = True
         self._wake.set()
+
+    def on_stored(self, topic: str, ranges: list[tuple[int, int, int, int]]) -> int:
+        """The detector stored these readings of ``topic``: remove them from the spool."""
+        n = self.spool.remove_stored(topic, ranges)
+        self.counters.inc("stored", n)
+        self.counters.set("spool_depth", len(self.spool))
+        return n
 
     # --- the pump --------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -78,11 +89,17 @@ class Forwarder:
             self._drain_acks()
             acked, self._acked_ids = self._acked_ids, []
         if acked:
-            self.spool.remove(acked)
+            self.spool.mark_sent(acked)
             self.counters.inc("acked", len(acked))
         with self._lock:
             if not self.bus.connected:
                 return
+            if self._unsend:
+                self._unsend = False
+                n = self.spool.unsend_all()
+                if n:
+                    self.counters.inc("resent_unstored", n)
+                    logger.info("%d reading(s) the broker had but the detector had not stored yet: sending them again", n)
             room = self.window - len(self._inflight)
             if room <= 0:
                 return

@@ -1,4 +1,5 @@
-"""The collector loop: source → validated Reading → disk spool → MQTT (QoS 1, removed on PUBACK).
+"""The collector loop: source → validated Reading → disk spool → MQTT (QoS 1) → removed from the
+spool when the detector reports it stored (end-to-end delivery, see forwarder.py).
 
 - one reading per interval, timestamped by the source clock aligned to the interval (a polled
   meter is asked once per interval; a meter that talks on its own gives the first good frame of
@@ -25,7 +26,7 @@ from services.collector.simulator import align
 from services.collector.sources import EndOfSource, Sample, Source, SourceIOError, make_source
 from services.collector.spool import Spool
 from shared.bus import Bus
-from shared.messages import Reading
+from shared.messages import Reading, Stored
 from shared.service import Service
 from shared.settings import Settings
 
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 BACKLOG_BATCH = 500  # readings per spool transaction when a replay or simulation runs as fast as possible
 
-COUNTERS = ("frames_read", "parsed", "rejected", "spooled", "dropped", "acked", "superseded", "no_response", "io_errors", "reopens")
+COUNTERS = ("frames_read", "parsed", "rejected", "spooled", "dropped", "acked", "stored", "superseded", "no_response", "io_errors", "reopens")
 
 
 class CollectorService(Service):
@@ -63,6 +64,7 @@ class CollectorService(Service):
         self.bus.on_published = self.forwarder.on_published
         self.bus.on_disconnected = self.forwarder.on_disconnected
         self.bus.on_connected = self._on_connected
+        self.bus.subscribe(self.topics.stored(self.settings.site, self.settings.meter), Stored, self._on_stored)
         if self.bus.connected:
             self.forwarder.on_connected()
         self.counters.set("spool_depth", len(self.spool))
@@ -70,6 +72,10 @@ class CollectorService(Service):
             logger.info("spool holds %d unsent reading(s) from before; sending them first", len(self.spool))
         self.forwarder.start()
         logger.info("collector reading from %s every %ss, publishing to %s", self.source.describe(), self.cfg.interval_s, self.topic)
+
+    def _on_stored(self, topic: str, st: Stored) -> None:
+        ranges = [(lo, hi, int(t0.timestamp()), int(t1.timestamp())) for lo, hi, t0, t1 in st.ranges]
+        self.forwarder.on_stored(self.topic, ranges)
 
     def _on_connected(self) -> None:
         if self.forwarder is not None:
@@ -79,8 +85,9 @@ class CollectorService(Service):
     def teardown(self) -> None:
         self._close_source()
         if self.forwarder is not None:
-            deadline = time.monotonic() + 5.0  # SIGTERM flushes what it can; the rest stays on disk
-            while self.bus.connected and len(self.spool) and time.monotonic() < deadline:
+            # SIGTERM hands the broker what it can; everything not yet stored stays on disk for the next start
+            deadline = time.monotonic() + 5.0
+            while self.bus.connected and self.spool.unsent() and time.monotonic() < deadline:
                 self.forwarder.wake()
                 time.sleep(0.05)
             self.forwarder.stop()
@@ -248,7 +255,7 @@ class CollectorService(Service):
     def _spool(self, readings: list[Reading]) -> None:
         if not readings:
             return
-        dropped = self.spool.put_many(self.topic, [r.to_json() for r in readings], self._seq)
+        dropped = self.spool.put_many(self.topic, [(r.seq, int(r.ts.timestamp()), r.to_json()) for r in readings], self._seq)
         self._last_ts = readings[-1].ts
         self.last_event = readings[-1].ts
         self.counters.inc("spooled", len(readings))

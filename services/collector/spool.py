@@ -1,6 +1,9 @@
 """The store-and-forward spool: every reading is written here (SQLite, synchronous=FULL) before it
-is published, and removed only when the broker acknowledged it (PUBACK). Nothing lives in memory
-only: a reading survives a broker outage, a collector crash and a power cut once ``put`` returned.
+is published, and removed only when the *detector* reported it stored (end-to-end delivery, the
+``stored`` receipt): the broker's PUBACK only marks it sent. Mosquitto writes its persistence file
+every few seconds, so a reading it acknowledged can die with it; such a reading is still here and
+is sent again on the next connection. Nothing lives in memory only: a reading survives a broker
+outage or crash, a collector crash and a power cut once ``put`` returned.
 
 The spool is bounded (``collector.spool_max_rows``): when full, the oldest readings are dropped,
 counted, and logged. The sequence number of the next reading is kept here too, so it keeps
@@ -23,6 +26,7 @@ class SpoolRow:
     id: int
     topic: str
     payload: bytes
+    seq: int = -1
 
 
 class Spool:
@@ -35,6 +39,12 @@ class Spool:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL)")
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(spool)")}
+        for col, decl in (("seq", "INTEGER NOT NULL DEFAULT -1"), ("ts", "INTEGER NOT NULL DEFAULT 0"), ("sent", "INTEGER NOT NULL DEFAULT 0")):
+            if col not in cols:  # a spool written by an older collector
+                self._db.execute(f"ALTER TABLE spool ADD COLUMN {col} {decl}")
+        self._db.execute("CREATE INDEX IF NOT EXISTS spool_seq ON spool (topic, seq)")
+        self._db.execute("UPDATE spool SET sent = 0")  # a new process: everything not yet stored is sent again
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
         self._count = self._db.execute("SELECT count(*) FROM spool").fetchone()[0]
         self.dropped = 0
@@ -47,13 +57,13 @@ class Spool:
             row = self._db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
             return int(row[0]) if row else 0
 
-    def put(self, topic: str, payload: bytes, next_seq: int) -> int:
+    def put(self, topic: str, payload: bytes, next_seq: int, seq: int = -1, ts: int = 0) -> int:
         """Write one reading durably (and the next sequence number, atomically). Returns how many old rows were dropped."""
-        return self.put_many(topic, [payload], next_seq)
+        return self.put_many(topic, [(seq, ts, payload)], next_seq)
 
-    def put_many(self, topic: str, payloads: list[bytes], next_seq: int) -> int:
-        """Write readings durably in one transaction (one fsync: a backlog from a replay), with the next
-        sequence number. Returns how many old rows were dropped."""
+    def put_many(self, topic: str, payloads: list[tuple[int, int, bytes]], next_seq: int) -> int:
+        """Write readings ``(seq, epoch seconds, payload)`` durably in one transaction (one fsync: a
+        backlog from a replay), with the next sequence number. Returns how many old rows were dropped."""
         n = len(payloads)
         if n == 0:
             return 0
@@ -64,7 +74,7 @@ class Spool:
             try:
                 if old:
                     self._db.execute("DELETE FROM spool WHERE id IN (SELECT id FROM spool ORDER BY id LIMIT ?)", (old,))
-                self._db.executemany("INSERT INTO spool (topic, payload) VALUES (?, ?)", [(topic, p) for p in keep])
+                self._db.executemany("INSERT INTO spool (topic, seq, ts, payload) VALUES (?, ?, ?, ?)", [(topic, q, t, p) for q, t, p in keep])
                 self._db.execute("INSERT INTO meta (key, value) VALUES ('next_seq', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (next_seq,))
                 self._db.execute("COMMIT")
             except BaseException:
@@ -81,23 +91,51 @@ class Spool:
         return dropped
 
     def after(self, last_id: int, limit: int) -> list[SpoolRow]:
-        """Rows with id > last_id, oldest first."""
+        """Unsent rows with id > last_id, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT id, topic, payload FROM spool WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)).fetchall()
-        return [SpoolRow(int(i), t, bytes(p)) for i, t, p in rows]
+            rows = self._db.execute("SELECT id, topic, payload, seq FROM spool WHERE id > ? AND sent = 0 ORDER BY id LIMIT ?",
+                                    (last_id, limit)).fetchall()
+        return [SpoolRow(int(i), t, bytes(p), int(q)) for i, t, p, q in rows]
 
-    def remove(self, ids: list[int]) -> None:
-        if not ids:
-            return
+    def unsent(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM spool WHERE sent = 0").fetchone()[0]
+
+    def mark_sent(self, ids: list[int]) -> None:
+        """The broker acknowledged these (PUBACK): not sent again on this connection."""
+        self._each("UPDATE spool SET sent = 1 WHERE id = ?", [(i,) for i in ids])
+
+    def unsend_all(self) -> int:
+        """A new connection: every row not yet stored is sent again (the broker may have lost it)."""
+        with self._lock:
+            return self._db.execute("UPDATE spool SET sent = 0 WHERE sent = 1").rowcount
+
+    def remove_stored(self, topic: str, ranges: list[tuple[int, int, int, int]]) -> int:
+        """Remove the rows of ``topic`` the detector stored: ``(first seq, last seq, first ts, last ts)``.
+
+        Both the sequence and the time range must match, so a receipt from before a spool was
+        recreated (its sequence numbers started again) removes nothing new."""
+        n = self._each("DELETE FROM spool WHERE topic = ? AND seq BETWEEN ? AND ? AND ts BETWEEN ? AND ?",
+                       [(topic, *r) for r in ranges])
+        return n
+
+    def _each(self, sql: str, params: list[tuple]) -> int:
+        if not params:
+            return 0
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                n = self._db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids]).rowcount
+                n = self._db.executemany(sql, params).rowcount
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._count -= max(0, n)
+            if sql.startswith("DELETE"):
+                self._count -= max(0, n)
+        return max(0, n)
+
+    def remove(self, ids: list[int]) -> None:
+        self._each("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
 
     def close(self) -> None:
         with self._lock:

@@ -34,7 +34,7 @@ from services.detector.engine import DetectionEngine
 from shared.bus import Bus
 from shared.eventtime import floor
 from shared.inbox import Delivery
-from shared.messages import SIGNALS, Anomaly, Command, Forecast, Reading, Thresholds
+from shared.messages import SIGNALS, Anomaly, Command, Forecast, Reading, Stored, Thresholds, stored_ranges
 from shared.service import Service
 from shared.settings import Settings
 from shared.store import Store, StoreError, open_store
@@ -155,6 +155,7 @@ class DetectorService(Service):
         readings: list[Reading] = []
         anomalies: list[Anomaly] = []
         commands: list[Command] = []
+        receipts: dict[tuple[str, str], list[Reading]] = {}
         late0 = eng.late_readings
         for d in batch:
             obj = d.obj
@@ -162,6 +163,7 @@ class DetectorService(Service):
                 self.counters.inc("rejected")
                 self.inbox.reject(d, f"payload site/meter {obj.site}/{obj.meter} does not match topic {d.topic}")
             elif isinstance(obj, Reading):
+                receipts.setdefault((obj.site, obj.meter), []).append(obj)  # stored or dead-lettered: done
                 if self.inbox.guard(d, lambda r=obj: (self.judge_time(r), anomalies.extend(eng.process(r)))):
                     readings.append(obj)
                     self.last_seen[(obj.site, obj.meter)] = now
@@ -174,6 +176,8 @@ class DetectorService(Service):
         for a in anomalies:
             self.bus.publish(self.topics.anomaly(a.site, a.meter), a)
             self._log_anomaly(a)
+        for (site, meter), rs in receipts.items():  # end-to-end delivery: the collector may drop them now
+            self.bus.publish(self.topics.stored(site, meter), Stored(site=site, meter=meter, ranges=stored_ranges(rs)))
         c = self.counters
         if readings:
             c.inc("readings_stored", len(readings))
