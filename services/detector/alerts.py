@@ -23,8 +23,8 @@ class Transition:
     message: str
 
 
-class Alert:
-    """One (kind, signal) alert slot of one meter."""
+class AlertState:
+    """The state machine of one (kind, signal) alert of one meter: closed, pending, open."""
 
     __slots__ = (
         "_peak_dev",

@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from services.detector.alerts import Alert, Transition
+from services.detector.alerts import AlertState, Transition
 from services.detector.nightflow import NightAccumulator, NightLeakRule, parse_hhmm
 from services.detector.thresholds import BandTable, learn_thresholds, static_thresholds
 from shared.eventtime import floor
@@ -158,7 +158,7 @@ class _Meter:
         self.site, self.meter = site, meter
         self.last: float | None = None
         self.sig = {s: _Signal() for s in SIGNALS}
-        self.alerts: dict[tuple[str, str], Alert] = {}
+        self.alerts: dict[tuple[str, str], AlertState] = {}
         self.night: NightAccumulator | None = None
         self.leak: NightLeakRule | None = None
         self.bands: dict[str, BandTable] = {}
@@ -225,7 +225,7 @@ class DetectionEngine:
                 m.bands[s].computed_at = datetime.min.replace(tzinfo=UTC)
         return m
 
-    def _alert(self, m: _Meter, kind: str, signal: str) -> Alert:
+    def _alert(self, m: _Meter, kind: str, signal: str) -> AlertState:
         a = m.alerts.get((kind, signal))
         if a is None:
             if kind in ("threshold",):
@@ -236,7 +236,7 @@ class DetectionEngine:
                 mn, cl = 0.0, 0.0
             else:  # invalid, burst, pressure_loss: open at once, close after the clear time
                 mn, cl = 0.0, self._clear_s
-            a = m.alerts[(kind, signal)] = Alert(kind, signal, SEVERITY[kind], mn, cl, self.interval)
+            a = m.alerts[(kind, signal)] = AlertState(kind, signal, SEVERITY[kind], mn, cl, self.interval)
         return a
 
     def open_alerts(self, site: str | None = None, meter: str | None = None) -> list[tuple[str, str, str, datetime]]:
@@ -247,7 +247,7 @@ class DetectionEngine:
                 out += [(f"{s}/{mt}", a.kind, a.signal, _dt(a.start)) for a in m.alerts.values() if a.is_open]
         return out
 
-    def _emit(self, m: _Meter, a: Alert, tr: Transition | None, out: list[Anomaly]) -> None:
+    def _emit(self, m: _Meter, a: AlertState, tr: Transition | None, out: list[Anomaly]) -> None:
         if tr is None or self._replay:
             return
         out.append(Anomaly(
