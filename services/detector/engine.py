@@ -206,9 +206,6 @@ class DetectionEngine:
         return cls(settings.detector, settings.tz, limits=settings.limits, interval_s=settings.collector.interval_s)
 
     # --- meters and alerts ------------------------------------------------------------------
-    def meters(self) -> list[Key]:
-        return list(self._meters)
-
     def last_time(self, site: str, meter: str) -> datetime | None:
         m = self._meters.get((site, meter))
         return _dt(m.last) if m is not None and m.last is not None else None
@@ -217,7 +214,7 @@ class DetectionEngine:
         m = self._meters.get((site, meter))
         if m is None:
             m = self._meters[(site, meter)] = _Meter(site, meter)
-            m.night = NightAccumulator(self._night_start, self._night_end, self.tz, self.interval)
+            m.night = NightAccumulator(self._night_start, self._night_end, self.tz)
             m.leak = NightLeakRule(self.cfg)
             now = datetime.now(UTC)
             for s in SIGNALS:
@@ -238,14 +235,6 @@ class DetectionEngine:
                 mn, cl = 0.0, self._clear_s
             a = m.alerts[(kind, signal)] = AlertState(kind, signal, SEVERITY[kind], mn, cl, self.interval)
         return a
-
-    def open_alerts(self, site: str | None = None, meter: str | None = None) -> list[tuple[str, str, str, datetime]]:
-        """(site/meter, kind, signal, start) of every open alert."""
-        out = []
-        for (s, mt), m in self._meters.items():
-            if (site is None or s == site) and (meter is None or mt == meter):
-                out += [(f"{s}/{mt}", a.kind, a.signal, _dt(a.start)) for a in m.alerts.values() if a.is_open]
-        return out
 
     def _emit(self, m: _Meter, a: AlertState, tr: Transition | None, out: list[Anomaly]) -> None:
         if tr is None or self._replay:

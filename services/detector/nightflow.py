@@ -55,15 +55,14 @@ def night_window(ts: datetime, start: time, end: time, tz: ZoneInfo) -> tuple[da
 class NightAccumulator:
     """Tracks the minimum flow of the current night window of one meter."""
 
-    __slots__ = ("count", "day", "end", "expected", "minimum", "start", "tz", "we", "ws")
+    __slots__ = ("count", "day", "end", "minimum", "start", "tz", "we", "ws")
 
-    def __init__(self, start: time, end: time, tz: ZoneInfo, interval_s: float) -> None:
+    def __init__(self, start: time, end: time, tz: ZoneInfo) -> None:
         self.start, self.end, self.tz = start, end, tz
         self.ws = self.we = 0.0
         self.day: date | None = None
         self.minimum = float("inf")
         self.count = 0
-        self.expected = 1.0
 
     def _open(self, ts: float) -> None:
         ws, we, day = night_window(datetime.fromtimestamp(ts, ZoneInfo("UTC")), self.start, self.end, self.tz)
@@ -95,8 +94,8 @@ class NightLeakRule:
         self.normal_run = 0  # nights in a row with z <= night_clear_z
         self.last_day: date | None = None
 
-    def baseline(self, weekend: bool | None = None) -> tuple[float | None, float | None, int]:
-        """(median, sigma, nights used) of the recent non-suspect nights; (None, None, n) while too few.
+    def baseline(self, weekend: bool | None = None) -> tuple[float | None, float | None]:
+        """(median, sigma) of the recent non-suspect nights; (None, None) while too few.
 
         With ``night_by_daytype`` and ``weekend`` given, the median is that of the recent nights of
         the same day type (weekday / weekend: night flow differs between them), and sigma is pooled
@@ -104,7 +103,7 @@ class NightLeakRule:
         two nights of that type are known, all recent nights count together."""
         recent = [(v, wk) for v, suspect, wk in self.nights.values() if not suspect][-self.cfg.night_baseline_nights :]
         if len(recent) < self.cfg.night_min_baseline_nights:
-            return None, None, len(recent)
+            return None, None
         meds: dict[bool, float] = {}
         if self.cfg.night_by_daytype and weekend is not None:
             for t in (False, True):
@@ -119,7 +118,7 @@ class NightLeakRule:
             devs = [abs(v - med) for v, _ in recent]
         mad = statistics.median(devs)
         sigma = max(1.4826 * mad, abs(med) * self.cfg.night_sigma_min_pct / 100.0, 1e-6)
-        return med, sigma, len(recent)
+        return med, sigma
 
     def judge(self, day: date, ws: float, value: float) -> tuple[float, float | None, float | None] | None:
         """Record a night; returns (z, baseline, sigma) with :attr:`cusum` updated, or None for a
@@ -130,7 +129,7 @@ class NightLeakRule:
         self.last_day = day
         cfg = self.cfg
         weekend = day.weekday() >= 5
-        base, sigma, _ = self.baseline(weekend)
+        base, sigma = self.baseline(weekend)
         z = 0.0
         if base is not None and sigma is not None:
             z = (value - base) / sigma
