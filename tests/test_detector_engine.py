@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from services.detector.engine import DetectionEngine, next_boundary
-from services.detector.nightflow import night_window, parse_hhmm
+from services.detector.rules.nightflow import night_window, parse_hhmm
 from shared.messages import Forecast
 from shared.settings import DetectorSettings
 from tests.detector_synth import at, frame, minutes

@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from services.detector.alerts import AlertState, Transition
-from services.detector.nightflow import NightAccumulator, NightLeakRule, parse_hhmm
-from services.detector.thresholds import BandTable, learn_thresholds, static_thresholds
+from services.detector.rules.nightflow import NightAccumulator, NightLeakRule, parse_hhmm
+from services.detector.rules.thresholds import BandTable, learn_thresholds, static_thresholds
 from shared.eventtime import floor
 from shared.messages import SIGNALS, Anomaly, Forecast, Reading, Thresholds
 from shared.settings import DetectorSettings, RangeLimits, Settings
