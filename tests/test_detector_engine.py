@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.detector.engine import DetectionEngine, next_boundary
-from services.detector.nightflow import night_window, parse_hhmm
+from services.detector.engine import DetectionEngine
+from services.detector.rules.nightflow import night_window, parse_hhmm
+from services.detector.rules.thresholds import next_boundary
 from shared.messages import Forecast
 from shared.settings import DetectorSettings
 from tests.detector_synth import at, frame, minutes

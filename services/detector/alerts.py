@@ -5,11 +5,59 @@ A condition is evaluated per reading (event time). An alert *opens* once its con
 readings and a 3-minute minimum it opens on the third reading in a row), and *closes* once the
 condition has been clear for ``clear_s``. Value hysteresis (a band that must be re-entered by a
 margin) is the rule's business: it passes the condition it computed with the open/closed state.
+
+The rules (``services/detector/rules/``) say what they see as a :class:`Condition` (fed to the
+kind's :class:`AlertState`) or, for a single reading (gap, spike), as an :class:`Event` that is
+published closed at once; :data:`SEVERITY` and :func:`timing` give each kind its severity and
+its minimum duration and clear time.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from shared.settings import DetectorSettings
+
+SEVERITY = {
+    "invalid": "warning", "flatline": "warning", "spike": "info", "gap": "info", "silent": "warning",
+    "threshold": "warning", "night_flow": "warning", "burst": "critical", "pressure_loss": "critical",
+    "forecast_deviation": "warning",
+}
+
+
+def timing(kind: str, cfg: DetectorSettings) -> tuple[float, float]:
+    """(min_s, clear_s) of an alert of ``kind``: how long its condition must hold before it opens,
+    and be clear before it closes (seconds of event time)."""
+    if kind == "threshold":
+        return cfg.min_duration_minutes * 60, cfg.clear_after_minutes * 60
+    if kind == "forecast_deviation":
+        return cfg.forecast_sustain_minutes * 60, cfg.clear_after_minutes * 60
+    if kind in ("flatline", "night_flow", "silent"):  # the rule itself decides when it is over
+        return 0.0, 0.0
+    return 0.0, cfg.clear_after_minutes * 60  # invalid, burst, pressure_loss: open at once
+
+
+class Condition(NamedTuple):
+    """What a rule saw at one reading, for :meth:`AlertState.update`: whether its condition holds,
+    the value and the limit it is measured against, and the message the alert keeps if it opens now
+    (or, while open, if this is its worst value so far)."""
+
+    active: bool
+    value: float | None = None
+    threshold: float | None = None
+    message: str = ""
+
+
+class Event(NamedTuple):
+    """A single-reading finding (a gap, a spike): published as one closed alert from start to end."""
+
+    start: float  # epoch seconds
+    end: float
+    value: float | None
+    threshold: float | None
+    message: str
 
 
 @dataclass(slots=True)
@@ -23,8 +71,8 @@ class Transition:
     message: str
 
 
-class Alert:
-    """One (kind, signal) alert slot of one meter."""
+class AlertState:
+    """The state machine of one (kind, signal) alert of one meter: closed, pending, open."""
 
     __slots__ = (
         "_peak_dev",

@@ -26,8 +26,8 @@ def main(argv: Sequence[str]) -> int:
     settings = settings_from_args(args)
 
     from services.detector.engine import DetectionEngine
+    from services.detector.rules.thresholds import format_bands
     from services.detector.service import read_columns
-    from services.detector.thresholds import format_bands
 
     try:
         store = open_store(settings)

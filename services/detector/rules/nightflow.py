@@ -1,4 +1,4 @@
-"""Minimum night flow (MNF): the standard utility leak indicator.
+"""night_flow: the minimum night flow (MNF) rising over its baseline, the standard utility leak indicator.
 
 Each local night, the minimum flow inside the night window (default 02:00–04:00 local; a window whose
 end is before its start crosses midnight and belongs to the day it starts on) is recorded and judged
@@ -31,6 +31,7 @@ from collections import OrderedDict
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from services.detector.alerts import AlertState, Condition
 from shared.settings import DetectorSettings
 
 
@@ -53,30 +54,31 @@ def night_window(ts: datetime, start: time, end: time, tz: ZoneInfo) -> tuple[da
 
 
 class NightAccumulator:
-    """Tracks the minimum flow of the current night window of one meter."""
+    """Tracks the minimum flow of the current night window of one meter; a night counts when at least
+    ``min_coverage`` of its readings (every ``interval_s``) arrived."""
 
-    __slots__ = ("count", "day", "end", "expected", "minimum", "start", "tz", "we", "ws")
+    __slots__ = ("count", "day", "end", "interval_s", "min_coverage", "minimum", "start", "tz", "we", "ws")
 
-    def __init__(self, start: time, end: time, tz: ZoneInfo, interval_s: float) -> None:
+    def __init__(self, start: time, end: time, tz: ZoneInfo, interval_s: float, min_coverage: float) -> None:
         self.start, self.end, self.tz = start, end, tz
+        self.interval_s, self.min_coverage = interval_s, min_coverage
         self.ws = self.we = 0.0
         self.day: date | None = None
         self.minimum = float("inf")
         self.count = 0
-        self.expected = 1.0
 
     def _open(self, ts: float) -> None:
         ws, we, day = night_window(datetime.fromtimestamp(ts, ZoneInfo("UTC")), self.start, self.end, self.tz)
         self.ws, self.we, self.day = ws.timestamp(), we.timestamp(), day
         self.minimum, self.count = float("inf"), 0
 
-    def add(self, ts: float, flow: float | None, interval_s: float, min_coverage: float) -> tuple[date, float, float] | None:
+    def add(self, ts: float, flow: float | None) -> tuple[date, float, float] | None:
         """Feed one reading; returns (day, window start epoch, minimum) when a night window completed."""
         done = None
         if self.day is None:
             self._open(ts)
         elif ts >= self.we:
-            if self.count and self.count >= min_coverage * (self.we - self.ws) / interval_s:
+            if self.count and self.count >= self.min_coverage * (self.we - self.ws) / self.interval_s:
                 done = (self.day, self.ws, self.minimum)
             self._open(ts)
         if flow is not None and self.ws <= ts < self.we:
@@ -86,7 +88,10 @@ class NightAccumulator:
 
 
 class NightLeakRule:
-    """Judges each completed night against the baseline of earlier nights (CUSUM, see the module doc)."""
+    """Judges each completed night of one meter against the baseline of earlier nights (CUSUM, see
+    the module doc)."""
+
+    kind = "night_flow"
 
     def __init__(self, cfg: DetectorSettings) -> None:
         self.cfg = cfg
@@ -95,8 +100,8 @@ class NightLeakRule:
         self.normal_run = 0  # nights in a row with z <= night_clear_z
         self.last_day: date | None = None
 
-    def baseline(self, weekend: bool | None = None) -> tuple[float | None, float | None, int]:
-        """(median, sigma, nights used) of the recent non-suspect nights; (None, None, n) while too few.
+    def baseline(self, weekend: bool | None = None) -> tuple[float | None, float | None]:
+        """(median, sigma) of the recent non-suspect nights; (None, None) while too few.
 
         With ``night_by_daytype`` and ``weekend`` given, the median is that of the recent nights of
         the same day type (weekday / weekend: night flow differs between them), and sigma is pooled
@@ -104,7 +109,7 @@ class NightLeakRule:
         two nights of that type are known, all recent nights count together."""
         recent = [(v, wk) for v, suspect, wk in self.nights.values() if not suspect][-self.cfg.night_baseline_nights :]
         if len(recent) < self.cfg.night_min_baseline_nights:
-            return None, None, len(recent)
+            return None, None
         meds: dict[bool, float] = {}
         if self.cfg.night_by_daytype and weekend is not None:
             for t in (False, True):
@@ -119,7 +124,7 @@ class NightLeakRule:
             devs = [abs(v - med) for v, _ in recent]
         mad = statistics.median(devs)
         sigma = max(1.4826 * mad, abs(med) * self.cfg.night_sigma_min_pct / 100.0, 1e-6)
-        return med, sigma, len(recent)
+        return med, sigma
 
     def judge(self, day: date, ws: float, value: float) -> tuple[float, float | None, float | None] | None:
         """Record a night; returns (z, baseline, sigma) with :attr:`cusum` updated, or None for a
@@ -130,7 +135,7 @@ class NightLeakRule:
         self.last_day = day
         cfg = self.cfg
         weekend = day.weekday() >= 5
-        base, sigma, _ = self.baseline(weekend)
+        base, sigma = self.baseline(weekend)
         z = 0.0
         if base is not None and sigma is not None:
             z = (value - base) / sigma
@@ -152,3 +157,24 @@ class NightLeakRule:
                 return False
             return True
         return self.cusum > self.cfg.night_cusum_limit or z > self.cfg.night_single_z
+
+    def check(self, day: date, ws: float, value: float, alert: AlertState | None) -> Condition | None:
+        """Judge the night of ``day`` (window start ``ws``, minimum ``value``): the condition of the
+        meter's "night_flow" alert, or None for a replayed night and while the baseline is learned."""
+        judged = self.judge(day, ws, value)
+        if judged is None:
+            return None
+        z, base, sigma = judged
+        if base is None:
+            return None
+        cfg = self.cfg
+        is_open = alert is not None and alert.is_open
+        lim = cfg.night_cusum_limit
+        active = self.alarm(z, is_open)
+        msg = ""
+        if active and not is_open:
+            why = (f"one night {z:.1f} sigma above it (detector.night_single_z)" if z > cfg.night_single_z
+                   else f"the excess over recent nights adds up to {self.cusum:.1f} sigma (detector.night_cusum_limit={lim:g})")
+            msg = (f"leak suspected: minimum night flow {value:.3f} m³/h against a baseline of {base:.3f} "
+                   f"(median of earlier nights, sigma {sigma:.3f}): {why}")
+        return Condition(active, value, base + lim * sigma, msg)

@@ -1,0 +1,213 @@
+"""threshold: outside the band of the local hour of day and day type (weekday / weekend).
+
+Each band is the [low, high] robust quantiles of the recent readings in that hour and day type,
+widened on both sides by a margin (a share of the quantile spread, at least a per-signal floor).
+Before ``threshold_min_days`` of data exist, the configured static limits apply (method "static").
+Learning is pure functions (numpy, no pandas: the service stays small): the readings come from the
+caller (the store, or a file for evaluate), when :class:`Recalibration` says the meter is due:
+when ``recalibrate_period`` is crossed in event time, and daily while only static limits exist.
+
+:class:`ThresholdRule` judges each reading against the installed bands, with hysteresis: an open
+alert clears only once the value is back inside the band by ``hysteresis_pct`` of its width, on the
+side it left.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from services.detector.alerts import AlertState, Condition
+from shared.eventtime import floor
+from shared.messages import SIGNALS, Band, Thresholds
+from shared.settings import DetectorSettings
+
+MIN_BAND_SAMPLES = 30  # fewer readings than this in one hour/day-type cell: that band stays static
+_STEP = {"day": timedelta(hours=36), "week": timedelta(days=8), "month": timedelta(days=40),
+         "quarter": timedelta(days=100), "year": timedelta(days=400)}
+
+
+def static_thresholds(site: str, meter: str, signal: str, cfg: DetectorSettings, at: datetime, sample_days: float = 0.0) -> Thresholds:
+    lo, hi = cfg.static_limits.get(signal, (float("-inf"), float("inf")))
+    bands = tuple(Band(hour=h, daytype=d, lower=lo, upper=hi) for h in range(24) for d in ("weekday", "weekend"))
+    return Thresholds(site=site, meter=meter, signal=signal, computed_at=at, method="static", bands=bands,
+                      sample_days=round(sample_days, 3))
+
+
+def local_cells(ts: np.ndarray, tz: ZoneInfo) -> np.ndarray:
+    """hour * 2 + weekend of each epoch second in ``ts`` (local time), without pandas."""
+    if len(ts) == 0:
+        return np.zeros(0, dtype=np.int64)
+    keys, inverse = np.unique(ts.astype(np.int64) // 900, return_inverse=True)  # zone offsets are multiples of 15 min
+    cells = np.empty(len(keys), dtype=np.int64)
+    for i, k in enumerate(keys.tolist()):
+        lt = datetime.fromtimestamp(k * 900, tz)
+        cells[i] = lt.hour * 2 + (lt.weekday() >= 5)
+    return cells[inverse]
+
+
+def learn_thresholds(
+    site: str, meter: str, ts: np.ndarray, values: dict[str, np.ndarray], at: datetime, cfg: DetectorSettings,
+    tz: ZoneInfo, interval_s: float,
+) -> list[Thresholds]:
+    """Bands for both signals from readings ``ts`` (epoch seconds) and ``values[signal]`` (NaN = missing)."""
+    out = []
+    cell = local_cells(np.asarray(ts, dtype=np.float64), tz)
+    q_lo, q_hi = cfg.threshold_quantiles
+    for sig in SIGNALS:
+        v_all = np.asarray(values.get(sig, np.full(len(cell), np.nan)), dtype=np.float64)
+        ok = np.isfinite(v_all)
+        sample_days = float(ok.sum()) * interval_s / 86400.0
+        static = static_thresholds(site, meter, sig, cfg, at, sample_days)
+        if sample_days < cfg.threshold_min_days:
+            out.append(static)
+            continue
+        v, c = v_all[ok], cell[ok]
+        order = np.argsort(c, kind="stable")
+        v, c = v[order], c[order]
+        bounds = np.searchsorted(c, np.arange(49))
+        min_spread = cfg.threshold_min_spread.get(sig, 0.0)
+        bands = []
+        for b in static.bands:
+            idx = b.hour * 2 + (b.daytype == "weekend")
+            sel = v[bounds[idx] : bounds[idx + 1]]
+            if len(sel) < MIN_BAND_SAMPLES:
+                bands.append(b)
+                continue
+            lo, hi = np.quantile(sel, [q_lo, q_hi])
+            margin = max((hi - lo) * cfg.threshold_margin_pct / 100.0, min_spread)
+            bands.append(Band(hour=b.hour, daytype=b.daytype, lower=round(float(lo - margin), 6), upper=round(float(hi + margin), 6)))
+        out.append(Thresholds(site=site, meter=meter, signal=sig, computed_at=at, method="learned", bands=tuple(bands),
+                              sample_days=round(sample_days, 3)))
+    return out
+
+
+class HourCells:
+    """The cell (hour * 2 + weekend, local time) of an epoch second, one reading at a time: the
+    per-reading sibling of :func:`local_cells`, cached per 15 minutes and shared by all meters."""
+
+    __slots__ = ("cells", "tz")
+
+    def __init__(self, tz: ZoneInfo) -> None:
+        self.tz = tz
+        self.cells: dict[int, int] = {}
+
+    def __call__(self, t: float) -> int:
+        k = int(t) // 900  # every zone offset is a multiple of 15 minutes
+        c = self.cells.get(k)
+        if c is None:
+            if len(self.cells) > 100_000:
+                self.cells.clear()
+            lt = datetime.fromtimestamp(k * 900, self.tz)
+            c = self.cells[k] = lt.hour * 2 + (lt.weekday() >= 5)
+        return c
+
+
+class BandTable:
+    """Fast lookup of a Thresholds message: index = hour * 2 + weekend."""
+
+    __slots__ = ("computed_at", "lower", "method", "sample_days", "upper")
+
+    def __init__(self, th: Thresholds) -> None:
+        self.lower = [float("-inf")] * 48
+        self.upper = [float("inf")] * 48
+        for b in th.bands:
+            i = b.hour * 2 + (b.daytype == "weekend")
+            self.lower[i], self.upper[i] = b.lower, b.upper
+        self.method = th.method
+        self.sample_days = th.sample_days
+        self.computed_at = th.computed_at
+
+
+def format_bands(th: Thresholds) -> str:
+    """A table of the bands for the CLI."""
+    lines = [f"{th.site}/{th.meter} {th.signal}: {th.method} ({th.sample_days:.1f} days of data, computed {th.computed_at.isoformat()})",
+             "  hour   weekday lower..upper        weekend lower..upper"]
+    def fmt(b) -> str:
+        return f"{b.lower:>10.3f}..{b.upper:<10.3f}" if b else f"{'-':>22}"
+
+    for h in range(24):
+        wd, we = th.band_for(h, False), th.band_for(h, True)
+        lines.append(f"  {h:02d}   {fmt(wd)}   {fmt(we)}")
+    return "\n".join(lines)
+
+
+class ThresholdRule:
+    """One signal of one meter: its installed bands (static until learned)."""
+
+    __slots__ = ("bands", "cfg", "sig")
+
+    kind = "threshold"
+
+    def __init__(self, sig: str, cfg: DetectorSettings, bands: BandTable) -> None:
+        self.sig, self.cfg, self.bands = sig, cfg, bands
+
+    def install(self, th: Thresholds) -> bool:
+        """Use ``th`` from now on, unless the installed bands are newer."""
+        if self.bands.computed_at > th.computed_at:
+            return False
+        self.bands = BandTable(th)
+        return True
+
+    def check(self, x: float, cell: int, alert: AlertState | None) -> Condition | None:
+        cfg, bt = self.cfg, self.bands
+        lo, hi = bt.lower[cell], bt.upper[cell]
+        is_open = alert is not None and alert.is_open
+        if is_open:
+            h = (hi - lo) * cfg.hysteresis_pct / 100.0 if hi - lo < math.inf else 0.0
+            upper_breach = alert.value is None or lo == -math.inf or alert.value > (lo + hi) / 2
+            active = x > hi - h if upper_breach else x < lo + h  # re-enter the band by a margin on the breached side
+        else:
+            active = x > hi or x < lo
+        if not (active or (alert is not None and (is_open or alert.first_true is not None))):
+            return None
+        thr = hi if x > (lo + hi) / 2 or lo == -math.inf else lo
+        msg = ""
+        if active and not is_open:
+            side = "above the upper" if thr == hi else "below the lower"
+            hour, wk = divmod(cell, 2)
+            if bt.method == "static":
+                how = (f"static limits (detector.static_limits): only {bt.sample_days:.1f} of "
+                       f"{cfg.threshold_min_days:g} days of data, bands not learned yet")
+            else:
+                how = f"learned from {bt.sample_days:.1f} days"
+            msg = f"{self.sig} {x:.3f} {side} band {thr:.3f} (hour {hour:02d} {'weekend' if wk else 'weekday'}; {how})"
+        return Condition(active, x, thr, msg)
+
+
+def next_boundary(t: float, period: str, tz: ZoneInfo) -> float:
+    """The first boundary of ``period`` strictly after epoch ``t`` (local time ``tz``)."""
+    b = floor(datetime.fromtimestamp(t, UTC), period, tz)
+    return floor(b + _STEP[period], period, tz).timestamp()
+
+
+class Recalibration:
+    """When one meter's bands are due to be learned again, in event time: at each ``period``
+    boundary, and at each local midnight while any of its signals still has static limits."""
+
+    __slots__ = ("next_day", "next_period", "period", "rules", "tz")
+
+    def __init__(self, period: str, tz: ZoneInfo, rules: Sequence[ThresholdRule]) -> None:
+        self.period, self.tz, self.rules = period, tz, rules
+        self.next_period = self.next_day = math.inf
+
+    def start(self, t: float) -> None:
+        """The meter's first reading."""
+        self.next_period = next_boundary(t, self.period, self.tz)
+        self.next_day = next_boundary(t, "day", self.tz)
+
+    def due(self, t: float) -> float | None:
+        """The boundary (epoch) a reading at ``t`` crossed that makes the meter due, or None."""
+        at = None
+        if t >= self.next_period:
+            at = floor(datetime.fromtimestamp(t, UTC), self.period, self.tz).timestamp()
+            self.next_period = next_boundary(t, self.period, self.tz)
+        if t >= self.next_day:
+            if any(r.bands.method == "static" for r in self.rules):
+                at = floor(datetime.fromtimestamp(t, UTC), "day", self.tz).timestamp()
+            self.next_day = next_boundary(t, "day", self.tz)
+        return at
