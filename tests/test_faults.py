@@ -6,6 +6,7 @@ ts); a duplicate would show as a missing neighbour or a wrong count)."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -70,6 +71,28 @@ def test_broker_killed_mid_stream(tmp_path, own_broker):
         assert wait_stored(st, 400, 120), st.all_logs()
         assert_complete(st)
         assert st.alive("collector") and st.alive("detector")
+    finally:
+        st.stop_all()
+
+
+def test_broker_killed_while_the_detector_lags_loses_nothing(tmp_path, own_broker):
+    """The broker acknowledged readings it held only in memory (it persists every few seconds) and
+    dies with them: the collector still has them (a reading leaves its spool when the detector has
+    stored it) and sends them again on the new connection."""
+    st = Stack(tmp_path, own_broker, n_readings=300, rate_per_s=20)
+    try:
+        st.start("detector")
+        st.start("collector")
+        assert wait_stored(st, 50, 60), st.all_logs()
+        st.procs["detector"].send_signal(signal.SIGSTOP)  # the detector lags: the broker queues for it
+        time.sleep(2)
+        own_broker.kill()  # kill -9: what it had not yet written to its persistence file is gone
+        own_broker.start()
+        st.procs["detector"].send_signal(signal.SIGCONT)
+        assert wait_stored(st, 300, 120), st.all_logs()
+        assert_complete(st)
+        assert st.alive("collector") and st.alive("detector")
+        assert wait_until(lambda: json.loads((st.data / "health" / "collector.json").read_text())["counters"].get("spool_depth") == 0, 30)
     finally:
         st.stop_all()
 

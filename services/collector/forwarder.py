@@ -6,7 +6,11 @@ after its store write) is. A reading the broker acknowledged stays in the spool,
 is not sent again on that connection; on every new connection all readings not yet stored are sent
 again from the oldest (the broker may have lost them). paho keeps unacknowledged QoS 1 messages in
 memory and resends them on reconnect; the spool already holds them, so on every disconnect paho's
-copies are dropped. One source of truth (the disk), the stream's order, and at-least-once: a
+copies are dropped. A reading the broker acknowledged while no detector session existed (a first
+start, an expired session) is dropped by the broker: when no receipt has come for
+``RESEND_MIN_S`` while readings wait, they are sent again, with the wait doubling up to
+``RESEND_MAX_S`` while the detector stays silent (a detector down for hours does not get its queue
+flooded with copies). One source of truth (the disk), the stream's order, and at-least-once: a
 reading sent twice is stored once (identity (site, meter, ts), same values) and judged once.
 
 Locking: ``on_published`` runs inside paho's message lock, so it only appends to a deque; the
@@ -18,12 +22,16 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 
 from services.collector.spool import Spool
 from shared.bus import Bus
 from shared.counters import Counters
 
 logger = logging.getLogger(__name__)
+
+RESEND_MIN_S = 15.0
+RESEND_MAX_S = 3600.0
 
 
 class Forwarder:
@@ -39,6 +47,8 @@ class Forwarder:
         self._acked_ids: list[int] = []
         self._last_id = 0  # highest spool id handed to paho on this connection
         self._resend_upto = 0  # rows up to this id were handed over before a disconnect: counted as resent
+        self._resend_after = RESEND_MIN_S
+        self._progress = time.monotonic()  # the last receipt (or start)
         self._unsend = False  # a new connection: send again what the broker acknowledged but the detector has not stored
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -67,10 +77,20 @@ class Forwarder:
             self._unsend = True
         self._wake.set()
 
+    def resend_unstored(self) -> None:
+        """Send again, from the oldest, every reading not yet stored (the detector just came online)."""
+        with self._lock:
+            self._inflight.clear()
+            self._last_id = 0
+            self._unsend = True
+        self._wake.set()
+
     def on_stored(self, topic: str, ranges: list[tuple[int, int, int, int]]) -> int:
         """The detector stored these readings of ``topic``: remove them from the spool."""
         n = self.spool.remove_stored(topic, ranges)
         self.counters.inc("stored", n)
+        self._progress = time.monotonic()
+        self._resend_after = RESEND_MIN_S
         self.counters.set("spool_depth", len(self.spool))
         return n
 
@@ -94,12 +114,17 @@ class Forwarder:
         with self._lock:
             if not self.bus.connected:
                 return
-            if self._unsend:
-                self._unsend = False
+            silent = time.monotonic() - self._progress > self._resend_after
+            if self._unsend or silent:
                 n = self.spool.unsend_all()
                 if n:
                     self.counters.inc("resent_unstored", n)
-                    logger.info("%d reading(s) the broker had but the detector had not stored yet: sending them again", n)
+                    why = "a new connection" if self._unsend else f"no receipt from the detector for {self._resend_after:.0f}s"
+                    logger.info("%d reading(s) the broker acknowledged are not stored yet (%s): sending them again", n, why)
+                if silent:
+                    self._progress = time.monotonic()
+                    self._resend_after = min(self._resend_after * 2, RESEND_MAX_S)
+                self._unsend = False
             room = self.window - len(self._inflight)
             if room <= 0:
                 return

@@ -26,7 +26,7 @@ from services.collector.simulator import align
 from services.collector.sources import EndOfSource, Sample, Source, SourceIOError, make_source
 from services.collector.spool import Spool
 from shared.bus import Bus
-from shared.messages import Reading, Stored
+from shared.messages import Reading, ServiceStatus, Stored
 from shared.service import Service
 from shared.settings import Settings
 
@@ -65,6 +65,10 @@ class CollectorService(Service):
         self.bus.on_disconnected = self.forwarder.on_disconnected
         self.bus.on_connected = self._on_connected
         self.bus.subscribe(self.topics.stored(self.settings.site, self.settings.meter), Stored, self._on_stored)
+        # The detector coming online (a first start, a restart) has a session now: send it what is
+        # not stored yet (the broker dropped what it acknowledged while no detector session existed).
+        self.bus.subscribe(self.topics.status("detector"), ServiceStatus, self._on_detector_status)
+        self._detector_online = False
         if self.bus.connected:
             self.forwarder.on_connected()
         self.counters.set("spool_depth", len(self.spool))
@@ -76,6 +80,12 @@ class CollectorService(Service):
     def _on_stored(self, topic: str, st: Stored) -> None:
         ranges = [(lo, hi, int(t0.timestamp()), int(t1.timestamp())) for lo, hi, t0, t1 in st.ranges]
         self.forwarder.on_stored(self.topic, ranges)
+
+    def _on_detector_status(self, topic: str, st: ServiceStatus) -> None:
+        online = st.state == "online"
+        if online and not self._detector_online:
+            self.forwarder.resend_unstored()
+        self._detector_online = online
 
     def _on_connected(self) -> None:
         if self.forwarder is not None:
