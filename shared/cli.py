@@ -11,11 +11,9 @@ Each command lives in its own module with a ``main(argv) -> int``; this file onl
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 # name -> (module:function, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -75,40 +73,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     return int(getattr(module, func)(rest) or 0)
-
-
-def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """A parser with the options every command shares (``--config``)."""
-    p = argparse.ArgumentParser(prog=f"flowwatch {prog}", description=description)
-    p.add_argument(
-        "-c", "--config", metavar="FILE", default=None,
-        help="YAML config file (default: $FLOWWATCH_CONFIG, else built-in defaults); FLOWWATCH_* variables override it",
-    )
-    p.add_argument(
-        "--data-dir", metavar="DIR", type=Path, default=None,
-        help="data folder: store, spool, models, exports, secrets, logs (default: data_dir of the config, ./var)",
-    )
-    return p
-
-
-def settings_from_args(args: argparse.Namespace, **overrides: object):  # -> Settings
-    """Settings for a command parsed by ``base_parser``: its ``--config`` and ``--data-dir``."""
-    if getattr(args, "data_dir", None) is not None:
-        overrides.setdefault("data_dir", args.data_dir)
-    return settings_or_exit(args.config, **overrides)
-
-
-def settings_or_exit(path: str | None, **overrides: object):  # -> Settings
-    """Load settings; on error print each problem as a key path and exit 2."""
-    from shared.settings import ConfigFileError, format_errors, load_settings
-
-    try:
-        return load_settings(path, **overrides)
-    except (ConfigFileError, ValueError) as exc:
-        print(f"flowwatch: invalid configuration{f' in {path}' if path else ''}:", file=sys.stderr)
-        for line in format_errors(exc):
-            print(f"  {line}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from shared.cli import base_parser, settings_from_args
 from shared.messages import SIGNALS, Anomaly, Forecast
 from shared.readings_csv import CsvFormatError, read_all
+from shared.runner import base_parser, settings_from_args
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from shared.cli import base_parser
+from shared.runner import base_parser
 from shared.scenarios import Leak, Scenario, SensorFault, scenario_from_dict, simulate, write
 
 

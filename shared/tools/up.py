@@ -39,8 +39,8 @@ from typing import Any
 import yaml
 from pydantic import SecretStr
 
-from shared.cli import base_parser, settings_from_args
 from shared.credentials import SERVICES, ensure_secrets
+from shared.runner import base_parser, settings_from_args
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
