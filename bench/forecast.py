@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or (20 if args.quick else 200)
     reps = 1 if args.quick else 5
 
-    from shared.broker import MosquittoProcess
+    from app.broker import MosquittoProcess
     from shared.settings import Settings
     from shared.store.sqlite import SqliteStore
     from tests.harness import mqtt_settings

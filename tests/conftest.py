@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hsettings
 
-from shared.broker import MosquittoProcess
+from app.broker import MosquittoProcess
 from shared.settings import Settings
 from shared.store.sqlite import SqliteStore
 from tests.harness import InfluxProcess, have_influxd, mqtt_settings

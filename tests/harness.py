@@ -1,6 +1,6 @@
 """Real servers for tests and benchmarks: an ``influxd`` (Debian's ``influxdb`` 1.6.7) in temp dirs.
 
-Mosquitto is started through ``shared.broker.MosquittoProcess`` (``flowwatch up`` uses it too).
+Mosquitto is started through ``app.broker.MosquittoProcess`` (``flowwatch up`` uses it too).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import requests
 
-from shared.broker import free_port
+from app.broker import free_port
 from shared.settings import InfluxSettings, MqttSettings
 
 
@@ -81,7 +81,7 @@ class InfluxProcess:
         self.proc = None
 
 
-def mqtt_settings(broker) -> MqttSettings:  # broker: shared.broker.MosquittoProcess
+def mqtt_settings(broker) -> MqttSettings:  # broker: app.broker.MosquittoProcess
     return MqttSettings(host=broker.host, port=broker.port, username=broker.username, password=broker.password,
                         reconnect_min_s=0.2, reconnect_max_s=1.0, keepalive_s=10)
 

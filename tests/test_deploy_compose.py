@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.credentials import SERVICE_UIDS, SERVICES
+from app.credentials import SERVICE_UIDS, SERVICES
 from shared.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from shared.broker import MosquittoProcess
+from app.broker import MosquittoProcess
 from shared.store.sqlite import SqliteStore
 from tests.harness import InfluxProcess
 from tests.stack import Stack, wait_until

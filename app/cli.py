@@ -17,21 +17,21 @@ from collections.abc import Sequence
 
 # name -> (module:function, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("shared.tools.up:main", "run the whole stack on this machine (no Docker), simulated meter by default"),
+    "up": ("app.up:main", "run the whole stack on this machine (no Docker), simulated meter by default"),
     "collector": ("services.collector.__main__:main", "run the collector service (meter -> MQTT)"),
     "detector": ("services.detector.__main__:main", "run the detector service (store readings, raise anomalies)"),
     "forecaster": ("services.forecaster.__main__:main", "run the forecaster service (hourly forecast)"),
     "exporter": ("services.exporter.__main__:main", "run the exporter service (alert.txt / server.txt)"),
     "trainer": ("services.trainer.__main__:main", "run the trainer service (retrains the models)"),
-    "config": ("shared.tools.config_cmd:main", "config check [FILE]: validate a config file"),
-    "import": ("shared.tools.import_csv:main", "bulk-load historical readings from a CSV file"),
-    "health": ("shared.tools.health:main", "health check of one service (exit 0 when healthy)"),
-    "secrets": ("shared.credentials:main", "secrets init: generate MQTT passwords, Mosquitto password file, InfluxDB token"),
+    "config": ("app.config_cmd:main", "config check [FILE]: validate a config file"),
+    "import": ("app.import_csv:main", "bulk-load historical readings from a CSV file"),
+    "health": ("app.health:main", "health check of one service (exit 0 when healthy)"),
+    "secrets": ("app.credentials:main", "secrets init: generate MQTT passwords, Mosquitto password file, InfluxDB token"),
     "train": ("services.trainer.cli:main", "train the forecasting models now"),
     "thresholds": ("services.detector.cli:main", "thresholds recalibrate: recompute anomaly thresholds now"),
-    "plot": ("shared.tools.plot:main", "plot flow, pressure, forecasts, thresholds and anomalies to a PNG"),
-    "simulate": ("shared.tools.simulate:main", "generate leak scenarios with a hydraulic simulator"),
-    "evaluate": ("shared.tools.evaluate:main", "score detection and forecasts on a readings file"),
+    "plot": ("app.plot:main", "plot flow, pressure, forecasts, thresholds and anomalies to a PNG"),
+    "simulate": ("app.simulate:main", "generate leak scenarios with a hydraulic simulator"),
+    "evaluate": ("app.evaluate:main", "score detection and forecasts on a readings file"),
 }
 
 

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared import credentials
+from app import credentials
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ promoted versions; otherwise it serves seasonal naive, as a new install does.
 Writes (formats are stable; other tools score them too):
   DIR/anomalies.csv   start,end,kind,signal,severity       (end empty while still open at the end)
   DIR/forecasts.csv   issued_at,target_time,signal,value,model   (model = version or seasonal-naive)
-and with ``--labels``: DIR/metrics.json (see shared/scoring.py for the definitions) and
+and with ``--labels``: DIR/metrics.json (see app/scoring.py for the definitions) and
 DIR/evaluation.png. Only events, alerts and forecast targets after the scoring start are scored
 (``--score-from-day``, default: the training days).
 """
@@ -298,7 +298,7 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     settings = settings_from_args(args)
-    from shared.scenarios import read_labels
+    from app.scenarios import read_labels
 
     try:
         frame, rejects = read_all(args.readings, settings.limits, source="replay")
