@@ -20,7 +20,7 @@ T0 = datetime(2026, 3, 2, tzinfo=UTC)
 
 
 def start_influxd(workdir: Path):
-    from tests.harness import InfluxProcess
+    from app.influxd import InfluxProcess
 
     return InfluxProcess(workdir / "influxd").start()
 

@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 
 from app.broker import MosquittoProcess
+from app.influxd import InfluxProcess
 from shared.store.sqlite import SqliteStore
-from tests.harness import InfluxProcess
-from tests.stack import Stack, wait_until
+from tests.harness import wait_for
+from tests.stack import Stack
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -48,7 +49,7 @@ def assert_complete(stack: Stack, store=None) -> None:
 
 
 def wait_stored(stack: Stack, n: int, timeout: float, store=None) -> bool:
-    return wait_until(lambda: len(stored_times(stack, store)) >= n, timeout, every=0.5)
+    return wait_for(lambda: len(stored_times(stack, store)) >= n, timeout, every=0.5)
 
 
 @pytest.fixture
@@ -158,8 +159,8 @@ def test_spool_filled_to_bound(tmp_path, own_broker):
         own_broker.stop()
         st.start("collector")
         spool = st.data / "spool.db"
-        assert wait_until(lambda: "dropped" in st.log("collector"), 60), st.log("collector")
-        assert wait_until(lambda: "finished" in st.log("collector") or "300" in st.log("collector"), 30)
+        assert wait_for(lambda: "dropped" in st.log("collector"), 60, every=0.2), st.log("collector")
+        assert wait_for(lambda: "finished" in st.log("collector") or "300" in st.log("collector"), 30, every=0.2)
         own_broker.start()
         st.start("detector")
         assert wait_stored(st, 100, 60), st.all_logs()
@@ -190,7 +191,7 @@ def test_no_secret_in_logs_or_status(tmp_path, own_broker):
         c.connect(own_broker.host, own_broker.port)
         c.subscribe("flowwatch/v1/service/+/status", qos=1)
         c.loop_start()
-        assert wait_until(lambda: len(statuses) >= 5, 30)
+        assert wait_for(lambda: len(statuses) >= 5, 30, every=0.2)
         c.loop_stop()
         c.disconnect()
     finally:
