@@ -13,14 +13,14 @@ from pathlib import Path
 
 import yaml
 
-from shared.broker import MosquittoProcess
+from app.broker import MosquittoProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 
 
 def start_influxd(workdir: Path):
-    from tests.harness import InfluxProcess
+    from app.influxd import InfluxProcess
 
     return InfluxProcess(workdir / "influxd").start()
 
@@ -47,7 +47,7 @@ def write_config(workdir: Path, broker: MosquittoProcess, *, store: str, influx_
 def start_detector(cfg: Path, workdir: Path, timeout: float = 60.0) -> subprocess.Popen:
     health = workdir / "var" / "health" / "detector.json"
     health.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "detector", "-c", str(cfg)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "detector", "-c", str(cfg)], cwd=ROOT,
                             stdout=(workdir / "detector.log").open("ab"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

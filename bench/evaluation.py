@@ -38,9 +38,9 @@ GOALS = [
 
 def run_scenario(name: str, out: Path, train_days: float | None) -> dict:
     d = out / name
-    cmd = [sys.executable, "-m", "shared.cli", "simulate", "--scenario", f"{SUITE}:{name}", "--out", str(d)]
+    cmd = [sys.executable, "-m", "app.cli", "simulate", "--scenario", f"{SUITE}:{name}", "--out", str(d)]
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    cmd = [sys.executable, "-m", "shared.cli", "evaluate", "--readings", str(d / "readings.csv"), "--labels", str(d / "labels.csv"),
+    cmd = [sys.executable, "-m", "app.cli", "evaluate", "--readings", str(d / "readings.csv"), "--labels", str(d / "labels.csv"),
            "--out", str(d / "eval"), "--quiet", "--score-from-day", "14"]
     if train_days:
         cmd += ["--train-days", str(train_days)]

@@ -57,11 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or (20 if args.quick else 200)
     reps = 1 if args.quick else 5
 
-    from shared.broker import MosquittoProcess
+    from app.broker import MosquittoProcess, mqtt_settings
+    from app.synthetic import diurnal_frame
     from shared.settings import Settings
     from shared.store.sqlite import SqliteStore
-    from tests.harness import mqtt_settings
-    from tests.synthetic import diurnal_frame
 
     with tempfile.TemporaryDirectory() as tmp:
         broker = MosquittoProcess(Path(tmp) / "mosquitto").start()

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from app.influxd import InfluxProcess
 from bench.common import machine, median_of, table
 from shared.readings_csv import import_chunks
 from shared.settings import RangeLimits
 from shared.store.influx import InfluxStore
 from shared.store.sqlite import SqliteStore
-from tests.harness import InfluxProcess
 
 
 def year_frame(rows: int) -> pd.DataFrame:

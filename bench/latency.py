@@ -19,6 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
+from app.broker import MosquittoProcess
 from bench.common import machine, table
 from bench.detector_common import (
     percentile,
@@ -28,7 +29,6 @@ from bench.detector_common import (
     stop,
     write_config,
 )
-from shared.broker import MosquittoProcess
 from shared.bus import Bus
 from shared.messages import Anomaly
 from shared.settings import MqttSettings

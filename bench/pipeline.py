@@ -41,9 +41,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from app.broker import MosquittoProcess
 from bench.common import machine, table
 from bench.detector_common import ROOT, env, start_detector, stop, write_config
-from shared.broker import MosquittoProcess
 
 TARGET_RATIO = 0.80
 ANCHOR_QOS1 = 4400
@@ -136,7 +136,7 @@ def collector_phase(broker: MosquittoProcess, work: Path, db: Path, n: int) -> f
         "collector": {"source": "replay", "speed": 0, "replay": {"file": str(csv)}},
     })
     log = (work / f"{site}.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "collector", "-c", str(cfg)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "collector", "-c", str(cfg)], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT, env=env())
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     t_first = t_done = 0.0

@@ -3,7 +3,7 @@
     python -m bench.services [--quick] [--runs N]
 
 Starts a Mosquitto (the project config) and the five services as separate processes exactly as
-`flowwatch up` does (`python -m shared.cli <service> -c FILE`), the collector on the simulator at
+`flowwatch up` does (`python -m app.cli <service> -c FILE`), the collector on the simulator at
 60× speed (one reading per wall second; a forecast every minute of wall time). Cold start: from
 spawning the processes to every service's heartbeat saying "online" (the same file
 `flowwatch health` reads), median of N runs. Memory: RSS (and USS, the memory unique to the
@@ -26,8 +26,8 @@ from pathlib import Path
 import psutil
 import yaml
 
+from app.broker import MosquittoProcess
 from bench.common import machine, table
-from shared.broker import MosquittoProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ["collector", "detector", "forecaster", "exporter", "trainer"]
@@ -56,7 +56,7 @@ def online(work: Path, name: str) -> bool:
 
 def start_all(cfg: Path) -> dict[str, subprocess.Popen]:
     return {
-        n: subprocess.Popen([sys.executable, "-m", "shared.cli", n, "-c", str(cfg)], cwd=ROOT,
+        n: subprocess.Popen([sys.executable, "-m", "app.cli", n, "-c", str(cfg)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for n in SERVICES
     }

@@ -3,7 +3,7 @@
     python -m bench.train [--quick] [--days N] [--threads N]
 
 Prints the wall time per phase and the held-out WAPE of the model, persistence and seasonal naive
-on the synthetic series (tests/synthetic.py). Anchor (brief §12): Keras LSTM(32), 3 epochs on
+on the synthetic series (app/synthetic.py). Anchor (brief §12): Keras LSTM(32), 3 epochs on
 52,000 windows ~17 s; seed 001 needed ~7 h for a year.
 """
 
@@ -27,10 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     days = args.days or (21 if args.quick else 365)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    from app.synthetic import diurnal_frame
     from services.trainer import training
     from shared.settings import Settings
     from shared.store.sqlite import SqliteStore
-    from tests.synthetic import diurnal_frame
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer = {"threads": args.threads, "nice": 0, "holdout_days": 7}

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hsettings
 
-from shared.broker import MosquittoProcess
+from app.broker import MosquittoProcess, mqtt_settings
+from app.influxd import InfluxProcess, have_influxd
 from shared.settings import Settings
 from shared.store.sqlite import SqliteStore
-from tests.harness import InfluxProcess, have_influxd, mqtt_settings
 
 # Property-based tests draw the same inputs on every run, so a CI run is reproducible, not a lottery.
 # FLOWWATCH_FUZZ=explore draws new ones each run (a fuzzing session); pin what it finds with @example.

@@ -1,93 +1,9 @@
-"""Real servers for tests and benchmarks: an ``influxd`` (Debian's ``influxdb`` 1.6.7) in temp dirs.
-
-Mosquitto is started through ``shared.broker.MosquittoProcess`` (``flowwatch up`` uses it too).
-"""
+"""Helpers every test module may use. Real servers are started by ``app.broker`` (Mosquitto) and
+``app.influxd`` (influxd), which the benchmarks use too; the fixtures are in ``conftest.py``."""
 
 from __future__ import annotations
 
-import shutil
-import signal
-import subprocess
 import time
-from dataclasses import dataclass
-from pathlib import Path
-
-import requests
-
-from shared.broker import free_port
-from shared.settings import InfluxSettings, MqttSettings
-
-
-@dataclass
-class InfluxProcess:
-    workdir: Path
-    port: int = 0
-    proc: subprocess.Popen | None = None
-
-    def __post_init__(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        if not self.port:
-            self.port = free_port()
-        self.rpc_port = free_port()
-        self.conf = self.workdir / "influxdb.conf"
-        d = self.workdir
-        self.conf.write_text(
-            "reporting-disabled = true\n"
-            f'bind-address = "127.0.0.1:{self.rpc_port}"\n'
-            f'[meta]\n  dir = "{d}/meta"\n'
-            f'[data]\n  dir = "{d}/data"\n  wal-dir = "{d}/wal"\n  query-log-enabled = false\n'
-            '  cache-max-memory-size = "1g"\n'
-            "[monitor]\n  store-enabled = false\n"
-            f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n  max-body-size = 0\n'
-            "  max-row-limit = 0\n"
-            "[logging]\n  level = \"warn\"\n"
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def settings(self, database: str = "flowwatch", **kw: object) -> InfluxSettings:
-        return InfluxSettings(url=self.url, database=database, **kw)
-
-    def start(self, timeout: float = 30.0) -> InfluxProcess:
-        exe = shutil.which("influxd") or "/usr/bin/influxd"
-        self.proc = subprocess.Popen(
-            [exe, "-config", str(self.conf)], stdout=subprocess.DEVNULL, stderr=(self.workdir / "influxd.log").open("ab")
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"influxd exited: {(self.workdir / 'influxd.log').read_text()[-2000:]}")
-            try:
-                if requests.get(self.url + "/ping", timeout=0.5).status_code == 204:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"influxd did not answer on {self.url} within {timeout}s")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-
-def mqtt_settings(broker) -> MqttSettings:  # broker: shared.broker.MosquittoProcess
-    return MqttSettings(host=broker.host, port=broker.port, username=broker.username, password=broker.password,
-                        reconnect_min_s=0.2, reconnect_max_s=1.0, keepalive_s=10)
-
-
-def have_influxd() -> bool:
-    return shutil.which("influxd") is not None or Path("/usr/bin/influxd").exists()
 
 
 def wait_for(cond, timeout: float = 30.0, every: float = 0.02) -> bool:

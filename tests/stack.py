@@ -1,6 +1,6 @@
 """A flowwatch stack of real processes for the fault suite and benchmarks.
 
-Each service runs as its own process exactly as in production (``python -m shared.cli NAME -c
+Each service runs as its own process exactly as in production (``python -m app.cli NAME -c
 FILE``), against a real Mosquitto and a real store, so a test can SIGKILL any part and restart it.
 The collector replays a generated CSV (fixed timestamps and values) at a chosen speed, so the test
 knows every reading that must end up in the store.
@@ -12,14 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from shared.broker import MosquittoProcess
+from app.broker import MosquittoProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 START = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
@@ -71,7 +70,7 @@ class Stack:
         log = (self.logs / f"{name}.log").open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("FLOWWATCH_CONFIG", None)
-        p = subprocess.Popen([sys.executable, "-m", "shared.cli", name, "-c", str(self.config)], cwd=ROOT,
+        p = subprocess.Popen([sys.executable, "-m", "app.cli", name, "-c", str(self.config)], cwd=ROOT,
                              stdout=log, stderr=subprocess.STDOUT, env=env)
         self.procs[name] = p
         return p
@@ -105,12 +104,3 @@ class Stack:
 
     def all_logs(self, tail: int = 4000) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}" for p in sorted(self.logs.glob("*.log")))
-
-
-def wait_until(cond, timeout: float, every: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(every)
-    return False

@@ -100,7 +100,7 @@ def test_persistent_session_gets_messages_published_while_away(mqtt):
 
 
 def test_reconnects_after_broker_restart(fresh_broker):
-    from tests.harness import mqtt_settings
+    from app.broker import mqtt_settings
 
     s = mqtt_settings(fresh_broker)
     got = Sink()

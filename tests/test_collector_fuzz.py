@@ -74,7 +74,7 @@ def test_parser_never_crashes_regex_with_checksum(raw):
 
 @pytest.fixture(scope="module")
 def live(broker, tmp_path_factory):
-    from tests.harness import mqtt_settings
+    from app.broker import mqtt_settings
     from tests.meters import PtyPair
     from tests.test_collector_service import Listener, collector_settings, start, stop
 
@@ -97,7 +97,7 @@ line_frames = frames().map(lambda b: b.replace(b"\n", b"")[:300] + b"\n")
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.lists(line_frames, min_size=1, max_size=20))
 def test_service_counts_and_dead_letters_every_bad_frame(live, batch):
-    from tests.test_collector_service import wait_for
+    from tests.harness import wait_for
 
     svc, pty, lis = live
     bad = []

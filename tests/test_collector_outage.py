@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.harness import mqtt_settings
-from tests.test_collector_service import Listener, collector_settings, start, stop, wait_for
+from app.broker import mqtt_settings
+from tests.harness import wait_for
+from tests.test_collector_service import Listener, collector_settings, start, stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from app.broker import free_port
 from services.collector.registers import encode
 from services.collector.service import CollectorService
-from shared.broker import free_port
 from shared.bus import Bus
 from shared.messages import DeadLetter, Reading
 from shared.settings import Settings

@@ -10,7 +10,7 @@ from shared.settings import Settings, load_settings
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, env=env,
                           cwd=Path(__file__).resolve().parents[1])
 
 
@@ -120,7 +120,7 @@ def test_every_field_documented():
 
 
 def test_configuration_doc_is_current():
-    from shared.tools.config_cmd import reference
+    from app.config_cmd import reference
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
     assert doc.read_text() == reference(), "regenerate: flowwatch config doc > docs/configuration.md"

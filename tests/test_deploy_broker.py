@@ -1,4 +1,4 @@
-"""The project's mosquitto.conf + ACL on a real mosquitto, with secrets from shared.credentials.
+"""The project's mosquitto.conf + ACL on a real mosquitto, with secrets from app.credentials.
 
 Every user is tried on every topic, allowed and forbidden. Mosquitto drops a forbidden publish
 without telling the client (QoS 1 is still acknowledged) and grants a forbidden subscription but
@@ -20,8 +20,8 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from shared.broker import PROJECT_ACL, PROJECT_CONF, MosquittoProcess, free_port, project_setting
-from shared.credentials import SERVICES, USERS, ensure_secrets, mosquitto_hash
+from app.broker import PROJECT_ACL, PROJECT_CONF, MosquittoProcess, free_port, project_setting
+from app.credentials import SERVICES, USERS, ensure_secrets, mosquitto_hash
 from shared.topics import Topics
 from tests.harness import wait_for
 

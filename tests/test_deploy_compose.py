@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
-from shared.credentials import SERVICE_UIDS, SERVICES
+from app.credentials import SERVICE_UIDS, SERVICES
 from shared.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +132,13 @@ def test_dockerfile(name: str) -> None:
     text = (ROOT / "services" / name / "Dockerfile").read_text()
     # dependencies in a layer before the source
     assert text.index("pip install -r") < text.index("COPY shared")
+    # the packages the image installs, the one of the `flowwatch` entry point among them (app/: the
+    # image runs `flowwatch SERVICE` and `flowwatch health SERVICE`)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    entry = project["project"]["scripts"]["flowwatch"].split(".")[0]
+    for pkg in ("shared", "services", entry):
+        assert f"COPY {pkg} ./{pkg}" in text, f"{name}: the image lacks {pkg}/"
+        assert f"{pkg}*" in project["tool"]["setuptools"]["packages"]["find"]["include"]
     # only this service's extra
     assert f"['optional-dependencies']['{name}']" in text
     others = [o for o in SERVICES if o != name]

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.plot import parse_duration
 from shared.messages import Anomaly, Band, Forecast, Reading, Thresholds
 from shared.store.base import NightFlow
 from shared.store.sqlite import SqliteStore
-from shared.tools.plot import parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     seed(data / "flowwatch.db")
     out = tmp_path / "plot.png"
     r = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "plot", "--since", "12h", "-o", str(out)],
+        [sys.executable, "-m", "app.cli", "plot", "--since", "12h", "-o", str(out)],
         cwd=ROOT, env={"FLOWWATCH_DATA_DIR": str(data), "PATH": "/usr/bin:/bin", "MPLCONFIGDIR": str(tmp_path)},
         capture_output=True, text=True, timeout=120,
     )
@@ -66,7 +66,7 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
 
 def test_plot_without_readings_says_what_to_do(tmp_path: Path) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "plot", "-o", str(tmp_path / "x.png")],
+        [sys.executable, "-m", "app.cli", "plot", "-o", str(tmp_path / "x.png")],
         cwd=ROOT, env={"FLOWWATCH_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "MPLCONFIGDIR": str(tmp_path)},
         capture_output=True, text=True, timeout=120,
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.credentials import SERVICES
+from app.credentials import SERVICES
 from shared.store.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ def test_up_runs_the_whole_stack(tmp_path: Path) -> None:
     cfg = tmp_path / "flowwatch.yaml"
     cfg.write_text(yaml.safe_dump({"data_dir": str(data), "site": "site1", "meter": "meter1", "timezone": "Asia/Seoul"}))
     env = {"PATH": "/usr/sbin:/usr/bin:/bin", "MPLCONFIGDIR": str(tmp_path), "HOME": str(tmp_path)}
-    r = subprocess.run([sys.executable, "-m", "shared.cli", "up", "-c", str(cfg), "--speed", str(SPEED), "--for", str(RUN_S)],
+    r = subprocess.run([sys.executable, "-m", "app.cli", "up", "-c", str(cfg), "--speed", str(SPEED), "--for", str(RUN_S)],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_S + 120)
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((data / "logs").glob("*.log")))
     assert r.returncode == 0, r.stdout + r.stderr + logs

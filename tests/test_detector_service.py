@@ -175,7 +175,7 @@ def _config(tmp_path: Path, s: Settings, store) -> Path:
 
 
 def _start(cfg: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "shared.cli", "detector", "-c", str(cfg)], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "detector", "-c", str(cfg)], cwd=ROOT,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
@@ -253,7 +253,7 @@ def test_thresholds_recalibrate_cli_stores_prints_and_tells_the_running_detector
     watch = client(s, "watch-cli")
     watch.subscribe(topics.signal_filter(site, "m1", "thresholds"), Thresholds, got)
     cfg = _config(tmp_path, s, SqliteStore(db))
-    out = subprocess.run([sys.executable, "-m", "shared.cli", "thresholds", "recalibrate", "-c", str(cfg), "--site", site],
+    out = subprocess.run([sys.executable, "-m", "app.cli", "thresholds", "recalibrate", "-c", str(cfg), "--site", site],
                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     assert f"{site}/m1 flow_rate: learned (15.0 days of data" in out.stdout and "weekday lower..upper" in out.stdout

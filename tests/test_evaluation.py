@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.scenarios import Leak, Scenario, SensorFault, read_labels, simulate, write
+from app.scenarios import Leak, Scenario, SensorFault, read_labels, simulate, write
 
 pytest.importorskip("wntr")
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +65,7 @@ def test_files_round_trip(tmp_path: Path):
 
 
 def test_simulate_cli_rejects_bad_options(tmp_path: Path):
-    out = subprocess.run([sys.executable, "-m", "shared.cli", "simulate", "--out", str(tmp_path), "--fault", "1:melt"],
+    out = subprocess.run([sys.executable, "-m", "app.cli", "simulate", "--out", str(tmp_path), "--fault", "1:melt"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "KIND must be flatline, spike or gap" in out.stderr
 
@@ -76,10 +76,10 @@ def test_simulate_then_evaluate_a_burst(tmp_path: Path):
     pytest.importorskip("services.detector.engine", reason="the detector's decision logic is not merged yet")
     sim_dir, out = tmp_path / "sim", tmp_path / "eval"
     # 50 % of mean inflow at ~08:00 local on day 3 (the morning peak: a clear pressure drop), repaired after 6 h
-    run = subprocess.run([sys.executable, "-m", "shared.cli", "simulate", "--out", str(sim_dir), "--days", "4", "--seed", "7",
+    run = subprocess.run([sys.executable, "-m", "app.cli", "simulate", "--out", str(sim_dir), "--days", "4", "--seed", "7",
                           "--burst", "3.34:50:6", "--fault", "1.5:gap:20"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    run = subprocess.run([sys.executable, "-m", "shared.cli", "evaluate", "--readings", str(sim_dir / "readings.csv"),
+    run = subprocess.run([sys.executable, "-m", "app.cli", "evaluate", "--readings", str(sim_dir / "readings.csv"),
                           "--labels", str(sim_dir / "labels.csv"), "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "burst/large" in run.stdout

@@ -15,10 +15,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from shared.broker import MosquittoProcess
+from app.broker import MosquittoProcess
+from app.influxd import InfluxProcess
 from shared.store.sqlite import SqliteStore
-from tests.harness import InfluxProcess
-from tests.stack import Stack, wait_until
+from tests.harness import wait_for
+from tests.stack import Stack
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -49,7 +50,7 @@ def assert_complete(stack: Stack, store=None) -> None:
 
 
 def wait_stored(stack: Stack, n: int, timeout: float, store=None) -> bool:
-    return wait_until(lambda: len(stored_times(stack, store)) >= n, timeout, every=0.5)
+    return wait_for(lambda: len(stored_times(stack, store)) >= n, timeout, every=0.5)
 
 
 @pytest.fixture
@@ -92,7 +93,7 @@ def test_broker_killed_while_the_detector_lags_loses_nothing(tmp_path, own_broke
         assert wait_stored(st, 300, 120), st.all_logs()
         assert_complete(st)
         assert st.alive("collector") and st.alive("detector")
-        assert wait_until(lambda: json.loads((st.data / "health" / "collector.json").read_text())["counters"].get("spool_depth") == 0, 30)
+        assert wait_for(lambda: json.loads((st.data / "health" / "collector.json").read_text())["counters"].get("spool_depth") == 0, 30, every=0.5)
     finally:
         st.stop_all()
 
@@ -149,8 +150,8 @@ def test_sqlite_write_lock_held_60s(tmp_path, own_broker):
         store = SqliteStore(st.data / "flowwatch.db")
         try:  # hours 01:00 .. 04:00 of the stream are crossed: one forecast per signal each
             want = {pd.Timestamp(st.times[0]) + pd.Timedelta(hours=h) for h in (1, 2, 3, 4)}
-            assert wait_until(lambda: {pd.Timestamp(p[1]) for p in store.read_forecast_points(
-                SITE, METER, st.times[0], st.times[-1] + pd.Timedelta(days=1))} >= want, 30)
+            assert wait_for(lambda: {pd.Timestamp(p[1]) for p in store.read_forecast_points(
+                SITE, METER, st.times[0], st.times[-1] + pd.Timedelta(days=1))} >= want, 30, every=0.5)
             points = store.read_forecast_points(SITE, METER, st.times[0], st.times[-1] + pd.Timedelta(days=1))
             for sig in ("flow_rate", "pressure"):
                 assert {pd.Timestamp(p[1]) for p in points if p[0] == sig} >= want, sig
@@ -204,8 +205,8 @@ def test_spool_filled_to_bound(tmp_path, own_broker):
         own_broker.stop()
         st.start("collector")
         spool = st.data / "spool.db"
-        assert wait_until(lambda: "dropped" in st.log("collector"), 60), st.log("collector")
-        assert wait_until(lambda: "finished" in st.log("collector") or "300" in st.log("collector"), 30)
+        assert wait_for(lambda: "dropped" in st.log("collector"), 60, every=0.2), st.log("collector")
+        assert wait_for(lambda: "finished" in st.log("collector") or "300" in st.log("collector"), 30, every=0.2)
         own_broker.start()
         st.start("detector")
         assert wait_stored(st, 100, 60), st.all_logs()
@@ -236,7 +237,7 @@ def test_no_secret_in_logs_or_status(tmp_path, own_broker):
         c.connect(own_broker.host, own_broker.port)
         c.subscribe("flowwatch/v1/service/+/status", qos=1)
         c.loop_start()
-        assert wait_until(lambda: len(statuses) >= 5, 30)
+        assert wait_for(lambda: len(statuses) >= 5, 30, every=0.2)
         c.loop_stop()
         c.disconnect()
     finally:

@@ -5,12 +5,12 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
+from app.synthetic import START, diurnal_frame
 from services.forecaster.predictor import SeasonalNaivePredictor, Window
 from services.forecaster.window import ReadingWindow
 from services.trainer.training import decide
 from shared import features
 from shared.settings import RangeLimits
-from tests.synthetic import START, diurnal_frame
 
 LIM = RangeLimits()
 

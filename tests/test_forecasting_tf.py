@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from app.synthetic import START, diurnal_frame
 from shared import modelstore
 from shared.messages import SIGNALS, Command, Reading
 from shared.settings import Settings
 from shared.store.sqlite import SqliteStore
-from tests.synthetic import START, diurnal_frame
 
 pytestmark = pytest.mark.tf
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ def run_import(tmp_path, text, *extra):
     f.write_text(text)
     cfg = tmp_path / "fw.yaml"
     cfg.write_text(f"data_dir: {tmp_path / 'var'}\nsite: s1\nmeter: m1\n")
-    r = subprocess.run([sys.executable, "-m", "shared.cli", "import", str(f), "-c", str(cfg), "--quiet", *extra],
+    r = subprocess.run([sys.executable, "-m", "app.cli", "import", str(f), "-c", str(cfg), "--quiet", *extra],
                        capture_output=True, text=True, cwd=ROOT)
     return r, SqliteStore(tmp_path / "var" / "flowwatch.db")
 

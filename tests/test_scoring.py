@@ -1,4 +1,4 @@
-"""Scoring (shared/scoring.py): alert/label matching and metrics on tiny hand-made inputs."""
+"""Scoring (app/scoring.py): alert/label matching and metrics on tiny hand-made inputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.scoring import (
+from app.scoring import (
     Alert,
     Label,
     alarm_metrics,

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from services.collector.service import CollectorService
+from shared.runner import run_service
+from shared.settings import CONFIG_ENV, read_config_file
 
 EPILOG = """\
 examples:
@@ -26,12 +33,14 @@ Units: flow rate m3/h, pressure bar. Full reference: docs/meters.md, docs/config
 """
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
+DESCRIPTION = (
+    "Read the meter (serial line protocol, Modbus RTU/TCP, simulator or CSV replay) and publish readings on MQTT,"
+    " spooling to disk while the broker is away."
+)
 
-    from shared.cli import base_parser, settings_from_args
 
-    p = base_parser("collector", "Read the meter (serial line protocol, Modbus RTU/TCP, simulator or CSV replay) and publish readings on MQTT, spooling to disk while the broker is away.")
+def add_options(p: argparse.ArgumentParser) -> None:
+    """The collector's own flags, each a shortcut for a ``collector.*`` setting."""
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = EPILOG
     p.add_argument("--source", choices=["simulator", "serial", "modbus-rtu", "modbus-tcp", "replay"], help="collector.source")
@@ -43,18 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--speed", type=float, help="event time speed-up for simulator/replay; 0 = as fast as possible")
     p.add_argument("--file", help="CSV to replay (collector.replay.file)")
     p.add_argument("--seed", type=int, help="simulator seed (collector.simulator.seed)")
-    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
 
-    import os
 
-    from shared.settings import CONFIG_ENV, ConfigFileError, read_config_file
-
+def overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The ``collector`` section: the config file's, with the command-line flags on top."""
     path = args.config or os.environ.get(CONFIG_ENV)
-    try:
-        data = read_config_file(__import__("pathlib").Path(path)) if path else {}
-    except ConfigFileError as exc:
-        print(f"flowwatch collector: {exc}", file=sys.stderr)
-        return 2
+    data = read_config_file(Path(path)) if path else {}
     col = dict(data.get("collector") or {})
     source = args.source or col.get("source", "simulator")
     col["source"] = source
@@ -79,16 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         col["interval_s"] = args.interval
     if args.speed is not None:
         col["speed"] = args.speed
-    settings = settings_from_args(args, collector=col)
+    return {"collector": col}
 
-    from services.collector.service import CollectorService
-    from shared.service import setup_logging
 
-    setup_logging(settings.log_level)
-    service = CollectorService(settings)
-    service.install_signal_handlers()
-    service.start()
-    return 0
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_service(CollectorService, argv, DESCRIPTION, options=add_options, overrides=overrides)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from shared.cli import base_parser, settings_from_args
+from shared.runner import base_parser, settings_from_args
 from shared.store import StoreError, open_store
 
 

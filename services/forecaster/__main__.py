@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
-from shared.cli import base_parser, settings_from_args
+from services.forecaster.service import ForecasterService
+from shared.runner import run_service
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = base_parser("forecaster", "Run the forecaster service (next hour of flow and pressure, every hour).")
-    args = p.parse_args(argv)
-    settings = settings_from_args(args)
-    from services.forecaster.service import ForecasterService
-    from shared.service import setup_logging
-
-    setup_logging(settings.log_level)
-    svc = ForecasterService(settings)
-    svc.install_signal_handlers()
-    svc.start()
-    return 0
+    return run_service(ForecasterService, argv, "Run the forecaster service (next hour of flow and pressure, every hour).")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

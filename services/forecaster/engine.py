@@ -95,7 +95,7 @@ class ForecastEngine:
             values = predictor.predict(w, self.steps)
         except modelstore.InsufficientData as exc:
             self.fallbacks += 1
-            logger.info("%s at %s: %s; serving seasonal naive", signal, issued_at.isoformat(), exc)
+            logger.debug("%s at %s: %s; serving seasonal naive", signal, issued_at.isoformat(), exc)
             predictor = self.naive
             values = predictor.predict(w, self.steps)
         if not np.isfinite(values).all():

@@ -102,6 +102,9 @@ class ForecasterService(Service):
         fallbacks, skipped = self.engine.fallbacks, self.engine.skipped
         out = self.engine.add_reading(r)
         self.last_event = max(self.last_event or r.ts, r.ts)
+        if self.engine.fallbacks > fallbacks:
+            logger.info("%s: the model cannot run on this window (gap over models.max_gap_minutes); served seasonal naive",
+                        r.ts.isoformat())
         self.counters.inc("forecast_fallbacks", self.engine.fallbacks - fallbacks)
         self.counters.inc("forecasts_skipped", self.engine.skipped - skipped)
         for f in out:

@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from shared.cli import base_parser, settings_from_args
 from shared.messages import SIGNALS, Command
+from shared.runner import base_parser, settings_from_args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import yaml
 
-from shared.cli import base_parser, settings_or_exit
+from shared.runner import base_parser, settings_or_exit
 from shared.settings import ENV_PREFIX, Settings
 
 DOC_HEADER = """# Configuration

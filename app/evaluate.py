@@ -14,7 +14,7 @@ promoted versions; otherwise it serves seasonal naive, as a new install does.
 Writes (formats are stable; other tools score them too):
   DIR/anomalies.csv   start,end,kind,signal,severity       (end empty while still open at the end)
   DIR/forecasts.csv   issued_at,target_time,signal,value,model   (model = version or seasonal-naive)
-and with ``--labels``: DIR/metrics.json (see shared/scoring.py for the definitions) and
+and with ``--labels``: DIR/metrics.json (see app/scoring.py for the definitions) and
 DIR/evaluation.png. Only events, alerts and forecast targets after the scoring start are scored
 (``--score-from-day``, default: the training days).
 """
@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from shared.cli import base_parser, settings_from_args
 from shared.messages import SIGNALS, Anomaly, Forecast
 from shared.readings_csv import CsvFormatError, read_all
+from shared.runner import base_parser, settings_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -74,58 +74,26 @@ class AnomalyLog:
 
 
 class Forecasting:
-    """The forecaster's logic without the bus: window, hour boundary, predictor with fallback."""
+    """The forecaster service's engine (:class:`ForecastEngine`) fed from a file, recording every forecast."""
 
     def __init__(self, settings, models_dir: Path | None) -> None:
-        from services.forecaster.predictor import ModelPredictor, SeasonalNaivePredictor
-        from services.forecaster.window import ReadingWindow
-        from shared import features, modelstore
-        from shared.eventtime import BoundaryClock
+        from services.forecaster.engine import ForecastEngine
 
-        f, m = settings.forecaster, settings.models
-        self.modelstore, self.features = modelstore, features
-        self.step = m.step_minutes
-        self.steps = f.horizon_minutes // m.step_minutes
-        self.window = ReadingWindow(m.step_minutes, features.history_steps(m.step_minutes, m.window_steps),
-                                    m.max_gap_minutes // m.step_minutes, settings.limits)
-        self.clock = BoundaryClock(settings.tz)
-        self.naive = SeasonalNaivePredictor()
-        self.predictors = {s: self.naive for s in SIGNALS}
+        self.engine = ForecastEngine(settings, settings.site, settings.meter)
         if models_dir is not None:
-            for s in SIGNALS:
-                v = modelstore.current_version(models_dir, s)
-                if v is not None:
-                    self.predictors[s] = ModelPredictor(modelstore.version_dir(models_dir, s, v), m.step_minutes, f.threads)
-        self.site, self.meter = settings.site, settings.meter
+            self.engine.load_current(models_dir)
+        self.predictors = self.engine.predictors
         self.rows: list[tuple] = []
-        self.fallbacks = 0
+
+    @property
+    def fallbacks(self) -> int:
+        return self.engine.fallbacks
 
     def add(self, ts: datetime, epoch: int, flow: float | None, pres: float | None, quality: tuple[str, ...]) -> list[Forecast]:
-        self.window.add(epoch, {"flow_rate": flow, "pressure": pres}, quality)
-        crossed = self.clock.advance(ts, ("hour",))
-        return self.forecast(crossed["hour"]) if "hour" in crossed else []
-
-    def forecast(self, issued_at: datetime) -> list[Forecast]:
-        """Both signals' forecasts for the bins after ``issued_at`` (as the service would publish them)."""
-        from services.forecaster.predictor import Window
-
-        out = []
-        end = int(issued_at.timestamp())
-        for s in SIGNALS:
-            w = Window(self.window.window(s, end), end, self.step)
-            p = self.predictors[s]
-            try:
-                values = p.predict(w, self.steps)
-            except self.modelstore.InsufficientData:
-                self.fallbacks += 1
-                p = self.naive
-                values = p.predict(w, self.steps)
-            if not np.isfinite(values).all():
-                continue
-            for i, v in enumerate(values):
-                self.rows.append((issued_at, issued_at + timedelta(minutes=self.step * (i + 1)), s, float(v), p.name))
-            out.append(Forecast(site=self.site, meter=self.meter, signal=s, issued_at=issued_at, step_minutes=self.step,
-                                values=tuple(float(v) for v in values), model=p.name))
+        out = self.engine.add(ts, epoch, flow, pres, quality)
+        for f in out:
+            for i, v in enumerate(f.values):
+                self.rows.append((f.issued_at, f.issued_at + timedelta(minutes=f.step_minutes * (i + 1)), f.signal, float(v), f.model))
         return out
 
     def frame(self) -> pd.DataFrame:
@@ -298,7 +266,7 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     settings = settings_from_args(args)
-    from shared.scenarios import read_labels
+    from app.scenarios import read_labels
 
     try:
         frame, rejects = read_all(args.readings, settings.limits, source="replay")

@@ -1,10 +1,10 @@
 """``flowwatch up``: the whole stack on this machine, no Docker.
 
 - Mosquitto from the system, started with the project's ``mosquitto/mosquitto.conf`` and ``acl``
-  (rendered by ``shared.broker``) and the secrets generated on first start in ``data_dir/secrets``;
+  (rendered by ``app.broker``) and the secrets generated on first start in ``data_dir/secrets``;
 - the store the config chooses (SQLite under ``data_dir`` unless InfluxDB is configured);
 - the meter source the config chooses (the simulator unless ``collector.source`` names a meter);
-- the five services as child processes (``python -m shared.cli NAME -c data_dir/up/NAME.yaml``),
+- the five services as child processes (``python -m app.cli NAME -c data_dir/up/NAME.yaml``),
   each restarted with backoff if it dies, logging to ``data_dir/logs/NAME.log``;
 - a live status view from the heartbeat files (state, counters, last event time per service);
 - Ctrl-C / SIGTERM stops the services (SIGTERM: each flushes and publishes "offline"), then the broker.
@@ -39,11 +39,11 @@ from typing import Any
 import yaml
 from pydantic import SecretStr
 
-from shared.cli import base_parser, settings_from_args
-from shared.credentials import SERVICES, ensure_secrets
+from app.credentials import SERVICES, ensure_secrets
+from shared.runner import base_parser, settings_from_args
 from shared.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 BACKOFF_MIN_S, BACKOFF_MAX_S, HEALTHY_RUN_S = 1.0, 30.0, 60.0
 STOP_TIMEOUT_S = 20.0
 
@@ -150,7 +150,7 @@ class Stack:
             data = service_config(s, name, password_file=secrets.mqtt_password_file(name), host=host, port=port, speed=self.speed)
             cfg.write_text(yaml.safe_dump(data, sort_keys=False))
             cfg.chmod(0o600)
-            child = Child(name, [sys.executable, "-m", "shared.cli", name, "-c", str(cfg.resolve())],
+            child = Child(name, [sys.executable, "-m", "app.cli", name, "-c", str(cfg.resolve())],
                           s.data_dir / "logs" / f"{name}.log", env)
             child.start()
             self.children.append(child)
@@ -164,7 +164,7 @@ class Stack:
         self.say(f"  logs     {(s.data_dir / 'logs').resolve()}")
 
     def _start_broker(self, secrets) -> tuple[str, int]:
-        from shared.broker import PROJECT_ACL, MosquittoProcess, free_port
+        from app.broker import PROJECT_ACL, MosquittoProcess, free_port
 
         if mosquitto_exe() is None:
             raise SystemExit("flowwatch up: mosquitto is not installed. Install it (apt-get install mosquitto; "

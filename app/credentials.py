@@ -179,7 +179,7 @@ def prepare_data_dirs(paths: Sequence[Path]) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    from shared.cli import base_parser, settings_from_args
+    from shared.runner import base_parser, settings_from_args
 
     p = base_parser("secrets", "Generate the secrets on first start; keep them on later starts.")
     sub = p.add_subparsers(dest="action", required=True)

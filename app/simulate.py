@@ -7,7 +7,7 @@
 Writes ``DIR/readings.csv`` (timestamp,flow_rate,pressure; ISO 8601 UTC, m³/h, bar) and
 ``DIR/labels.csv`` (start,end,kind,size_pct; kind = burst | leak | sensor_fault). DAY counts from
 the scenario start (local midnight), fractions allowed (10.5 = noon of day 10). The same options
-and seed give the same files. See shared/scenarios.py for the model.
+and seed give the same files. See app/scenarios.py for the model.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from shared.cli import base_parser
-from shared.scenarios import Leak, Scenario, SensorFault, scenario_from_dict, simulate, write
+from app.scenarios import Leak, Scenario, SensorFault, scenario_from_dict, simulate, write
+from shared.runner import base_parser
 
 
 def _floats(text: str, opt: str, n_min: int, n_max: int) -> list[str]:

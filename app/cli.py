@@ -11,29 +11,27 @@ Each command lives in its own module with a ``main(argv) -> int``; this file onl
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 # name -> (module:function, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("shared.tools.up:main", "run the whole stack on this machine (no Docker), simulated meter by default"),
+    "up": ("app.up:main", "run the whole stack on this machine (no Docker), simulated meter by default"),
     "collector": ("services.collector.__main__:main", "run the collector service (meter -> MQTT)"),
     "detector": ("services.detector.__main__:main", "run the detector service (store readings, raise anomalies)"),
     "forecaster": ("services.forecaster.__main__:main", "run the forecaster service (hourly forecast)"),
     "exporter": ("services.exporter.__main__:main", "run the exporter service (alert.txt / server.txt)"),
     "trainer": ("services.trainer.__main__:main", "run the trainer service (retrains the models)"),
-    "config": ("shared.tools.config_cmd:main", "config check [FILE]: validate a config file"),
-    "import": ("shared.tools.import_csv:main", "bulk-load historical readings from a CSV file"),
-    "health": ("shared.tools.health:main", "health check of one service (exit 0 when healthy)"),
-    "secrets": ("shared.credentials:main", "secrets init: generate MQTT passwords, Mosquitto password file, InfluxDB token"),
+    "config": ("app.config_cmd:main", "config check [FILE]: validate a config file"),
+    "import": ("app.import_csv:main", "bulk-load historical readings from a CSV file"),
+    "health": ("app.health:main", "health check of one service (exit 0 when healthy)"),
+    "secrets": ("app.credentials:main", "secrets init: generate MQTT passwords, Mosquitto password file, InfluxDB token"),
     "train": ("services.trainer.cli:main", "train the forecasting models now"),
     "thresholds": ("services.detector.cli:main", "thresholds recalibrate: recompute anomaly thresholds now"),
-    "plot": ("shared.tools.plot:main", "plot flow, pressure, forecasts, thresholds and anomalies to a PNG"),
-    "simulate": ("shared.tools.simulate:main", "generate leak scenarios with a hydraulic simulator"),
-    "evaluate": ("shared.tools.evaluate:main", "score detection and forecasts on a readings file"),
+    "plot": ("app.plot:main", "plot flow, pressure, forecasts, thresholds and anomalies to a PNG"),
+    "simulate": ("app.simulate:main", "generate leak scenarios with a hydraulic simulator"),
+    "evaluate": ("app.evaluate:main", "score detection and forecasts on a readings file"),
 }
 
 
@@ -75,40 +73,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     return int(getattr(module, func)(rest) or 0)
-
-
-def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """A parser with the options every command shares (``--config``)."""
-    p = argparse.ArgumentParser(prog=f"flowwatch {prog}", description=description)
-    p.add_argument(
-        "-c", "--config", metavar="FILE", default=None,
-        help="YAML config file (default: $FLOWWATCH_CONFIG, else built-in defaults); FLOWWATCH_* variables override it",
-    )
-    p.add_argument(
-        "--data-dir", metavar="DIR", type=Path, default=None,
-        help="data folder: store, spool, models, exports, secrets, logs (default: data_dir of the config, ./var)",
-    )
-    return p
-
-
-def settings_from_args(args: argparse.Namespace, **overrides: object):  # -> Settings
-    """Settings for a command parsed by ``base_parser``: its ``--config`` and ``--data-dir``."""
-    if getattr(args, "data_dir", None) is not None:
-        overrides.setdefault("data_dir", args.data_dir)
-    return settings_or_exit(args.config, **overrides)
-
-
-def settings_or_exit(path: str | None, **overrides: object):  # -> Settings
-    """Load settings; on error print each problem as a key path and exit 2."""
-    from shared.settings import ConfigFileError, format_errors, load_settings
-
-    try:
-        return load_settings(path, **overrides)
-    except (ConfigFileError, ValueError) as exc:
-        print(f"flowwatch: invalid configuration{f' in {path}' if path else ''}:", file=sys.stderr)
-        for line in format_errors(exc):
-            print(f"  {line}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shared.cli import base_parser, settings_from_args
+from shared.runner import base_parser, settings_from_args
 from shared.service import HEALTH_STALE_S, check_health
 
 

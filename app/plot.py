@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from shared.cli import base_parser, settings_from_args
+from shared.runner import base_parser, settings_from_args
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared import credentials
+from app import credentials
+from shared.settings import MqttSettings
 
 logger = logging.getLogger(__name__)
 
@@ -187,3 +188,9 @@ class MosquittoProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def mqtt_settings(broker: MosquittoProcess) -> MqttSettings:
+    """Client settings for ``broker``'s first user, reconnecting quickly (tests and benchmarks)."""
+    return MqttSettings(host=broker.host, port=broker.port, username=broker.username, password=broker.password,
+                        reconnect_min_s=0.2, reconnect_max_s=1.0, keepalive_s=10)

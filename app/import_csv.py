@@ -15,8 +15,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from shared.cli import base_parser, settings_from_args
 from shared.readings_csv import CsvFormatError, import_chunks
+from shared.runner import base_parser, settings_from_args
 from shared.store import StoreError, open_store
 
 SHOW_REJECTS = 20
