@@ -35,15 +35,15 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from shared.messages import SIGNALS, Anomaly, Forecast
+from shared.messages import SEVERITY_RANK, SIGNALS, Anomaly, Forecast
 from shared.readings_csv import CsvFormatError, read_all
 from shared.runner import base_parser, settings_from_args
+from shared.store.base import reading_columns
 
 logger = logging.getLogger(__name__)
 
 ANOMALY_COLUMNS = ("start", "end", "kind", "signal", "severity")
 FORECAST_COLUMNS = ("issued_at", "target_time", "signal", "value", "model")
-SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 
 
 def iso(ts: datetime | pd.Timestamp | None) -> str:
@@ -123,10 +123,7 @@ def run(settings, frame: pd.DataFrame, models_dir: Path | None = None, progress:
     log = AnomalyLog()
     site, meter = settings.site, settings.meter
     ts_index = frame.index
-    epochs = ts_index.as_unit("s").asi8
-    flows = frame["flow_rate"].to_numpy(dtype="float64", na_value=np.nan)
-    press = frame["pressure"].to_numpy(dtype="float64", na_value=np.nan)
-    quals = frame["quality"].tolist() if "quality" in frame else [""] * len(frame)
+    epochs, flows, press, quals = reading_columns(frame)
     days = timedelta(days=settings.detector.threshold_days)
     t = time.perf_counter()
     for i in tqdm(range(len(frame)), unit="readings", disable=not progress, desc="evaluate", mininterval=0.5):
@@ -171,7 +168,7 @@ def score(readings: pd.DataFrame, labels: pd.DataFrame, anomalies: pd.DataFrame,
     data_end = readings.index[-1].to_pydatetime()
     labs = [scoring.Label(r.start.to_pydatetime(), r.end.to_pydatetime(), r.kind, float(r.size_pct))
             for r in labels.itertuples() if r.start >= score_from]
-    alerts = [scoring.Alert(a.start, None if pd.isna(a.end) else a.end, a.kind, a.signal, a.severity)
+    alerts = [scoring.AlertSpan(a.start, None if pd.isna(a.end) else a.end, a.kind, a.signal, a.severity)
               for a in anomalies.itertuples() if a.start >= score_from]
     results, explained = scoring.match(labs, alerts, data_end)
     days = max((data_end - score_from).total_seconds() / 86400, 0.0)

@@ -52,7 +52,7 @@ class Label:
 
 
 @dataclass(frozen=True)
-class Alert:
+class AlertSpan:
     start: datetime
     end: datetime | None
     kind: str
@@ -82,7 +82,7 @@ def _overlaps(a0: datetime, a1: datetime, b0: datetime, b1: datetime) -> bool:
     return a0 <= b1 and b0 <= a1
 
 
-def match(labels: Sequence[Label], alerts: Sequence[Alert], data_end: datetime,
+def match(labels: Sequence[Label], alerts: Sequence[AlertSpan], data_end: datetime,
           slack: timedelta = DEFAULT_SLACK, detects: dict[str, frozenset[str]] = DETECTS) -> tuple[list[LabelResult], list[bool]]:
     """Per label: detected + delay; per alert: whether it overlaps some label (else a false alarm)."""
     spans = [(a.start, a.end if a.end is not None else max(data_end, a.start)) for a in alerts]
@@ -124,7 +124,7 @@ def detection_metrics(results: Sequence[LabelResult]) -> dict[str, dict]:
     return out
 
 
-def alarm_metrics(alerts: Sequence[Alert], explained: Sequence[bool], scored_days: float) -> dict:
+def alarm_metrics(alerts: Sequence[AlertSpan], explained: Sequence[bool], scored_days: float) -> dict:
     false = [a for a, ok in zip(alerts, explained, strict=True) if not ok]
     by_kind: dict[str, int] = {}
     for a in false:

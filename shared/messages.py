@@ -89,6 +89,7 @@ AnomalyKind = Literal[
     "forecast_deviation",
 ]
 Severity = Literal["info", "warning", "critical"]
+SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}  # the one order of severities
 
 
 class Anomaly(MeterMessage):

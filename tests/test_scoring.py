@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from app.scoring import (
-    Alert,
+    AlertSpan,
     Label,
     alarm_metrics,
     bins,
@@ -39,9 +39,9 @@ def test_size_classes():
 def test_burst_detected_with_delay_and_false_alarm_counted():
     labels = [Label(t(100), t(400), "burst", 25)]
     alerts = [
-        Alert(t(50), t(60), "threshold"),  # before the label: false alarm
-        Alert(t(103), t(200), "burst"),  # detects, 3 min late
-        Alert(t(110), None, "night_flow"),  # also matches, later
+        AlertSpan(t(50), t(60), "threshold"),  # before the label: false alarm
+        AlertSpan(t(103), t(200), "burst"),  # detects, 3 min late
+        AlertSpan(t(110), None, "night_flow"),  # also matches, later
     ]
     res, explained = match(labels, alerts, data_end=t(1000))
     assert res[0].detected and res[0].delay == timedelta(minutes=3)
@@ -60,7 +60,7 @@ def test_burst_detected_with_delay_and_false_alarm_counted():
 
 def test_sensor_alert_does_not_detect_a_leak_but_is_no_false_alarm():
     labels = [Label(t(0), t(100), "leak", 3)]
-    alerts = [Alert(t(10), t(20), "flatline")]
+    alerts = [AlertSpan(t(10), t(20), "flatline")]
     res, explained = match(labels, alerts, data_end=t(200))
     assert not res[0].detected and res[0].delay is None
     assert explained == [True]
@@ -71,14 +71,14 @@ def test_sensor_alert_does_not_detect_a_leak_but_is_no_false_alarm():
 
 def test_alert_open_before_the_label_has_zero_delay():
     labels = [Label(t(100), t(200), "leak", 10)]
-    res, _ = match(labels, [Alert(t(10), None, "threshold")], data_end=t(300))
+    res, _ = match(labels, [AlertSpan(t(10), None, "threshold")], data_end=t(300))
     assert res[0].delay == timedelta(0)
 
 
 def test_slack_after_label_end():
     labels = [Label(t(0), t(30), "sensor_fault")]
-    near = [Alert(t(31), t(32), "gap")]
-    far = [Alert(t(60), t(61), "gap")]
+    near = [AlertSpan(t(31), t(32), "gap")]
+    far = [AlertSpan(t(60), t(61), "gap")]
     assert match(labels, near, t(100))[0][0].detected
     res, explained = match(labels, far, t(100))
     assert not res[0].detected and explained == [False]
@@ -87,7 +87,7 @@ def test_slack_after_label_end():
 
 def test_delay_percentiles_and_recall_within():
     labels = [Label(t(i * 1000), t(i * 1000 + 500), "burst", 30) for i in range(4)]
-    alerts = [Alert(t(0 + 2), t(10), "burst"), Alert(t(1000 + 4), t(1010), "burst"), Alert(t(2000 + 90), t(2100), "burst")]
+    alerts = [AlertSpan(t(0 + 2), t(10), "burst"), AlertSpan(t(1000 + 4), t(1010), "burst"), AlertSpan(t(2000 + 90), t(2100), "burst")]
     res, _ = match(labels, alerts, t(5000))
     m = detection_metrics(res)["burst/large"]
     assert m["labels"] == 4 and m["detected"] == 3 and m["recall"] == 0.75

@@ -55,7 +55,7 @@ from services.detector.rules.thresholds import (
 from services.detector.rules.validity import RangeRule
 from shared.messages import SIGNALS, Anomaly, Forecast, Reading, Thresholds
 from shared.settings import DetectorSettings, RangeLimits, Settings
-from shared.store.base import NightFlow
+from shared.store.base import NightFlow, reading_columns
 
 if TYPE_CHECKING:  # frames are accepted (flowwatch evaluate) but pandas is never imported here
     import pandas as pd
@@ -343,16 +343,9 @@ class DetectionEngine:
         return len(frame)
 
 
-def _columns(data: Any) -> tuple[list[float], list[float | None], list[float | None]]:
-    """(epoch seconds, flow, pressure) lists from a readings frame or a sequence of Reading records."""
+def _columns(data: Any) -> tuple[list[float], list[float], list[float]]:
+    """(epoch seconds, flow, pressure) lists from a readings frame, Reading records, or columns."""
     if isinstance(data, tuple) and len(data) == 3:  # already columns
         return data
-    if hasattr(data, "index") and hasattr(data, "columns"):  # a pandas frame
-        if len(data) == 0:
-            return [], [], []
-        return (data.index.as_unit("s").asi8.astype("float64").tolist(),
-                data["flow_rate"].to_numpy(dtype="float64", na_value=math.nan).tolist(),
-                data["pressure"].to_numpy(dtype="float64", na_value=math.nan).tolist())
-    rows = list(data)
-    return ([r.ts.timestamp() for r in rows], [math.nan if r.flow_rate is None else r.flow_rate for r in rows],
-            [math.nan if r.pressure is None else r.pressure for r in rows])
+    ts, flow, pres, _q = reading_columns(data)
+    return ts.tolist(), flow.tolist(), pres.tolist()

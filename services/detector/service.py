@@ -23,7 +23,6 @@ the inbox worker (``tick``).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,6 +37,7 @@ from shared.messages import SIGNALS, Anomaly, Command, Forecast, Reading, Stored
 from shared.service import Service
 from shared.settings import Settings
 from shared.store import Store, StoreError, open_store
+from shared.store.base import reading_columns
 
 logger = logging.getLogger(__name__)
 
@@ -63,17 +63,14 @@ def latest_forecasts(site: str, meter: str, points: list[tuple]) -> list[Forecas
 def read_columns(store: Store, site: str, meter: str, start: datetime, end: datetime,
                  chunk: timedelta = timedelta(days=7)) -> tuple[Any, Any, Any]:
     """(epoch, flow, pressure) numpy columns of [start, end), read a week at a time (a small peak in memory)."""
-    ts: list[float] = []
-    fl: list[float] = []
-    pr: list[float] = []
+    parts = []
     t = start
     while t < end:
-        for r in store.read_reading_records(site, meter, t, min(t + chunk, end)):
-            ts.append(r.ts.timestamp())
-            fl.append(math.nan if r.flow_rate is None else r.flow_rate)
-            pr.append(math.nan if r.pressure is None else r.pressure)
+        parts.append(reading_columns(store.read_reading_records(site, meter, t, min(t + chunk, end)))[:3])
         t += chunk
-    return np.asarray(ts), np.asarray(fl), np.asarray(pr)
+    if not parts:
+        return np.asarray([]), np.asarray([]), np.asarray([])
+    return tuple(np.concatenate(cols) for cols in zip(*parts, strict=True))
 
 
 class DetectorService(Service):

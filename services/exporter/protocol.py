@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from shared.crc import crc16_modbus
-from shared.messages import Anomaly
+from shared.messages import SEVERITY_RANK, Anomaly
 
 PROTOCOL_VERSION = 1
 EOL = b"\r\n"
@@ -46,7 +46,6 @@ FLAG_BITS: dict[str, int] = {
     "pressure_loss": 1 << 8,
     "forecast_deviation": 1 << 9,
 }
-SEVERITY_RANK = {"info": 1, "warning": 2, "critical": 3}
 
 ALERT_COLUMNS = ("kind", "signal", "severity", "since", "value", "threshold")
 SERVER_COLUMNS = ("time", "flow_rate_m3h", "pressure_bar", "flags", "pred_flow_rate_m3h", "pred_pressure_bar")

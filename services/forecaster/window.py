@@ -13,6 +13,7 @@ import pandas as pd
 from shared import features
 from shared.messages import SIGNALS, Reading
 from shared.settings import RangeLimits
+from shared.store.base import reading_columns
 
 
 class ReadingWindow:
@@ -41,11 +42,8 @@ class ReadingWindow:
     def backfill(self, frame: pd.DataFrame) -> int:
         if frame.empty:
             return 0
-        epochs = frame.index.as_unit("s").asi8.tolist()
-        flow = frame["flow_rate"].to_numpy(dtype="float64", na_value=np.nan).tolist()
-        pres = frame["pressure"].to_numpy(dtype="float64", na_value=np.nan).tolist()
-        qual = frame["quality"].tolist() if "quality" in frame else [""] * len(epochs)
-        for ts, f, p, q in zip(epochs, flow, pres, qual, strict=True):
+        epochs, flow, pres, qual = reading_columns(frame)
+        for ts, f, p, q in zip(epochs.tolist(), flow.tolist(), pres.tolist(), qual, strict=True):
             self.add(int(ts), {"flow_rate": f, "pressure": p}, (q or "").split(",") if q else ())
         return len(epochs)
 

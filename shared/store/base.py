@@ -139,6 +139,25 @@ def readings_frame(ts: Sequence[int], seq, flow, pressure, quality, source) -> p
     return df.sort_index()
 
 
+def reading_columns(data) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(epoch seconds, flow, pressure, quality) columns of a readings frame or of ``Reading``-like
+    records (``ts``, ``flow_rate``, ``pressure``, ``quality``); missing values are NaN. The one
+    conversion the engines, the forecaster window and ``evaluate`` share."""
+    import numpy as np
+
+    if hasattr(data, "index") and hasattr(data, "columns"):  # a pandas frame
+        q = data["quality"].tolist() if "quality" in data else [""] * len(data)
+        return (data.index.as_unit("s").asi8.astype("float64"),
+                data["flow_rate"].to_numpy(dtype="float64", na_value=np.nan),
+                data["pressure"].to_numpy(dtype="float64", na_value=np.nan),
+                [x or "" for x in q])
+    rows = list(data)
+    q = [r.quality if isinstance(r.quality, str) else ",".join(r.quality) for r in rows]
+    return (np.array([r.ts.timestamp() for r in rows], dtype="float64"),
+            np.array([np.nan if r.flow_rate is None else r.flow_rate for r in rows], dtype="float64"),
+            np.array([np.nan if r.pressure is None else r.pressure for r in rows], dtype="float64"), q)
+
+
 def to_reading_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Normalise an import frame: UTC ``ts`` index, float flow_rate / pressure, seq, quality, source."""
     import numpy as np
