@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 def test_broker_down_mid_stream(tmp_path, fresh_broker, how):
     mqtt = mqtt_settings(fresh_broker)
     t0 = datetime(2026, 3, 2, tzinfo=UTC)
-    lis = Listener(mqtt, "outage", f"lis-outage-{how}")
+    lis = Listener(mqtt, "outage", f"lis-outage-{how}", receipts=True)  # stands in for the detector
     # 10 readings per second of wall time: the broker goes down between two of them.
     s = collector_settings(tmp_path, mqtt, "outage", source="simulator", speed=600, simulator={"seed": 3, "start": t0.isoformat()})
     svc, t = start(s)
@@ -42,13 +42,14 @@ def test_broker_down_mid_stream(tmp_path, fresh_broker, how):
         by_seq.setdefault(r.seq, r)
     assert [by_seq[i].ts for i in range(len(first))] == [t0 + timedelta(minutes=i) for i in range(len(first))]
     assert svc.counters.get("dropped") == 0 and svc.counters.get("mqtt_disconnects") >= 1
-    # The collector published every reading exactly once (nothing was in flight when the broker went) ...
-    assert svc.counters.get("resent") == 0 and svc.counters.get("sent") == svc.counters.get("spooled")
-    # ... and no reading reached the subscriber twice as a fresh message. Mosquitto restores its
-    # session state after a restart and may deliver again, with the DUP flag, a message the
-    # subscriber had acknowledged just before (QoS 1 is at-least-once on the broker's leg too;
-    # every consumer writes idempotently by (site, meter, ts)). Those are the only repeats allowed.
+    # Readings leave the spool on the detector's receipt, not on PUBACK: the few the broker had
+    # acknowledged but whose receipt had not come back when it went are sent again (at-least-once;
+    # every consumer writes idempotently by (site, meter, ts)). Nothing else is published twice.
+    extra = svc.counters.get("sent") - svc.counters.get("spooled")
+    assert 0 <= extra <= 5, svc.counters.snapshot()
     fresh = [seq for seq, dup in lis.deliveries if not dup]
-    assert fresh == list(range(len(first))), "a reading was published twice"
+    assert sorted(set(fresh)) == list(range(len(first))) and len(fresh) - len(set(fresh)) <= extra
+    # Mosquitto restores its session state after a restart and may deliver again, with the DUP flag,
+    # a message the subscriber had acknowledged just before.
     redelivered = [seq for seq, dup in lis.deliveries if dup]
     assert len(redelivered) <= 15 and all(seq < len(first) for seq in redelivered)

@@ -13,7 +13,7 @@ from app.broker import free_port
 from services.collector.registers import encode
 from services.collector.service import CollectorService
 from shared.bus import Bus
-from shared.messages import DeadLetter, Reading
+from shared.messages import DeadLetter, Reading, Stored, stored_ranges
 from shared.settings import Settings
 from tests.harness import wait_for
 from tests.meters import ModbusMeter, PtyBridge, PtyPair
@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 class Listener:
     """A subscriber on the reading and dead-letter topics of one meter."""
 
-    def __init__(self, mqtt, meter: str, name: str) -> None:
+    def __init__(self, mqtt, meter: str, name: str, *, receipts: bool = False) -> None:
+        self.receipts = receipts  # answer each reading with the detector's Stored receipt
         self.readings: list[Reading] = []
         self.dead: list[DeadLetter] = []
         self.lock = threading.Lock()
@@ -49,6 +50,8 @@ class Listener:
     def _reading(self, topic, r):
         with self.lock:
             self.readings.append(r)
+        if self.receipts:
+            self.bus.publish(self.bus.topics.stored(r.site, r.meter), Stored(site=r.site, meter=r.meter, ranges=stored_ranges([r])))
 
     def _dead(self, topic, d):
         with self.lock:
