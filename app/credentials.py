@@ -36,7 +36,8 @@ SERVICES = ("collector", "detector", "forecaster", "exporter", "trainer")
 # One MQTT user per service, one for the embedded device, one for the operator tools.
 USERS = (*SERVICES, "device", "operator")
 
-# Docker: numeric ids of the users the containers run as (the Dockerfiles create the same ones).
+# Docker: numeric ids of the users the containers run as (services/Dockerfile creates them from the
+# SERVICE_UID build arg that docker-compose.yml passes; tests/test_deploy_compose.py checks they agree).
 GID_FLOWWATCH = 10000  # group of every flowwatch container, owner group of the shared volumes
 SERVICE_UIDS = {"collector": 10010, "detector": 10020, "forecaster": 10030, "exporter": 10040, "trainer": 10050}
 UID_MOSQUITTO = 1883  # eclipse-mosquitto image

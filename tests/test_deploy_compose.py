@@ -1,8 +1,12 @@
-"""docker-compose.yml and the Dockerfiles, checked without a Docker engine (none on these machines)."""
+"""docker-compose.yml and services/Dockerfile (one for the five services, chosen by build args), checked
+without a Docker engine (none on these machines): the files are parsed, the shell strings run here."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -127,23 +131,120 @@ def test_influxdb_setup_creates_a_365_day_bucket(compose: dict) -> None:
     assert env["DOCKER_INFLUXDB_INIT_BUCKET"] == yaml.safe_load((ROOT / "config/flowwatch.yaml").read_text())["store"]["influxdb"]["database"]
 
 
-@pytest.mark.parametrize("name", SERVICES)
-def test_dockerfile(name: str) -> None:
-    text = (ROOT / "services" / name / "Dockerfile").read_text()
-    # dependencies in a layer before the source
-    assert text.index("pip install -r") < text.index("COPY shared")
+DOCKERFILE = ROOT / "services" / "Dockerfile"
+BUILD_ARGS = {"SERVICE", "EXTRA", "SERVICE_UID"}
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, rest) of services/Dockerfile, continuation lines joined as Docker does."""
+    text = DOCKERFILE.read_text().replace("\\\n", "")
+    lines = [ln.strip() for ln in text.splitlines()]
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1]) for ln in lines if ln and not ln.startswith("#")]
+
+
+def only(kind: str) -> str:
+    found = [rest for k, rest in instructions() if k == kind]
+    assert len(found) == 1, f"one {kind} expected, found {found}"
+    return found[0]
+
+
+def substitute(value: str, args: dict[str, str]) -> str:
+    """Docker's build-time ${ARG} / $ARG replacement (USER, ENV)."""
+    return re.sub(r"\$\{?([A-Z_]+)\}?", lambda m: args.get(m.group(1), m.group(0)), value)
+
+
+def fake_flowwatch(tmp_path: Path) -> dict[str, str]:
+    """An environment whose `flowwatch` prints its umask and arguments, for running the image's shell
+    strings (ENTRYPOINT, HEALTHCHECK) here."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    exe = bin_dir / "flowwatch"
+    exe.write_text('#!/bin/sh\necho "$(umask) $*"\n')
+    exe.chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+
+def test_one_dockerfile_for_the_five_services() -> None:
+    assert not list((ROOT / "services").glob("*/Dockerfile")), "the services share services/Dockerfile"
+    steps = instructions()
+    kinds = [k for k, _ in steps]
+    declared = [rest.split("=")[0] for k, rest in steps if k == "ARG"]
+    assert sorted(declared) == sorted(BUILD_ARGS)
+    deps = next(i for i, (k, rest) in enumerate(steps) if k == "RUN" and "pip install -r" in rest)
+    source = steps.index(("COPY", "shared ./shared"))
+    # dependencies in a layer before the source; only EXTRA is declared before it (the cache key)
+    assert deps < source
+    assert [rest for k, rest in steps[:deps] if k == "ARG"] == ["EXTRA"]
+    assert steps.index(("COPY", "pyproject.toml ./")) < deps
     # the packages the image installs, the one of the `flowwatch` entry point among them (app/: the
     # image runs `flowwatch SERVICE` and `flowwatch health SERVICE`)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     entry = project["project"]["scripts"]["flowwatch"].split(".")[0]
     for pkg in ("shared", "services", entry):
-        assert f"COPY {pkg} ./{pkg}" in text, f"{name}: the image lacks {pkg}/"
+        assert ("COPY", f"{pkg} ./{pkg}") in steps, f"the image lacks {pkg}/"
         assert f"{pkg}*" in project["tool"]["setuptools"]["packages"]["find"]["include"]
-    # only this service's extra
-    assert f"['optional-dependencies']['{name}']" in text
-    others = [o for o in SERVICES if o != name]
-    assert not any(f"['{o}']" in text for o in others)
-    # non-root, the uid that owns its MQTT password
-    assert re.search(rf"^USER {SERVICE_UIDS[name]}:10000$", text, re.M)
-    assert 'HEALTHCHECK' in text and f'"flowwatch", "health", "{name}"' in text
-    assert f'CMD ["{name}"]' in text
+    # nothing service-specific is written in the file: it all comes from the build args
+    text = DOCKERFILE.read_text()
+    for name in SERVICES:
+        assert f"['{name}']" not in text and f'"{name}"' not in text, name
+    # non-root user in the flowwatch group; the service name is kept for run time
+    assert only("USER") == "${SERVICE_UID}:10000"
+    assert ("ENV", "FLOWWATCH_SERVICE=${SERVICE}") in steps
+    assert kinds.index("USER") > source and "CMD" not in kinds  # the entrypoint runs the service
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_compose_builds_each_service_with_its_extra_and_uid(compose: dict, name: str) -> None:
+    build = compose["services"][name]["build"]
+    assert build["context"] == "." and build["dockerfile"] == "services/Dockerfile"
+    args = {k: str(v) for k, v in build["args"].items()}
+    assert set(args) == BUILD_ARGS, f"{name}: every ARG of services/Dockerfile is given"
+    assert args["SERVICE"] == name and args["EXTRA"] == name
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert args["EXTRA"] in project["optional-dependencies"]
+    # non-root: the uid that owns its MQTT password, in the flowwatch group
+    assert args["SERVICE_UID"] == str(SERVICE_UIDS[name]) and int(args["SERVICE_UID"]) != 0
+    assert substitute(only("USER"), args) == f"{SERVICE_UIDS[name]}:10000"
+    user = next(rest for k, rest in instructions() if k == "RUN" and "useradd" in rest)
+    assert '--uid "$SERVICE_UID" --gid 10000' in user and user.rstrip().split()[-1] != "root"
+    assert f"useradd --uid {SERVICE_UIDS[name]} --gid 10000" in substitute(user, args).replace('"', "")
+    # the image the init service runs is the detector's, built the same way
+    if name == "detector":
+        init = compose["services"]["init"]
+        assert init["build"] == build and init["image"] == compose["services"][name]["image"]
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_the_dependency_layer_installs_only_the_service_extra(name: str, tmp_path: Path) -> None:
+    run = next(rest for k, rest in instructions() if k == "RUN" and "pip install -r" in rest)
+    req = tmp_path / "requirements.txt"
+    script = run.replace("pip install -r", "cat").replace("/tmp/requirements.txt", str(req))
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "EXTRA": name}
+    out = subprocess.run(["/bin/sh", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert out.stdout.split() == project["dependencies"] + project["optional-dependencies"][name]
+    # without the build arg the build stops
+    env.pop("EXTRA")
+    assert subprocess.run(["/bin/sh", "-c", script], cwd=ROOT, env=env, capture_output=True).returncode != 0
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_the_image_runs_and_checks_its_service(name: str, tmp_path: Path) -> None:
+    env = fake_flowwatch(tmp_path) | {"FLOWWATCH_SERVICE": name}
+    entrypoint = json.loads(only("ENTRYPOINT"))
+    assert entrypoint[:2] == ["/bin/sh", "-c"]
+
+    def run(*argv: str) -> str:
+        return subprocess.run([*entrypoint, *argv], env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+    # no arguments (docker compose up): the service, with umask 002 for the shared volumes
+    assert run() == f"0002 {name}"
+    # arguments are `flowwatch` arguments
+    assert run("health", name) == f"0002 health {name}"
+    # HEALTHCHECK: shell form (CMD-SHELL) so that $FLOWWATCH_SERVICE is expanded when it runs
+    health = only("HEALTHCHECK")
+    assert "--interval=15s" in health and "--start-period=60s" in health
+    check = health.split(" CMD ", 1)[1]
+    assert not check.startswith("[")
+    out = subprocess.run(["/bin/sh", "-c", check], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[1:] == ["health", name]
