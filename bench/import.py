@@ -56,7 +56,7 @@ def run_import(path: Path, make_store) -> float:
 def run_write(df: pd.DataFrame, make_store) -> float:
     store = make_store()
     t = time.perf_counter()
-    n = store.write_reading_frame("site1", "meter1", df)
+    n = store.write_reading_frame("site1", "meter1", df).total
     dt = time.perf_counter() - t
     store.close()
     return n / dt

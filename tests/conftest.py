@@ -64,7 +64,7 @@ def settings(tmp_path: Path, broker) -> Settings:
 def _influx_store(influxd: InfluxProcess):
     from shared.store.influx import InfluxStore
 
-    return InfluxStore(influxd.settings(database=f"t_{uuid.uuid4().hex[:12]}"), retry_for_s=30)
+    return InfluxStore(influxd.settings(database=f"t_{uuid.uuid4().hex[:12]}"))
 
 
 @pytest.fixture(params=["sqlite", "influxdb"])

@@ -75,7 +75,7 @@ def test_datasource_and_dashboard_are_pinned(dashboard: dict) -> None:
 @pytest.fixture(scope="module")
 def seeded(influxd):
     """A database with two days of data, written the way the services write it."""
-    store = InfluxStore(influxd.settings(database=f"g_{uuid.uuid4().hex[:10]}"), retry_for_s=30)
+    store = InfluxStore(influxd.settings(database=f"g_{uuid.uuid4().hex[:10]}"))
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     start = now - timedelta(days=2)
     readings = [

@@ -12,6 +12,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -114,12 +115,30 @@ def test_redelivered_reading_duplicates_nothing(running, store):
         pub.publish(topics.reading(site, "m1"), r)
     assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs) + 7)
     assert svc.counters.get("late_readings") == 7
+    assert svc.counters.get("readings_identical") == 7 and svc.counters.get("reading_conflicts") == 0
     time.sleep(0.3)  # give a duplicate alert (there must be none) the chance to arrive
     assert len(sink.of("burst")) == 1
     assert len(store.read_readings(site, "m1", T0, T0 + timedelta(days=1))) == len(rs)
     after = store.read_anomalies(site, "m1", T0, T0 + timedelta(days=1))
     assert after.equals(before)
     watch.close(), pub.close()
+
+
+def test_a_different_reading_for_a_stored_minute_is_counted_and_kept_aside(running, store):
+    svc, s, site = running
+    pub = client(s, "pub-conflict")
+    rs = readings(frame(minutes=10), site=site)
+    for r in rs:
+        pub.publish(topics.reading(site, "m1"), r)
+    assert wait_for(lambda: svc.counters.get("readings_stored") >= 10)
+    other = rs[4].model_copy(update={"flow_rate": rs[4].flow_rate + 7.0, "source": "second-collector"})
+    pub.publish(topics.reading(site, "m1"), other)
+    assert wait_for(lambda: svc.counters.get("reading_conflicts") == 1)
+    stored = store.read_readings(site, "m1", T0, T0 + timedelta(days=1))
+    assert stored["flow_rate"].iloc[4] == rs[4].flow_rate and len(stored) == 10
+    (c,) = store.read_conflicts(site, "m1", T0, T0 + timedelta(days=1))
+    assert (c.ts, c.flow_rate, c.stored_flow_rate, c.source) == (rs[4].ts, other.flow_rate, rs[4].flow_rate, "second-collector")
+    pub.close()
 
 
 def test_malformed_payload_is_dead_lettered_and_the_next_reading_is_handled(running, store):
@@ -347,3 +366,90 @@ def test_readings_from_absurd_times_are_dead_lettered_and_move_no_clock(running,
     assert sink.of("gap") == []
     assert store.last_reading_time(site, "m1") == rs[-1].ts
     watch.close(), pub.close()
+
+
+# --- retention and conflicts --------------------------------------------------------------
+LOCAL_DAY0 = datetime(2026, 3, 1, 15, 0, tzinfo=UTC)  # 2026-03-02 00:00 in Seoul (the default zone)
+DAY = timedelta(days=1)
+
+
+def _retention(settings: Settings, days: int) -> tuple[Settings, str]:
+    s, site = unique(settings)
+    return s.model_copy(update={"store": s.store.model_copy(update={"retention_days": days})}), site
+
+
+def test_retention_purges_at_the_local_day_boundary_in_event_time(settings, store):
+    """Readings spanning retention (3 days) + 3: the detector purges when a reading crosses local midnight;
+    everything older than the boundary minus 3 days is gone, the newer readings stay."""
+    s, site = _retention(settings, 3)
+    df = frame(start=LOCAL_DAY0, minutes=6 * 1440 + 10)
+    stored_before = 6 * 1440 - 10  # imported: up to local 23:49 of the 6th day
+    store.write_reading_frame(site, "m1", df.iloc[:stored_before])
+    old = LOCAL_DAY0 + 2 * DAY + timedelta(hours=5)
+    store.write_anomalies([Anomaly(site=site, meter="m1", kind="gap", signal="flow_rate", severity="warning", state="closed",
+                                   start=old, end=old + timedelta(minutes=5), ts=old + timedelta(minutes=5))])
+    conflicting = readings(df.iloc[:1], site=site)[0].model_copy(update={"flow_rate": -1.0})
+    assert store.write_readings([conflicting]).conflicting == 1
+    svc = DetectorService(s, store=store)
+    t = svc.start_in_thread()
+    try:
+        assert svc.ready.wait(60)
+        pub = client(s, "pub-retention")
+        rs = readings(df, site=site)
+        for r in rs[stored_before - 5 : stored_before + 5]:  # 5 redelivered (identical), then new ones to 23:59
+            pub.publish(topics.reading(site, "m1"), r)
+        assert wait_for(lambda: svc.counters.get("readings_stored") >= 10)
+        assert svc.counters.get("purges") == 0  # no day crossed yet
+        assert svc.counters.get("readings_identical") == 5
+        for r in rs[stored_before + 5 :]:  # local midnight of day 7 is crossed
+            pub.publish(topics.reading(site, "m1"), r)
+        assert wait_for(lambda: svc.counters.get("purges") == 1 and svc.counters.get("readings_stored") >= 20), svc.counters.snapshot()
+        cutoff = LOCAL_DAY0 + 6 * DAY - 3 * DAY
+        left = store.read_readings(site, "m1", LOCAL_DAY0 - DAY, LOCAL_DAY0 + 8 * DAY)
+        assert left.index[0] == pd.Timestamp(cutoff) and left.index[-1] == df.index[-1]
+        assert len(left) == 3 * 1440 + 10  # the 3 days before the boundary and the 10 minutes after
+        assert store.read_anomalies(site, "m1", LOCAL_DAY0 - DAY, LOCAL_DAY0 + 8 * DAY).empty
+        assert store.read_conflicts(site, "m1", LOCAL_DAY0 - DAY, LOCAL_DAY0 + 8 * DAY) == []
+        assert svc.counters.get("purge_errors") == 0
+        pub.close()
+    finally:
+        svc.stop()
+        t.join(30)
+
+
+def test_a_failed_purge_is_counted_and_the_next_day_retries(settings, tmp_path):
+    from shared.store import StoreError
+    from shared.store.sqlite import SqliteStore
+
+    s, site = _retention(settings, 2)
+    store = SqliteStore(tmp_path / "r.db")
+    df = frame(start=LOCAL_DAY0, minutes=4 * 1440 - 5)
+    store.write_reading_frame(site, "m1", df)
+    real_purge, calls = store.purge, []
+
+    def failing_once(before):
+        calls.append(before)
+        if len(calls) == 1:
+            raise StoreError("disk I/O error (injected)")
+        return real_purge(before)
+
+    store.purge = failing_once
+    svc = DetectorService(s, store=store)
+    t = svc.start_in_thread()
+    try:
+        assert svc.ready.wait(60)
+        pub = client(s, "pub-purge-fail")
+        nxt = LOCAL_DAY0 + 4 * DAY
+        for ts in (nxt, nxt + timedelta(minutes=1), nxt + DAY, nxt + DAY + timedelta(minutes=1)):  # two local midnights
+            pub.publish(topics.reading(site, "m1"), readings(frame(start=ts, minutes=1), site=site)[0])
+        assert wait_for(lambda: svc.counters.get("readings_stored") >= 4), svc.counters.snapshot()
+        assert wait_for(lambda: svc.counters.get("purges") == 1)
+        assert svc.counters.get("purge_errors") == 1 and not svc.stop_event.is_set()
+        assert calls == [nxt - 2 * DAY, nxt + DAY - 2 * DAY]
+        left = store.read_readings(site, "m1", LOCAL_DAY0 - DAY, LOCAL_DAY0 + 8 * DAY)
+        assert left.index[0] == pd.Timestamp(nxt - DAY) and len(left) == 1440 - 5 + 4
+        pub.close()
+    finally:
+        svc.stop()
+        t.join(30)
+        store.close()

@@ -171,3 +171,87 @@ def test_archive_of_an_empty_day_writes_nothing(tmp_path: Path):
         assert not Archiver(store, root, TZ, keep_days=3, lag=timedelta(0)).on_event_time(D0 + timedelta(days=1))
         assert not root.exists() or not any(root.rglob("*.csv"))
     assert os.path.exists(tmp_path / "db.sqlite")
+
+
+def _days(store, first: date, n: int, every: timedelta = 10 * M) -> None:
+    """Readings every 10 minutes on ``n`` local days from ``first`` (as an import or an outage would leave them)."""
+    start = datetime.combine(first, datetime.min.time(), tzinfo=TZ).astimezone(UTC)
+    steps = int(n * timedelta(days=1) / every)
+    store.write_readings([Reading(site="s1", meter="m1", ts=start + i * every, seq=i, flow_rate=10.0, pressure=3.0) for i in range(steps)])
+
+
+def _archived(root: Path) -> list[date]:
+    return sorted(date(*map(int, p.parent.relative_to(root).parts)) for p in root.rglob(MANIFEST))
+
+
+def test_every_missed_day_is_archived(tmp_path: Path):
+    """5 days stored (an import, or the exporter down), the first reading of day 6: 5 archives with manifests."""
+    from shared.store.sqlite import SqliteStore
+
+    with SqliteStore(tmp_path / "db.sqlite") as store:
+        _days(store, DAY, 5)
+        root = tmp_path / "archive"
+        a = Archiver(store, root, TZ, keep_days=90, lag=timedelta(minutes=5))
+        day6 = D0 + timedelta(days=5)
+        assert a.on_event_time(day6 + 5 * M)
+        assert _archived(root) == [DAY + timedelta(days=i) for i in range(5)]
+        for d in _archived(root):
+            manifest = json.loads((day_folder(root, d) / MANIFEST).read_text())
+            assert manifest["day"] == d.isoformat() and manifest["rows"]["readings"] == 144
+        assert not a.on_event_time(day6 + 6 * M)  # nothing more due
+
+
+def test_catching_up_is_bounded_per_reading_and_resumes_after_a_restart(tmp_path: Path):
+    from shared.store.sqlite import SqliteStore
+
+    with SqliteStore(tmp_path / "db.sqlite") as store:
+        _days(store, DAY, 12)
+        root = tmp_path / "archive"
+        at = D0 + timedelta(days=12, minutes=5)  # days 1..12 are due
+        a = Archiver(store, root, TZ, keep_days=90, lag=timedelta(minutes=5), catchup_days=7)
+        assert a.on_event_time(at)
+        assert _archived(root) == [DAY + timedelta(days=i) for i in range(7)]
+        # a restart: a new archiver finds the newest manifest and goes on from the day after it
+        b = Archiver(store, root, TZ, keep_days=90, lag=timedelta(minutes=5), catchup_days=3)
+        assert b.newest_archived() == DAY + timedelta(days=6)
+        assert b.on_event_time(at + M)
+        assert _archived(root) == [DAY + timedelta(days=i) for i in range(10)]
+        assert b.on_event_time(at + 2 * M)
+        assert _archived(root)[-1] == DAY + timedelta(days=11) and len(_archived(root)) == 12
+        assert not b.on_event_time(at + 3 * M)
+
+
+def test_catching_up_skips_days_the_archive_would_not_keep(tmp_path: Path):
+    from shared.store.sqlite import SqliteStore
+
+    with SqliteStore(tmp_path / "db.sqlite") as store:
+        _days(store, DAY, 10)
+        root = tmp_path / "archive"
+        a = Archiver(store, root, TZ, keep_days=3, lag=timedelta(0))
+        assert a.on_event_time(D0 + timedelta(days=10))
+        assert _archived(root) == [DAY + timedelta(days=i) for i in (7, 8, 9)]
+
+
+def test_a_failed_day_is_retried_and_the_catch_up_goes_on(tmp_path: Path):
+    from shared.store import StoreError
+    from shared.store.sqlite import SqliteStore
+
+    with SqliteStore(tmp_path / "db.sqlite") as store:
+        _days(store, DAY, 4)
+        root = tmp_path / "archive"
+        a = Archiver(store, root, TZ, keep_days=90, lag=timedelta(0))
+        real, fail = store.read_anomaly_records, [True]
+
+        def flaky(site, meter, start, end):
+            if start.astimezone(TZ).date() == DAY + timedelta(days=2) and fail[0]:
+                raise StoreError("locked (injected)")
+            return real(site, meter, start, end)
+
+        store.read_anomaly_records = flaky
+        at = D0 + timedelta(days=4)
+        assert a.on_event_time(at)  # days 1 and 2 written, day 3 failed
+        assert _archived(root) == [DAY, DAY + timedelta(days=1)]
+        fail[0] = False
+        assert not a.on_event_time(at + M)  # before the retry time (event time)
+        assert a.on_event_time(at + 10 * M)
+        assert _archived(root) == [DAY + timedelta(days=i) for i in range(4)]

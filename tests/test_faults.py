@@ -175,7 +175,7 @@ def test_influxdb_stopped_for_a_minute(tmp_path, own_broker):
                store={"backend": "influxdb", "influxdb": {"url": influx.url, "database": "faults"}})
     from shared.store.influx import InfluxStore
 
-    reader = InfluxStore(influx.settings(database="faults"), retry_for_s=30)
+    reader = InfluxStore(influx.settings(database="faults"))
     try:
         st.start("detector")
         st.start("collector")

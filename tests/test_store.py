@@ -1,5 +1,6 @@
 """The one store suite, run against both adapters on real servers (SQLite file, influxd)."""
 
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 
 from shared.messages import Anomaly, Band, Forecast, Reading, Thresholds
-from shared.store import NightFlow
+from shared.store import NightFlow, StoreUnavailable, WriteResult
 from shared.store.sqlite import SqliteStore
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -23,7 +24,7 @@ def readings(n, site="s1", meter="m1", start=T0):
 
 
 def test_write_and_read_readings(store):
-    assert store.write_readings(readings(10)) == 10
+    assert store.write_readings(readings(10)) == WriteResult(inserted=10)
     df = store.read_readings("s1", "m1", T0, T0 + timedelta(minutes=10))
     assert len(df) == 10
     assert df.index[0] == pd.Timestamp(T0) and str(df.index.tz) == "UTC"
@@ -37,10 +38,77 @@ def test_write_and_read_readings(store):
 def test_redelivery_is_idempotent(store):
     rs = readings(5)
     store.write_readings(rs)
-    store.write_readings(rs)
-    store.write_readings(rs[2:3])
+    assert store.write_readings(rs) == WriteResult(identical=5)
+    assert store.write_readings(rs[2:3]) == WriteResult(identical=1)
     df = store.read_readings("s1", "m1", T0, T0 + timedelta(days=1))
     assert len(df) == 5 and df.index.is_unique
+    assert store.read_conflicts("s1", "m1", T0, T0 + timedelta(days=1)) == []
+
+
+def test_a_different_reading_for_a_stored_minute_is_kept_aside_not_stored(store, caplog):
+    """Identity is (site, meter, ts): a second reading of a stored minute with other values never replaces it."""
+    caplog.set_level(logging.DEBUG, logger="shared.store.base")
+    rs = readings(5)
+    store.write_readings(rs)
+    other = rs[2].model_copy(update={"flow_rate": 99.5, "source": "replay", "seq": 42})
+    missing = rs[3].model_copy(update={"pressure": None, "quality": ("pressure_missing",)})
+    same_other_source = rs[4].model_copy(update={"source": "import", "seq": 7})  # values equal: a redelivery
+    new = readings(7)[5:]
+    got = store.write_readings([other, missing, same_other_source, *new])
+    assert got == WriteResult(inserted=2, identical=1, conflicting=2) and got.total == 5
+    df = store.read_readings("s1", "m1", T0, T0 + timedelta(days=1))
+    assert df["flow_rate"].tolist() == [10.0 + i for i in range(7)]  # the stored values stayed
+    assert df["pressure"].tolist() == [3.0] * 7 and df["source"].iloc[4] == "test"
+    cs = store.read_conflicts("s1", "m1", T0, T0 + timedelta(days=1))
+    assert [(c.ts, c.flow_rate, c.stored_flow_rate, c.pressure, c.stored_pressure, c.quality, c.stored_quality) for c in cs] == [
+        (rs[2].ts, 99.5, 12.0, 3.0, 3.0, "", ""),
+        (rs[3].ts, 13.0, 13.0, None, 3.0, "pressure_missing", "simulated"),
+    ]
+    assert (cs[0].source, cs[0].seq, cs[0].site, cs[0].meter) == ("replay", 42, "s1", "m1")
+    assert abs((cs[0].seen_at - datetime.now(UTC)).total_seconds()) < 60
+    warnings = [r for r in caplog.records if "reading_conflicts" in r.getMessage()]
+    assert [r.levelname for r in warnings] == ["WARNING", "DEBUG"]  # once per meter, then debug
+    # the same conflicting reading again: counted again, recorded once
+    assert store.write_readings([other]) == WriteResult(conflicting=1)
+    assert len(store.read_conflicts("s1", "m1", T0, T0 + timedelta(days=1))) == 2
+    assert store.read_conflicts("s1", "m1", T0, rs[2].ts) == []  # end exclusive
+
+
+def test_the_first_of_two_readings_of_one_minute_in_a_batch_wins(store):
+    a, b = readings(1)[0], readings(1)[0].model_copy(update={"flow_rate": 1.5})
+    assert store.write_readings([a, a, b]) == WriteResult(inserted=1, identical=1, conflicting=1)
+    assert store.read_readings("s1", "m1", T0, T0 + timedelta(days=1))["flow_rate"].tolist() == [10.0]
+    assert [c.flow_rate for c in store.read_conflicts("s1", "m1", T0, T0 + timedelta(days=1))] == [1.5]
+
+
+def test_a_reimport_is_identical_and_an_overlapping_one_conflicts(store):
+    n = 3000
+    idx = pd.date_range(T0, periods=n, freq="1min", tz="UTC", name="ts")
+    flow = np.linspace(1, 2, n)
+    flow[7] = np.nan
+    df = pd.DataFrame({"flow_rate": flow, "pressure": 3.0}, index=idx)
+    assert store.write_reading_frame("s1", "m1", df) == WriteResult(inserted=n)
+    assert store.write_reading_frame("s1", "m1", df) == WriteResult(identical=n)
+    # a second file: the last 1000 minutes again, 10 of them with other values, and 500 new minutes
+    idx2 = pd.date_range(T0 + timedelta(minutes=n - 1000), periods=1500, freq="1min", tz="UTC", name="ts")
+    df2 = pd.DataFrame({"flow_rate": np.r_[flow[-1000:], np.full(500, 5.0)], "pressure": 3.0}, index=idx2)
+    df2.iloc[100:110, 1] = 2.5
+    assert store.write_reading_frame("s1", "m1", df2) == WriteResult(inserted=500, identical=990, conflicting=10)
+    back = store.read_readings("s1", "m1", T0, T0 + timedelta(days=10))
+    assert len(back) == n + 500 and np.isnan(back["flow_rate"].iloc[7]) and (back["pressure"] == 3.0).all()
+    cs = store.read_conflicts("s1", "m1", T0, T0 + timedelta(days=10))
+    assert [c.ts for c in cs] == [t.to_pydatetime() for t in idx2[100:110]]
+    assert {(c.pressure, c.stored_pressure, c.source) for c in cs} == {(2.5, 3.0, "import")}
+    # a sparse batch (two minutes a month apart) is compared key by key
+    sparse = [readings(1)[0].model_copy(update={"flow_rate": 7.0}), readings(1, start=T0 + timedelta(days=30))[0]]
+    assert store.write_readings(sparse) == WriteResult(inserted=1, conflicting=1)
+
+
+def test_write_result_counts_rows_for_callers_that_only_count():
+    total = 0
+    total += WriteResult(inserted=3, identical=2, conflicting=1)
+    assert total == 6 and sum([WriteResult(1), WriteResult(0, 2)]) == 3
+    assert WriteResult(1, 2, 3) + WriteResult(1, 1, 1) == WriteResult(2, 3, 4)
 
 
 def test_missing_values_round_trip(store):
@@ -64,7 +132,7 @@ def test_bulk_frame(store):
     flow = np.linspace(1, 2, n)
     flow[7] = np.nan
     df = pd.DataFrame({"flow_rate": flow, "pressure": 3.0}, index=idx)
-    assert store.write_reading_frame("s1", "m1", df) == n
+    assert store.write_reading_frame("s1", "m1", df) == WriteResult(inserted=n)
     back = store.read_readings("s1", "m1", T0, T0 + timedelta(days=10))
     assert len(back) == n
     assert np.isnan(back["flow_rate"].iloc[7])
@@ -118,9 +186,47 @@ def test_night_flow(store):
 
 def test_purge(store):
     store.write_readings(readings(10))
+    store.write_readings([readings(10)[i].model_copy(update={"flow_rate": 0.0}) for i in (2, 6)])  # two conflicts
     store.purge(T0 + timedelta(minutes=4))
     df = store.read_readings("s1", "m1", T0 - timedelta(days=1), T0 + timedelta(days=1))
     assert df["seq"].tolist() == [4, 5, 6, 7, 8, 9]
+    assert [c.ts for c in store.read_conflicts("s1", "m1", T0 - timedelta(days=1), T0 + timedelta(days=1))] == [T0 + timedelta(minutes=6)]
+
+
+def test_first_reading_time(store):
+    assert store.first_reading_time() is None
+    store.write_readings(readings(3, meter="m2", start=T0 + timedelta(days=2)) + readings(3, meter="m1", start=T0 + timedelta(days=1)))
+    assert store.first_reading_time() == T0 + timedelta(days=1)
+
+
+def test_sqlite_purge_deletes_in_batches_and_keeps_the_newest_thresholds(tmp_path):
+    """Retention: at most purge_batch rows per transaction, so the detector's writes never wait long."""
+    s = SqliteStore(tmp_path / "p.db")
+    s.purge_batch = 100
+    s.write_readings(readings(1000) + readings(1000, meter="m2"))
+    s.write_readings([readings(1)[0].model_copy(update={"flow_rate": 0.0})])  # a conflict at T0
+    bands = (Band(hour=0, daytype="weekday", lower=1.0, upper=2.0),)
+    for d in (0, 1):
+        s.write_thresholds(Thresholds(site="s1", meter="m1", signal="flow_rate", computed_at=T0 + timedelta(days=d), method="learned", bands=bands))
+    s.write_anomalies([Anomaly(site="s1", meter="m1", kind="gap", signal="flow_rate", severity="warning", state="open",
+                               start=T0 + timedelta(minutes=i), ts=T0 + timedelta(minutes=i)) for i in range(0, 1000, 4)])
+    statements: list[str] = []
+    s._db.set_trace_callback(statements.append)
+    cut = T0 + timedelta(minutes=750)
+    # readings of both meters, the conflict, the anomalies before 12:30, the older thresholds
+    assert s.purge(cut) == 2 * 750 + 1 + 188 + 1
+    s._db.set_trace_callback(None)
+    assert statements.count("COMMIT") >= 15  # 7.5 batches per meter's readings, one per other table at least
+    for m in ("m1", "m2"):
+        df = s.read_readings("s1", m, T0 - timedelta(days=1), T0 + timedelta(days=2))
+        assert df.index[0] == pd.Timestamp(cut) and len(df) == 250
+    assert s.read_conflicts("s1", "m1", T0, T0 + timedelta(days=2)) == []
+    assert len(s.read_anomalies("s1", "m1", T0, T0 + timedelta(days=2))) == 62
+    # all thresholds are older than the cut; the newest per signal stays (the detector needs bands)
+    s.purge(T0 + timedelta(days=30))
+    assert s.latest_thresholds("s1", "m1", "flow_rate").computed_at == T0 + timedelta(days=1)
+    assert s._query("SELECT COUNT(*) FROM thresholds", ())[0][0] == 1
+    s.close()
 
 
 def test_empty_reads(store):
@@ -149,7 +255,7 @@ def test_sqlite_waits_for_external_lock(tmp_path, caplog):
     p = subprocess.Popen([sys.executable, "-c", LOCKER, str(path), "3"], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "locked"
     t = time.monotonic()
-    assert s.write_readings(readings(100)) == 100
+    assert s.write_readings(readings(100)).inserted == 100
     waited = time.monotonic() - t
     p.wait(10)
     assert waited > 1.5, "the write should have waited for the lock"
@@ -185,3 +291,44 @@ def test_records_without_pandas(store):
     store.write_forecast(Forecast(site="s1", meter="m1", signal="pressure", issued_at=T0, step_minutes=10, values=(3.0,), model="v1"))
     assert store.read_forecast_points("s1", "m1", T0, T0 + timedelta(hours=1)) == [
         ("pressure", T0, T0 + timedelta(minutes=10), 3.0, "v1")]
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_influx_retries_setting_bounds_the_wait(retries):
+    """store.influxdb.retries is what the adapter does: retries+1 attempts, backoff 0.2 s doubling, then StoreUnavailable."""
+    import socket
+
+    from shared.settings import InfluxSettings
+    from shared.store.influx import InfluxStore
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    st = InfluxStore(InfluxSettings(url=f"http://127.0.0.1:{port}", retries=retries, create_database=False))
+    attempts = []
+    real = st.http.request
+    st.http.request = lambda *a, **kw: attempts.append(1) or real(*a, **kw)
+    t = time.monotonic()
+    with pytest.raises(StoreUnavailable, match=f"after {retries + 1} attempt"):
+        st.write_readings(readings(1))
+    waited = time.monotonic() - t
+    assert len(attempts) == retries + 1
+    assert 0.2 * (2**retries - 1) <= waited < 0.2 * (2**retries - 1) + 2
+    st.close()
+
+
+def test_open_store_passes_retries_and_retention(influxd):
+    import uuid
+
+    from shared.settings import Settings
+    from shared.store import open_store
+
+    db = f"r_{uuid.uuid4().hex[:10]}"
+    settings = Settings(store={"backend": "influxdb", "retention_days": 30, "influxdb": {"url": influxd.url, "database": db, "retries": 3}})
+    with open_store(settings) as st:
+        assert st.settings.retries == 3
+        rp = {v[0]: v for s in st._select(f'SHOW RETENTION POLICIES ON "{db}"') for v in s["values"]}
+        assert rp["autogen"][1] == "720h0m0s"  # the server drops data older than store.retention_days
+    with open_store(settings.model_copy(update={"store": settings.store.model_copy(update={"retention_days": 400})})) as st:
+        rp = {v[0]: v for s in st._select(f'SHOW RETENTION POLICIES ON "{db}"') for v in s["values"]}
+        assert rp["autogen"][1] == "9600h0m0s"  # changed at the next start

@@ -10,14 +10,21 @@ cannot place, a value no rule expected) is dead-lettered with its reason and ack
 rest of the batch goes on. Then anomalies, night-flow figures and readings are written (all
 idempotent) and the batch is acknowledged. A store that fails is retried with backoff, nothing
 acknowledged and nothing dead-lettered meanwhile; a stop during that leaves the batch to be
-redelivered, and a redelivered reading overwrites itself in the store and is ignored by the engine
-(not newer than the last one seen). Subscriptions are registered before the bus connects, so
+redelivered, and a redelivered reading is found identical by the store (a reading with other
+values for a stored minute is kept aside, never stored over it: counted as ``reading_conflicts``)
+and is ignored by the engine (not newer than the last one seen). Subscriptions are registered before the bus connects, so
 messages queued for the persistent session are not dropped unmatched.
 
 At start the rolling windows are back-filled from the store (``backfill_hours`` of readings, the
 night-flow table, open alerts, the latest thresholds and forecasts), so a restart changes no
 decision. The silent-meter check is the only wall-clock rule; it runs every ``silent_check_s`` in
 the inbox worker (``tick``).
+
+Retention: when event time (the readings stored) crosses a local day, everything older than the
+day minus ``store.retention_days`` is purged (``Store.purge``; InfluxDB's retention policy does it
+there too). The day clock is seeded at back-fill; a purge that fails is counted (``purge_errors``)
+and the next day's purge covers it. The cutoff never passes wall-clock now minus the retention, so
+a reading dated years ahead cannot empty the store.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import numpy as np
 
 from services.detector.engine import DetectionEngine
 from shared.bus import Bus
-from shared.eventtime import floor
+from shared.eventtime import BoundaryClock, floor
 from shared.inbox import Delivery
 from shared.messages import SIGNALS, Anomaly, Command, Forecast, Reading, Stored, Thresholds, stored_ranges
 from shared.service import Service
@@ -84,6 +91,7 @@ class DetectorService(Service):
         self.engine = DetectionEngine.from_settings(settings)
         self.last_seen: dict[tuple[str, str], float] = {}
         self._logged_open: set[tuple] = set()  # alerts whose opening was logged (one line each)
+        self.retention_clock = BoundaryClock(settings.tz)  # one key, "retention": the purge is store-wide
         self.tick_s = self.cfg.silent_check_s
         self.inbox.tick_s = self.tick_s
         # Subscribe before connecting: a persistent session's queued messages arrive right after CONNACK.
@@ -109,6 +117,8 @@ class DetectorService(Service):
         if last is None:
             return 0
         end = last + timedelta(seconds=1)
+        if (seen := self.retention_clock.last("retention")) is None or last > seen:
+            self.retention_clock.seed(last, "retention")
         recent = st.read_reading_records(site, meter, last - timedelta(hours=self.cfg.backfill_hours), end)
         ths = [th for s in SIGNALS if (th := st.latest_thresholds(site, meter, s)) is not None]
         keep = self.cfg.night_baseline_nights * 3 + 2
@@ -188,6 +198,11 @@ class DetectorService(Service):
         c.inc("batches")
         for site, meter, at in eng.take_due():
             self._safe_recalibrate(site, meter, at)
+        day = None
+        for r in readings:
+            day = self.retention_clock.advance(r.ts, ("day",), "retention").get("day", day)
+        if day is not None:
+            self.purge(day)
         for cmd in commands:
             if cmd.action == "recalibrate":
                 last = eng.last_time(cmd.site, cmd.meter) or self.store.last_reading_time(cmd.site, cmd.meter)
@@ -201,7 +216,11 @@ class DetectorService(Service):
         if nights:
             self.store.write_night_flow(nights)
         if readings:
-            self.store.write_readings(readings)
+            result = self.store.write_readings(readings)
+            if result.identical:
+                self.counters.inc("readings_identical", result.identical)
+            if result.conflicting:
+                self.counters.inc("reading_conflicts", result.conflicting)
 
     def _log_anomaly(self, a: Anomaly) -> None:
         """One log line when an alert opens (warning) and when it closes (info); updates go to debug."""
@@ -226,6 +245,20 @@ class DetectorService(Service):
         except StoreError as exc:
             self.counters.inc("recalibration_errors")
             logger.error("recalibration of %s/%s at %s failed: %s (next boundary or command retries)", site, meter, at.isoformat(), exc)
+
+    def purge(self, day: datetime) -> None:
+        """Retention at the local day boundary ``day``; a store error is logged and counted, the next day retries."""
+        keep = timedelta(days=self.settings.store.retention_days)
+        before = min(day, datetime.now(UTC)) - keep
+        try:
+            n = self.store.purge(before)
+        except StoreError as exc:
+            self.counters.inc("purge_errors")
+            logger.error("retention purge before %s failed: %s (the next day's purge retries)", before.isoformat(), exc)
+            return
+        self.counters.inc("purges")
+        self.counters.inc("purged_rows", n)
+        logger.info("retention: removed %d record(s) older than %s (store.retention_days=%d)", n, before.isoformat(), keep.days)
 
     def recalibrate(self, site: str, meter: str, at: datetime) -> list[Thresholds]:
         """Learn bands from the store, install, store and publish them (retained)."""

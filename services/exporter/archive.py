@@ -11,7 +11,13 @@ Every file holds all meters (``site`` and ``meter`` columns), is UTF-8 with LF l
 header row, and is written atomically. Times are local ISO 8601 with the UTC offset; a missing
 value is an empty field. A day ``D`` is archived once event time reaches ``D+1 00:00`` local plus
 ``exporter.archive_lag_minutes`` (so the detector and forecaster have stored its last minutes);
-``manifest.json`` makes it happen once per day, also across redeliveries and restarts. Readings and
+``manifest.json`` makes it happen once per day, also across redeliveries and restarts.
+
+A day missed (an outage, a restart, an import of history) is archived later: every day from the one
+after the newest manifest (none: the day of the oldest reading in the store) up to the due day, at
+most ``exporter.archive_catchup_days`` per reading so one reading never waits long; the rest follow
+on the next readings. Days older than ``exporter.archive_days`` are not written (they would be
+removed at once). Readings and
 forecasts belong to the day of their time (forecasts: their target time), anomalies to the day of
 their start, with the state known when the day is archived. Day folders older than
 ``exporter.archive_days`` are removed.
@@ -110,14 +116,16 @@ def day_due(ts: datetime, tz: ZoneInfo, lag: timedelta) -> date:
 class Archiver:
     """Writes each day's archive once, from the store, when event time has passed the day."""
 
-    def __init__(self, store: Store, root: Path, tz: ZoneInfo, keep_days: int, lag: timedelta, counters=None) -> None:
+    def __init__(self, store: Store, root: Path, tz: ZoneInfo, keep_days: int, lag: timedelta, counters=None,
+                 catchup_days: int = 7) -> None:
         self.store = store
         self.root = root
         self.tz = tz
         self.keep_days = keep_days
         self.lag = lag
         self.counters = counters
-        self._done_through: date | None = None
+        self.catchup_days = catchup_days
+        self._done_through: date | None = None  # every day up to this one is archived (or had nothing)
         self._retry_at: datetime | None = None
 
     def _inc(self, name: str) -> None:
@@ -125,25 +133,58 @@ class Archiver:
             self.counters.inc(name)
 
     def on_event_time(self, ts: datetime) -> bool:
-        """Archive the day that is due at ``ts`` unless done already. Returns whether files were written."""
-        day = day_due(ts, self.tz, self.lag)
-        if self._done_through is not None and day <= self._done_through:
+        """Archive the days due at ``ts`` not done yet (at most ``catchup_days``). Returns whether files were written."""
+        due = day_due(ts, self.tz, self.lag)
+        if self._done_through is not None and due <= self._done_through:
             return False
         if self._retry_at is not None and ts < self._retry_at:
             return False
+        written, day = False, None
         try:
-            written = self.archive_day(day)
+            if self._done_through is None:
+                self._done_through = self._resume_after(due)
+            last = min(due, self._done_through + timedelta(days=self.catchup_days))
+            if last - self._done_through > timedelta(days=1):
+                logger.info("archiving missed days %s .. %s (due: %s; at most %d per reading)",
+                            self._done_through + timedelta(days=1), last, due, self.catchup_days)
+            while self._done_through < last:
+                day = self._done_through + timedelta(days=1)
+                written = self.archive_day(day) or written
+                self._done_through = day
         except (StoreError, OSError) as exc:
             self._inc("archive_errors")
             self._retry_at = ts + RETRY_AFTER
             logger.error(
                 "daily archive of %s failed: %s; retrying after event time %s (check the store and exporter.archive_dir)",
-                day, exc, self._retry_at.isoformat(),
+                day or due, exc, self._retry_at.isoformat(),
             )
-            return False
-        self._done_through = day
+            return written
         self._retry_at = None
         return written
+
+    def _resume_after(self, due: date) -> date:
+        """The day after which archiving starts: the newest archived day, else the day before the store's
+        oldest reading; never before the oldest day ``keep_days`` keeps."""
+        floor_day = due - timedelta(days=self.keep_days)
+        newest = self.newest_archived()
+        if newest is not None:
+            return max(newest, floor_day)
+        first = self.store.first_reading_time()
+        if first is None:
+            return due  # nothing stored: nothing to catch up
+        return max(first.astimezone(self.tz).date() - timedelta(days=1), floor_day)
+
+    def newest_archived(self) -> date | None:
+        """The newest day folder with a manifest."""
+        for y in reversed(_numbered(self.root, 4)):
+            for m in reversed(_numbered(y, 2)):
+                for d in reversed(_numbered(m, 2)):
+                    if (d / MANIFEST).exists():
+                        try:
+                            return date(int(y.name), int(m.name), int(d.name))
+                        except ValueError:
+                            continue
+        return None
 
     def archive_day(self, day: date) -> bool:
         """Write the archive of ``day`` if it is not there yet and the store holds anything for it."""

@@ -6,6 +6,7 @@ mirror and the daily archive out. Everything fires in event time (reading timest
   once a minute while readings flow, and at once when an alert opens or closes;
 - a reading that crosses a 10-minute boundary ``b`` writes ``server.txt`` for ``[b - 10 min, b)``;
 - a reading past ``D+1 00:00`` local (plus ``exporter.archive_lag_minutes``) archives day ``D`` once.
+  Days missed before it are archived too, at most ``exporter.archive_catchup_days`` per reading.
 
 Files of the configured meter (``site`` / ``meter`` settings) are ``<out_dir>/alert.txt`` and
 ``<out_dir>/server.txt``; any other meter seen on the bus gets ``<out_dir>/<site>/<meter>/…``.
@@ -81,7 +82,7 @@ class ExporterService(Service):
         if self.cfg.archive:
             self.archiver = Archiver(
                 self.store, self.settings.path(self.cfg.archive_dir), self.tz, self.cfg.archive_days,
-                timedelta(minutes=self.cfg.archive_lag_minutes), self.counters,
+                timedelta(minutes=self.cfg.archive_lag_minutes), self.counters, self.cfg.archive_catchup_days,
             )
         self._backfill()
 

@@ -20,6 +20,10 @@ class ExporterSettings(Section):
         default=5, ge=0, le=720,
         description="Archive day D once event time reaches D+1 00:00 local plus this, so its last minutes are stored.",
     )
+    archive_catchup_days: int = Field(
+        default=7, ge=1, le=366,
+        description="Days missed (outage, restart, import) archived at most per reading; the rest on the next readings.",
+    )
     mirror: bool = Field(default=True, description="Also publish each file's content retained on .../export/alert and .../export/server.")
     backfill_anomaly_days: int = Field(
         default=30, ge=1, description="At start, anomalies that started this many days before the last reading are read back from the store."

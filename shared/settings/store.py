@@ -30,6 +30,12 @@ class InfluxSettings(Section):
     batch_size: int = Field(default=50_000, ge=1, le=1_000_000, description="Points per /write request.")
     timeout_s: float = Field(default=30.0, gt=0, description="HTTP timeout per request.")
     retries: int = Field(default=8, ge=0, description="Retries with backoff on 5xx / timeouts before giving up.")
+    apply_retention: bool = Field(
+        default=True,
+        description="At start, set the duration of the retention policy written to (retention_policy, else the database's "
+        "default) to store.retention_days (1.x; 2.x/3.x keep the bucket's retention period). Turn off if the database "
+        "holds other data.",
+    )
 
     _v_tok = field_validator("token", "password")(lambda cls, v, info: check_secret(v, f"store.influxdb.{info.field_name}"))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared.settings import Settings
-from shared.store.base import NightFlow, Store, StoreError, StoreUnavailable
+from shared.store.base import NightFlow, ReadingConflict, Store, StoreError, StoreUnavailable, WriteResult
 
 
 def open_store(settings: Settings) -> Store:
@@ -11,10 +11,10 @@ def open_store(settings: Settings) -> Store:
     if settings.store.backend == "influxdb":
         from shared.store.influx import InfluxStore
 
-        return InfluxStore(settings.store.influxdb)
+        return InfluxStore(settings.store.influxdb, retention_days=settings.store.retention_days)
     from shared.store.sqlite import SqliteStore
 
     return SqliteStore(settings.path(settings.store.sqlite.path), settings.store.sqlite)
 
 
-__all__ = ["NightFlow", "Store", "StoreError", "StoreUnavailable", "open_store"]
+__all__ = ["NightFlow", "ReadingConflict", "Store", "StoreError", "StoreUnavailable", "WriteResult", "open_store"]

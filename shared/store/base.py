@@ -1,6 +1,6 @@
 """The ``Store`` interface every service writes through, and the row shapes both adapters share.
 
-Identity of every record (so a redelivered message overwrites itself instead of duplicating):
+Identity of every record (so a redelivered message is stored once, never duplicated):
 
 | what       | identity                                        |
 |------------|-------------------------------------------------|
@@ -10,6 +10,13 @@ Identity of every record (so a redelivered message overwrites itself instead of 
 | thresholds | (site, meter, signal, computed_at)              |
 | night flow | (site, meter, day)                              |
 
+Readings are never silently replaced: a second reading for a stored (site, meter, ts) with the same
+values (flow_rate, pressure, quality; a missing value equals a missing value) changes nothing (a
+redelivery); one with other values leaves the stored reading as it is and is kept aside in
+``reading_conflicts`` (both values, its source, when it was seen), counted in the returned
+:class:`WriteResult` and logged (a warning per meter, then debug). Anomalies, forecasts, thresholds
+and night-flow figures are updates of one record (an alert closing): a rewrite replaces it.
+
 Timestamps are stored at one-second resolution, UTC. Range reads return pandas frames with a UTC
 ``DatetimeIndex``; ``start`` is inclusive and ``end`` exclusive.
 """
@@ -17,7 +24,9 @@ Timestamps are stored at one-second resolution, UTC. Range reads return pandas f
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +38,9 @@ from shared.messages import Anomaly, Forecast, Reading, Thresholds
 if TYPE_CHECKING:  # pandas is imported only where a frame is built: services that never ask for
     import numpy as np  # one (collector, detector, exporter) stay small in memory
     import pandas as pd
+
+
+logger = logging.getLogger(__name__)
 
 
 class StoreError(RuntimeError):
@@ -53,6 +65,62 @@ class NightFlow:
     day: date
     ts: datetime  # start of the night window, UTC
     value: float
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a write of readings did; each reading written is counted in exactly one field."""
+
+    inserted: int = 0  # new (site, meter, ts): stored
+    identical: int = 0  # the same values as the stored reading (a redelivery): nothing changed
+    conflicting: int = 0  # other values than the stored reading: it stays, this one is kept in reading_conflicts
+
+    @property
+    def total(self) -> int:
+        """Readings handled (none is lost: a conflicting one is kept aside)."""
+        return self.inserted + self.identical + self.conflicting
+
+    def __add__(self, other: WriteResult) -> WriteResult:
+        if not isinstance(other, WriteResult):
+            return NotImplemented
+        return WriteResult(self.inserted + other.inserted, self.identical + other.identical, self.conflicting + other.conflicting)
+
+    def __radd__(self, other: int) -> int:
+        """``rows += store.write_reading_frame(...)`` in a caller that only counts rows handled."""
+        if not isinstance(other, int):
+            return NotImplemented
+        return other + self.total
+
+    def __int__(self) -> int:
+        return self.total
+
+
+@dataclass(frozen=True)
+class ReadingConflict:
+    """A reading that arrived for a stored (site, meter, ts) with other values; the stored one was kept."""
+
+    site: str
+    meter: str
+    ts: datetime
+    flow_rate: float | None  # the newcomer's values (kept aside)
+    pressure: float | None
+    quality: str
+    stored_flow_rate: float | None  # the stored reading's values (kept)
+    stored_pressure: float | None
+    stored_quality: str
+    seq: int | None
+    source: str
+    seen_at: datetime  # wall clock when it arrived (last time, if it arrived again)
+
+
+def reading_values(flow: object, pressure: object, quality: str | None) -> tuple[float | None, float | None, str]:
+    """The values two readings of one (site, meter, ts) are compared on; NaN and None are both None."""
+    return _num(flow), _num(pressure), quality or ""
+
+
+def conflict_variant(values: tuple[float | None, float | None, str]) -> str:
+    """A short key of a newcomer's values: one conflict record per distinct set (a redelivery of it overwrites it)."""
+    return hashlib.sha1(repr(values).encode(), usedforsecurity=False).hexdigest()[:12]
 
 
 def epoch(ts: datetime) -> int:
@@ -183,10 +251,11 @@ class Store(abc.ABC):
 
     # --- writes (idempotent; a write that returns is durable: the acknowledgement point) ---
     @abc.abstractmethod
-    def write_readings(self, readings: Sequence[Reading]) -> int: ...
+    def write_readings(self, readings: Sequence[Reading]) -> WriteResult:
+        """Store new readings; a stored one is never replaced (see the module doc)."""
 
     @abc.abstractmethod
-    def write_reading_frame(self, site: str, meter: str, frame: pd.DataFrame) -> int:
+    def write_reading_frame(self, site: str, meter: str, frame: pd.DataFrame) -> WriteResult:
         """Bulk write: ``frame`` has a UTC DatetimeIndex and flow_rate, pressure[, seq, quality, source]."""
 
     @abc.abstractmethod
@@ -275,13 +344,40 @@ class Store(abc.ABC):
     def last_reading_time(self, site: str, meter: str) -> datetime | None: ...
 
     @abc.abstractmethod
+    def first_reading_time(self) -> datetime | None:
+        """The oldest reading of any meter."""
+
+    @abc.abstractmethod
     def meters(self) -> list[tuple[str, str]]:
         """Every (site, meter) with readings."""
 
+    @abc.abstractmethod
+    def read_conflicts(self, site: str, meter: str, start: datetime, end: datetime) -> list[ReadingConflict]:
+        """Readings kept aside with ts in [start, end), by ts then seen_at."""
+
     # --- housekeeping ---
     @abc.abstractmethod
-    def purge(self, before: datetime) -> None:
-        """Remove everything older than ``before`` (retention)."""
+    def purge(self, before: datetime) -> int:
+        """Remove everything older than ``before`` (retention); the number of records removed where known."""
+
+    _conflicts_logged: set[tuple[str, str]] | None = None
+
+    def _log_conflicts(self, conflicts: Sequence[ReadingConflict]) -> None:
+        """One warning per meter (the first conflict), then debug lines."""
+        if self._conflicts_logged is None:
+            self._conflicts_logged = set()
+        for c in conflicts:
+            key = (c.site, c.meter)
+            level = logging.DEBUG if key in self._conflicts_logged else logging.WARNING
+            self._conflicts_logged.add(key)
+            logger.log(
+                level,
+                "reading of %s/%s at %s differs from the stored one (flow_rate %s vs stored %s, pressure %s vs %s, "
+                "quality %r vs %r, source %r): the stored reading is kept, the new one is recorded in reading_conflicts%s",
+                c.site, c.meter, c.ts.isoformat(), c.flow_rate, c.stored_flow_rate, c.pressure, c.stored_pressure,
+                c.quality, c.stored_quality, c.source,
+                "; further conflicts of this meter are logged at debug level" if level == logging.WARNING else "",
+            )
 
     def close(self) -> None:  # noqa: B027 - optional
         pass

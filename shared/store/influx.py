@@ -10,13 +10,27 @@ Series layout (identity = measurement + tags + time, so a rewrite overwrites its
 | measurement | tags                         | time        | fields                                        |
 |-------------|------------------------------|-------------|-----------------------------------------------|
 | readings    | site, meter                  | ts          | flow_rate, pressure, seq, quality, source     |
+| reading_conflicts | site, meter, variant   | ts          | flow_rate, pressure, quality, seq, source, stored_flow_rate, stored_pressure, stored_quality, seen_at |
 | anomalies   | site, meter, kind, signal    | start       | severity, state, end, ts, value, threshold, message |
 | forecasts   | site, meter, signal, lead    | target_time | value, model, issued_at   (lead = minutes)   |
 | thresholds  | site, meter, signal          | computed_at | method, payload (JSON)                        |
 | night_flow  | site, meter                  | night start | value, day                                    |
 
-Network errors, timeouts and 5xx are retried with backoff for ``retry_for_s``; a 4xx is an error
-that names what the server refused (e.g. a field type conflict).
+A point written again overwrites the stored one, so readings are never written blind: each batch
+first reads its time range back (one InfluxQL query per meter and batch), writes only the new
+readings, counts the identical ones and writes the ones with other values to ``reading_conflicts``
+(``variant`` = a hash of the newcomer's values, so a redelivered conflict overwrites itself). Two
+writers racing on the same new minute could still overwrite each other; each meter has one writer
+(the detector, or an import).
+
+Retention is the server's: at start the retention policy written to (``store.influxdb.retention_policy``,
+else the database's default) gets a duration of ``store.retention_days`` (1.x; 2.x/3.x refuse it and
+use the bucket's retention period). ``purge`` also deletes older points where the server allows it.
+
+Network errors, timeouts and 5xx are retried ``store.influxdb.retries`` times with backoff (0.2 s
+doubling up to 5 s: 8 retries wait about 21 s); then :class:`StoreUnavailable` (a service's inbox
+retries the work again later). A 4xx is an error that names what the server refused (e.g. a field
+type conflict).
 """
 
 from __future__ import annotations
@@ -25,8 +39,9 @@ import json
 import logging
 import math
 import time
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -38,11 +53,15 @@ from shared.messages import Anomaly, Forecast, Reading, Thresholds
 from shared.settings import InfluxSettings
 from shared.store.base import (
     NightFlow,
+    ReadingConflict,
     Store,
     StoreError,
     StoreUnavailable,
+    WriteResult,
+    conflict_variant,
     epoch,
     from_epoch,
+    reading_values,
     thresholds_from_payload,
     thresholds_payload,
     to_reading_frame,
@@ -85,14 +104,22 @@ def _ql_time(ts: datetime) -> str:
     return f"{epoch(ts)}s"
 
 
+RETRY_FIRST_S = 0.2
+RETRY_MAX_S = 5.0
+
+
+def _shard_duration(days: int) -> str:
+    """InfluxDB 1.x's default shard group duration for a retention period (it must not exceed it)."""
+    return "1h" if days < 2 else "1d" if days <= 180 else "7d"
+
+
 class InfluxStore(Store):
     name = "influxdb"
     parse_ahead = True
 
-    def __init__(self, settings: InfluxSettings, *, retry_for_s: float = 3600.0) -> None:
+    def __init__(self, settings: InfluxSettings, *, retention_days: int | None = None) -> None:
         self.settings = settings
         self.url = settings.url.rstrip("/")
-        self.retry_for_s = retry_for_s
         self.http = requests.Session()
         token = settings.secret_token()
         if token:
@@ -100,16 +127,44 @@ class InfluxStore(Store):
         self._auth_params: dict[str, str] = {}
         if settings.username:
             self._auth_params = {"u": settings.username, "p": settings.password.get_secret_value() if settings.password else ""}
-        if settings.create_database:
-            try:
-                self._post_query(f'CREATE DATABASE "{settings.database}"')
-            except StoreError as exc:  # 2.x/3.x refuse it; the bucket must exist there
-                logger.info("CREATE DATABASE not accepted (%s); assuming bucket %r exists", exc, settings.database)
+        try:
+            if settings.create_database:
+                try:
+                    self._post_query(f'CREATE DATABASE "{settings.database}"')
+                except StoreUnavailable:
+                    raise
+                except StoreError as exc:  # 2.x/3.x refuse it; the bucket must exist there
+                    logger.info("CREATE DATABASE not accepted (%s); assuming bucket %r exists", exc, settings.database)
+            if retention_days is not None and settings.apply_retention:
+                self._apply_retention(retention_days)
+        except StoreUnavailable as exc:  # the first write retries again; the retention is set at the next start
+            logger.warning("InfluxDB not reachable at start (%s); database and retention policy left as they are", exc)
+
+    def _apply_retention(self, days: int) -> None:
+        """Give the retention policy written to a duration of ``days`` (1.x; 2.x/3.x: the bucket's period)."""
+        db = self.settings.database
+        try:
+            series = self._select(f'SHOW RETENTION POLICIES ON "{db}"')
+            policies = {str(v[0]): v for s in series for v in s.get("values", [])}
+            cols = series[0]["columns"] if series else []
+            name = self.settings.retention_policy or next(
+                (n for n, v in policies.items() if "default" in cols and v[cols.index("default")]), "autogen")
+            want = f"{days * 24}h0m0s"
+            if name in policies and policies[name][cols.index("duration")] == want:
+                return
+            verb = "ALTER" if name in policies else "CREATE"
+            extra = "" if name in policies else " REPLICATION 1"
+            self._post_query(f'{verb} RETENTION POLICY "{name}" ON "{db}" DURATION {days}d{extra} SHARD DURATION {_shard_duration(days)}')
+            logger.info("InfluxDB retention policy %s.%s: data older than %d days is dropped by the server (store.retention_days)", db, name, days)
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:
+            logger.info("retention policy not set (%s); the bucket's retention period applies (2.x/3.x)", exc)
 
     # --- HTTP with retry ----------------------------------------------------------------------
     def _request(self, method: str, path: str, *, params: dict, data: bytes | None = None, stream: bool = False) -> requests.Response:
-        deadline = time.monotonic() + self.retry_for_s
-        delay, warned = 0.2, False
+        retries = self.settings.retries
+        delay, warned, attempt = RETRY_FIRST_S, False, 0
         while True:
             try:
                 resp = self.http.request(
@@ -130,13 +185,17 @@ class InfluxStore(Store):
                     hint = " (check store.influxdb.token / username / password)" if resp.status_code in (401, 403) else ""
                     raise StoreError(f"InfluxDB {path} refused the request ({resp.status_code}): {body}{hint}")
                 reason = f"HTTP {resp.status_code}: {body}"
-            if time.monotonic() >= deadline:
-                raise StoreUnavailable(f"InfluxDB at {self.url} unreachable for {self.retry_for_s:.0f}s: {reason} (check store.influxdb.url)")
+            if attempt >= retries:
+                raise StoreUnavailable(
+                    f"InfluxDB at {self.url} unavailable after {attempt + 1} attempt(s) (store.influxdb.retries={retries}): "
+                    f"{reason} (check store.influxdb.url)"
+                )
             if not warned:
-                logger.warning("InfluxDB at %s unavailable (%s); retrying with backoff", self.url, reason)
+                logger.warning("InfluxDB at %s unavailable (%s); retrying with backoff (store.influxdb.retries=%d)", self.url, reason, retries)
                 warned = True
+            attempt += 1
             time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, RETRY_MAX_S)
 
     def _post_query(self, q: str) -> dict:
         resp = self._request("POST", "/query", params={"db": self.settings.database, "q": q})
@@ -189,29 +248,95 @@ class InfluxStore(Store):
         fields = _fields([("flow_rate", r.flow_rate), ("pressure", r.pressure), ("seq", r.seq), ("quality", ",".join(r.quality)), ("source", r.source)])
         return f"readings,meter={_tag(r.meter)},site={_tag(r.site)} {fields} {epoch(r.ts)}"
 
-    def write_readings(self, readings: Sequence[Reading]) -> int:
-        return self._write_lines([self._reading_line(r) for r in readings])
+    def _stored_values(self, site: str, meter: str, lo: int, hi: int) -> dict[int, tuple]:
+        """{ts: (flow_rate, pressure, quality)} of the stored readings with lo <= ts <= hi (one query)."""
+        series = self._select(
+            f"SELECT flow_rate, pressure, quality FROM readings WHERE {self._where(site, meter)} AND time >= {lo}s AND time <= {hi}s"
+        )
+        return {int(t): reading_values(f, p, q) for t, f, p, q in self._rows(series, ["time", "flow_rate", "pressure", "quality"])}
 
-    def write_reading_frame(self, site: str, meter: str, frame: pd.DataFrame) -> int:
+    def _conflict_line(self, c: ReadingConflict) -> str:
+        fields = _fields([
+            ("flow_rate", c.flow_rate), ("pressure", c.pressure), ("quality", c.quality), ("seq", c.seq), ("source", c.source),
+            ("stored_flow_rate", c.stored_flow_rate), ("stored_pressure", c.stored_pressure),
+            ("stored_quality", c.stored_quality), ("seen_at", epoch(c.seen_at)),
+        ])
+        variant = conflict_variant((c.flow_rate, c.pressure, c.quality))
+        return f"reading_conflicts,meter={_tag(c.meter)},site={_tag(c.site)},variant={variant} {fields} {epoch(c.ts)}"
+
+    @staticmethod
+    def _split(site: str, meter: str, keys: Sequence[tuple[int, tuple, int | None, str]], stored: dict[int, tuple]) -> tuple[list[bool], list[ReadingConflict]]:
+        """Which of (ts, values, seq, source) are new; the conflicts among the rest. The first of a key wins."""
+        now = datetime.now(UTC).replace(microsecond=0)
+        new, conflicts = [], []
+        for ts, values, seq, source in keys:
+            old = stored.get(ts)
+            if old is None:
+                stored[ts] = values
+                new.append(True)
+                continue
+            new.append(False)
+            if values != old:
+                conflicts.append(ReadingConflict(site, meter, from_epoch(ts), *values, *old, seq=seq, source=source, seen_at=now))
+        return new, conflicts
+
+    def write_readings(self, readings: Sequence[Reading]) -> WriteResult:
+        groups: dict[tuple[str, str], list[Reading]] = defaultdict(list)
+        for r in readings:
+            groups[(r.site, r.meter)].append(r)
+        lines: list[str] = []
+        conflicts: list[ReadingConflict] = []
+        for (site, meter), rs in groups.items():
+            tss = [epoch(r.ts) for r in rs]
+            stored = self._stored_values(site, meter, min(tss), max(tss))
+            keys = [(t, reading_values(r.flow_rate, r.pressure, ",".join(r.quality)), r.seq, r.source) for t, r in zip(tss, rs, strict=True)]
+            new, cs = self._split(site, meter, keys, stored)
+            lines += [self._reading_line(r) for r, n in zip(rs, new, strict=True) if n]
+            conflicts += cs
+        n_new = len(lines)
+        self._write_lines(lines + [self._conflict_line(c) for c in conflicts])
+        if conflicts:
+            self._log_conflicts(conflicts)
+        return WriteResult(n_new, len(readings) - n_new - len(conflicts), len(conflicts))
+
+    def write_reading_frame(self, site: str, meter: str, frame: pd.DataFrame) -> WriteResult:
         import numpy as np
         import pandas as pd
 
         f = to_reading_frame(frame)
         if f.empty:
-            return 0
-        prefix = f"readings,meter={_tag(meter)},site={_tag(site)} "
-        ts = f.index.as_unit("s").asi8.astype(str)
-        # Vectorised field strings; NaN fields are left out (a point keeps its seq field regardless).
-        flow = f["flow_rate"].to_numpy()
-        pres = f["pressure"].to_numpy()
-        flow_s = np.where(np.isfinite(flow), "flow_rate=" + pd.Series(flow).map(repr).to_numpy(dtype=object) + ",", "")
-        pres_s = np.where(np.isfinite(pres), "pressure=" + pd.Series(pres).map(repr).to_numpy(dtype=object) + ",", "")
-        seq_s = pd.Series(f["seq"].fillna(-1).astype("int64").to_numpy()).astype(str).to_numpy(dtype=object)
-        qual = f["quality"].astype(str).to_numpy(dtype=object)
-        src = f["source"].astype(str).map(_str_field).to_numpy(dtype=object)
-        qual_s = np.where(qual != "", ',quality="' + qual + '"', "")
-        lines = (prefix + flow_s + pres_s + "seq=" + seq_s + "i" + qual_s + ",source=" + src + " " + ts).tolist()
-        return self._write_lines(lines)
+            return WriteResult()
+        secs = f.index.as_unit("s").asi8
+        stored = self._stored_values(site, meter, int(secs.min()), int(secs.max()))
+        conflicts: list[ReadingConflict] = []
+        if stored or not f.index.is_unique:  # a fresh range (the usual import) skips this row-by-row pass
+            seq = f["seq"].astype("float64").to_numpy()
+            keys = [
+                (int(t), reading_values(fl, pr, q), None if s != s else int(s), str(src))
+                for t, fl, pr, q, s, src in zip(secs.tolist(), f["flow_rate"].tolist(), f["pressure"].tolist(),
+                                                 f["quality"].astype(str).tolist(), seq.tolist(), f["source"].astype(str).tolist(), strict=True)
+            ]
+            new, conflicts = self._split(site, meter, keys, stored)
+            f = f[np.asarray(new, dtype=bool)]
+        n_new = len(f)
+        lines: list[str] = []
+        if n_new:
+            prefix = f"readings,meter={_tag(meter)},site={_tag(site)} "
+            ts = f.index.as_unit("s").asi8.astype(str)
+            # Vectorised field strings; NaN fields are left out (a point keeps its seq field regardless).
+            flow = f["flow_rate"].to_numpy()
+            pres = f["pressure"].to_numpy()
+            flow_s = np.where(np.isfinite(flow), "flow_rate=" + pd.Series(flow).map(repr).to_numpy(dtype=object) + ",", "")
+            pres_s = np.where(np.isfinite(pres), "pressure=" + pd.Series(pres).map(repr).to_numpy(dtype=object) + ",", "")
+            seq_s = pd.Series(f["seq"].fillna(-1).astype("int64").to_numpy()).astype(str).to_numpy(dtype=object)
+            qual = f["quality"].astype(str).to_numpy(dtype=object)
+            src = f["source"].astype(str).map(_str_field).to_numpy(dtype=object)
+            qual_s = np.where(qual != "", ',quality="' + qual + '"', "")
+            lines = (prefix + flow_s + pres_s + "seq=" + seq_s + "i" + qual_s + ",source=" + src + " " + ts).tolist()
+        self._write_lines(lines + [self._conflict_line(c) for c in conflicts])
+        if conflicts:
+            self._log_conflicts(conflicts)
+        return WriteResult(n_new, len(secs) - n_new - len(conflicts), len(conflicts))
 
     def write_anomalies(self, anomalies: Sequence[Anomaly]) -> int:
         lines = []
@@ -303,6 +428,21 @@ class InfluxStore(Store):
         rows = self._rows(series, ["time"])
         return from_epoch(rows[0][0]) if rows else None
 
+    def first_reading_time(self) -> datetime | None:
+        series = self._select("SELECT seq FROM readings ORDER BY time ASC LIMIT 1")
+        rows = self._rows(series, ["time"])
+        return from_epoch(min(r[0] for r in rows)) if rows else None
+
+    def read_conflicts(self, site: str, meter: str, start: datetime, end: datetime) -> list[ReadingConflict]:
+        series = self._select(f"SELECT * FROM reading_conflicts WHERE {self._where(site, meter, start, end)}")
+        cols = ["time", "flow_rate", "pressure", "quality", "stored_flow_rate", "stored_pressure", "stored_quality", "seq", "source", "seen_at"]
+        out = [
+            ReadingConflict(site, meter, from_epoch(ts), *reading_values(f, p, q), *reading_values(sf, sp, sq),
+                            seq=None if seq is None else int(seq), source=src or "", seen_at=from_epoch(seen))
+            for ts, f, p, q, sf, sp, sq, seq, src, seen in self._rows(series, cols)
+        ]
+        return sorted(out, key=lambda c: (c.ts, c.seen_at))
+
     def meters(self) -> list[tuple[str, str]]:
         series = self._select("SHOW SERIES FROM readings")
         out = set()
@@ -312,13 +452,18 @@ class InfluxStore(Store):
                 out.add((tags.get("site", ""), tags.get("meter", "")))
         return sorted(out)
 
-    def purge(self, before: datetime) -> None:
-        for m in ("readings", "anomalies", "forecasts", "night_flow"):
+    def purge(self, before: datetime) -> int:
+        """DELETE older points where the server allows it (1.x); the retention policy drops them anyway, a
+        shard group (up to 7 days) at a time. Thresholds are left to the retention policy. Returns 0 (not counted)."""
+        for m in ("readings", "anomalies", "forecasts", "night_flow", "reading_conflicts"):
             try:
                 self._post_query(f"DELETE FROM {m} WHERE time < {_ql_time(before)}")
+            except StoreUnavailable:
+                raise
             except StoreError as exc:  # 2.x/3.x: the bucket's retention period does this instead
                 logger.info("purge of %s not accepted (%s); relying on the bucket retention", m, exc)
-                return
+                break
+        return 0
 
     def close(self) -> None:
         self.http.close()

@@ -2,7 +2,11 @@
 
 WAL journal (readers never block the writer), ``synchronous=NORMAL`` (a committed write survives a
 crash or kill -9 of any process; choose ``FULL`` for power-loss durability), ``busy_timeout``, and
-upserts on each record's identity. A writer that finds the database locked by someone else (a DB
+upserts on each record's identity, except readings: ``INSERT OR IGNORE``, and only when some rows
+were ignored (``rowcount`` short of the batch) are the batch's keys read back, in the same
+transaction, to tell identical redeliveries from conflicts (kept in ``reading_conflicts``), so a
+fresh import pays nothing for it. ``purge`` deletes in batches of ``purge_batch`` rows per
+transaction, so another writer never waits long for the lock. A writer that finds the database locked by someone else (a DB
 browser left open with an uncommitted edit, seed 001's "database is locked") waits and retries for
 ``store.sqlite.lock_retry_s`` seconds instead of crashing.
 """
@@ -13,8 +17,9 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -27,14 +32,18 @@ from shared.messages import Anomaly, Forecast, Reading, Thresholds
 from shared.settings import SqliteSettings
 from shared.store.base import (
     NightFlow,
+    ReadingConflict,
     Store,
     StoreError,
     StoreUnavailable,
+    WriteResult,
     anomaly_row,
+    conflict_variant,
     epoch,
     forecast_rows,
     from_epoch,
     reading_rows,
+    reading_values,
     thresholds_from_payload,
     thresholds_payload,
     to_reading_frame,
@@ -77,11 +86,27 @@ CREATE TABLE IF NOT EXISTS night_flow (
     site TEXT NOT NULL, meter TEXT NOT NULL, day TEXT NOT NULL, ts INTEGER NOT NULL, value REAL NOT NULL,
     PRIMARY KEY (site, meter, day)
 ) WITHOUT ROWID;
+-- readings that arrived for a stored (meter, ts) with other values: the stored one was kept.
+-- One row per distinct newcomer (variant = a hash of its values); seen_at is the wall clock.
+CREATE TABLE IF NOT EXISTS reading_conflicts (
+    site TEXT NOT NULL, meter TEXT NOT NULL, ts INTEGER NOT NULL, variant TEXT NOT NULL,
+    flow_rate REAL, pressure REAL, quality TEXT NOT NULL, seq INTEGER, source TEXT NOT NULL,
+    stored_flow_rate REAL, stored_pressure REAL, stored_quality TEXT NOT NULL, seen_at INTEGER NOT NULL,
+    PRIMARY KEY (site, meter, ts, variant)
+) WITHOUT ROWID;
 """
 
 _INSERT_READING = (
-    "INSERT OR REPLACE INTO readings (mid, ts, seq, flow_rate, pressure, quality, source) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO readings (mid, ts, seq, flow_rate, pressure, quality, source) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+_INSERT_CONFLICT = (
+    "INSERT OR REPLACE INTO reading_conflicts (site, meter, ts, variant, flow_rate, pressure, quality, seq, source, "
+    "stored_flow_rate, stored_pressure, stored_quality, seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+#: Keys of a batch at most this many seconds apart on average are read back with one range scan,
+#: sparser ones by key (a range over a year for two readings would read the whole year).
+_DENSE_S = 600
+_IN_CHUNK = 500
 
 
 def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
@@ -91,6 +116,8 @@ def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
 
 class SqliteStore(Store):
     name = "sqlite"
+    #: Rows deleted per transaction by :meth:`purge`.
+    purge_batch = 10_000
 
     def __init__(self, path: Path | str, settings: SqliteSettings | None = None, *, synchronous: str = "NORMAL") -> None:
         self.settings = settings or SqliteSettings()
@@ -173,11 +200,79 @@ class SqliteStore(Store):
         return self._retry(q, "read")
 
     # --- writes ---------------------------------------------------------------------------------
-    def write_readings(self, readings: Sequence[Reading]) -> int:
-        rows = [(self._mid(site, meter), *rest) for site, meter, *rest in reading_rows(readings)]
-        return self._write(_INSERT_READING, rows, "write readings")
+    def _write_readings(self, rows: list[tuple], what: str) -> WriteResult:
+        """Insert (mid, ts, seq, flow_rate, pressure, quality, source) rows; never replace a stored one."""
+        if not rows:
+            return WriteResult()
 
-    def write_reading_frame(self, site: str, meter: str, frame: pd.DataFrame) -> int:
+        def txn() -> tuple[WriteResult, list[ReadingConflict]]:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    inserted = self._db.executemany(_INSERT_READING, rows).rowcount
+                    conflicts: list[ReadingConflict] = []
+                    if inserted < len(rows):  # some keys were stored already (or twice in this batch)
+                        conflicts = self._conflicts(rows)
+                        self._db.executemany(_INSERT_CONFLICT, [
+                            (c.site, c.meter, epoch(c.ts), conflict_variant((c.flow_rate, c.pressure, c.quality)),
+                             c.flow_rate, c.pressure, c.quality, c.seq, c.source,
+                             c.stored_flow_rate, c.stored_pressure, c.stored_quality, epoch(c.seen_at))
+                            for c in conflicts
+                        ])
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+                return WriteResult(inserted, len(rows) - inserted - len(conflicts), len(conflicts)), conflicts
+
+        result, conflicts = self._retry(txn, what)
+        if conflicts:
+            self._log_conflicts(conflicts)
+        return result
+
+    def _conflicts(self, rows: list[tuple]) -> list[ReadingConflict]:
+        """The rows whose values differ from the stored reading of their key (inside the write transaction).
+
+        A row this batch inserted equals what is stored; one that was ignored is identical or a conflict.
+        """
+        by_mid: dict[int, list[int]] = defaultdict(list)
+        for row in rows:
+            by_mid[row[0]].append(row[1])
+        stored: dict[int, dict[int, tuple]] = {}
+        cols = "SELECT ts, flow_rate, pressure, quality FROM readings WHERE mid = ? AND "
+        for mid, tss in by_mid.items():
+            lo, hi = min(tss), max(tss)
+            if hi - lo <= _DENSE_S * len(tss):
+                found = self._db.execute(cols + "ts >= ? AND ts <= ?", (mid, lo, hi)).fetchall()
+            else:
+                keys = sorted(set(tss))
+                found = []
+                for i in range(0, len(keys), _IN_CHUNK):
+                    part = keys[i : i + _IN_CHUNK]
+                    found += self._db.execute(cols + f"ts IN ({','.join('?' * len(part))})", (mid, *part)).fetchall()
+            stored[mid] = {ts: (flow, pres, quality) for ts, flow, pres, quality in found}
+        names = {v: k for k, v in self._mids.items()}
+        now = datetime.now(UTC).replace(microsecond=0)
+        out = []
+        for row in rows:
+            raw = stored[row[0]][row[1]]
+            if row[3:6] == raw:  # the usual redelivery: equal as they are (a NaN needs the normalised compare)
+                continue
+            new, old = reading_values(*row[3:6]), reading_values(*raw)
+            if new != old:
+                mid, ts, seq, *_, source = row
+                site, meter = names[mid]
+                out.append(ReadingConflict(
+                    site, meter, from_epoch(ts), *new, *old, seq=None if seq is None or seq != seq else int(seq),
+                    source=source or "", seen_at=now,
+                ))
+        return out
+
+    def write_readings(self, readings: Sequence[Reading]) -> WriteResult:
+        rows = [(self._mid(site, meter), *rest) for site, meter, *rest in reading_rows(readings)]
+        return self._write_readings(rows, "write readings")
+
+    def write_reading_frame(self, site: str, meter: str, frame: pd.DataFrame) -> WriteResult:
         f = to_reading_frame(frame)
         n = len(f)
         # SQLite stores a bound NaN as NULL, so float columns (seq included) go in as they are.
@@ -191,7 +286,7 @@ class SqliteStore(Store):
             f["source"].tolist(),
             strict=True,
         ))
-        return self._write(_INSERT_READING, rows, "import readings")
+        return self._write_readings(rows, "import readings")
 
     def write_anomalies(self, anomalies: Sequence[Anomaly]) -> int:
         return self._write(
@@ -269,32 +364,65 @@ class SqliteStore(Store):
         rows = self._query("SELECT MAX(ts) FROM readings WHERE mid = ?", (self._mid(site, meter, create=False) or -1,))
         return from_epoch(rows[0][0]) if rows and rows[0][0] is not None else None
 
+    def first_reading_time(self) -> datetime | None:
+        # MIN per meter uses the (mid, ts) key; a MIN over the whole table would scan it
+        rows = self._query("SELECT MIN((SELECT MIN(ts) FROM readings WHERE mid = meters.id)) FROM meters", ())
+        return from_epoch(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def read_conflicts(self, site: str, meter: str, start: datetime, end: datetime) -> list[ReadingConflict]:
+        rows = self._query(
+            "SELECT ts, flow_rate, pressure, quality, stored_flow_rate, stored_pressure, stored_quality, seq, source, seen_at "
+            "FROM reading_conflicts WHERE site = ? AND meter = ? AND ts >= ? AND ts < ? ORDER BY ts, seen_at",
+            (site, meter, epoch(start), epoch(end)),
+        )
+        return [
+            ReadingConflict(site, meter, from_epoch(ts), f, p, q, sf, sp, sq, seq, src, from_epoch(seen))
+            for ts, f, p, q, sf, sp, sq, seq, src, seen in rows
+        ]
+
     def meters(self) -> list[tuple[str, str]]:
         return [tuple(r) for r in self._query("SELECT site, meter FROM meters WHERE EXISTS (SELECT 1 FROM readings WHERE mid = meters.id) ORDER BY site, meter", ())]
 
-    def purge(self, before: datetime) -> None:
+    def purge(self, before: datetime) -> int:
+        """Delete records older than ``before``, ``purge_batch`` rows per transaction; the newest thresholds
+        of each signal stay even when old (the detector needs bands). Returns the number of rows deleted."""
         cut = epoch(before)
+        n = 0
+        for (mid,) in self._query("SELECT id FROM meters", ()):  # each meter's range of the (mid, ts) key
+            n += self._delete_batched("readings", "mid, ts", "mid = ? AND ts < ? ORDER BY ts", (mid, cut))
+        n += self._delete_batched("anomalies", "site, meter, kind, signal, start", "start < ?", (cut,))
+        n += self._delete_batched("forecasts", "site, meter, signal, issued_at, target_time", "target_time < ?", (cut,))
+        n += self._delete_batched("night_flow", "site, meter, day", "ts < ?", (cut,))
+        n += self._delete_batched("reading_conflicts", "site, meter, ts, variant", "ts < ?", (cut,))
+        n += self._delete_batched(
+            "thresholds", "site, meter, signal, computed_at",
+            "computed_at < ? AND computed_at < (SELECT MAX(computed_at) FROM thresholds t2 WHERE t2.site = thresholds.site "
+            "AND t2.meter = thresholds.meter AND t2.signal = thresholds.signal)",
+            (cut,),
+        )
+        return n
 
-        def txn() -> None:
+    def _delete_batched(self, table: str, key: str, where: str, params: tuple) -> int:
+        """DELETE the rows ``where`` selects, ``purge_batch`` per transaction (the lock is released between)."""
+        sql = f"DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE {where} LIMIT {int(self.purge_batch)})"
+
+        def txn() -> int:
             with self._lock:
                 self._db.execute("BEGIN IMMEDIATE")
-                for sql in (
-                    "DELETE FROM readings WHERE ts < ?",
-                    "DELETE FROM anomalies WHERE start < ?",
-                    "DELETE FROM forecasts WHERE target_time < ?",
-                    "DELETE FROM night_flow WHERE ts < ?",
-                ):
-                    self._db.execute(sql, (cut,))
-                # keep the newest thresholds per signal even when old
-                self._db.execute(
-                    "DELETE FROM thresholds WHERE computed_at < ? AND computed_at < "
-                    "(SELECT MAX(computed_at) FROM thresholds t2 WHERE t2.site = thresholds.site "
-                    "AND t2.meter = thresholds.meter AND t2.signal = thresholds.signal)",
-                    (cut,),
-                )
+                try:
+                    n = self._db.execute(sql, params).rowcount
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
                 self._db.execute("COMMIT")
+                return n
 
-        self._retry(txn, "purge")
+        total = 0
+        while True:
+            n = self._retry(txn, f"purge {table}")
+            total += n
+            if n < self.purge_batch:
+                return total
 
     def close(self) -> None:
         with self._lock:
