@@ -28,8 +28,8 @@ else the database's default) gets a duration of ``store.retention_days`` (1.x; 2
 use the bucket's retention period). ``purge`` also deletes older points where the server allows it.
 
 Network errors, timeouts and 5xx are retried ``store.influxdb.retries`` times with backoff (0.2 s
-doubling up to 5 s: 8 retries wait about 21 s); then :class:`StoreUnavailable` (a service's inbox
-retries the work again later). A 4xx is an error that names what the server refused (e.g. a field
+doubling up to 2 s, so a server that is back is tried again within 2 s: 8 retries wait about 11 s);
+then :class:`StoreUnavailable` (a service's inbox retries the work again later). A 4xx is an error that names what the server refused (e.g. a field
 type conflict).
 """
 
@@ -105,7 +105,7 @@ def _ql_time(ts: datetime) -> str:
 
 
 RETRY_FIRST_S = 0.2
-RETRY_MAX_S = 5.0
+RETRY_MAX_S = 2.0  # also the longest a recovered server waits for the next try
 
 
 def _shard_duration(days: int) -> str:
