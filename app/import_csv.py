@@ -18,6 +18,7 @@ from tqdm import tqdm
 from shared.readings_csv import CsvFormatError, import_chunks
 from shared.runner import base_parser, settings_from_args
 from shared.store import StoreError, open_store
+from shared.store.base import WriteResult
 
 SHOW_REJECTS = 20
 
@@ -43,7 +44,8 @@ def main(argv: Sequence[str]) -> int:
         return 2
     rejects_path = args.rejects or args.file.with_suffix(".rejects.csv")
     total = _count_lines(args.file)
-    imported = rejected = 0
+    rejected = 0
+    result = WriteResult()
     t0 = time.perf_counter()
     try:
         store = open_store(settings)
@@ -54,7 +56,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         with tqdm(total=total, unit="rows", disable=args.quiet, desc=f"import {args.file.name}") as bar:
             for chunk in import_chunks(args.file, settings.limits, args.naive_tz, parse_ahead=store.parse_ahead):
-                imported += store.write_reading_frame(site, meter, chunk.frame)
+                result = result + store.write_reading_frame(site, meter, chunk.frame)
                 if chunk.rejects:
                     if rej_file is None:
                         rej_file = rejects_path.open("w", newline="")
@@ -70,14 +72,17 @@ def main(argv: Sequence[str]) -> int:
         print(f"flowwatch import: {exc}", file=sys.stderr)
         return 2
     except StoreError as exc:
-        print(f"flowwatch import: store error after {imported} rows: {exc}", file=sys.stderr)
+        print(f"flowwatch import: store error after {result.total} rows ({result.inserted} inserted): {exc}", file=sys.stderr)
         return 2
     finally:
         store.close()
         if rej_file is not None:
             rej_file.close()
     dt = time.perf_counter() - t0
-    print(f"imported {imported} rows into {store.name} for {site}/{meter} in {dt:.2f}s ({imported / max(dt, 1e-9):,.0f} rows/s)")
+    imported = result.total
+    print(f"imported {imported} rows into {store.name} for {site}/{meter} in {dt:.2f}s ({imported / max(dt, 1e-9):,.0f} rows/s): "
+          f"{result.inserted} inserted, {result.identical} identical to the stored ones, "
+          f"{result.conflicting} conflicting (the stored value kept, the new one in reading_conflicts), {rejected} rejected")
     if rejected:
         more = f" (first {SHOW_REJECTS} shown)" if rejected > SHOW_REJECTS else ""
         print(f"rejected {rejected} rows{more}; all listed in {rejects_path}", file=sys.stderr)

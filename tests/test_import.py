@@ -44,7 +44,9 @@ def run_import(tmp_path, text, *extra):
 def test_import_good_and_bad_rows(tmp_path):
     r, store = run_import(tmp_path, CSV)
     assert r.returncode == 1, r.stderr  # some rows rejected
-    assert "imported 6 rows" in r.stdout
+    assert "imported 6 rows" in r.stdout and "6 inserted, 0 identical" in r.stdout and "4 rejected" in r.stdout
+    again, _ = run_import(tmp_path, CSV.replace("2026-03-01T00:09:00,13.0", "2026-03-01T00:09:00,14.0"))
+    assert "0 inserted, 5 identical to the stored ones, 1 conflicting" in again.stdout, again.stdout
     for line, word in ((5, "timestamp"), (6, "flow_rate 'abc'"), (8, "flow_rate 'nan'"), (10, "flow_rate '1e400'")):
         assert f"line {line}: " in r.stderr and word in r.stderr, (line, r.stderr)
     rejects = pd.read_csv(tmp_path / "r.rejects.csv")
