@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 T = Topics()
 SITE, METER = "site1", "meter1"
 KINDS = ("reading", "anomaly", "forecast", "thresholds/flow_rate", "thresholds/pressure", "model/flow_rate",
-         "model/pressure", "command", "export/alert", "export/server")
+         "model/pressure", "command", "stored", "export/alert", "export/server")
 
 
 def meter_topic(kind: str) -> str:
@@ -48,7 +48,8 @@ def own(user: str) -> set[str]:
 # What each user may publish and receive (the "who needs what").
 WRITE = {
     "collector": {meter_topic("reading")} | own("collector"),
-    "detector": {meter_topic("anomaly"), meter_topic("thresholds/flow_rate"), meter_topic("thresholds/pressure")} | own("detector"),
+    "detector": {meter_topic("anomaly"), meter_topic("thresholds/flow_rate"), meter_topic("thresholds/pressure"),
+                 meter_topic("stored")} | own("detector"),
     "forecaster": {meter_topic("forecast")} | own("forecaster"),
     "exporter": {meter_topic("export/alert"), meter_topic("export/server")} | own("exporter"),
     "trainer": {meter_topic("model/flow_rate"), meter_topic("model/pressure")} | own("trainer"),
@@ -56,7 +57,7 @@ WRITE = {
     "operator": {meter_topic("command")} | own("operator"),
 }
 READ = {
-    "collector": set(),
+    "collector": {meter_topic("stored"), T.status("detector")},  # the detector's receipts (end-to-end delivery)
     "detector": {meter_topic(k) for k in ("reading", "forecast", "command")},
     "forecaster": {meter_topic(k) for k in ("reading", "model/flow_rate", "model/pressure")},
     "exporter": {meter_topic(k) for k in ("reading", "anomaly", "forecast")},
