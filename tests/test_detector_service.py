@@ -442,7 +442,7 @@ def test_a_failed_purge_is_counted_and_the_next_day_retries(settings, tmp_path):
         nxt = LOCAL_DAY0 + 4 * DAY
         for ts in (nxt, nxt + timedelta(minutes=1), nxt + DAY, nxt + DAY + timedelta(minutes=1)):  # two local midnights
             pub.publish(topics.reading(site, "m1"), readings(frame(start=ts, minutes=1), site=site)[0])
-        assert wait_for(lambda: svc.counters.get("readings_stored") >= 4), svc.counters.snapshot()
+        assert wait_for(lambda: svc.counters.get("readings_stored") >= 4, 90), svc.counters.snapshot()
         assert wait_for(lambda: svc.counters.get("purges") == 1, 90)
         assert svc.counters.get("purge_errors") == 1 and not svc.stop_event.is_set()
         assert calls == [nxt - 2 * DAY, nxt + DAY - 2 * DAY]
