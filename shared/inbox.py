@@ -8,7 +8,8 @@
 
 Rules:
 - **Order:** one worker takes the messages in the order the broker delivered them.
-- **A fault in the message** — it is too large, it does not validate, or the handler raises
+- **A fault in the message** — it is too large, it does not validate, its site/meter is not the
+  meter of its topic, or the handler raises
   anything but an infrastructure error on its content (a rule that chokes on a year-9999
   timestamp, a value it cannot place) — is counted, logged once per reason, dead-lettered with
   the raw bytes and the reason, and acknowledged: the stream goes on.
@@ -47,6 +48,7 @@ from paho.mqtt.client import topic_matches_sub
 from pydantic import BaseModel, ValidationError
 
 from shared.counters import Counters
+from shared.messages import MeterMessage
 from shared.store.base import StoreError
 
 if TYPE_CHECKING:
@@ -245,6 +247,11 @@ class Inbox:
             loc = ".".join(str(p) for p in first["loc"]) or "payload"
             self.reject(d, f"invalid {d.route.model_cls.__name__}: {loc}: {first['msg']} ({exc.error_count()} error(s))")
             return False
+        # Identity: a payload speaks only for the meter of the topic the ACL let its sender publish on.
+        if isinstance(d.obj, MeterMessage) and self.bus.topics.parse_meter(d.topic) and not self.bus.topics.matches_meter(d.topic, d.obj):
+            self.counters.inc("rejected")
+            self.reject(d, f"payload site/meter {d.obj.site}/{d.obj.meter} does not match topic {d.topic}")
+            return False
         return True
 
     # --- for handlers -----------------------------------------------------------------------
@@ -255,8 +262,6 @@ class Inbox:
         """
         delay, failures = RETRY_MIN_S, 0
         while True:
-            if self._stop.is_set() and failures:
-                raise Stopping(what)
             try:
                 result = fn()
             except INFRA_ERRORS as exc:

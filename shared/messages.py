@@ -197,7 +197,7 @@ class Stored(MeterMessage):
 
 
 def stored_ranges(readings: list) -> list[tuple[int, int, datetime, datetime]]:
-    """Runs of consecutive sequence numbers (in arrival order) as ``Stored.ranges``."""
+    """Runs of consecutive sequence numbers (sorted by seq) as ``Stored.ranges``."""
     out: list[list] = []
     for r in sorted(readings, key=lambda r: r.seq):
         if out and r.seq == out[-1][1] + 1 and r.ts >= out[-1][3]:

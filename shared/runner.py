@@ -77,8 +77,8 @@ def run_service(
     that stop the service to what its log line says, e.g. ``{OSError: "cannot write its files"}``;
     a ``StoreError`` always stops it with "cannot use the store (check the store.* settings)".
 
-    Exit codes: 0 stopped (signal or end of its source), 1 failed (store, ``hints``, or the service
-    set ``failed``), 2 bad command line or configuration.
+    Exit codes: 0 stopped (signal or end of its source), 1 failed (store, ``hints``), 2 bad command
+    line or configuration.
     """
     from shared.service import setup_logging
     from shared.settings import ConfigFileError
@@ -104,4 +104,4 @@ def run_service(
         what = next(text for kind, text in fatal.items() if isinstance(exc, kind))
         logger.error("%s %s: %s", name, what, exc)
         return 1
-    return 1 if getattr(service, "failed", False) else 0
+    return 0

@@ -82,9 +82,6 @@ class Service:
         self.topics = self.bus.topics
         self.inbox = self.bus.inbox
         self.time_guard = TimeGuard(settings.limits)
-        if type(self).tick is not Service.tick:
-            self.inbox.on_tick = self.tick
-            self.inbox.tick_s = self.tick_s
         self.bus.on_connected = self.publish_status
         self._status_thread: threading.Thread | None = None
 
@@ -102,11 +99,11 @@ class Service:
     def tick(self) -> None:
         """Wall-clock work in the inbox worker every ``tick_s`` (only if a service overrides it)."""
 
-    def judge_time(self, r: MeterMessage, ts: datetime | None = None) -> None:
+    def judge_time(self, r: MeterMessage) -> None:
         """Raise :class:`MessageFault` (the inbox dead-letters it) when a reading's time is implausible.
 
         Called before a reading moves any clock; the meter's clock moves on only when it passes."""
-        reason = self.time_guard.check((r.site, r.meter), ts or r.ts)
+        reason = self.time_guard.check((r.site, r.meter), r.ts)
         if reason is not None:
             self.counters.inc("implausible_time")
             raise MessageFault(reason)
@@ -170,6 +167,8 @@ class Service:
             self.setup()
             if self.stop_event.is_set():
                 return
+            if type(self).tick is not Service.tick:  # wall-clock work, in the inbox worker
+                self.inbox.on_tick, self.inbox.tick_s = self.tick, self.tick_s
             self.bus.connect(wait_s=None)
             deadline = time.monotonic() + connect_wait_s
             while not self.bus.connected and time.monotonic() < deadline:

@@ -140,3 +140,22 @@ def test_a_handler_stuck_longer_than_the_keepalive_keeps_the_connection(mqtt):
     assert wait_for(lambda: done == [0, 1, 2])
     assert sub.counters.get("mqtt_connects") == 1
     sub.close(), pub.close()
+
+
+def test_a_payload_for_another_meter_than_its_topic_is_dead_lettered(mqtt):
+    """Identity: a reading of meter m2 published on m1's topic (a forged or misrouted one) never
+    reaches a handler; it is dead-lettered with the reason, and the stream goes on."""
+    name = unique("inbox-identity")
+    got, dead = Sink(), Sink()
+    sub = make(mqtt, name)
+    sub.subscribe(topics.all_meters("reading"), Reading, got)
+    watch = make(mqtt, unique("watch-identity"))
+    watch.subscribe(topics.deadletter(name), DeadLetter, dead)
+    pub = make(mqtt, unique("pub-identity"))
+    pub.publish(topics.reading("s1", "m1"), reading(0, "m2"))  # payload says m2, topic says m1
+    pub.publish(topics.reading("s1", "m1"), reading(1, "m1"))
+    assert wait_for(lambda: len(got.items) == 1 and len(dead.items) == 1)
+    assert got.items[0].meter == "m1" and "does not match topic" in dead.items[0].reason
+    assert sub.counters.get("rejected") == 1
+    for b in (sub, watch, pub):
+        b.close()

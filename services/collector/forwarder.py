@@ -1,10 +1,10 @@
-"""Spool → broker, in order; a PUBACK marks a reading sent, the detector's ``stored`` receipt removes it.
+"""Spool → broker, in order; the detector's ``stored`` receipt, not the PUBACK, removes a reading.
 
 End-to-end delivery: the broker persists its queues every few seconds and can crash in between, so
 its PUBACK is not the end of a reading's journey; the detector's receipt (:class:`Stored`, sent
-after its store write) is. A reading the broker acknowledged stays in the spool, marked sent, and
-is not sent again on that connection; on every new connection all readings not yet stored are sent
-again from the oldest (the broker may have lost them). paho keeps unacknowledged QoS 1 messages in
+after its store write) is. On one connection each spool row is handed to paho once (every row up
+to ``_last_id`` was); on every new connection the pump rewinds and sends every reading not yet
+stored again from the oldest (the broker may have lost them). paho keeps unacknowledged QoS 1 messages in
 memory and resends them on reconnect; the spool already holds them, so on every disconnect paho's
 copies are dropped. A reading the broker acknowledged while no detector session existed (a first
 start, an expired session) is dropped by the broker: when no receipt has come for
@@ -44,12 +44,11 @@ class Forwarder:
         self._wake = threading.Event()
         self._acks: collections.deque[int] = collections.deque()
         self._inflight: dict[int, int] = {}  # mid -> spool id
-        self._acked_ids: list[int] = []
+        self._acked = 0  # PUBACKs drained from _acks, not yet counted
         self._last_id = 0  # highest spool id handed to paho on this connection
         self._resend_upto = 0  # rows up to this id were handed over before a disconnect: counted as resent
         self._resend_after = RESEND_MIN_S
-        self._progress = time.monotonic()  # the last receipt (or start)
-        self._unsend = False  # a new connection: send again what the broker acknowledged but the detector has not stored
+        self._progress = time.monotonic()  # the last receipt (or rewind)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -72,18 +71,23 @@ class Forwarder:
     def on_connected(self) -> None:
         with self._lock:
             self._drain_acks()
-            self._inflight.clear()
-            self._last_id = 0
-            self._unsend = True
+            self._rewind("a new connection")
         self._wake.set()
 
     def resend_unstored(self) -> None:
         """Send again, from the oldest, every reading not yet stored (the detector just came online)."""
         with self._lock:
-            self._inflight.clear()
-            self._last_id = 0
-            self._unsend = True
+            self._rewind("the detector came online")
         self._wake.set()
+
+    def _rewind(self, why: str) -> None:
+        """Under the lock: hand the spool to paho again from its oldest row."""
+        self._inflight.clear()
+        self._last_id = 0
+        self._progress = time.monotonic()
+        if len(self.spool):
+            self.counters.inc("rewinds")
+            logger.info("%d reading(s) not yet stored by the detector: sending them from the oldest (%s)", len(self.spool), why)
 
     def on_stored(self, topic: str, ranges: list[tuple[int, int, int, int]]) -> int:
         """The detector stored these readings of ``topic``: remove them from the spool."""
@@ -100,31 +104,22 @@ class Forwarder:
 
     def _drain_acks(self) -> None:
         while self._acks:
-            spool_id = self._inflight.pop(self._acks.popleft(), None)
-            if spool_id is not None:
-                self._acked_ids.append(spool_id)
+            if self._inflight.pop(self._acks.popleft(), None) is not None:
+                self._acked += 1
 
     def pump_once(self) -> None:
         with self._lock:
             self._drain_acks()
-            acked, self._acked_ids = self._acked_ids, []
-        if acked:
-            self.spool.mark_sent(acked)
-            self.counters.inc("acked", len(acked))
-        with self._lock:
+            acked, self._acked = self._acked, 0
+            if acked:
+                self.counters.inc("acked", acked)
             if not self.bus.connected:
                 return
-            silent = time.monotonic() - self._progress > self._resend_after
-            if self._unsend or silent:
-                n = self.spool.unsend_all()
-                if n:
-                    self.counters.inc("resent_unstored", n)
-                    why = "a new connection" if self._unsend else f"no receipt from the detector for {self._resend_after:.0f}s"
-                    logger.info("%d reading(s) the broker acknowledged are not stored yet (%s): sending them again", n, why)
-                if silent:
-                    self._progress = time.monotonic()
-                    self._resend_after = min(self._resend_after * 2, RESEND_MAX_S)
-                self._unsend = False
+            if not len(self.spool):  # nothing awaits a receipt
+                self._progress, self._resend_after = time.monotonic(), RESEND_MIN_S
+            elif not self._inflight and time.monotonic() - self._progress > self._resend_after:
+                self._rewind(f"no receipt from the detector for {self._resend_after:.0f}s")
+                self._resend_after = min(self._resend_after * 2, RESEND_MAX_S)
             room = self.window - len(self._inflight)
             if room <= 0:
                 return
@@ -142,6 +137,11 @@ class Forwarder:
     def in_flight(self) -> int:
         with self._lock:
             return len(self._inflight)
+
+    def handed_over(self) -> bool:
+        """Has the broker acknowledged every reading of the spool on this connection?"""
+        with self._lock:
+            return not self._inflight and not self.spool.after(self._last_id, 1)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -97,7 +97,7 @@ class CollectorService(Service):
         if self.forwarder is not None:
             # SIGTERM hands the broker what it can; everything not yet stored stays on disk for the next start
             deadline = time.monotonic() + 5.0
-            while self.bus.connected and self.spool.unsent() and time.monotonic() < deadline:
+            while self.bus.connected and not self.forwarder.handed_over() and time.monotonic() < deadline:
                 self.forwarder.wake()
                 time.sleep(0.05)
             self.forwarder.stop()
@@ -242,18 +242,13 @@ class CollectorService(Service):
     def _reading(self, ts: datetime, sample: Sample) -> Reading | None:
         """A validated Reading with the next sequence number, or None (counted and dead-lettered)."""
         self.counters.inc("frames_read")
-        reason = self.time_guard.check((self.settings.site, self.settings.meter), ts)
-        if reason is not None:
-            self.counters.inc("rejected")
-            self.counters.inc("implausible_time")
-            self.bus.dead_letter(self.topic, f"bad reading from {self.source.name}: {reason}", sample.raw)
-            return None
         flags = (*sample.flags, *range_flags(sample.flow_rate, sample.pressure, self.settings.limits))
         try:
             reading = Reading(
                 site=self.settings.site, meter=self.settings.meter, ts=ts, seq=self._seq,
                 flow_rate=sample.flow_rate, pressure=sample.pressure, quality=flags, source=self.source.name,
             )
+            self.judge_time(reading)  # before it moves any clock (a MessageFault is a ValueError)
         except ValueError as exc:
             self.counters.inc("rejected")
             self.bus.dead_letter(self.topic, f"bad reading from {self.source.name}: {exc}", sample.raw)

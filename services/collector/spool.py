@@ -26,7 +26,6 @@ class SpoolRow:
     id: int
     topic: str
     payload: bytes
-    seq: int = -1
 
 
 class Spool:
@@ -40,11 +39,10 @@ class Spool:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL)")
         cols = {r[1] for r in self._db.execute("PRAGMA table_info(spool)")}
-        for col, decl in (("seq", "INTEGER NOT NULL DEFAULT -1"), ("ts", "INTEGER NOT NULL DEFAULT 0"), ("sent", "INTEGER NOT NULL DEFAULT 0")):
+        for col, decl in (("seq", "INTEGER NOT NULL DEFAULT -1"), ("ts", "INTEGER NOT NULL DEFAULT 0")):
             if col not in cols:  # a spool written by an older collector
                 self._db.execute(f"ALTER TABLE spool ADD COLUMN {col} {decl}")
         self._db.execute("CREATE INDEX IF NOT EXISTS spool_seq ON spool (topic, seq)")
-        self._db.execute("UPDATE spool SET sent = 0")  # a new process: everything not yet stored is sent again
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
         self._count = self._db.execute("SELECT count(*) FROM spool").fetchone()[0]
         self.dropped = 0
@@ -91,35 +89,21 @@ class Spool:
         return dropped
 
     def after(self, last_id: int, limit: int) -> list[SpoolRow]:
-        """Unsent rows with id > last_id, oldest first."""
+        """Rows with id > last_id, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT id, topic, payload, seq FROM spool WHERE id > ? AND sent = 0 ORDER BY id LIMIT ?",
-                                    (last_id, limit)).fetchall()
-        return [SpoolRow(int(i), t, bytes(p), int(q)) for i, t, p, q in rows]
-
-    def unsent(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT count(*) FROM spool WHERE sent = 0").fetchone()[0]
-
-    def mark_sent(self, ids: list[int]) -> None:
-        """The broker acknowledged these (PUBACK): not sent again on this connection."""
-        self._each("UPDATE spool SET sent = 1 WHERE id = ?", [(i,) for i in ids])
-
-    def unsend_all(self) -> int:
-        """A new connection: every row not yet stored is sent again (the broker may have lost it)."""
-        with self._lock:
-            return self._db.execute("UPDATE spool SET sent = 0 WHERE sent = 1").rowcount
+            rows = self._db.execute("SELECT id, topic, payload FROM spool WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)).fetchall()
+        return [SpoolRow(int(i), t, bytes(p)) for i, t, p in rows]
 
     def remove_stored(self, topic: str, ranges: list[tuple[int, int, int, int]]) -> int:
         """Remove the rows of ``topic`` the detector stored: ``(first seq, last seq, first ts, last ts)``.
 
         Both the sequence and the time range must match, so a receipt from before a spool was
         recreated (its sequence numbers started again) removes nothing new."""
-        n = self._each("DELETE FROM spool WHERE topic = ? AND seq BETWEEN ? AND ? AND ts BETWEEN ? AND ?",
-                       [(topic, *r) for r in ranges])
-        return n
+        return self._each("DELETE FROM spool WHERE topic = ? AND seq BETWEEN ? AND ? AND ts BETWEEN ? AND ?",
+                          [(topic, *r) for r in ranges])
 
     def _each(self, sql: str, params: list[tuple]) -> int:
+        """Run a DELETE for each parameter tuple in one transaction; returns the rows removed."""
         if not params:
             return 0
         with self._lock:
@@ -130,8 +114,7 @@ class Spool:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            if sql.startswith("DELETE"):
-                self._count -= max(0, n)
+            self._count -= max(0, n)
         return max(0, n)
 
     def remove(self, ids: list[int]) -> None:

@@ -93,7 +93,6 @@ class DetectorService(Service):
         self._logged_open: set[tuple] = set()  # alerts whose opening was logged (one line each)
         self.retention_clock = BoundaryClock(settings.tz)  # one key, "retention": the purge is store-wide
         self.tick_s = self.cfg.silent_check_s
-        self.inbox.tick_s = self.tick_s
         # Subscribe before connecting: a persistent session's queued messages arrive right after CONNACK.
         t = self.topics
         for kind, model in (("reading", Reading), ("forecast", Forecast), ("command", Command)):
@@ -166,10 +165,7 @@ class DetectorService(Service):
         late0 = eng.late_readings
         for d in batch:
             obj = d.obj
-            if not self.topics.matches_meter(d.topic, obj):
-                self.counters.inc("rejected")
-                self.inbox.reject(d, f"payload site/meter {obj.site}/{obj.meter} does not match topic {d.topic}")
-            elif isinstance(obj, Reading):
+            if isinstance(obj, Reading):
                 receipts.setdefault((obj.site, obj.meter), []).append(obj)  # stored or dead-lettered: done
                 if self.inbox.guard(d, lambda r=obj: (self.judge_time(r), anomalies.extend(eng.process(r)))):
                     readings.append(obj)

@@ -28,7 +28,7 @@ from services.exporter.state import WINDOW, MeterState
 from services.exporter.writer import atomic_write, read_or_none, remove_stale_temps
 from shared.bus import Bus
 from shared.eventtime import BoundaryClock, floor
-from shared.messages import Anomaly, ExportRecord, Forecast, MeterMessage, Reading, finite_or_none
+from shared.messages import Anomaly, ExportRecord, Forecast, Reading, finite_or_none
 from shared.service import Service
 from shared.settings import Settings
 from shared.store import Store, open_store
@@ -125,10 +125,6 @@ class ExporterService(Service):
                 self.archiver.on_event_time(latest)
 
     # --- handlers (the inbox worker) ---------------------------------------------------------
-    def _check_topic(self, topic: str, msg: MeterMessage) -> None:
-        if not self.topics.matches_meter(topic, msg):
-            raise ValueError(f"payload site/meter {msg.site}/{msg.meter} does not match topic {topic}")
-
     def _state(self, site: str, meter: str) -> MeterState:
         ms = self.meters.get((site, meter))
         if ms is None:
@@ -137,7 +133,6 @@ class ExporterService(Service):
         return ms
 
     def _on_reading(self, topic: str, r: Reading) -> None:
-        self._check_topic(topic, r)
         self.judge_time(r)
         ms = self._state(r.site, r.meter)
         crossed = self.clock.advance(r.ts, ("10min",), key=(r.site, r.meter))
@@ -152,14 +147,12 @@ class ExporterService(Service):
             self.last_event = r.ts
 
     def _on_anomaly(self, topic: str, a: Anomaly) -> None:
-        self._check_topic(topic, a)
         ms = self._state(a.site, a.meter)
         ms.add_anomaly(a)
         self.counters.inc("anomalies")
         self._emit_alert(ms)
 
     def _on_forecast(self, topic: str, f: Forecast) -> None:
-        self._check_topic(topic, f)
         self._state(f.site, f.meter).add_forecast(f)
         self.counters.inc("forecasts")
 
