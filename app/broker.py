@@ -72,6 +72,8 @@ def render_config(
     lines += [f"persistence_location {data_dir}/", f"log_dest file {log_file}"]
     seen = set()
     for key, value in project_settings(conf):
+        if key == "use_username_as_clientid" and acl_file is None:
+            continue  # a one-user broker (tests, benchmarks): its clients are told apart by client id
         if key in overrides and key not in seen:
             value = overrides[key]
         seen.add(key)

@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -151,7 +152,8 @@ def test_anonymous_and_wrong_passwords_are_refused(secure_broker) -> None:
 def test_each_user_publishes_exactly_its_own_topics(secure_broker, user: str) -> None:
     observer = login(secure_broker, "operator")
     observer.subscribe(f"{T.prefix}/#")
-    c = login(secure_broker, user)
+    # one connection per user: the broker takes the username as client id (use_username_as_clientid)
+    c = observer if user == "operator" else login(secure_broker, user)
     tag = uuid.uuid4().hex
     for topic in ALL_TOPICS:
         c.publish(topic, f"{tag}|{topic}")
@@ -161,21 +163,21 @@ def test_each_user_publishes_exactly_its_own_topics(secure_broker, user: str) ->
     c.publish(T.status(user), sentinel)
     assert wait_for(lambda: sentinel in observer.payloads())
     arrived = {p.split("|", 1)[1] for p in observer.payloads() if p.startswith(tag) and p != sentinel}
-    c.close()
-    observer.close()
+    for conn in {c, observer}:
+        conn.close()
     assert arrived == WRITE[user], f"{user}: forbidden published {arrived - WRITE[user]}, allowed lost {WRITE[user] - arrived}"
 
 
 @pytest.mark.parametrize("user", USERS)
 def test_each_user_receives_exactly_its_own_topics(secure_broker, user: str) -> None:
-    listener = login(secure_broker, user)
+    # one connection per user: the broker takes the username as client id (use_username_as_clientid)
+    writers = {u: login(secure_broker, u) for u in USERS}
+    listener, observer = writers[user], writers["operator"]
     listener.subscribe(f"{T.prefix}/#")
     for filt in [meter_topic(k) for k in KINDS] + [T.all_meters("reading"), T.all_status(), T.all_deadletter()]:
         listener.subscribe(filt)  # literal and wildcard filters: all granted, delivery is filtered
-    observer = login(secure_broker, "operator")
     observer.subscribe(f"{T.prefix}/#")
     tag = uuid.uuid4().hex
-    writers = {u: login(secure_broker, u) for u in USERS}
     for topic in ALL_TOPICS:
         writer = next(u for u in USERS if topic in WRITE[u])
         writers[writer].publish(topic, f"{tag}|{topic}")
@@ -185,7 +187,7 @@ def test_each_user_receives_exactly_its_own_topics(secure_broker, user: str) -> 
     assert wait_for(lambda: expected <= listener.payloads(), 5)
     time.sleep(0.3)  # the broker has sent everything (the observer has it); let stragglers land
     got = {p.split("|", 1)[1] for p in listener.payloads() if p.startswith(tag)}
-    for c in [listener, observer, *writers.values()]:
+    for c in writers.values():
         c.close()
     assert got == READ[user], f"{user}: received forbidden {got - READ[user]}, missed {READ[user] - got}"
 
@@ -240,3 +242,44 @@ def test_compose_mosquitto_healthcheck_runs_against_the_real_broker(secure_broke
     dead = test[1].replace("-p 1883", f"-p {free_port()}")
     assert subprocess.run(["sh", "-c", dead], timeout=20).returncode != 0
     assert PROJECT_CONF.exists()
+
+
+def test_no_user_can_take_over_another_users_session(secure_broker) -> None:
+    """The device connects with the detector's client id and a persistent session while the detector
+    is away and readings are queued for it: it gets a session of its own ("device"), the detector's
+    session and its queued readings stay, and the detector receives every one of them on return."""
+    from shared.bus import Bus
+    from shared.messages import Reading
+    from shared.settings import MqttSettings
+
+    b, s = secure_broker
+
+    def settings(user: str) -> MqttSettings:
+        return MqttSettings(host=b.host, port=b.port, username=user, password_file=s.mqtt_password_file(user))
+
+    got: list[int] = []
+    detector = Bus(settings("detector"), "detector")  # client id flowwatch-detector, persistent session
+    detector.subscribe(T.reading(SITE, METER), Reading, lambda t, r: got.append(r.seq))
+    assert detector.connect(10)
+    detector.close()  # away; the broker queues for its session
+    collector = login(secure_broker, "collector")
+    intruder = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=detector.client_id, clean_session=False, protocol=mqtt.MQTTv311)
+    intruder.username_pw_set("device", s.mqtt_password("device"))
+    stolen: list[str] = []
+    intruder.on_message = lambda c, u, m: stolen.append(m.topic)
+    intruder.connect(b.host, b.port)
+    intruder.loop_start()
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    for i in range(40):
+        r = Reading(site=SITE, meter=METER, ts=t0 + timedelta(minutes=i), seq=i, flow_rate=1.0, pressure=3.0)
+        collector.publish(T.reading(SITE, METER), r.to_json().decode())
+    time.sleep(1.0)
+    intruder.disconnect()
+    intruder.loop_stop()
+    collector.close()
+    again = Bus(settings("detector"), "detector")
+    again.subscribe(T.reading(SITE, METER), Reading, lambda t, r: got.append(r.seq))
+    assert again.connect(10)
+    assert wait_for(lambda: len(got) >= 40, 15), got
+    again.close()
+    assert sorted(got) == list(range(40)) and stolen == []
