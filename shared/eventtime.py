@@ -133,6 +133,13 @@ class TimeGuard:
         self.limits = limits
         self._last: dict[object, datetime] = {}
 
+    def knows(self, key: object) -> bool:
+        return key in self._last
+
+    def meters(self, site: str) -> int:
+        """How many meters of ``site`` (keys ``(site, meter)``) have a clock."""
+        return sum(1 for k in self._last if isinstance(k, tuple) and k[0] == site)
+
     def seed(self, key: object, ts: datetime) -> None:
         """The meter's clock at start (its newest stored reading)."""
         if key not in self._last or ts > self._last[key]:

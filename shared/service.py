@@ -99,11 +99,19 @@ class Service:
     def tick(self) -> None:
         """Wall-clock work in the inbox worker every ``tick_s`` (only if a service overrides it)."""
 
-    def judge_time(self, r: MeterMessage) -> None:
-        """Raise :class:`MessageFault` (the inbox dead-letters it) when a reading's time is implausible.
-
-        Called before a reading moves any clock; the meter's clock moves on only when it passes."""
-        reason = self.time_guard.check((r.site, r.meter), r.ts)
+    def admit(self, r: MeterMessage) -> None:
+        """Judge a reading before it moves any clock or creates any state; raise :class:`MessageFault`
+        (the inbox dead-letters it, counted) when its time is implausible, or when it would be a new
+        meter past ``limits.max_meters_per_site`` (a forged stream of meter ids cannot grow state,
+        files or the store without bound). The meter's clock moves on only when it passes."""
+        key = (r.site, r.meter)
+        if not self.time_guard.knows(key):
+            n = self.time_guard.meters(r.site)
+            if n >= self.settings.limits.max_meters_per_site:
+                self.counters.inc("meters_refused")
+                raise MessageFault(f"meter {r.site}/{r.meter} would be meter {n + 1} of site {r.site} "
+                                   f"(limits.max_meters_per_site={self.settings.limits.max_meters_per_site})")
+        reason = self.time_guard.check(key, r.ts)
         if reason is not None:
             self.counters.inc("implausible_time")
             raise MessageFault(reason)

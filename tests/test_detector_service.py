@@ -453,3 +453,31 @@ def test_a_failed_purge_is_counted_and_the_next_day_retries(settings, tmp_path):
         svc.stop()
         t.join(30)
         store.close()
+
+
+def test_new_meters_past_the_cap_are_refused_and_known_ones_go_on(settings, store):
+    """A stream of forged meter ids cannot grow state without bound: past limits.max_meters_per_site a
+    new meter's readings are dead-lettered with the reason; the meters already known go on."""
+    s, site = unique(settings)
+    s = s.model_copy(update={"limits": s.limits.model_copy(update={"max_meters_per_site": 2})})
+    svc = DetectorService(s, store=store)
+    t = svc.start_in_thread()
+    try:
+        assert svc.ready.wait(30)
+        dead = Sink()
+        watch = client(s, "watch-cap")
+        watch.subscribe(topics.deadletter("detector"), DeadLetter, dead)
+        pub = client(s, "pub-cap")
+        df = frame(minutes=3)
+        for i in range(3):
+            for m in ("m1", "m2", "m3"):
+                pub.publish(topics.reading(site, m), readings(df.iloc[i : i + 1], site=site, meter=m)[0])
+        assert wait_for(lambda: svc.counters.get("readings_stored") >= 6 and len(dead.items) == 3)
+        assert all("limits.max_meters_per_site=2" in d.reason for d in dead.items)
+        assert svc.counters.get("meters_refused") == 3
+        for m, n in (("m1", 3), ("m2", 3), ("m3", 0)):
+            assert len(store.read_readings(site, m, T0, T0 + timedelta(days=1))) == n, m
+        watch.close(), pub.close()
+    finally:
+        svc.stop()
+        t.join(30)

@@ -248,7 +248,7 @@ class CollectorService(Service):
                 site=self.settings.site, meter=self.settings.meter, ts=ts, seq=self._seq,
                 flow_rate=sample.flow_rate, pressure=sample.pressure, quality=flags, source=self.source.name,
             )
-            self.judge_time(reading)  # before it moves any clock (a MessageFault is a ValueError)
+            self.admit(reading)  # before it moves any clock (a MessageFault is a ValueError)
         except ValueError as exc:
             self.counters.inc("rejected")
             self.bus.dead_letter(self.topic, f"bad reading from {self.source.name}: {exc}", sample.raw)

@@ -167,7 +167,7 @@ class DetectorService(Service):
             obj = d.obj
             if isinstance(obj, Reading):
                 receipts.setdefault((obj.site, obj.meter), []).append(obj)  # stored or dead-lettered: done
-                if self.inbox.guard(d, lambda r=obj: (self.judge_time(r), anomalies.extend(eng.process(r)))):
+                if self.inbox.guard(d, lambda r=obj: (self.admit(r), anomalies.extend(eng.process(r)))):
                     readings.append(obj)
                     self.last_seen[(obj.site, obj.meter)] = now
             elif isinstance(obj, Forecast):

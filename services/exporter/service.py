@@ -133,7 +133,7 @@ class ExporterService(Service):
         return ms
 
     def _on_reading(self, topic: str, r: Reading) -> None:
-        self.judge_time(r)
+        self.admit(r)
         ms = self._state(r.site, r.meter)
         crossed = self.clock.advance(r.ts, ("10min",), key=(r.site, r.meter))
         ms.add_reading(r)

@@ -98,7 +98,7 @@ class ForecasterService(Service):
     def on_reading(self, topic: str, r: Reading) -> None:
         if r.site != self.settings.site or r.meter != self.settings.meter:
             return
-        self.judge_time(r)
+        self.admit(r)
         fallbacks, skipped = self.engine.fallbacks, self.engine.skipped
         out = self.engine.add_reading(r)
         self.last_event = max(self.last_event or r.ts, r.ts)

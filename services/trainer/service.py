@@ -104,7 +104,7 @@ class TrainerService(Service):
     def on_reading(self, topic: str, r: Reading) -> None:
         if r.site != self.settings.site or r.meter != self.settings.meter:
             return
-        self.judge_time(r)
+        self.admit(r)
         crossed = self.clock.advance(r.ts, ("day", "week", self.settings.trainer.period))
         self.last_event = max(self.last_event or r.ts, r.ts)
         if not crossed:

@@ -27,6 +27,10 @@ class RangeLimits(Section):
         default=6 * 3600.0, gt=0,
         description="How far a reading that is ahead of this machine's clock may be ahead of the meter's previous reading (the longest gap a replay or simulation running ahead of the clock may have).",
     )
+    max_meters_per_site: int = Field(
+        default=1000, ge=1,
+        description="Readings of a new meter beyond this many per site are refused (dead-lettered, counted): a stream of forged meter ids cannot grow state, files and the store without bound.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> RangeLimits:
