@@ -128,6 +128,9 @@ class Stack:
         self.stop_event = threading.Event()
         self.children: list[Child] = []
         self.broker = None
+        self.broker_restarts = 0
+        self._broker_next_start = 0.0
+        self._broker_backoff = BACKOFF_MIN_S
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -179,8 +182,38 @@ class Stack:
         return host, port
 
     # --- supervise ------------------------------------------------------------------------------
+    def broker_alive(self) -> bool:
+        return self.broker is not None and self.broker.proc is not None and self.broker.proc.poll() is None
+
+    def _supervise_broker(self, now: float) -> None:
+        """The broker is supervised like the services: restarted with backoff on the same port and
+        data folder (its persistence file keeps the queued sessions; the collector's spool keeps
+        whatever the broker had not yet saved)."""
+        b = self.broker
+        if b is None or self.broker_alive():
+            return
+        if b.proc is not None:  # just died
+            self.say(f"  broker exited with code {b.proc.returncode}; restarting in {self._broker_backoff:.0f}s "
+                     f"(log: {b.log}); the services reconnect and resend what it lost")
+            b.proc = None
+            self._broker_next_start = now + self._broker_backoff
+            return
+        if now < self._broker_next_start:
+            return
+        try:
+            b.start(timeout=5.0)
+        except RuntimeError as exc:
+            self._broker_backoff = min(self._broker_backoff * 2, BACKOFF_MAX_S)
+            self._broker_next_start = now + self._broker_backoff
+            self.say(f"  broker did not start: {exc}; next try in {self._broker_backoff:.0f}s")
+            return
+        self.broker_restarts += 1
+        self._broker_backoff = BACKOFF_MIN_S
+        self.say(f"  broker restarted on port {b.port}")
+
     def supervise_once(self) -> None:
         now = time.monotonic()
+        self._supervise_broker(now)
         for c in self.children:
             if c.alive():
                 continue
@@ -199,7 +232,7 @@ class Stack:
     def status_rows(self) -> list[str]:
         from shared.service import health_file
 
-        rows = []
+        rows = [f"  {'broker':<11}{'online' if self.broker_alive() else 'down':<9}restarts={self.broker_restarts}"]
         for c in self.children:
             try:
                 st = json.loads(health_file(self.settings, c.name).read_text())
