@@ -163,7 +163,7 @@ def train_first(settings, frame: pd.DataFrame, days: float, work: Path) -> Path:
 
 def score(readings: pd.DataFrame, labels: pd.DataFrame, anomalies: pd.DataFrame, forecasts: pd.DataFrame,
           score_from: datetime, step_minutes: int) -> dict:
-    from shared import scoring
+    from app import scoring
 
     data_end = readings.index[-1].to_pydatetime()
     labs = [scoring.Label(r.start.to_pydatetime(), r.end.to_pydatetime(), r.kind, float(r.size_pct))
