@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app import credentials
+from shared.fileio import atomic_write
 from shared.settings import MqttSettings
+from shared.topics import Topics
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,28 @@ def render_config(
         lines.append(f"{key} {value}".rstrip())
     lines += [f"{k} {v}" for k, v in overrides.items() if k not in seen]
     return "\n".join(lines) + "\n"
+
+
+COLLECTOR_READINGS = "topic write flowwatch/v1/+/+/reading"
+
+
+def render_acl(meters: list[tuple[str, str]], acl: Path = PROJECT_ACL) -> str:
+    """The project ACL with the collector allowed to publish readings only for ``meters``
+    (``(site, meter)`` pairs of the configuration) instead of any meter: a leaked collector password
+    cannot inject readings for meters this box does not have."""
+    topics = Topics()
+    lines = [f"topic write {topics.reading(site, meter)}" for site, meter in meters]  # validates the ids
+    text = acl.read_text()
+    if COLLECTOR_READINGS not in text:
+        raise RuntimeError(f"{acl}: the collector's line {COLLECTOR_READINGS!r} is missing; cannot narrow it to the configured meters")
+    return text.replace(COLLECTOR_READINGS, "\n".join(lines) or "# no meter configured", 1)
+
+
+def write_acl(path: Path, meters: list[tuple[str, str]]) -> Path:
+    """Write :func:`render_acl` to ``path`` (the broker reads it; nothing secret in it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, render_acl(meters).encode(), mode=0o644)
+    return path
 
 
 # What the project config sets (kept for code that reports it, e.g. benchmarks).

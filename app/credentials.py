@@ -9,6 +9,7 @@ Layout of the folder (``data_dir/secrets`` for ``flowwatch up``; the ``secrets``
 
     mqtt/<user>.password         one per MQTT user (USERS)     -> mqtt.password_file
     mosquitto/passwd             Mosquitto password file (PBKDF2-SHA512, the mosquitto_passwd format)
+    mosquitto/acl                mosquitto/acl with the collector limited to the configured meters (0644)
     influxdb/token               InfluxDB API token            -> store.influxdb.token_file
     influxdb/admin-password      InfluxDB 2.x admin user (setup mode)
     grafana/admin-password       Grafana admin user
@@ -84,6 +85,11 @@ class Secrets:
     @property
     def mosquitto_passwd(self) -> Path:
         return self.folder / "mosquitto" / "passwd"
+
+    @property
+    def acl_file(self) -> Path:
+        """The broker's ACL narrowed to the configured meters (``app.broker.render_acl``); not secret."""
+        return self.folder / "mosquitto" / "acl"
 
     @property
     def influx_token_file(self) -> Path:
@@ -189,9 +195,13 @@ def main(argv: Sequence[str]) -> int:
     init.add_argument("--docker", action="store_true", help="as root: set the owners the compose containers need")
     init.add_argument("--data-dirs", type=Path, nargs="*", default=[], help="with --docker: shared volume folders to prepare")
     args = p.parse_args(argv)
-    folder = args.dir or settings_from_args(args).data_dir / "secrets"
+    settings = settings_from_args(args)
+    folder = args.dir or settings.data_dir / "secrets"
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     s = ensure_secrets(folder)
+    from app.broker import write_acl  # the broker's ACL, narrowed to the configured meters (not secret)
+
+    write_acl(s.acl_file, [(settings.site, settings.meter)])
     if args.docker:
         if os.geteuid() != 0:
             print("flowwatch secrets init --docker must run as root (it sets file owners)")

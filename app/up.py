@@ -167,7 +167,7 @@ class Stack:
         self.say(f"  logs     {(s.data_dir / 'logs').resolve()}")
 
     def _start_broker(self, secrets) -> tuple[str, int]:
-        from app.broker import PROJECT_ACL, MosquittoProcess, free_port
+        from app.broker import MosquittoProcess, free_port, write_acl
 
         if mosquitto_exe() is None:
             raise SystemExit("flowwatch up: mosquitto is not installed. Install it (apt-get install mosquitto; "
@@ -176,8 +176,9 @@ class Stack:
         port = self.settings.mqtt.port
         if not port_free(host, port):
             port = free_port()
+        acl = write_acl(secrets.acl_file, [(self.settings.site, self.settings.meter)])
         self.broker = MosquittoProcess(self.settings.data_dir / "mosquitto", port=port, host=host, users=secrets.users(),
-                                       password_file=secrets.mosquitto_passwd, acl_file=PROJECT_ACL, overrides={})
+                                       password_file=secrets.mosquitto_passwd, acl_file=acl, overrides={})
         self.broker.start()
         return host, port
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -283,3 +284,35 @@ def test_no_user_can_take_over_another_users_session(secure_broker) -> None:
     assert wait_for(lambda: len(got) >= 40, 15), got
     again.close()
     assert sorted(got) == list(range(40)) and stolen == []
+
+
+def test_the_collector_may_publish_readings_only_for_the_configured_meters(tmp_path: Path) -> None:
+    """The ACL the broker runs with (written by `flowwatch secrets init` / `flowwatch up`) lets the
+    collector publish readings for the configured meter only; another meter's never arrive."""
+    from app.broker import write_acl
+
+    s = ensure_secrets(tmp_path / "secrets")
+    acl = write_acl(s.acl_file, [(SITE, METER)])
+    b = MosquittoProcess(tmp_path / "mosquitto", users=s.users(), password_file=s.mosquitto_passwd, acl_file=acl).start()
+    try:
+        observer = Client(b, "operator", s.mqtt_password("operator"))
+        observer.subscribe(f"{T.prefix}/#")
+        c = Client(b, "collector", s.mqtt_password("collector"))
+        for meter in ("intruder", METER):  # same publisher, in order: the second arriving proves the first was dropped
+            c.publish(T.reading(SITE, meter), meter)
+        assert wait_for(lambda: METER in observer.payloads())
+        assert observer.got == [(T.reading(SITE, METER), METER)]
+        c.close(), observer.close()
+    finally:
+        b.stop()
+
+
+def test_secrets_init_writes_the_narrowed_acl(tmp_path: Path) -> None:
+    cfg = tmp_path / "fw.yaml"
+    cfg.write_text(yaml.safe_dump({"site": "plant7", "meter": "inlet2"}))
+    r = subprocess.run([sys.executable, "-m", "app.cli", "secrets", "-c", str(cfg), "init", "--dir", str(tmp_path / "s")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    acl = (tmp_path / "s" / "mosquitto" / "acl").read_text()
+    assert "topic write flowwatch/v1/plant7/inlet2/reading" in acl and "flowwatch/v1/+/+/reading\n" in acl  # readers keep +
+    assert "topic write flowwatch/v1/+/+/reading" not in acl
