@@ -37,8 +37,9 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--rejects", type=Path, default=None, help="where to write rejected rows (default FILE.rejects.csv)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    settings = settings_from_args(args)
-    site, meter = args.site or settings.site, args.meter or settings.meter
+    # --site / --meter go through the settings: the same id rule as the config file and every message
+    settings = settings_from_args(args, **{k: v for k, v in (("site", args.site), ("meter", args.meter)) if v})
+    site, meter = settings.site, settings.meter
     if not args.file.is_file():
         print(f"flowwatch import: no such file: {args.file}", file=sys.stderr)
         return 2

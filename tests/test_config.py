@@ -55,6 +55,45 @@ def test_a_key_that_is_not_a_name_is_a_clear_error(tmp_path, text, key):
     assert r.returncode == 2 and f"must be a setting name (text), not {key}" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_site_id_the_messages_refuse_is_refused_by_config_check(tmp_path):
+    # once: a 65-character site passed `config check`, then the message model refused every reading
+    f = tmp_path / "fw.yaml"
+    f.write_text(f"site: {'s' * 65}\nmeter: m1\n")
+    r = run_cli("config", "check", str(f))
+    assert r.returncode == 2 and "site: String should have at most 64 characters" in r.stderr, r.stderr
+    f.write_text(f"site: {'s' * 64}\nmeter: m-1.a_B\n")
+    r = run_cli("config", "check", str(f))
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("key", ["site", "meter"])
+@pytest.mark.parametrize("ident", ["s" * 64, "s" * 65, "", "a b", "a/b", "+", "#", "a\n", "plant-1.A_b", "é"])
+def test_settings_messages_and_topics_accept_the_same_ids(key, ident):
+    """One rule for a site or meter id: the settings accept one iff a Reading and a topic do."""
+    from datetime import UTC, datetime
+
+    from pydantic import ValidationError
+
+    from shared.messages import Reading
+    from shared.topics import TopicError, Topics
+
+    ids = {"site": "s1", "meter": "m1", key: ident}
+
+    def accepts(make) -> bool:
+        try:
+            make()
+        except (ValidationError, TopicError):
+            return False
+        return True
+
+    verdicts = {
+        "settings": accepts(lambda: Settings(**{key: ident})),
+        "message": accepts(lambda: Reading(**ids, ts=datetime(2026, 3, 1, tzinfo=UTC), seq=0)),
+        "topic": accepts(lambda: Topics().reading(**ids)),
+    }
+    assert len(set(verdicts.values())) == 1, verdicts
+
+
 def test_env_overrides_file(tmp_path, monkeypatch):
     f = tmp_path / "fw.yaml"
     f.write_text("mqtt:\n  host: from-file\n  port: 1000\n")

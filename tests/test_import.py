@@ -74,6 +74,13 @@ def test_import_bad_header(tmp_path):
     assert r.returncode == 2 and "missing column" in r.stderr
 
 
+def test_import_site_id_follows_the_config_rule(tmp_path):
+    # an id no message can carry is refused before anything is written, naming the option's key
+    r, _ = run_import(tmp_path, "timestamp,flow_rate,pressure\n2026-03-01T00:00:00Z,1,2\n", "--site", "s" * 65)
+    assert r.returncode == 2 and "site: String should have at most 64 characters" in r.stderr, r.stderr
+    assert "imported" not in r.stdout
+
+
 def test_import_naive_tz(tmp_path):
     r, store = run_import(tmp_path, "timestamp,flow_rate,pressure\n2026-03-01T09:00:00,1,2\n", "--naive-tz", "Asia/Seoul")
     assert r.returncode == 0, r.stderr

@@ -11,6 +11,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from shared.messages import Ident
 from shared.settings.base import ENV_PREFIX
 from shared.settings.collector import CollectorSettings
 from shared.settings.detector import DetectorSettings
@@ -21,8 +22,10 @@ from shared.settings.modelstore import ModelStoreSettings
 from shared.settings.mqtt import MqttSettings
 from shared.settings.store import StoreSettings
 from shared.settings.trainer import TrainerSettings
+from shared.topics import LEVEL_MAX_LENGTH
 
 CONFIG_ENV = "FLOWWATCH_CONFIG"
+_IDENT = f"1 to {LEVEL_MAX_LENGTH} letters, digits, '_', '.', '-' (one MQTT topic level, the same rule as every message)"
 
 
 class Settings(BaseSettings):
@@ -32,8 +35,8 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
     )
 
-    site: str = Field(default="site1", pattern=r"^[A-Za-z0-9_.-]+$", description="Site id of this installation.")
-    meter: str = Field(default="meter1", pattern=r"^[A-Za-z0-9_.-]+$", description="Meter id of the attached meter.")
+    site: Ident = Field(default="site1", description=f"Site id of this installation: {_IDENT}.")
+    meter: Ident = Field(default="meter1", description=f"Meter id of the attached meter: {_IDENT}.")
     timezone: str = Field(default="Asia/Seoul", description="Local zone for day, hour and night-window boundaries.")
     data_dir: Path = Field(default=Path("var"), description="Folder for the database, spool, models and exports.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
