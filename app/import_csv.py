@@ -70,7 +70,8 @@ def main(argv: Sequence[str]) -> int:
                         rejected += 1
                 bar.update(chunk.rows)
     except CsvFormatError as exc:
-        print(f"flowwatch import: {exc}", file=sys.stderr)
+        done = f" ({result.total} rows before it were written: {result.inserted} inserted)" if result.total else ""
+        print(f"flowwatch import: {exc}{done}", file=sys.stderr)
         return 2
     except StoreError as exc:
         print(f"flowwatch import: store error after {result.total} rows ({result.inserted} inserted): {exc}", file=sys.stderr)
