@@ -13,12 +13,15 @@ import yaml
 
 from shared.runner import base_parser, settings_or_exit
 from shared.settings import ENV_PREFIX, Settings
+from shared.settings.root import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH
 
-DOC_HEADER = """# Configuration
+DOC_HEADER = f"""# Configuration
 
 flowwatch reads one YAML file (`-c FILE`, or `$FLOWWATCH_CONFIG`) and then the environment:
 `FLOWWATCH_<KEY>` with `__` between levels overrides the file, e.g. `FLOWWATCH_MQTT__HOST=broker`
-sets `mqtt.host`. Unknown keys are errors. `flowwatch config check FILE` validates a file, prints each
+sets `mqtt.host`. Unknown keys are errors, and so is a key given twice in one mapping (plain YAML
+would keep the last one silently); a config file is at most {MAX_CONFIG_BYTES >> 20} MiB and {MAX_CONFIG_DEPTH} levels deep.
+`flowwatch config check FILE` validates a file, prints each
 problem as a key path and exits 2, or prints the effective configuration (secrets masked).
 Relative paths are under `data_dir`. Secrets have no defaults: `flowwatch up` and the compose `init`
 service generate them on first start.

@@ -37,8 +37,9 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--rejects", type=Path, default=None, help="where to write rejected rows (default FILE.rejects.csv)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    settings = settings_from_args(args)
-    site, meter = args.site or settings.site, args.meter or settings.meter
+    # --site / --meter go through the settings: the same id rule as the config file and every message
+    settings = settings_from_args(args, **{k: v for k, v in (("site", args.site), ("meter", args.meter)) if v})
+    site, meter = settings.site, settings.meter
     if not args.file.is_file():
         print(f"flowwatch import: no such file: {args.file}", file=sys.stderr)
         return 2
@@ -69,7 +70,8 @@ def main(argv: Sequence[str]) -> int:
                         rejected += 1
                 bar.update(chunk.rows)
     except CsvFormatError as exc:
-        print(f"flowwatch import: {exc}", file=sys.stderr)
+        done = f" ({result.total} rows before it were written: {result.inserted} inserted)" if result.total else ""
+        print(f"flowwatch import: {exc}{done}", file=sys.stderr)
         return 2
     except StoreError as exc:
         print(f"flowwatch import: store error after {result.total} rows ({result.inserted} inserted): {exc}", file=sys.stderr)

@@ -15,13 +15,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.topics import LEVEL_MAX_LENGTH, LEVEL_PATTERN
+
 SCHEMA_VERSION = 1
 
 SIGNALS = ("flow_rate", "pressure")
 Signal = Literal["flow_rate", "pressure"]
 
-# A site or meter id is one MQTT topic level: no wildcards, no separators, no spaces.
-Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+# A site or meter id is one MQTT topic level: no wildcards, no separators, no spaces. The settings'
+# site / meter use this same type (shared.settings.root), so config and messages cannot disagree.
+Ident = Annotated[str, Field(min_length=1, max_length=LEVEL_MAX_LENGTH, pattern=LEVEL_PATTERN)]
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -160,7 +163,7 @@ class ModelInfo(MeterMessage):
     """A trained model version. Published retained when a version is promoted."""
 
     signal: Signal
-    version: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    version: Ident  # also a folder name: models/<signal>/<version>/
     created_at: UtcDatetime
     promoted: bool
     reason: str = Field(default="", max_length=500)

@@ -2,12 +2,23 @@
 
 ``timestamp`` is ISO 8601; one with no offset is read in ``naive_tz`` (UTC unless told). An empty
 value is a missing reading (flagged); text that is not a number, NaN, infinity or a bad timestamp
-rejects the row with its line number and reason. Values outside the physical limits are kept and
-flagged, never silently dropped.
+rejects the row with its line number and reason, and so does a row with more fields than the header
+(the import goes on). Values outside the physical limits are kept and flagged, never silently dropped.
+
+A row with more fields than the header, in pandas' fast C parser: with ``on_bad_lines="warn"`` the
+parser skips it and says which line it was; the messages are collected per chunk in the reader's
+``warning_sink`` (the collector pandas' own parallel reader uses: thread-safe, unlike catching
+warnings, and the parse runs in a thread when a store parses ahead). Only the *first* data row needs
+care: pandas takes its width as the table's, so a long first row would turn the first column into an
+index (or, with ``index_col=False``, be cut silently); :func:`_long_leading_rows` finds such rows with
+the ``csv`` module first and they are skipped and rejected the same way.
 """
 
 from __future__ import annotations
 
+import csv
+import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +32,8 @@ from shared.settings import RangeLimits
 
 REQUIRED = ("timestamp", "flow_rate", "pressure")
 CHUNK_ROWS = 100_000
+RAW_MAX_CHARS = 1000  # a rejected line is quoted in the rejects file up to this length
+_SKIPPED = re.compile(r"Skipping line (\d+): expected (\d+) fields, saw (\d+)")
 
 
 @dataclass
@@ -89,10 +102,11 @@ def _implausible_times(ts: pd.Series, limits: RangeLimits) -> list[tuple[int, st
     return sorted(out)
 
 
-def parse_chunk(raw: pd.DataFrame, first_line: int, limits: RangeLimits, naive_tz: str = "UTC", source: str = "import") -> ParsedChunk:
-    """Validate one chunk of string columns. ``first_line`` is the file line of the chunk's first row."""
+def parse_chunk(raw: pd.DataFrame, first_line: int | np.ndarray, limits: RangeLimits, naive_tz: str = "UTC", source: str = "import") -> ParsedChunk:
+    """Validate one chunk of string columns. ``first_line`` is the file line of the chunk's first row
+    (the rows on consecutive lines), or the line of each row."""
     n = len(raw)
-    lines = np.arange(first_line, first_line + n)
+    lines = np.arange(first_line, first_line + n) if np.isscalar(first_line) else np.asarray(first_line)
     rejects: list[Reject] = []
     ts = _timestamps(raw["timestamp"], naive_tz)
     bad = ts.isna().to_numpy().copy()
@@ -123,26 +137,118 @@ def parse_chunk(raw: pd.DataFrame, first_line: int, limits: RangeLimits, naive_t
     return ParsedChunk(frame, rejects, n)
 
 
+class _RawLines:
+    """The text of a few lines of a file by number, read forward once (lines asked in order)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.f, self.at = path, None, 0  # self.at: the number of the last line read
+
+    def get(self, number: int) -> str:
+        if self.f is None or number <= self.at:
+            self.close()
+            self.f, self.at = self.path.open("rb"), 0
+        line = b""
+        while self.at < number:
+            line = self.f.readline()
+            self.at += 1
+            if not line:
+                return ""
+        text = line.rstrip(b"\r\n").decode("utf-8", errors="replace")
+        return text if len(text) <= RAW_MAX_CHARS else text[:RAW_MAX_CHARS] + "..."
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+
+
+def _too_many(line: int, expected: int, saw: int, raw: str) -> Reject:
+    return Reject(line, f"{saw} fields where the header has {expected} (a ',' too many?)", raw)
+
+
+def _long_leading_rows(path: Path) -> tuple[list[Reject], int]:
+    """The data rows before the first one with no more fields than the header (each one rejected),
+    and the line of that first row. pandas takes the first data row's width as the table's: a long
+    first row would shift every column (see the module docstring)."""
+    rejects: list[Reject] = []
+    try:
+        with path.open(newline="", encoding="utf-8", errors="replace") as f:
+            rows = csv.reader(f, skipinitialspace=True)
+            header = next((r for r in rows if r), None)
+            if header is None:
+                return rejects, 2
+            start = rows.line_num
+            for row in rows:
+                if not row:  # a blank line: pandas skips it too
+                    start = rows.line_num
+                    continue
+                if len(row) <= len(header):
+                    break
+                rejects.append(_too_many(rows.line_num, len(header), len(row), ",".join(row)[:RAW_MAX_CHARS]))
+                start = rows.line_num
+            return rejects, start + 1
+    except (OSError, csv.Error):
+        return [], 2  # pandas says what is wrong with the file
+
+
+def _skipped_lines(sink: list[tuple[str, type[Warning]]], raw: _RawLines) -> list[Reject]:
+    """The rows the C parser skipped for having too many fields (from its warning sink), emptied."""
+    rejects = []
+    for text, category in sink:
+        found = list(_SKIPPED.finditer(text))
+        for m in found:
+            line, expected, saw = int(m[1]), int(m[2]), int(m[3])
+            rejects.append(_too_many(line, expected, saw, raw.get(line)))
+        if not found:
+            warnings.warn(text, category, stacklevel=2)
+    sink.clear()
+    return sorted(rejects, key=lambda r: r.line)
+
+
+def _lines_of(first: int, n: int, skipped: list[Reject]) -> np.ndarray:
+    """The lines of ``n`` rows read from line ``first`` on, around the skipped ones."""
+    lines = np.arange(first, first + n + len(skipped))
+    if skipped:
+        lines = lines[~np.isin(lines, [r.line for r in skipped])]
+    return lines[:n]
+
+
 def read_chunks(path: Path, limits: RangeLimits, naive_tz: str = "UTC", chunk_rows: int = CHUNK_ROWS, source: str = "import") -> Iterator[ParsedChunk]:
     """Parse a readings CSV in chunks. Raises CsvFormatError if the header is wrong."""
+    leading, line = _long_leading_rows(path)  # line: the file line of the next row pandas gives
     try:
-        reader = pd.read_csv(path, dtype=str, keep_default_na=False, chunksize=chunk_rows, skipinitialspace=True, on_bad_lines="error")
+        reader = pd.read_csv(
+            path, dtype=str, keep_default_na=False, chunksize=chunk_rows, skipinitialspace=True,
+            on_bad_lines="warn", index_col=False, skiprows=[r.line - 1 for r in leading] or None,
+        )
+        sink: list[tuple[str, type[Warning]]] = []
+        reader._engine._reader.warning_sink = sink  # see the module docstring; pandas is pinned
     except (OSError, ValueError) as exc:
         raise CsvFormatError(f"cannot read {path}: {exc}") from exc
-    line = 2  # the header is line 1
+    raw_lines = _RawLines(path)
     try:
         for raw in reader:
             raw.columns = [c.strip().lower() for c in raw.columns]
             missing = [c for c in REQUIRED if c not in raw.columns]
             if missing:
                 raise CsvFormatError(f"{path}: missing column(s) {', '.join(missing)}; the header must be timestamp,flow_rate,pressure")
-            chunk = parse_chunk(raw[list(REQUIRED)], line, limits, naive_tz, source)
-            line += len(raw)
+            skipped = _skipped_lines(sink, raw_lines)  # among this chunk's rows (or just after them)
+            chunk = parse_chunk(raw[list(REQUIRED)], _lines_of(line, len(raw), skipped), limits, naive_tz, source)
+            chunk.rejects = sorted(chunk.rejects + leading + skipped, key=lambda r: r.line)
+            chunk.rows += len(leading) + len(skipped)
+            line += len(raw) + len(skipped)
+            leading = []
             yield chunk
+        skipped = leading + _skipped_lines(sink, raw_lines)  # long rows after the last row read
+        if skipped:
+            empty = pd.DataFrame({c: pd.Series([], dtype=str) for c in REQUIRED})
+            yield ParsedChunk(parse_chunk(empty, line, limits, naive_tz, source).frame, skipped, len(skipped))
     except pd.errors.ParserError as exc:
         raise CsvFormatError(f"{path}: {exc}") from exc
     except pd.errors.EmptyDataError:
         raise CsvFormatError(f"{path} is empty; expected a header timestamp,flow_rate,pressure") from None
+    finally:
+        raw_lines.close()
 
 
 def import_chunks(path: Path, limits: RangeLimits, naive_tz: str = "UTC", *, parse_ahead: bool = False) -> Iterator[ParsedChunk]:

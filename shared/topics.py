@@ -35,7 +35,12 @@ METER_KINDS = (
     "export/server",
 )
 
-_LEVEL = re.compile(r"^[A-Za-z0-9_.-]+$")
+# One topic level flowwatch builds (a site or meter id, a service name, a prefix part): the one
+# definition. shared.messages.Ident (payloads) and the site / meter settings are built from it, so an
+# id that passes `config check` is one every message and topic accepts.
+LEVEL_PATTERN = r"^[A-Za-z0-9_.-]+$"
+LEVEL_MAX_LENGTH = 64
+_LEVEL = re.compile(LEVEL_PATTERN)
 
 
 class TopicError(ValueError):
@@ -43,9 +48,9 @@ class TopicError(ValueError):
 
 
 def _level(name: str, value: str) -> str:
-    if not isinstance(value, str) or not _LEVEL.match(value):
+    if not isinstance(value, str) or not _LEVEL.fullmatch(value) or len(value) > LEVEL_MAX_LENGTH:  # fullmatch: "$" passes a trailing "\n"
         raise TopicError(
-            f"{name}={value!r} is not a valid topic level: use letters, digits, '_', '.', '-' "
+            f"{name}={value!r} is not a valid topic level: 1 to {LEVEL_MAX_LENGTH} letters, digits, '_', '.', '-' "
             "(no '/', '+', '#' or spaces)"
         )
     return value

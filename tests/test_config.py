@@ -55,6 +55,88 @@ def test_a_key_that_is_not_a_name_is_a_clear_error(tmp_path, text, key):
     assert r.returncode == 2 and f"must be a setting name (text), not {key}" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_site_id_the_messages_refuse_is_refused_by_config_check(tmp_path):
+    # once: a 65-character site passed `config check`, then the message model refused every reading
+    f = tmp_path / "fw.yaml"
+    f.write_text(f"site: {'s' * 65}\nmeter: m1\n")
+    r = run_cli("config", "check", str(f))
+    assert r.returncode == 2 and "site: String should have at most 64 characters" in r.stderr, r.stderr
+    f.write_text(f"site: {'s' * 64}\nmeter: m-1.a_B\n")
+    r = run_cli("config", "check", str(f))
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("key", ["site", "meter"])
+@pytest.mark.parametrize("ident", ["s" * 64, "s" * 65, "", "a b", "a/b", "+", "#", "a\n", "plant-1.A_b", "é"])
+def test_settings_messages_and_topics_accept_the_same_ids(key, ident):
+    """One rule for a site or meter id: the settings accept one iff a Reading and a topic do."""
+    from datetime import UTC, datetime
+
+    from pydantic import ValidationError
+
+    from shared.messages import Reading
+    from shared.topics import TopicError, Topics
+
+    ids = {"site": "s1", "meter": "m1", key: ident}
+
+    def accepts(make) -> bool:
+        try:
+            make()
+        except (ValidationError, TopicError):
+            return False
+        return True
+
+    verdicts = {
+        "settings": accepts(lambda: Settings(**{key: ident})),
+        "message": accepts(lambda: Reading(**ids, ts=datetime(2026, 3, 1, tzinfo=UTC), seq=0)),
+        "topic": accepts(lambda: Topics().reading(**ids)),
+    }
+    assert len(set(verdicts.values())) == 1, verdicts
+
+
+def test_a_config_file_over_1_mib_is_refused_naming_the_file_and_the_bound(tmp_path):
+    f = tmp_path / "fw.yaml"
+    f.write_text("site: plant-a\n" + "# padding\n" * 110_000)  # valid YAML, 1.1 MB
+    r = run_cli("config", "check", str(f))
+    assert r.returncode == 2 and f"{f} is larger than 1,048,576 bytes (1 MiB)" in r.stderr, r.stderr
+    f.write_text("site: plant-a\n" + "# padding\n" * 1_000)
+    assert run_cli("config", "check", str(f)).returncode == 0
+
+
+@pytest.mark.parametrize("text, where", [
+    ("site: a\nmeter: m1\nsite: b\n", "line 3: key site is given twice (first on line 1)"),
+    ("mqtt:\n  host: a\n  port: 1883\n  host: b\n", "line 4: key mqtt.host is given twice (first on line 2)"),
+    ("mqtt: {host: a, 'host': b}\n", "line 1: key mqtt.host is given twice"),
+    ("collector:\n  modbus:\n    registers:\n      - signal: flow_rate\n        address: 0\n        signal: pressure\n",
+     "line 6: key collector.modbus.registers[0].signal is given twice (first on line 4)"),
+])
+def test_a_key_given_twice_is_an_error_naming_the_key_and_line(tmp_path, text, where):
+    # PyYAML's SafeLoader keeps the last value without a word: 'host: b' won over 'host: a'
+    f = tmp_path / "fw.yaml"
+    f.write_text(text)
+    r = run_cli("config", "check", str(f))
+    assert r.returncode == 2 and where in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_merge_key_override_is_not_a_duplicate(tmp_path):
+    f = tmp_path / "fw.yaml"
+    f.write_text("detector:\n  spike_min_abs: &m {flow_rate: 1.0, pressure: 0.1}\n"
+                 "  threshold_min_spread:\n    <<: *m\n    pressure: 0.2\n")
+    assert load_settings(f).detector.threshold_min_spread == {"flow_rate": 1.0, "pressure": 0.2}
+
+
+@pytest.mark.parametrize("text", [
+    "site: " + "[" * 5000 + "]" * 5000 + "\n",  # once a RecursionError traceback of 2,991 lines
+    "mqtt:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 60)),
+])
+def test_deep_nesting_is_a_clear_error_not_a_traceback(tmp_path, text):
+    f = tmp_path / "fw.yaml"
+    f.write_text(text)
+    r = run_cli("config", "check", str(f))
+    assert r.returncode == 2 and "nested deeper than 32 levels" in r.stderr, r.stderr[-500:]
+    assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 2
+
+
 def test_env_overrides_file(tmp_path, monkeypatch):
     f = tmp_path / "fw.yaml"
     f.write_text("mqtt:\n  host: from-file\n  port: 1000\n")

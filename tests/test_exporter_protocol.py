@@ -19,7 +19,7 @@ TZ = ZoneInfo("Asia/Seoul")
 M = timedelta(minutes=1)
 T10 = datetime(2026, 3, 1, 10, 0, tzinfo=TZ).astimezone(UTC)  # 10:00 local
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
-NUM = re.compile(r"^(-?\d+\.\d{3}|NULL)$")
+NUM = re.compile(r"^(-?\d{1,9}\.\d{3}|NULL)$")  # at most 14 characters
 
 
 def reading(t: datetime, flow: float | None = 10.0, pressure: float | None = 3.0, seq: int = 0) -> Reading:
@@ -83,7 +83,7 @@ def test_line_format_crlf_tags_and_version():
         assert b"\n" not in data.replace(b"\r\n", b"")
         lines = data.split(b"\r\n")
         assert lines[-1] == b""
-        assert lines[0] in (b"FLOWWATCH,ALERT,1", b"FLOWWATCH,SERVER,1")
+        assert lines[0] in (b"FLOWWATCH,ALERT,%d" % protocol.PROTOCOL_VERSION, b"FLOWWATCH,SERVER,%d" % protocol.PROTOCOL_VERSION)
         assert lines[-2].startswith(b"CRC,")
         assert re.fullmatch(rb"CRC,\d+,[0-9A-F]{4}", lines[-2])
 
@@ -101,11 +101,11 @@ def test_reading_at_10_00_fills_the_prediction_columns_and_10_01_does_not():
     assert out[1] is not None and out[11] is not None
     rows = rows_of(out[11])
     assert [r[1] for r in rows] == [f"2026-03-01T10:{m:02d}:00+09:00" for m in range(10)]
-    assert rows[0][2:] == ["21.000", "3.000", "0", "42.500", "3.250"]  # 10:00: the value targeted at 10:00
-    assert rows[1][2:] == ["22.000", "3.000", "0", "NULL", "NULL"]  # 10:01: no prediction
-    assert all(r[5:] == ["NULL", "NULL"] for r in rows[1:])
+    assert rows[0][2:] == ["21.000", "3.000", "0", "42.500", "3.250", "0"]  # 10:00: the value targeted at 10:00
+    assert rows[1][2:] == ["22.000", "3.000", "0", "NULL", "NULL", "0"]  # 10:01: no prediction
+    assert all(r[5:7] == ["NULL", "NULL"] for r in rows[1:])
     # the window closed by 10:00 has no hour row: no prediction anywhere
-    assert all(r[5:] == ["NULL", "NULL"] for r in rows_of(out[1]))
+    assert all(r[5:7] == ["NULL", "NULL"] for r in rows_of(out[1]))
 
 
 def test_hour_row_takes_the_latest_issued_forecast_for_that_target():
@@ -114,7 +114,7 @@ def test_hour_row_takes_the_latest_issued_forecast_for_that_target():
     ms.add_forecast(forecast(T10 - 60 * M, "flow_rate", [8.0] * 6))  # 09:00: 10:00 = 8 (newer)
     ms.add_forecast(forecast(T10 - 120 * M, "flow_rate", [7.0] * 12))  # redelivery of the older one
     rows = rows_of(ms.compose_server(T10))
-    assert rows[0][5:] == ["8.000", "NULL"]
+    assert rows[0][5:7] == ["8.000", "NULL"]
 
 
 def test_gap_gives_null_rows_never_missing_rows():
@@ -152,6 +152,46 @@ def test_numbers_are_fixed_point_and_flags_are_bitmasks():
     assert rows[2][4] == str(protocol.FLAG_BITS["burst"])  # the spike ended, the burst is still open
     for r in rows:
         assert all(NUM.match(v) for v in (r[2], r[3], r[5], r[6]))
+        assert r[7] == "0"  # nothing withheld
+
+
+@pytest.mark.parametrize("value, text, withheld", [
+    (1e308, "NULL", True),  # once: a 309-digit field, no flag
+    (-1e308, "NULL", True),
+    (float("nan"), "NULL", True),
+    (float("inf"), "NULL", True),
+    (float("-inf"), "NULL", True),
+    (1e9, "NULL", True),
+    (999_999_999.9996, "NULL", True),  # rounds to ten digits
+    (999_999_999.999, "999999999.999", False),
+    (-999_999_999.999, "-999999999.999", False),
+    (None, "NULL", False),  # missing: NULL, but nothing withheld
+    (-0.0001, "0.000", False),
+])
+def test_a_number_the_format_cannot_carry_is_null_and_withheld(value, text, withheld):
+    assert protocol.number(value) == (text, withheld)
+
+
+def test_absurd_values_in_both_files_are_null_with_the_withheld_bit_and_keep_the_width():
+    ms = MeterState("s1", "m1", TZ)
+    ms.put_reading(T10, 1e308, 3.0)  # a meter gone wrong
+    ms.put_reading(T10 + M, 12.0, -1e300)
+    ms.put_reading(T10 + 2 * M, float("nan"), None)  # NaN cannot come over MQTT, a store read could
+    ms.add_prediction("flow_rate", T10, T10 - 60 * M, 1e15)  # a model gone wrong
+    ms.add_prediction("pressure", T10, T10 - 60 * M, 2.5)
+    data = ms.compose_server(T10)
+    rows = rows_of(data)
+    assert rows[0][2:] == ["NULL", "3.000", "0", "NULL", "2.500", "5"]  # flow (1) + predicted flow (4)
+    assert rows[1][2:] == ["12.000", "NULL", "0", "NULL", "NULL", "2"]
+    assert rows[2][2:] == ["NULL", "NULL", "0", "NULL", "NULL", "1"]  # NaN withheld, None just missing
+    assert all(r[7] == "0" for r in rows[3:])
+    assert max(len(x) for x in data.split(b"\r\n")) < 120  # every line within its normal width
+    a = Anomaly(site="s1", meter="m1", kind="invalid", signal="flow_rate", severity="warning", state="open",
+                start=T10, ts=T10, value=1e308, threshold=2000.0)
+    ms.add_anomaly(a)
+    alert = protocol.check(ms.compose_alert())
+    assert "ALERT,invalid,flow_rate,warning,2026-03-01T10:00:00+09:00,NULL,2000.000,1" in alert
+    assert all(len(x) < 120 for x in alert)
 
 
 def test_alert_states_clear_and_active():
@@ -165,7 +205,7 @@ def test_alert_states_clear_and_active():
     ms.add_anomaly(a)
     lines = protocol.check(ms.compose_alert())
     assert "STATUS,WARNING,1" in lines
-    assert "ALERT,pressure_loss,pressure,warning,2026-03-01T10:00:00+09:00,1.500,2.000" in lines
+    assert "ALERT,pressure_loss,pressure,warning,2026-03-01T10:00:00+09:00,1.500,2.000,0" in lines
     assert "ASOF,2026-03-01T10:01:00+09:00" in lines
     ms.add_anomaly(a.model_copy(update={"state": "closed", "end": T10 + 2 * M, "ts": T10 + 2 * M}))
     ms.add_anomaly(a)  # a late redelivery of the older "open" update does not reopen it

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from services.exporter import protocol
 from services.exporter.service import ExporterService
 from shared.bus import Bus
 from shared.messages import Anomaly, DeadLetter, ExportRecord, Forecast, Reading
@@ -104,8 +105,8 @@ def test_files_mirror_deadletter_and_restart(cfg: Settings):
         assert verify(data)
         rows = [line.split(",") for line in data.decode().split("\r\n") if line.startswith("ROW,")]
         assert len(rows) == 10
-        assert rows[0][2:] == ["22.000", "3.000", "0", "42.500", "3.250"]  # 10:00: prediction filled
-        assert rows[1][5:] == ["NULL", "NULL"]  # 10:01: not
+        assert rows[0][2:] == ["22.000", "3.000", "0", "42.500", "3.250", "0"]  # 10:00: prediction filled
+        assert rows[1][5:7] == ["NULL", "NULL"]  # 10:01: not
         assert rows[3][2:4] == ["NULL", "NULL"]  # 10:03: missing reading -> NULL row
         assert rows[4][4] == "128" and rows[9][4] == "128"  # burst open from 10:04
         assert b"STATUS,CRITICAL,1\r\n" in alert.read_bytes() and verify(alert.read_bytes())
@@ -127,7 +128,7 @@ def test_files_mirror_deadletter_and_restart(cfg: Settings):
             return all(rec.content.encode("ascii") == (out / f"{f}.txt").read_bytes() for f, rec in latest().items())
 
         assert wait_for(mirrored, 10), {f: rec.content[:80] for f, rec in latest().items()}
-        assert all(rec.protocol_version == 1 and rec.site == site for rec in latest().values())
+        assert all(rec.protocol_version == protocol.PROTOCOL_VERSION and rec.site == site for rec in latest().values())
         late.close()
     finally:
         stop(svc, th)
@@ -152,6 +153,38 @@ def test_files_mirror_deadletter_and_restart(cfg: Settings):
         stop(svc2, th2)
         watch.close()
         store.close()
+
+
+def test_an_absurd_reading_is_null_and_withheld_in_both_files(cfg: Settings):
+    """A reading of 1e308 m³/h through the broker: valid JSON, a valid Reading, a value no device
+    field can hold. Both files carry NULL and the withheld bit, within their normal width."""
+    site, meter = cfg.site, cfg.meter
+    out = cfg.path(cfg.exporter.out_dir)
+    svc, th = start(cfg)
+    pub = client(cfg, "pubx")
+    try:
+        invalid = Anomaly(site=site, meter=meter, kind="invalid", signal="flow_rate", severity="warning", state="open",
+                          start=T10 + 3 * M, ts=T10 + 3 * M, value=1e308, threshold=2000.0,
+                          message="flow_rate outside the physical range")  # what the detector says of it
+        for i in range(11):  # 10:00 .. 10:10: the 10:10 reading writes the window
+            r = Reading(site=site, meter=meter, ts=T10 + i * M, seq=i, flow_rate=1e308 if i == 3 else 20.0, pressure=3.0)
+            pub.publish(pub.topics.reading(site, meter), r).wait_for_publish(5)
+            if i == 3:
+                pub.publish(pub.topics.anomaly(site, meter), invalid).wait_for_publish(5)
+        server, alert = out / "server.txt", out / "alert.txt"
+        assert wait_for(lambda: server.exists() and b"WINDOW,2026-03-01T10:00:00+09:00" in server.read_bytes())
+        assert wait_for(lambda: alert.exists() and b"ASOF,2026-03-01T10:10:00+09:00" in alert.read_bytes())
+        data = server.read_bytes()
+        assert verify(data)
+        rows = [line.split(",") for line in data.decode().split("\r\n") if line.startswith("ROW,")]
+        assert rows[3][2:] == ["NULL", "3.000", str(protocol.FLAG_BITS["invalid"]), "NULL", "NULL", "1"]
+        assert all(r[2] == "20.000" and r[7] == "0" for i, r in enumerate(rows) if i != 3)
+        assert max(len(line) for line in data.split(b"\r\n")) < 120
+        a = alert.read_bytes()
+        assert verify(a) and b",NULL,2000.000,1\r\n" in a and max(len(line) for line in a.split(b"\r\n")) < 120
+    finally:
+        pub.close()
+        stop(svc, th)
 
 
 def test_other_meters_get_their_own_folder(cfg: Settings):

@@ -88,6 +88,8 @@ def test_config_fuzz_never_crashes(tmp_path_factory, doc):
 @hsettings(max_examples=300, deadline=None)
 @given(text=st.text(max_size=200))
 @example(text="?")  # a YAML mapping with an empty key: once a TypeError
+@example(text="[" * 5000)  # once a RecursionError
+@example(text="site: a\nsite: b\n")  # once the last one won without a word
 def test_config_text_fuzz(tmp_path_factory, text):
     f = tmp_path_factory.mktemp("cfg") / "fw.yaml"
     f.write_text(text)

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from shared.readings_csv import parse_chunk, read_all
+from shared.readings_csv import parse_chunk, read_all, read_chunks
 from shared.settings import RangeLimits
 from shared.store.sqlite import SqliteStore
 
@@ -72,6 +73,60 @@ def test_import_clean_file_exit_0_and_idempotent(tmp_path):
 def test_import_bad_header(tmp_path):
     r, _ = run_import(tmp_path, "time,flow\n1,2\n")
     assert r.returncode == 2 and "missing column" in r.stderr
+
+
+def test_import_site_id_follows_the_config_rule(tmp_path):
+    # an id no message can carry is refused before anything is written, naming the option's key
+    r, _ = run_import(tmp_path, "timestamp,flow_rate,pressure\n2026-03-01T00:00:00Z,1,2\n", "--site", "s" * 65)
+    assert r.returncode == 2 and "site: String should have at most 64 characters" in r.stderr, r.stderr
+    assert "imported" not in r.stdout
+
+
+def test_a_row_with_too_many_fields_is_rejected_and_the_import_goes_on(tmp_path):
+    # once: one extra field after 100,000 good rows aborted the import (exit 2, no word of the rows
+    # written), and an extra field on the first row shifted every column of the file
+    t0 = pd.Timestamp("2025-01-01T00:00:00Z")
+    rows = [f"{(t0 + pd.Timedelta(minutes=i)).strftime('%Y-%m-%dT%H:%M:%SZ')},{i % 97}.5,3.0" for i in range(150_000)]
+    rows[0] += ",9"  # line 2: the first data row
+    rows[120_001] += ",oops"  # line 120,003: in the second chunk of 100,000 rows
+    rows[120_005] = "not-a-time,1,2"  # line 120,007: its line is still right after the skipped one
+    rows[-1] += ",1,2"  # line 150,001: the last row
+    r, store = run_import(tmp_path, "timestamp,flow_rate,pressure\n" + "\n".join(rows) + "\n")
+    assert r.returncode == 1, r.stderr  # as for any rejected row: the rest is imported
+    assert "imported 149996 rows" in r.stdout and "4 rejected" in r.stdout, r.stdout
+    for line, why in ((2, "4 fields where the header has 3"), (120_003, "4 fields where the header has 3"),
+                      (120_007, "timestamp 'not-a-time'"), (150_001, "5 fields where the header has 3")):
+        assert f"line {line}: {why}" in r.stderr, (line, r.stderr)
+    rejects = pd.read_csv(tmp_path / "r.rejects.csv", dtype=str)
+    assert rejects["line"].tolist() == ["2", "120003", "120007", "150001"]
+    assert rejects["row"].iloc[1] == rows[120_001]  # the line as it is in the file
+    df = store.read_readings("s1", "m1", t0.to_pydatetime(), (t0 + pd.Timedelta(days=200)).to_pydatetime())
+    assert len(df) == 149_996
+    assert df.loc[t0 + pd.Timedelta(minutes=1), "flow_rate"] == 1.5  # columns in their place
+    assert df.loc[t0 + pd.Timedelta(minutes=120_002), "seq"] == 120_004  # seq is the file line
+
+
+@pytest.mark.parametrize("body, good_lines, bad_lines", [
+    (["g", "g", "L", "g", "g", "g", "g"], [2, 3, 5, 6, 7, 8], [4]),  # in a chunk
+    (["L", "L", "g", "g", "g"], [4, 5, 6], [2, 3]),  # first rows: pandas would take their width
+    (["g", "g", "g", "L"], [2, 3, 4], [5]),  # after a full chunk: read after the last row
+    (["g", "g", "g", "L", "g"], [2, 3, 4, 6], [5]),  # on a chunk boundary
+    (["", "L", "", "g", "L", "g", "g", "g"], [5, 7, 8, 9], [3, 6]),  # blank lines before the first row
+    (["L", "L"], [], [2, 3]),
+])
+def test_too_many_fields_anywhere_every_line_accounted_for(tmp_path, body, good_lines, bad_lines):
+    f = tmp_path / "r.csv"
+    t0 = pd.Timestamp("2026-03-01T00:00:00Z")
+    text = [("" if k == "" else f"{(t0 + pd.Timedelta(minutes=i)).isoformat()},{i},2" + (",x" if k == "L" else ""))
+            for i, k in enumerate(body)]
+    f.write_text("timestamp,flow_rate,pressure\n" + "\n".join(text) + "\n")
+    chunks = list(read_chunks(f, RangeLimits(), chunk_rows=3))
+    assert [int(s) for c in chunks for s in c.frame["seq"]] == good_lines
+    rejects = [r for c in chunks for r in c.rejects]
+    assert [r.line for r in rejects] == bad_lines and all("4 fields where the header has 3" in r.reason for r in rejects)
+    assert [r.raw for r in rejects] == [text[n - 2] for n in bad_lines]
+    assert sum(c.rows for c in chunks) == len(good_lines) + len(bad_lines)
+    assert all((c.frame["flow_rate"] == c.frame["seq"] - 2).all() for c in chunks)  # every value in its column, on its line
 
 
 def test_import_naive_tz(tmp_path):

@@ -11,6 +11,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from shared.messages import Ident
 from shared.settings.base import ENV_PREFIX
 from shared.settings.collector import CollectorSettings
 from shared.settings.detector import DetectorSettings
@@ -21,8 +22,10 @@ from shared.settings.modelstore import ModelStoreSettings
 from shared.settings.mqtt import MqttSettings
 from shared.settings.store import StoreSettings
 from shared.settings.trainer import TrainerSettings
+from shared.topics import LEVEL_MAX_LENGTH
 
 CONFIG_ENV = "FLOWWATCH_CONFIG"
+_IDENT = f"1 to {LEVEL_MAX_LENGTH} letters, digits, '_', '.', '-' (one MQTT topic level, the same rule as every message)"
 
 
 class Settings(BaseSettings):
@@ -32,8 +35,8 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
     )
 
-    site: str = Field(default="site1", pattern=r"^[A-Za-z0-9_.-]+$", description="Site id of this installation.")
-    meter: str = Field(default="meter1", pattern=r"^[A-Za-z0-9_.-]+$", description="Meter id of the attached meter.")
+    site: Ident = Field(default="site1", description=f"Site id of this installation: {_IDENT}.")
+    meter: Ident = Field(default="meter1", description=f"Meter id of the attached meter: {_IDENT}.")
     timezone: str = Field(default="Asia/Seoul", description="Local zone for day, hour and night-window boundaries.")
     data_dir: Path = Field(default=Path("var"), description="Folder for the database, spool, models and exports.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
@@ -96,13 +99,69 @@ class ConfigFileError(ValueError):
     pass
 
 
+MAX_CONFIG_BYTES = 1 << 20  # 1 MiB: a flowwatch config is a few KiB
+MAX_CONFIG_DEPTH = 32  # levels of nesting: a flowwatch config has about five
+
+
+class _ConfigYamlError(yaml.YAMLError):
+    """A problem of a config file found while reading its YAML; the message is the user's."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader``, stricter for a config file: a key given twice in one mapping is an error
+    (SafeLoader keeps the last one, silently), and so is nesting deeper than ``MAX_CONFIG_DEPTH``
+    (PyYAML composes nodes recursively: a deep enough file ended in a RecursionError traceback)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._keys: list[str] = []  # the key (or [position]) of each node being composed, outermost first
+
+    def _where(self) -> str:
+        return "".join(k if k.startswith("[") else f".{k}" for k in self._keys if k).lstrip(".") or "(top level)"
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if len(self._keys) >= MAX_CONFIG_DEPTH:
+            line = self.peek_event().start_mark.line + 1
+            raise _ConfigYamlError(f"line {line}: nested deeper than {MAX_CONFIG_DEPTH} levels (under {self._where()}); a flowwatch config has about five")
+        self._keys.append(index.value if isinstance(index, yaml.ScalarNode) else f"[{index}]" if isinstance(index, int) else "")
+        try:
+            node = super().compose_node(parent, index)
+            if isinstance(node, yaml.MappingNode):
+                self._unique_keys(node)
+            return node
+        finally:
+            self._keys.pop()
+
+    def _unique_keys(self, node: yaml.MappingNode) -> None:
+        seen: dict[tuple[str, str], yaml.Node] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<: *base' then a key of its own is an override, not a duplicate
+            first = seen.setdefault((key.tag, key.value), key)
+            if first is not key:
+                where = self._where()
+                name = key.value if where == "(top level)" else f"{where}.{key.value}"
+                raise _ConfigYamlError(
+                    f"line {key.start_mark.line + 1}: key {name} is given twice (first on line {first.start_mark.line + 1}); "
+                    "YAML would keep the last one without a word: remove one"
+                )
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
+    """The mapping of a YAML config file; ``ConfigFileError`` naming the file (and the line) if it is
+    not one: unreadable, larger than ``MAX_CONFIG_BYTES``, not YAML, a key given twice, nested
+    deeper than ``MAX_CONFIG_DEPTH``, or not a mapping of setting names."""
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigFileError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigFileError(f"{path} is larger than {MAX_CONFIG_BYTES:,} bytes (1 MiB), the most a config file may be; a flowwatch config is a few KiB")
     try:
-        data = yaml.safe_load(text) if text.strip() else {}
+        data = yaml.load(raw, Loader=_ConfigLoader) if raw.strip() else {}  # _ConfigLoader is a SafeLoader
+    except _ConfigYamlError as exc:
+        raise ConfigFileError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigFileError(f"{path} is not valid YAML: {exc}") from exc
     if data is None:
