@@ -12,7 +12,7 @@ process, bench/mqtt_publisher.py) and the same payloads (N readings round-robin 
 
 3. collector: the real collector process replaying a CSV of N minute readings of one meter as fast
    as it can (`collector.source: replay`, `speed: 0`: parse, validate, disk spool, QoS 1 publish,
-   delete on PUBACK) -> Mosquitto -> the same detector -> store; rate = N / (all N stored - first
+   removed on the detector's stored receipt) -> Mosquitto -> the same detector -> store; rate = N / (all N stored - first
    stored), zero loss verified the same way. One meter, so this is the chain's speed for a
    backlog (a spool draining after an outage), not many meters at once.
 
