@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from app.broker import PROJECT_ACL, PROJECT_CONF, MosquittoProcess, free_port, project_setting
 from app.credentials import SERVICES, USERS, ensure_secrets, mosquitto_hash
+from shared.messages import Reading
 from shared.topics import Topics
 from tests.harness import wait_for
 
@@ -129,7 +130,13 @@ def test_rendered_config_keeps_the_project_settings(secure_broker) -> None:
         assert f"{key} {project_setting(key)}\n" in conf
     assert project_setting("allow_anonymous") == "false"
     assert project_setting("persistence") == "true"
-    assert int(project_setting("max_queued_messages")) >= 525_600  # a year of minute readings
+    assert int(project_setting("max_queued_messages")) >= 525_600  # a year of minute readings, by count
+    # ... but bounded by size (what costs broker memory): 0 would be unbounded. At least 90 days of
+    # one meter at 1/min, at most 64 MiB of payload per session (~220 MB of broker memory).
+    reading = Reading(site="site1", meter="meter1", ts=datetime(2026, 3, 1, tzinfo=UTC), seq=123456,
+                      flow_rate=123.456, pressure=4.567, source="modbus-rtu").to_json()
+    assert 90 * 1440 * len(reading) <= int(project_setting("max_queued_bytes")) <= 64 * 2**20
+    assert f"memory_limit {project_setting('memory_limit')}\n" in conf and int(project_setting("memory_limit")) > 0
     assert f"acl_file {PROJECT_ACL}" in conf and f"password_file {s.mosquitto_passwd}" in conf
     # the container paths of the project file are not carried over
     assert not any(" /mosquitto/" in line or " /run/flowwatch-secrets" in line for line in conf.splitlines())
@@ -249,7 +256,6 @@ def test_no_user_can_take_over_another_users_session(secure_broker) -> None:
     is away and readings are queued for it: it gets a session of its own ("device"), the detector's
     session and its queued readings stay, and the detector receives every one of them on return."""
     from shared.bus import Bus
-    from shared.messages import Reading
     from shared.settings import MqttSettings
 
     b, s = secure_broker

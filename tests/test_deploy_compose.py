@@ -55,6 +55,42 @@ def test_third_party_images_are_pinned(compose: dict) -> None:
     assert re.fullmatch(r"grafana/grafana(-oss)?:\d+\.\d+\.\d+", images["grafana"])
 
 
+def test_mosquitto_image_is_the_newest_2_0(compose: dict) -> None:
+    """2.0.22 or later: 2.0.20 and older miss security fixes."""
+    m = re.fullmatch(r"eclipse-mosquitto:(\d+)\.(\d+)\.(\d+)", compose["services"]["mosquitto"]["image"])
+    assert m and (2, 0, 22) <= tuple(int(g) for g in m.groups()) < (3,)
+
+
+def memory_limit(svc: dict) -> int | None:
+    """A service's memory limit in bytes (``mem_limit`` or ``deploy.resources.limits.memory``)."""
+    value = svc.get("mem_limit") or (((svc.get("deploy") or {}).get("resources") or {}).get("limits") or {}).get("memory")
+    if value is None:
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([bkmg]?)b?", str(value).strip().lower())
+    assert m, f"unreadable memory limit {value!r}"
+    return int(float(m.group(1)) * 1024 ** "bkmg".index(m.group(2) or "b"))
+
+
+# RSS targets of the brief (§12), MB; the limit leaves at least half as much again as headroom.
+RSS_TARGET_MB = {"collector": 80, "detector": 80, "exporter": 80, "forecaster": 150}
+
+
+def test_every_container_has_a_memory_limit(compose: dict) -> None:
+    from app.broker import project_setting
+
+    services = compose["services"]
+    limits = {name: memory_limit(svc) for name, svc in services.items()}
+    assert all(limits.values()), f"no memory limit: {[n for n, v in limits.items() if not v]}"
+    for name, target in RSS_TARGET_MB.items():
+        assert limits[name] >= 1.5 * target * 2**20, f"{name}: {limits[name] / 2**20:.0f} MiB leaves no headroom over {target} MB"
+        assert limits[name] <= 4 * target * 2**20, f"{name}: {limits[name] / 2**20:.0f} MiB does not bound a leak"
+    assert limits["trainer"] >= 1.5 * 1100 * 2**20  # TensorFlow, a year of windows: 1.1 GB peak (bench.train)
+    # the broker refuses memory (mosquitto.conf memory_limit) before its container is killed, and the
+    # queue bound fits well inside: ~3.3 bytes of memory per payload byte queued (measured), 4 sessions
+    assert int(project_setting("memory_limit")) < limits["mosquitto"]
+    assert 3.3 * int(project_setting("max_queued_bytes")) * 1.6 < int(project_setting("memory_limit"))
+
+
 def test_dependencies_wait_for_health(compose: dict) -> None:
     services = compose["services"]
     for name in SERVICES:
