@@ -159,10 +159,12 @@ class SqliteStore(Store):
         delay, warned = 0.05, False
         while True:
             try:
-                return fn()
+                result = fn()
             except sqlite3.OperationalError as exc:
                 if not _is_lock_error(exc):
                     raise StoreError(f"SQLite {what} failed on {self.path}: {exc}") from exc
+                if self.failing_since is None:
+                    self.failing_since = time.time()
                 if time.monotonic() >= deadline:
                     raise StoreUnavailable(
                         f"SQLite database {self.path} stayed locked for {self.settings.lock_retry_s:.0f}s during {what}; "
@@ -176,6 +178,9 @@ class SqliteStore(Store):
                     warned = True
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
+                continue
+            self.failing_since = None
+            return result
 
     def _write(self, sql: str, rows: Sequence[tuple], what: str) -> int:
         if not rows:
