@@ -1,5 +1,6 @@
 """Is a service working? Decided from its heartbeat file alone: ``flowwatch health SERVICE``, or
-``python -m shared.health SERVICE`` (the same without the ``flowwatch`` dispatcher).
+``python -m shared.health SERVICE`` (the same without the ``flowwatch`` dispatcher: what the Docker
+healthchecks run, services/Dockerfile and docker-compose.yml).
 
 A service writes its status (:class:`shared.messages.ServiceStatus`) to ``data_dir/health/<name>.json``
 every few seconds (:mod:`shared.service`). It is healthy when that file is fresh, says ``online``,
@@ -13,8 +14,9 @@ and no failure state in it has lasted longer than its limit:
 
 The service writes each limit next to its ``since``, so the check needs no settings but the data
 folder. It runs every 15 s in every container, so it is cheap: the standard library only (no
-pydantic, paho or pandas; yaml only when the data folder must be read from a config file).
-Exit code 0 healthy, 1 not (Docker reserves 2).
+pydantic, paho or pandas; yaml only when the data folder must be read from a config file), ~35 ms
+of CPU per check against ~290 ms when it built the settings and imported the service base
+(``python -m bench.health``). Exit code 0 healthy, 1 not (Docker reserves 2).
 """
 
 from __future__ import annotations

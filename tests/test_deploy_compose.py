@@ -213,7 +213,7 @@ def test_one_dockerfile_for_the_five_services() -> None:
     assert [rest for k, rest in steps[:deps] if k == "ARG"] == ["EXTRA"]
     assert steps.index(("COPY", "pyproject.toml ./")) < deps
     # the packages the image installs, the one of the `flowwatch` entry point among them (app/: the
-    # image runs `flowwatch SERVICE` and `flowwatch health SERVICE`)
+    # image runs `flowwatch SERVICE`; its healthcheck, `python -m shared.health SERVICE`)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     entry = project["project"]["scripts"]["flowwatch"].split(".")[0]
     for pkg in ("shared", "services", entry):
@@ -277,10 +277,27 @@ def test_the_image_runs_and_checks_its_service(name: str, tmp_path: Path) -> Non
     assert run() == f"0002 {name}"
     # arguments are `flowwatch` arguments
     assert run("health", name) == f"0002 health {name}"
-    # HEALTHCHECK: shell form (CMD-SHELL) so that $FLOWWATCH_SERVICE is expanded when it runs
+    # HEALTHCHECK: shell form (CMD-SHELL) so that $FLOWWATCH_SERVICE is expanded when it runs; the
+    # cheap probe (the kernel module, standard library only), run here for real from the image's
+    # working directory (the repository root): unhealthy without a heartbeat, healthy with one
     health = only("HEALTHCHECK")
     assert "--interval=15s" in health and "--start-period=60s" in health
     check = health.split(" CMD ", 1)[1]
-    assert not check.startswith("[")
-    out = subprocess.run(["/bin/sh", "-c", check], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split()[1:] == ["health", name]
+    assert not check.startswith("[") and check == 'python -m shared.health "$FLOWWATCH_SERVICE"'
+    assert ("WORKDIR", "/app") in instructions() and ("COPY", "shared ./shared") in instructions()
+    data = tmp_path / "data"
+    probe_env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "FLOWWATCH_SERVICE": name, "FLOWWATCH_DATA_DIR": str(data)}
+    out = subprocess.run(["/bin/sh", "-c", check], env=probe_env, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 1 and out.stdout.startswith(f"{name}: unhealthy: no heartbeat"), out
+    (data / "health").mkdir(parents=True)
+    (data / "health" / f"{name}.json").write_text(json.dumps({"service": name, "state": "online", "failing": {}}))
+    out = subprocess.run(["/bin/sh", "-c", check], env=probe_env, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith(f"{name}: healthy"), out
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_compose_checks_each_service_with_the_cheap_probe(compose: dict, name: str) -> None:
+    """The compose healthcheck of a service is the Dockerfile's: the kernel module, not the whole CLI."""
+    hc = compose["services"][name]["healthcheck"]
+    assert hc["test"] == ["CMD", "python", "-m", "shared.health", name]
+    assert hc["interval"] == "15s" and hc["retries"] == 3
