@@ -34,8 +34,10 @@ from shared.fileio import atomic_write
 logger = logging.getLogger(__name__)
 
 SERVICES = ("collector", "detector", "forecaster", "exporter", "trainer")
-# One MQTT user per service, one for the embedded device, one for the operator tools.
-USERS = (*SERVICES, "device", "operator")
+# One MQTT user per service, one for the embedded device, one for the operator tools, one for the
+# broker's Docker healthcheck (it connects and subscribes; with no entry of its own in the ACL it
+# receives nothing; a user of its own, so the check never takes over a real client's id).
+USERS = (*SERVICES, "device", "operator", "healthcheck")
 
 # Docker: numeric ids of the users the containers run as (services/Dockerfile creates them from the
 # SERVICE_UID build arg that docker-compose.yml passes; tests/test_deploy_compose.py checks they agree).
@@ -169,7 +171,7 @@ def set_docker_owners(s: Secrets) -> None:
         own(d, 0, GID_FLOWWATCH, 0o711)  # traversable, not listable: each file says who reads it
     for name, uid in SERVICE_UIDS.items():
         own(s.mqtt_password_file(name), uid, 0, 0o400)
-    for user in ("device", "operator"):
+    for user in ("device", "operator", "healthcheck"):  # healthcheck: read by the mosquitto container's check (root)
         own(s.mqtt_password_file(user), 0, 0, 0o400)
     own(s.mosquitto_passwd, UID_MOSQUITTO, 0, 0o400)
     own(s.influx_token_file, 0, GID_FLOWWATCH, 0o440)

@@ -1,18 +1,12 @@
-"""``flowwatch health SERVICE``: exit 0 when the service's heartbeat is fresh and online (Docker)."""
+"""``flowwatch health SERVICE``: exit 0 when the service is working, 1 when not, with the reason.
+
+The check lives in the kernel (:mod:`shared.health`) and imports only the standard library, so it
+costs little: Docker runs it every 15 s in every service container (``python -m shared.health``, the
+same code without this dispatcher).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from shared.health import main
 
-from shared.runner import base_parser, settings_from_args
-from shared.service import HEALTH_STALE_S, check_health
-
-
-def main(argv: Sequence[str]) -> int:
-    p = base_parser("health", "Health check of one service, from its heartbeat file.")
-    p.add_argument("service", choices=["collector", "detector", "forecaster", "exporter", "trainer"])
-    p.add_argument("--stale-s", type=float, default=HEALTH_STALE_S, help="heartbeat older than this is unhealthy")
-    args = p.parse_args(argv)
-    ok, text = check_health(settings_from_args(args), args.service, args.stale_s)
-    print(text)
-    return 0 if ok else 1
+__all__ = ["main"]

@@ -27,6 +27,7 @@ BENCHES = [
     ("forecast", "Hourly forecast job and forecaster memory"),
     ("train", "Training on one year of minute data, both signals"),
     ("services", "Memory of each service at steady state, cold start to ready"),
+    ("health", "Health check: CPU per probe"),
 ]
 
 HEADER = """# Benchmarks

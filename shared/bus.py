@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -59,6 +60,9 @@ class Bus:
         self.client_id = client_id or f"{settings.client_id_prefix}-{service}"
         self.inbox = Inbox(self, self.counters)
         self._connected = threading.Event()
+        # Wall-clock time since which the bus has not been connected (from its creation until the first
+        # connect, and from each lost connection); None while connected. The health check reads it.
+        self.down_since: float | None = time.time()
         self._logged_reasons: set[tuple[str, str]] = set()
         self.on_connected: Callable[[], None] | None = None
         self.on_published: Callable[[int], None] | None = None
@@ -135,6 +139,7 @@ class Bus:
             client.subscribe(r.filter, qos=r.qos)
         self.counters.inc("mqtt_connects")
         logger.info("connected to MQTT %s:%s as %s", self.settings.host, self.settings.port, self.client_id)
+        self.down_since = None
         self._connected.set()
         if self.on_connected is not None:
             try:
@@ -146,6 +151,8 @@ class Bus:
         if self._connected.is_set():
             logger.warning("disconnected from MQTT broker (%s); reconnecting", reason_code)
             self.counters.inc("mqtt_disconnects")
+        if self.down_since is None:
+            self.down_since = time.time()
         self._connected.clear()
         if self.on_disconnected is not None:
             try:

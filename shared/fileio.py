@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import stat
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -74,3 +75,41 @@ def atomic_write(path: Path, data: bytes, *, mode: int | None = None) -> None:
             pass
         raise
     fsync_dir(folder)
+
+
+#: Mode of the SQLite files flowwatch creates (the store, the collector's spool), less the umask:
+#: read and write for the owner and the group, never anything for others. In docker compose the
+#: services run as different uids in the group ``flowwatch`` with umask 002 (services/Dockerfile),
+#: and the shared volume's setgid folder gives every new file that group (app/credentials.py
+#: ``prepare_data_dirs``), so the file is 0660 and every service container still opens it.
+DB_MODE = 0o660
+
+
+def restrict_db_file(path: Path, mode: int = DB_MODE) -> None:
+    """Create the SQLite file ``path`` (empty) with ``mode`` less the umask before SQLite opens it,
+    or take the bits of others away from one that exists (if ours; another owner's is logged).
+
+    SQLite creates a database file with 0644 less the umask (readable by every user of the machine)
+    and its ``-wal`` and ``-shm`` files with exactly the database file's mode, so the mode set here
+    carries over to them; ones left over from an older version are treated like the database file.
+    An empty file is an empty database.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
+    except FileExistsError:
+        pass
+    else:
+        os.close(fd)
+        return
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            continue
+        if st.st_mode & 0o007:
+            try:
+                os.chmod(p, stat.S_IMODE(st.st_mode) & ~0o007)
+            except PermissionError:
+                logger.warning("%s is readable by every user of this machine and not ours to change (owner uid %d); "
+                               "run chmod o-rwx on it", p, st.st_uid)

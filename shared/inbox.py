@@ -110,6 +110,10 @@ class Inbox:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._qos0 = 0
+        # Wall-clock time since which :meth:`retry` has been failing on the infrastructure (the first
+        # failure not yet followed by a success), and what failed; the health check reads them.
+        self.failing_since: float | None = None
+        self.failing_what = ""
 
     # --- declared by the service ------------------------------------------------------------
     def route(self, filter: str, model_cls: type[BaseModel] | None, handler: Callable[[str, Any], None] | None, qos: int = 1) -> Route:
@@ -267,6 +271,9 @@ class Inbox:
             except INFRA_ERRORS as exc:
                 failures += 1
                 self.counters.inc("infra_retries")
+                if self.failing_since is None:
+                    self.failing_since = time.time()
+                self.failing_what = f"{what}: {type(exc).__name__}: {exc}"
                 if failures == 1:
                     logger.error("%s: %s: %s; nothing acknowledged, retrying with backoff until it works", what, type(exc).__name__, exc)
                 else:
@@ -277,6 +284,7 @@ class Inbox:
                 continue
             if failures:
                 logger.info("%s: works again after %d retry(ies)", what, failures)
+                self.failing_since = None
             return result
 
     def guard(self, d: Delivery, fn: Callable[[], Any]) -> bool:

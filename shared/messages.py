@@ -170,8 +170,25 @@ class ModelInfo(MeterMessage):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
+# What can keep an online service from working (ServiceStatus.failing): the broker unreachable (its
+# bus not connected), the store or disk failing (writes retried), the meter silent (collector).
+FailureKind = Literal["broker", "store", "meter"]
+
+
+class Failing(BaseModel):
+    """A failure state of a service and since when it holds (wall clock). One that lasts longer than
+    ``limit_s`` makes the service unhealthy (``flowwatch health``, shared/health.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    since: UtcDatetime = Field(description="Wall-clock time it began (for a silent meter: the last reading, or the start).")
+    limit_s: float = Field(gt=0, description="How long it may last before the service is unhealthy (from the settings).")
+    detail: str = Field(default="", max_length=300, description="What fails, for the operator.")
+
+
 class ServiceStatus(Message):
-    """Retained per service; the last will publishes state='offline'."""
+    """Retained per service; the last will publishes state='offline'. The same, written to the
+    heartbeat file every few seconds, is what the health check reads."""
 
     service: Ident
     state: Literal["online", "offline"]
@@ -180,6 +197,11 @@ class ServiceStatus(Message):
     counters: dict[str, float] = Field(default_factory=dict)
     last_event: UtcDatetime | None = Field(default=None, description="Event time of the last item handled.")
     detail: str = Field(default="", max_length=500)
+    failing: dict[FailureKind, Failing] = Field(
+        default_factory=dict,
+        description="Failure states that hold now, each with since when and how long it may last: broker (not "
+        "connected), store (store or disk writes failing and retried), meter (collector: no reading from its meter).",
+    )
 
 
 class ExportRecord(MeterMessage):

@@ -1,6 +1,10 @@
 """Service base: one stop event, signal handling, setup → run → teardown (in ``finally``, flushing),
 status publication on MQTT (retained, last will "offline") and a heartbeat file for health checks.
 
+Healthy means working, not only alive: the status carries the failure states that hold now, each
+with since when and its limit (``failing``: the broker unreachable, the store or disk failing, the
+collector's meter silent), and :mod:`shared.health` judges the heartbeat file from them.
+
 A service subclasses :class:`Service`, declares what it subscribes to in ``__init__`` or ``setup``
 (``self.bus.subscribe(filter, Model, handler)``, or a batch handler with
 ``self.inbox.set_batch_handler``) and implements ``setup`` and ``teardown``; ``run`` is needed only
@@ -11,27 +15,31 @@ handled by the one inbox worker of the service (:mod:`shared.inbox`), never on p
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.bus import Bus
 from shared.counters import Counters
 from shared.eventtime import TimeGuard
 from shared.fileio import atomic_write
+from shared.health import STALE_S, health_path
 from shared.inbox import MessageFault
-from shared.messages import MeterMessage, ServiceStatus
+from shared.messages import Failing, FailureKind, MeterMessage, ServiceStatus
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.store import Store
 
 logger = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 STATUS_EVERY_S = 10.0
-HEALTH_STALE_S = 60.0
+HEALTH_STALE_S = STALE_S
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -42,22 +50,13 @@ def setup_logging(level: str = "INFO") -> None:
 
 
 def health_file(settings: Settings, name: str) -> Path:
-    return settings.data_dir / "health" / f"{name}.json"
+    """The heartbeat file of service ``name`` (read by :mod:`shared.health` and ``flowwatch up``)."""
+    return health_path(settings.data_dir, name)
 
 
-def check_health(settings: Settings, name: str, stale_s: float = HEALTH_STALE_S) -> tuple[bool, str]:
-    """Is the service's heartbeat fresh and online? Used by ``flowwatch health NAME`` (Docker)."""
-    path = health_file(settings, name)
-    try:
-        data = json.loads(path.read_text())
-        age = time.time() - path.stat().st_mtime
-    except (OSError, ValueError) as exc:
-        return False, f"{name}: no heartbeat at {path} ({exc})"
-    if data.get("state") != "online":
-        return False, f"{name}: state {data.get('state')!r}"
-    if age > stale_s:
-        return False, f"{name}: heartbeat is {age:.0f}s old"
-    return True, f"{name}: online, heartbeat {age:.0f}s ago"
+def failing_state(since: float, limit_s: float, detail: str = "") -> Failing:
+    """A failure state for the status: ``since`` in wall-clock seconds."""
+    return Failing(since=datetime.fromtimestamp(since, UTC), limit_s=limit_s, detail=detail[:300])
 
 
 class Service:
@@ -65,6 +64,9 @@ class Service:
 
     name: str = "service"
     tick_s: float = 1.0
+    #: The store of a service that has one (detector, forecaster, exporter, trainer): its health
+    #: counts the store's own waiting (``Store.failing_since``) as the store failing.
+    store: Store | None = None
 
     def __init__(self, settings: Settings, *, bus: Bus | None = None) -> None:
         self.settings = settings
@@ -121,6 +123,25 @@ class Service:
         return self.inbox.retry(fn, what)
 
     # --- status -----------------------------------------------------------------------------
+    def failing(self) -> dict[FailureKind, Failing]:
+        """The failure states that hold now, each with since when and how long it may last (the
+        health check's input): the broker unreachable; the store or disk failing (the inbox retrying
+        an infrastructure fault, or the store waiting inside a call: a SQLite lock held by another
+        program). A service adds its own (the collector: its meter silent)."""
+        out: dict[FailureKind, Failing] = {}
+        mqtt = self.settings.mqtt
+        if (down := self.bus.down_since) is not None:
+            out["broker"] = failing_state(down, mqtt.unhealthy_after_s, f"not connected to {mqtt.host}:{mqtt.port}")
+        waits = []  # each read once: other threads change them
+        if (retrying := self.inbox.failing_since) is not None:
+            waits.append((retrying, self.inbox.failing_what))
+        if self.store is not None and (waiting := self.store.failing_since) is not None:
+            waits.append((waiting, f"{self.store.name} store locked or not answering; retrying"))
+        if waits:
+            since, what = min(waits)
+            out["store"] = failing_state(since, self.settings.store.unhealthy_after_s, what)
+        return out
+
     def status(self, state: str = "online", detail: str = "") -> ServiceStatus:
         return ServiceStatus(
             service=self.name,
@@ -130,6 +151,7 @@ class Service:
             counters=self.counters.snapshot(),
             last_event=self.last_event,
             detail=detail,
+            failing=self.failing() if state == "online" else {},
         )
 
     def publish_status(self, state: str = "online") -> None:

@@ -24,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from app.broker import PROJECT_ACL, PROJECT_CONF, MosquittoProcess, free_port, project_setting
 from app.credentials import SERVICES, USERS, ensure_secrets, mosquitto_hash
+from shared.messages import Reading
 from shared.topics import Topics
 from tests.harness import wait_for
 
@@ -57,6 +58,7 @@ WRITE = {
     "trainer": {meter_topic("model/flow_rate"), meter_topic("model/pressure")} | own("trainer"),
     "device": own("device"),
     "operator": {meter_topic("command")} | own("operator"),
+    "healthcheck": own("healthcheck"),  # the broker's Docker healthcheck: no ACL entry of its own
 }
 READ = {
     "collector": {meter_topic("stored"), T.status("detector")},  # the detector's receipts (end-to-end delivery)
@@ -66,6 +68,7 @@ READ = {
     "trainer": {meter_topic(k) for k in ("reading", "command")},
     "device": {meter_topic("export/alert"), meter_topic("export/server")} | {T.status(u) for u in USERS},
     "operator": set(ALL_TOPICS),
+    "healthcheck": set(),
 }
 
 
@@ -130,7 +133,13 @@ def test_rendered_config_keeps_the_project_settings(secure_broker) -> None:
         assert f"{key} {project_setting(key)}\n" in conf
     assert project_setting("allow_anonymous") == "false"
     assert project_setting("persistence") == "true"
-    assert int(project_setting("max_queued_messages")) >= 525_600  # a year of minute readings
+    assert int(project_setting("max_queued_messages")) >= 525_600  # a year of minute readings, by count
+    # ... but bounded by size (what costs broker memory): 0 would be unbounded. At least 90 days of
+    # one meter at 1/min, at most 64 MiB of payload per session (~220 MB of broker memory).
+    reading = Reading(site="site1", meter="meter1", ts=datetime(2026, 3, 1, tzinfo=UTC), seq=123456,
+                      flow_rate=123.456, pressure=4.567, source="modbus-rtu").to_json()
+    assert 90 * 1440 * len(reading) <= int(project_setting("max_queued_bytes")) <= 64 * 2**20
+    assert f"memory_limit {project_setting('memory_limit')}\n" in conf and int(project_setting("memory_limit")) > 0
     assert f"acl_file {PROJECT_ACL}" in conf and f"password_file {s.mosquitto_passwd}" in conf
     # the container paths of the project file are not carried over
     assert not any(" /mosquitto/" in line or " /run/flowwatch-secrets" in line for line in conf.splitlines())
@@ -232,16 +241,48 @@ def test_hash_matches_mosquitto_passwd(tmp_path: Path) -> None:
     assert mosquitto_hash("s3cret-pw", salt=base64.b64decode(salt), iterations=int(iters)) == line
 
 
-def test_compose_mosquitto_healthcheck_runs_against_the_real_broker(secure_broker) -> None:
-    """The healthcheck proves the broker answers and refuses anonymous clients."""
-    b, _ = secure_broker
+def test_compose_mosquitto_healthcheck_runs_against_the_real_broker(secure_broker, tmp_path: Path) -> None:
+    """The healthcheck logs in (its own user, password from the secrets volume) and is answered; it
+    leaves no refused login in the broker's log and does not disturb a connected client."""
+    b, s = secure_broker
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     test = compose["services"]["mosquitto"]["healthcheck"]["test"]
     assert test[0] == "CMD-SHELL"
-    cmd = test[1].replace("-p 1883", f"-p {b.port}")
-    assert subprocess.run(["sh", "-c", cmd], timeout=20).returncode == 0
-    dead = test[1].replace("-p 1883", f"-p {free_port()}")
-    assert subprocess.run(["sh", "-c", dead], timeout=20).returncode != 0
+    assert "secrets:/run/flowwatch-secrets:ro" in compose["services"]["mosquitto"]["volumes"]  # read-only
+
+    def logged_since(offset: int) -> str:
+        return b.log.read_bytes()[offset:].decode(errors="replace")
+
+    def check(port: int, secrets_dir: Path = s.folder) -> int:
+        # what compose runs: "$$" is its escape of "$"; this machine's port and secrets folder
+        cmd = test[1].replace("$$", "$").replace("-p 1883", f"-p {port}").replace("/run/flowwatch-secrets", str(secrets_dir))
+        assert cmd != test[1].replace("$$", "$")
+        return subprocess.run(["sh", "-c", cmd], timeout=20, capture_output=True).returncode
+
+    # the embedded device, connected with its persistent session while the checks run
+    dev = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="device", clean_session=False, protocol=mqtt.MQTTv311)
+    dev.username_pw_set("device", s.mqtt_password("device"))
+    dropped: list[object] = []
+    dev.on_disconnect = lambda c, u, flags, rc, props: dropped.append(rc)
+    dev.connect(b.host, b.port)
+    dev.loop_start()
+    assert wait_for(dev.is_connected, 5)
+    before = b.log.stat().st_size
+    try:
+        assert check(b.port) == 0
+        assert check(b.port) == 0
+        assert check(free_port()) != 0  # no broker: unhealthy
+        missing = tmp_path / "no-secrets"
+        missing.mkdir()
+        assert check(b.port, missing) != 0  # no password to read: unhealthy, and no login attempted
+        assert wait_for(lambda: logged_since(before).count("as healthcheck") >= 2, 5)
+        time.sleep(0.3)
+        assert dev.is_connected() and dropped == []  # the device kept its connection (and session)
+    finally:
+        dev.disconnect()
+        dev.loop_stop()
+    logged = logged_since(before)
+    assert "not authori" not in logged.lower() and "<unknown> disconnected" not in logged, logged
     assert PROJECT_CONF.exists()
 
 
@@ -250,7 +291,6 @@ def test_no_user_can_take_over_another_users_session(secure_broker) -> None:
     is away and readings are queued for it: it gets a session of its own ("device"), the detector's
     session and its queued readings stay, and the detector receives every one of them on return."""
     from shared.bus import Bus
-    from shared.messages import Reading
     from shared.settings import MqttSettings
 
     b, s = secure_broker

@@ -26,8 +26,8 @@ from services.collector.simulator import align
 from services.collector.sources import EndOfSource, Sample, Source, SourceIOError, make_source
 from services.collector.spool import Spool
 from shared.bus import Bus
-from shared.messages import Reading, ServiceStatus, Stored
-from shared.service import Service
+from shared.messages import Failing, FailureKind, Reading, ServiceStatus, Stored
+from shared.service import Service, failing_state
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class CollectorService(Service):
         self.source_opened = threading.Event()  # set while the source is open (tests, health)
         self._last_ts: datetime | None = None
         self._pace: tuple[datetime, float] | None = None  # (first event time, its wall time)
+        self._last_reading_at = time.time()  # wall clock of the last reading spooled (or the start): health
         for c in COUNTERS:
             self.counters.set(c, 0)
 
@@ -86,6 +87,21 @@ class CollectorService(Service):
         if online and not self._detector_online:
             self.forwarder.resend_unstored()
         self._detector_online = online
+
+    def failing(self) -> dict[FailureKind, Failing]:
+        """The base's failure states, and the meter silent: no reading spooled for more than one and a
+        half intervals (a slow answer is not silence), since the last one; unhealthy after
+        ``collector.unhealthy_after_intervals`` intervals. Not once a replay has ended."""
+        out = super().failing()
+        last = self._last_reading_at
+        if not self.finished and time.time() - last > 1.5 * self.cfg.interval_s:
+            c = self.counters
+            out["meter"] = failing_state(
+                last, self.cfg.unhealthy_after_intervals * self.cfg.interval_s,
+                f"no reading from {self.source.describe()} (io_errors={c.get('io_errors'):g}, "
+                f"no_response={c.get('no_response'):g}, rejected={c.get('rejected'):g})",
+            )
+        return out
 
     def _on_connected(self) -> None:
         if self.forwarder is not None:
@@ -263,6 +279,7 @@ class CollectorService(Service):
         dropped = self.spool.put_many(self.topic, [(r.seq, int(r.ts.timestamp()), r.to_json()) for r in readings], self._seq)
         self._last_ts = readings[-1].ts
         self.last_event = readings[-1].ts
+        self._last_reading_at = time.time()
         self.counters.inc("spooled", len(readings))
         if dropped:
             self.counters.inc("dropped", dropped)

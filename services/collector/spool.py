@@ -18,6 +18,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.fileio import restrict_db_file
+
 logger = logging.getLogger(__name__)
 
 
@@ -33,6 +35,7 @@ class Spool:
         self.path = path
         self.max_rows = max_rows
         path.parent.mkdir(parents=True, exist_ok=True)
+        restrict_db_file(path)  # 0660 less the umask, -wal and -shm alike: nothing for others
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -166,6 +166,11 @@ class CollectorSettings(Section):
     spool_path: Path = Field(default=Path("spool.db"), description="Store-and-forward spool (SQLite); relative paths are under data_dir.")
     reopen_min_s: float = Field(default=1.0, gt=0, description="First delay before reopening a meter port that failed.")
     reopen_max_s: float = Field(default=60.0, gt=0, description="Longest delay between reopen attempts (backoff cap).")
+    unhealthy_after_intervals: float = Field(
+        default=3.0, ge=2,
+        description="The collector is unhealthy when no reading has come from its meter for longer than this many "
+        "interval_s (wall clock; a meter that does not answer, a port that cannot be opened). Not after a replay ended.",
+    )
     serial: SerialSettings = Field(default_factory=SerialSettings, description="Line-protocol meter on a serial port (source: serial).")
     modbus: ModbusSettings = Field(default_factory=ModbusSettings, description="Modbus meter (source: modbus-rtu or modbus-tcp).")
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings, description="Simulated meter (source: simulator).")

@@ -28,6 +28,11 @@ class MqttSettings(Section):
     max_payload_bytes: int = Field(
         default=256 * 1024, ge=1024, description="Larger incoming payloads are dead-lettered unparsed."
     )
+    unhealthy_after_s: float = Field(
+        default=120.0, gt=0,
+        description="A service that has not been connected to the broker for longer than this is unhealthy "
+        "(flowwatch health, the Docker healthcheck); it keeps running and reconnecting.",
+    )
 
     _v_pw = field_validator("password")(lambda cls, v: check_secret(v, "mqtt.password"))
 

@@ -48,3 +48,8 @@ class StoreSettings(Section):
     retention_days: int = Field(default=365, ge=1, description="Data older than this is purged daily.")
     sqlite: SqliteSettings = Field(default_factory=SqliteSettings, description="SQLite adapter settings.")
     influxdb: InfluxSettings = Field(default_factory=InfluxSettings, description="InfluxDB adapter settings.")
+    unhealthy_after_s: float = Field(
+        default=120.0, gt=0,
+        description="A service whose store or disk has been failing for longer than this (writes retried, nothing "
+        "acknowledged; a database locked or not answering) is unhealthy (flowwatch health, the Docker healthcheck).",
+    )

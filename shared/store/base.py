@@ -248,6 +248,10 @@ class Store(abc.ABC):
     #: the write is done mostly by a server in another process (InfluxDB); an in-process engine
     #: (SQLite) would contend with the parser for the GIL instead: 263k vs 314k rows/s measured.
     parse_ahead: bool = False
+    #: Wall-clock time since which the adapter has been waiting for its database inside one call (a
+    #: SQLite lock held by another program, an InfluxDB that does not answer: it retries before it
+    #: raises), until a call works again; None when it works. The service's health check reads it.
+    failing_since: float | None = None
 
     # --- writes (idempotent; a write that returns is durable: the acknowledgement point) ---
     @abc.abstractmethod

@@ -175,6 +175,7 @@ class InfluxStore(Store):
                 reason = f"{type(exc).__name__}"
             else:
                 if resp.status_code < 400:
+                    self.failing_since = None
                     return resp
                 body = resp.text[:500]
                 if resp.status_code < 500 and resp.status_code != 429:
@@ -185,6 +186,8 @@ class InfluxStore(Store):
                     hint = " (check store.influxdb.token / username / password)" if resp.status_code in (401, 403) else ""
                     raise StoreError(f"InfluxDB {path} refused the request ({resp.status_code}): {body}{hint}")
                 reason = f"HTTP {resp.status_code}: {body}"
+            if self.failing_since is None:
+                self.failing_since = time.time()
             if attempt >= retries:
                 raise StoreUnavailable(
                     f"InfluxDB at {self.url} unavailable after {attempt + 1} attempt(s) (store.influxdb.retries={retries}): "

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+from shared.fileio import restrict_db_file
 from shared.messages import Anomaly, Forecast, Reading, Thresholds
 from shared.settings import SqliteSettings
 from shared.store.base import (
@@ -125,10 +126,11 @@ class SqliteStore(Store):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         try:
+            restrict_db_file(self.path)  # 0660 less the umask, -wal and -shm alike: nothing for others
             self._db = sqlite3.connect(
                 self.path, timeout=self.settings.busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
             )
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite database {self.path}: {exc} (check store.sqlite.path and data_dir)") from exc
         self._retry(lambda: self._db.execute("PRAGMA journal_mode=WAL"), "enable WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
@@ -157,10 +159,12 @@ class SqliteStore(Store):
         delay, warned = 0.05, False
         while True:
             try:
-                return fn()
+                result = fn()
             except sqlite3.OperationalError as exc:
                 if not _is_lock_error(exc):
                     raise StoreError(f"SQLite {what} failed on {self.path}: {exc}") from exc
+                if self.failing_since is None:
+                    self.failing_since = time.time()
                 if time.monotonic() >= deadline:
                     raise StoreUnavailable(
                         f"SQLite database {self.path} stayed locked for {self.settings.lock_retry_s:.0f}s during {what}; "
@@ -174,6 +178,9 @@ class SqliteStore(Store):
                     warned = True
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
+                continue
+            self.failing_since = None
+            return result
 
     def _write(self, sql: str, rows: Sequence[tuple], what: str) -> int:
         if not rows:
