@@ -192,9 +192,10 @@ class Inbox:
             try:
                 if batch:
                     self._process(batch)
-                if self.on_tick is not None and time.monotonic() >= next_tick:
+                if time.monotonic() >= next_tick:  # always moves on: an idle worker waits, never spins
                     next_tick = time.monotonic() + self.tick_s
-                    self.retry(self.on_tick, "periodic check")
+                    if self.on_tick is not None:
+                        self.retry(self.on_tick, "periodic check")
             except Stopping:
                 return
             except Exception:  # noqa: BLE001 - the inbox must outlive any bug; the message was acked or will be redelivered

@@ -159,3 +159,17 @@ def test_a_payload_for_another_meter_than_its_topic_is_dead_lettered(mqtt):
     assert sub.counters.get("rejected") == 1
     for b in (sub, watch, pub):
         b.close()
+
+
+def test_an_idle_inbox_waits_and_does_not_spin(mqtt):
+    """With no tick and no message the worker sleeps: after 3 s idle it used almost no CPU (a worker
+    that spun here once made every service burn a core and delayed each message by ~50 ms)."""
+    import psutil
+
+    sub = make(mqtt, unique("inbox-idle"))
+    worker = sub.inbox._thread
+    assert worker is not None
+    time.sleep(3.0)
+    cpu = next(t for t in psutil.Process().threads() if t.id == worker.native_id)
+    assert cpu.user_time + cpu.system_time < 0.3, cpu
+    sub.close()
