@@ -102,14 +102,18 @@ class Spool:
 
         Both the sequence and the time range must match, so a receipt from before a spool was
         recreated (its sequence numbers started again) removes nothing new."""
+        # No fsync for this one: a delete lost in a power cut only sends the reading again, and the
+        # store keeps it once. (Writing a reading in stays synchronous=FULL.)
         return self._each("DELETE FROM spool WHERE topic = ? AND seq BETWEEN ? AND ? AND ts BETWEEN ? AND ?",
-                          [(topic, *r) for r in ranges])
+                          [(topic, *r) for r in ranges], durable=False)
 
-    def _each(self, sql: str, params: list[tuple]) -> int:
+    def _each(self, sql: str, params: list[tuple], *, durable: bool = True) -> int:
         """Run a DELETE for each parameter tuple in one transaction; returns the rows removed."""
         if not params:
             return 0
         with self._lock:
+            if not durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 n = self._db.executemany(sql, params).rowcount
@@ -117,6 +121,9 @@ class Spool:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=FULL")
             self._count -= max(0, n)
         return max(0, n)
 
