@@ -62,6 +62,7 @@ INFRA_ERRORS: tuple[type[BaseException], ...] = (StoreError, OSError)
 RETRY_MIN_S = 0.2
 RETRY_MAX_S = 10.0
 MAX_QOS0 = 10_000
+MAX_CACHED_TOPICS = 100_000  # topics remembered by match(); past it the cache starts again
 
 
 class Stopping(Exception):  # noqa: N818 - a control-flow signal, not an error
@@ -110,6 +111,7 @@ class Inbox:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._qos0 = 0
+        self._matched: dict[str, Route | None] = {}
         # Wall-clock time since which :meth:`retry` has been failing on the infrastructure (the first
         # failure not yet followed by a success), and what failed; the health check reads them.
         self.failing_since: float | None = None
@@ -119,10 +121,19 @@ class Inbox:
     def route(self, filter: str, model_cls: type[BaseModel] | None, handler: Callable[[str, Any], None] | None, qos: int = 1) -> Route:
         r = Route(filter, model_cls, handler, qos)
         self.routes.append(r)
+        self._matched.clear()
         return r
 
     def match(self, topic: str) -> Route | None:
-        return next((r for r in self.routes if topic_matches_sub(r.filter, topic)), None)
+        """The first route whose filter matches ``topic`` (remembered per topic: a box has few)."""
+        try:
+            return self._matched[topic]
+        except KeyError:
+            pass
+        if len(self._matched) >= MAX_CACHED_TOPICS:
+            self._matched.clear()
+        r = self._matched[topic] = next((r for r in self.routes if topic_matches_sub(r.filter, topic)), None)
+        return r
 
     def set_batch_handler(self, handler: Callable[[list[Delivery]], None], batch_max: int) -> None:
         self.batch_handler = handler
@@ -253,7 +264,8 @@ class Inbox:
             self.reject(d, f"invalid {d.route.model_cls.__name__}: {loc}: {first['msg']} ({exc.error_count()} error(s))")
             return False
         # Identity: a payload speaks only for the meter of the topic the ACL let its sender publish on.
-        if isinstance(d.obj, MeterMessage) and self.bus.topics.parse_meter(d.topic) and not self.bus.topics.matches_meter(d.topic, d.obj):
+        meter = self.bus.topics.parse_meter(d.topic) if isinstance(d.obj, MeterMessage) else None
+        if meter is not None and meter[:2] != (d.obj.site, d.obj.meter):
             self.counters.inc("rejected")
             self.reject(d, f"payload site/meter {d.obj.site}/{d.obj.meter} does not match topic {d.topic}")
             return False

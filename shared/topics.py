@@ -132,12 +132,6 @@ class Topics:
     def all_deadletter(self) -> str:
         return f"{self.prefix}/deadletter/#"
 
-    def matches_meter(self, topic: str, msg: object) -> bool:
-        """Does the payload's site/meter match the meter topic it came on? (Identity: a payload
-        cannot speak for another meter than the topic the ACL let its sender publish on.)"""
-        parsed = self.parse_meter(topic)
-        return parsed is not None and parsed[:2] == (getattr(msg, "site", None), getattr(msg, "meter", None))
-
     def parse_meter(self, topic: str) -> tuple[str, str, str] | None:
         """``(site, meter, kind)`` of a meter topic, or None if it is not one."""
         if not topic.startswith(self.prefix + "/"):
