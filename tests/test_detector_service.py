@@ -443,7 +443,11 @@ def test_a_failed_purge_is_counted_and_the_next_day_retries(settings, tmp_path):
         assert svc.ready.wait(60)
         pub = client(s, "pub-purge-fail")
         nxt = LOCAL_DAY0 + 4 * DAY
-        for ts in (nxt, nxt + timedelta(minutes=1), nxt + DAY, nxt + DAY + timedelta(minutes=1)):  # two local midnights
+        # two local midnights, one after the other (one batch holding both would purge once, for the later)
+        for ts in (nxt, nxt + timedelta(minutes=1)):
+            pub.publish(topics.reading(site, "m1"), readings(frame(start=ts, minutes=1), site=site)[0])
+        assert wait_for(lambda: svc.counters.get("purge_errors") == 1, 90), svc.counters.snapshot()
+        for ts in (nxt + DAY, nxt + DAY + timedelta(minutes=1)):
             pub.publish(topics.reading(site, "m1"), readings(frame(start=ts, minutes=1), site=site)[0])
         assert wait_for(lambda: svc.counters.get("readings_stored") >= 4, 90), svc.counters.snapshot()
         assert wait_for(lambda: svc.counters.get("purges") == 1, 90)
