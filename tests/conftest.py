@@ -85,3 +85,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.broker)
         if "influxd" in names or (hasattr(item, "callspec") and item.callspec.params.get("store") == "influxdb"):
             item.add_marker(pytest.mark.influx)
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask inside a test (``umask(0o002)``); the old one comes back after it."""
+    old = os.umask(0o022)
+    try:
+        yield os.umask
+    finally:
+        os.umask(old)

@@ -53,15 +53,6 @@ def modes(path: Path) -> dict[str, int]:
     return out
 
 
-@pytest.fixture
-def umask():
-    old = os.umask(0o022)
-    try:
-        yield os.umask
-    finally:
-        os.umask(old)
-
-
 @pytest.mark.parametrize("kind", OPENERS)
 @pytest.mark.parametrize("mask", [0o002, 0o022], ids=["umask002", "umask022"])
 def test_new_files_give_others_nothing(kind: str, mask: int, tmp_path: Path, umask) -> None:

@@ -11,15 +11,6 @@ from shared import fileio
 from shared.fileio import atomic_write
 
 
-@pytest.fixture
-def umask():
-    old = os.umask(0o022)
-    try:
-        yield os.umask
-    finally:
-        os.umask(old)
-
-
 def test_replaces_and_leaves_only_the_target(tmp_path: Path):
     p = tmp_path / "new" / "folder" / "current"
     atomic_write(p, b"one\n")
