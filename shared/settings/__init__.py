@@ -29,6 +29,7 @@ from shared.settings.detector import DetectorSettings
 from shared.settings.exporter import ExporterSettings
 from shared.settings.forecaster import ForecasterSettings
 from shared.settings.limits import RangeLimits
+from shared.settings.meters import SIGNALS, MeterSettings
 from shared.settings.modelstore import ModelStoreSettings
 from shared.settings.mqtt import MqttSettings
 from shared.settings.root import CONFIG_ENV, ConfigFileError, Settings, format_errors, load_settings, read_config_file
@@ -48,6 +49,7 @@ __all__ = [
     "FrameField",
     "FrameFormat",
     "InfluxSettings",
+    "MeterSettings",
     "ModbusSettings",
     "ModelStoreSettings",
     "MqttSettings",
@@ -57,6 +59,7 @@ __all__ = [
     "Section",
     "SerialSettings",
     "Settings",
+    "SIGNALS",
     "SimEvent",
     "SimulatorSettings",
     "SqliteSettings",

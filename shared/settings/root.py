@@ -18,6 +18,7 @@ from shared.settings.detector import DetectorSettings
 from shared.settings.exporter import ExporterSettings
 from shared.settings.forecaster import ForecasterSettings
 from shared.settings.limits import RangeLimits
+from shared.settings.meters import MeterSettings
 from shared.settings.modelstore import ModelStoreSettings
 from shared.settings.mqtt import MqttSettings
 from shared.settings.store import StoreSettings
@@ -36,7 +37,15 @@ class Settings(BaseSettings):
     )
 
     site: Ident = Field(default="site1", description=f"Site id of this installation: {_IDENT}.")
-    meter: Ident = Field(default="meter1", description=f"Meter id of the attached meter: {_IDENT}.")
+    meter: Ident = Field(
+        default="meter1",
+        description=f"Meter id of the attached meter when `meters` is not given: {_IDENT}. With `meters`, the first meter's id.",
+    )
+    meters: list[MeterSettings] = Field(
+        default_factory=list,
+        description="The meters of this box, each with its id, signals and interval (see docs/meters.md); "
+        "one meter named by `meter`, with both signals at collector.interval_s, when empty.",
+    )
     timezone: str = Field(default="Asia/Seoul", description="Local zone for day, hour and night-window boundaries.")
     data_dir: Path = Field(default=Path("var"), description="Folder for the database, spool, models and exports.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
@@ -69,6 +78,35 @@ class Settings(BaseSettings):
                 f"models.step_minutes ({self.models.step_minutes})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _meter_list(self) -> Settings:
+        if not self.meters:
+            self.__dict__["meters"] = [MeterSettings(id=self.meter)]
+        ids = [m.id for m in self.meters]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise ValueError(f"meters: id {twice[0]!r} is listed twice; every meter needs its own id")
+        if len(ids) > self.limits.max_meters_per_site:
+            raise ValueError(f"meters: {len(ids)} meters exceed limits.max_meters_per_site ({self.limits.max_meters_per_site})")
+        self.__dict__["meter"] = ids[0]
+        return self
+
+    def meter_spec(self, meter: str) -> MeterSettings:
+        """The configuration of one meter: its entry in `meters`, or the defaults for a meter not
+        configured here (both signals, collector.interval_s)."""
+        for m in self.meters:
+            if m.id == meter:
+                return m
+        return MeterSettings(id=meter)
+
+    def interval_of(self, meter: str) -> int:
+        """Seconds between a meter's readings."""
+        return self.meter_spec(meter).interval_s or self.collector.interval_s
+
+    @property
+    def meter_ids(self) -> list[str]:
+        return [m.id for m in self.meters]
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,45 @@
+"""``meters``: the meters of this box, each with its signals and interval (and, for the collector,
+where it is read: see :mod:`shared.settings.collector`).
+
+Every service asks the settings about a meter through :meth:`shared.settings.Settings.meter_spec`;
+a meter seen on the bus but not configured (another box's, a replay's) gets the defaults: both
+signals at ``collector.interval_s``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from shared.messages import Ident, Signal
+from shared.settings.base import Section
+
+SIGNALS: tuple[Signal, ...] = ("flow_rate", "pressure")
+
+
+class MeterSettings(Section):
+    """One meter of this box."""
+
+    id: Ident = Field(description="Meter id (one MQTT topic level): readings, alerts, models and files are per meter.")
+    signals: list[Signal] = Field(
+        default_factory=lambda: list(SIGNALS),
+        description="The signals this meter has: flow_rate and/or pressure. Rules and models run only for these; "
+        "no alert is raised for a signal the meter does not have.",
+    )
+    interval_s: int | None = Field(
+        default=None, ge=1, le=3600,
+        description="Seconds between this meter's readings (1 s to 1 h); collector.interval_s when unset.",
+    )
+    source: Literal["simulator", "serial", "modbus-rtu", "modbus-tcp", "replay"] | None = Field(
+        default=None, description="Where this meter is read; collector.source when unset."
+    )
+
+    @field_validator("signals")
+    @classmethod
+    def _signals(cls, v: list[Signal]) -> list[Signal]:
+        if not v:
+            raise ValueError("a meter needs at least one signal: flow_rate and/or pressure")
+        if len(set(v)) != len(v):
+            raise ValueError(f"signals are listed twice: {v}")
+        return [s for s in SIGNALS if s in v]  # canonical order
