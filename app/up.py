@@ -176,7 +176,7 @@ class Stack:
         port = self.settings.mqtt.port
         if not port_free(host, port):
             port = free_port()
-        acl = write_acl(secrets.acl_file, [(self.settings.site, self.settings.meter)])
+        acl = write_acl(secrets.acl_file, [(self.settings.site, m) for m in self.settings.meter_ids])
         self.broker = MosquittoProcess(self.settings.data_dir / "mosquitto", port=port, host=host, users=secrets.users(),
                                        password_file=secrets.mosquitto_passwd, acl_file=acl, overrides={})
         self.broker.start()

@@ -22,7 +22,7 @@ from services.collector.registers import (
 )
 from services.collector.simulator import Simulator
 from services.collector.spool import Spool
-from shared.settings import FrameFormat, RangeLimits, RegisterSpec, Settings, SimEvent, SimulatorSettings
+from shared.settings import FrameFormat, ModbusSettings, RangeLimits, RegisterSpec, Settings, SimEvent, SimulatorSettings
 
 # --- registers ---------------------------------------------------------------------------------
 
@@ -131,8 +131,17 @@ def test_frame_config_is_validated():
         FrameFormat(kind="regex", regex=r"(?P<a>\d+)", flow_rate={"group": "a"}, pressure={"group": "b"})
     with pytest.raises(ValueError, match="collector.serial.port"):
         Settings(collector={"source": "serial"})
-    with pytest.raises(ValueError, match="exactly one entry named 'pressure'"):
-        Settings(collector={"modbus": {"registers": [{"name": "flow_rate", "address": 0}]}})
+    with pytest.raises(ValueError, match="signal 'pressure' has no register"):
+        Settings(collector={"source": "modbus-tcp", "modbus": {"host": "10.0.0.7", "registers": [{"name": "flow_rate", "address": 0}]}})
+    # a flow-only meter needs no pressure register; an extra value is any other name, each named once
+    s = Settings(meters=[{"id": "inlet", "signals": ["flow_rate"]}],
+                 collector={"source": "modbus-tcp", "modbus": {"host": "10.0.0.7", "registers": [
+                     {"name": "flow_rate", "address": 0}, {"name": "totalizer", "address": 2, "data_type": "uint32"}]}})
+    assert [r.name for r in s.meter_source("inlet").cfg.registers] == ["flow_rate", "totalizer"]
+    with pytest.raises(ValueError, match="names 'flow_rate' twice"):
+        ModbusSettings(registers=[{"name": "flow_rate", "address": 0}, {"name": "flow_rate", "address": 2}])
+    with pytest.raises(ValueError, match="scale_register 'sf' is not another register"):
+        ModbusSettings(registers=[{"name": "flow_rate", "address": 0, "scale_register": "sf"}])
 
 
 def test_range_flags():

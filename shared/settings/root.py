@@ -8,12 +8,12 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from shared.messages import Ident
 from shared.settings.base import ENV_PREFIX
-from shared.settings.collector import CollectorSettings
+from shared.settings.collector import SECTION_OF, CollectorSettings, MeterSource, meter_source
 from shared.settings.detector import DetectorSettings
 from shared.settings.exporter import ExporterSettings
 from shared.settings.forecaster import ForecasterSettings
@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     """Top-level flowwatch configuration."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True,
+        env_ignore_empty=True,  # FLOWWATCH_X= (compose's ${VAR:-} when .env leaves it out) means unset
     )
 
     site: Ident = Field(default="site1", description=f"Site id of this installation: {_IDENT}.")
@@ -61,6 +62,8 @@ class Settings(BaseSettings):
         default_factory=ModelStoreSettings, description="Model store: written by the trainer, served by the forecaster."
     )
 
+    _sources: dict[str, MeterSource] = PrivateAttr(default_factory=dict)
+
     @field_validator("timezone")
     @classmethod
     def _zone(cls, v: str) -> str:
@@ -81,6 +84,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _meter_list(self) -> Settings:
+        listed = bool(self.meters)  # errors name meters[i] when the meters are listed, collector.* otherwise
         if not self.meters:
             self.__dict__["meters"] = [MeterSettings(id=self.meter)]
         ids = [m.id for m in self.meters]
@@ -90,7 +94,28 @@ class Settings(BaseSettings):
         if len(ids) > self.limits.max_meters_per_site:
             raise ValueError(f"meters: {len(ids)} meters exceed limits.max_meters_per_site ({self.limits.max_meters_per_site})")
         self.__dict__["meter"] = ids[0]
+        sources: dict[str, MeterSource] = {}
+        for i, m in enumerate(self.meters):
+            kind = m.source or self.collector.source
+            where = f"meters[{i}] ({m.id})" if listed else "collector"
+            src = meter_source(self.collector, kind, getattr(m, SECTION_OF[kind]), where, i)
+            if kind.startswith("modbus"):
+                have = {r.name for r in src.cfg.registers}
+                missing = [sig for sig in m.signals if sig not in have]
+                if missing:
+                    raise ValueError(
+                        f"{where}: signal {missing[0]!r} has no register in the Modbus map (modbus.registers); "
+                        f"add one named {missing[0]!r}" + (f" or drop it from meters[{i}].signals" if listed else " or list the meter under meters with its signals")
+                    )
+            sources[m.id] = src
+        self._sources = sources
         return self
+
+    def meter_source(self, meter: str) -> MeterSource:
+        """Where the collector reads a meter: its source kind and section (collector's, with the
+        meter's own keys merged over it)."""
+        src = self._sources.get(meter)
+        return src if src is not None else meter_source(self.collector, self.collector.source, None, "collector")
 
     def meter_spec(self, meter: str) -> MeterSettings:
         """The configuration of one meter: its entry in `meters`, or the defaults for a meter not
