@@ -57,6 +57,27 @@ def test_float32_abcd_known_bytes():
     assert decode([0xE979, 0x42F6], "float32", word_order="little") == pytest.approx(123.456, rel=1e-6)  # CDAB
 
 
+def test_scale_factor_registers_and_extra_values():
+    """A SunSpec-style map: values as integers with a power-of-ten factor in another register; the
+    factor registers are applied, not returned; any other name is an extra value."""
+    specs = [RegisterSpec(name=n, **kw) for n, kw in [
+        ("flow_rate", {"address": 0, "data_type": "uint16", "scale_register": "flow_sf"}),
+        ("flow_sf", {"address": 1, "data_type": "int16"}),
+        ("totalizer", {"address": 2, "data_type": "uint32", "scale_register": "tot_sf", "scale": 0.001}),
+        ("tot_sf", {"address": 4, "data_type": "int16"}),
+        ("battery", {"address": 5, "data_type": "uint16", "scale": 0.01}),
+    ]]
+    block = plan_reads(specs)
+    assert block == [ReadBlock(3, 0, 6)]
+    regs = [12345, encode(-2, "int16")[0], *encode(987654, "uint32"), 1, 361]
+    values = values_from_blocks(specs, {block[0]: regs})
+    assert values == {"flow_rate": pytest.approx(123.45), "totalizer": pytest.approx(9876.54), "battery": pytest.approx(3.61)}
+    # SunSpec's "not implemented" factor (0x8000) makes the value missing, not 10^-32768
+    regs[1] = 0x8000
+    assert values_from_blocks(specs, {block[0]: regs})["flow_rate"] is None
+    assert scaled(5, specs[0], factor=3) == 5000.0
+
+
 def test_decode_refuses_bad_input():
     with pytest.raises(RegisterError):
         decode([1], "float32")
@@ -149,6 +170,9 @@ def test_range_flags():
     assert range_flags(10, 3, lim) == ()
     assert range_flags(-1, 99, lim) == ("flow_rate_out_of_range", "pressure_out_of_range")
     assert range_flags(math.nan, None, lim) == ("flow_rate_missing", "pressure_missing")
+    # a flow-only meter: its absent pressure is not missing, its flow still is
+    assert range_flags(math.nan, None, lim, ("flow_rate",)) == ("flow_rate_missing",)
+    assert range_flags(12.0, None, lim, ("flow_rate",)) == ()
 
 
 # --- simulator ---------------------------------------------------------------------------------
