@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.collector.frames import FrameError, checksum, parse_frame
+from services.collector.frames import FrameError, ParsedFrame, checksum, parse_frame
 from services.collector.quality import range_flags
 from services.collector.registers import (
     MAX_REGISTERS_PER_READ,
@@ -229,3 +229,46 @@ def test_spool_is_durable_ordered_and_bounded(tmp_path, caplog):
     assert len(again) == 98 and again.next_seq() == 130
     assert again.after(0, 1)[0].payload == b"32"
     again.close()
+
+
+# --- meters as a list ----------------------------------------------------------------------------
+
+
+def test_a_flow_only_serial_meter_has_no_pressure_field():
+    fmt = FrameFormat(pressure=None)
+    assert parse_frame(b"12.5\n", fmt) == ParsedFrame(12.5, None)
+    with pytest.raises(ValueError, match="both null"):
+        FrameFormat(flow_rate=None, pressure=None)
+    # the meter's signals must each have a field of the frame
+    s = Settings(meters=[{"id": "amr", "signals": ["flow_rate"], "source": "serial", "serial": {"port": "/dev/ttyUSB1", "frame": {"pressure": None}}}])
+    assert s.meter_source("amr").cfg.frame.pressure is None and s.meter_source("amr").cfg.port == "/dev/ttyUSB1"
+    with pytest.raises(ValueError, match=r"meters\[0\] \(amr\): signal 'pressure' has no field"):
+        Settings(meters=[{"id": "amr", "source": "serial", "serial": {"port": "/dev/ttyUSB1", "frame": {"pressure": None}}}])
+
+
+def test_meters_get_their_own_source_keys_merged_over_the_collectors():
+    s = Settings(collector={"source": "modbus-rtu", "modbus": {"port": "/dev/ttyUSB0", "baudrate": 19200}},
+                 meters=[{"id": "a", "modbus": {"unit_id": 1}}, {"id": "b", "modbus": {"unit_id": 2}},
+                         {"id": "c", "source": "modbus-tcp", "modbus": {"host": "10.0.0.7"}}, {"id": "sim", "source": "simulator"}])
+    a, b, c = (s.meter_source(m).cfg for m in "abc")
+    assert (a.unit_id, b.unit_id, a.port, b.port, b.baudrate) == (1, 2, "/dev/ttyUSB0", "/dev/ttyUSB0", 19200)
+    assert s.meter_source("c").kind == "modbus-tcp" and c.host == "10.0.0.7"
+    assert s.meter_source("sim").cfg.seed == s.collector.simulator.seed + 3  # its own stream
+    # errors name the meter and the key
+    with pytest.raises(ValueError, match=r"meters\[1\] \(b\): its modbus keys .* unit_id: Input should be less than or equal to 247"):
+        Settings(collector={"source": "modbus-rtu", "modbus": {"port": "/dev/ttyUSB0"}}, meters=[{"id": "a"}, {"id": "b", "modbus": {"unit_id": 300}}])
+    with pytest.raises(ValueError, match=r"meters\[0\] \(a\): source 'modbus-tcp' needs modbus.host"):
+        Settings(meters=[{"id": "a", "source": "modbus-tcp"}])
+
+
+def test_several_simulated_meters_have_their_own_streams():
+    from services.collector.sources import make_source
+
+    s = Settings(meters=[{"id": "a"}, {"id": "b"}, {"id": "c", "simulator": {"seed": 42, "mean_flow": 40}}],
+                 collector={"simulator": {"start": "2026-03-02T00:00:00Z"}})
+    srcs = {m: make_source(s, m) for m in s.meter_ids}
+    for src in srcs.values():
+        src.open()
+    first = {m: [src.read(0).flow_rate for _ in range(5)] for m, src in srcs.items()}
+    assert first["a"] != first["b"]  # seeds 42 and 43
+    assert sum(first["c"]) < sum(first["a"]) / 2  # the same seed as a, a third of the demand

@@ -40,14 +40,22 @@ class FrameFormat(Section):
     regex: str | None = Field(default=None, description="Regular expression with named groups (e.g. '^F=(?P<flow>[-0-9.]+);P=(?P<pres>[-0-9.]+)$'); regex frames only.")
     encoding: str = Field(default="ascii", description="Text encoding of a frame; bytes that do not decode reject the frame.")
     strip: str = Field(default="\r\n \x02\x03", description="Characters stripped from both ends of a frame (line end, STX/ETX).")
-    flow_rate: FrameField = Field(default_factory=lambda: FrameField(index=0), description="Where the flow rate is and how it is scaled to m³/h.")
-    pressure: FrameField = Field(default_factory=lambda: FrameField(index=1), description="Where the pressure is and how it is scaled to bar.")
+    flow_rate: FrameField | None = Field(
+        default_factory=lambda: FrameField(index=0), description="Where the flow rate is and how it is scaled to m³/h; null: the frame has none."
+    )
+    pressure: FrameField | None = Field(
+        default_factory=lambda: FrameField(index=1),
+        description="Where the pressure is and how it is scaled to bar; null: the frame has none (a flow-only meter).",
+    )
     checksum: ChecksumSettings = Field(default_factory=ChecksumSettings, description="Optional checksum at the end of the frame.")
     terminator: str = Field(default="\n", min_length=1, description="End of a frame (line end); '\\r\\n' frames end with '\\n' too.")
     max_bytes: int = Field(default=512, ge=8, le=65536, description="Longer lines are rejected as frames (a garbled line that never ends).")
 
     @model_validator(mode="after")
     def _consistent(self) -> FrameFormat:
+        names = [name for name in ("flow_rate", "pressure") if getattr(self, name) is not None]
+        if not names:
+            raise ValueError("frame.flow_rate and frame.pressure are both null; a frame needs at least one value")
         if self.kind == "regex":
             if not self.regex:
                 raise ValueError("frame.kind is 'regex' but frame.regex is not set; give a pattern with named groups")
@@ -55,14 +63,14 @@ class FrameFormat(Section):
                 pattern = re.compile(self.regex)
             except re.error as exc:
                 raise ValueError(f"frame.regex does not compile: {exc}") from None
-            for name in ("flow_rate", "pressure"):
+            for name in names:
                 group = getattr(self, name).group
                 if not group:
                     raise ValueError(f"frame.{name}.group is required with a regex frame")
                 if group not in pattern.groupindex:
                     raise ValueError(f"frame.{name}.group {group!r} is not a named group of frame.regex")
         else:
-            for name in ("flow_rate", "pressure"):
+            for name in names:
                 if getattr(self, name).index is None:
                     raise ValueError(f"frame.{name}.index is required with a delimited frame")
         return self

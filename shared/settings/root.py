@@ -107,6 +107,10 @@ class Settings(BaseSettings):
                         f"{where}: signal {missing[0]!r} has no register in the Modbus map (modbus.registers); "
                         f"add one named {missing[0]!r}" + (f" or drop it from meters[{i}].signals" if listed else " or list the meter under meters with its signals")
                     )
+            if kind == "serial":
+                missing = [sig for sig in m.signals if getattr(src.cfg.frame, sig) is None]
+                if missing:
+                    raise ValueError(f"{where}: signal {missing[0]!r} has no field in the serial frame (serial.frame.{missing[0]} is null)")
             sources[m.id] = src
         self._sources = sources
         return self
