@@ -91,6 +91,11 @@ def test_two_modbus_units_on_one_bus_and_a_flow_only_meter_every_reading_stored(
         # it answers again: its readings come back within the longest pause (reopen_max_s) and a poll
         bus.silent.discard(2)
         assert wait_for(lambda: ch["outlet"].seq > outlet_silent + 2, 30), col.counters.snapshot()
+
+        # the bus goes quiet: the detector's receipts, one filter for every meter, empty the spool
+        bus.silent.update({1, 2})
+        assert wait_for(lambda: len(col.spool) == 0 and col.counters.get("stored") == sum(c.seq for c in ch.values()), 60), (
+            len(col.spool), col.counters.snapshot())
     finally:
         col.stop()
         col_t.join(30)

@@ -114,8 +114,10 @@ class CollectorService(Service):
         self.bus.on_published = self.forwarder.on_published
         self.bus.on_disconnected = self.forwarder.on_disconnected
         self.bus.on_connected = self._on_connected
-        for ch in self.channels:
-            self.bus.subscribe(self.topics.stored(self.settings.site, ch.meter), Stored, self._on_stored)
+        if len(self.channels) == 1:
+            self.bus.subscribe(self.topics.stored(self.settings.site, self.channels[0].meter), Stored, self._on_stored)
+        else:  # one filter for the receipts of every meter (a thousand subscriptions would cost the broker)
+            self.bus.subscribe(self.topics.all_meters("stored"), Stored, self._on_stored)
         # The detector coming online (a first start, a restart) has a session now: send it what is
         # not stored yet (the broker dropped what it acknowledged while no detector session existed).
         self.bus.subscribe(self.topics.status("detector"), ServiceStatus, self._on_detector_status)
@@ -130,8 +132,11 @@ class CollectorService(Service):
             logger.info("collector reading %s from %s every %ss, publishing to %s", ch.meter, ch.source.describe(), ch.interval_s, ch.topic)
 
     def _on_stored(self, topic: str, st: Stored) -> None:
+        reading_topic = self.topics.reading(st.site, st.meter)
+        if reading_topic not in self.by_topic:
+            return  # another collector's meter
         ranges = [(lo, hi, int(t0.timestamp()), int(t1.timestamp())) for lo, hi, t0, t1 in st.ranges]
-        self.forwarder.on_stored(self.topics.reading(st.site, st.meter), ranges)
+        self.forwarder.on_stored(reading_topic, ranges)
 
     def _on_detector_status(self, topic: str, st: ServiceStatus) -> None:
         online = st.state == "online"
