@@ -272,3 +272,15 @@ def test_several_simulated_meters_have_their_own_streams():
     first = {m: [src.read(0).flow_rate for _ in range(5)] for m, src in srcs.items()}
     assert first["a"] != first["b"]  # seeds 42 and 43
     assert sum(first["c"]) < sum(first["a"]) / 2  # the same seed as a, a third of the demand
+
+
+def test_meters_share_a_port_only_as_modbus_units_of_their_own():
+    rtu = {"source": "modbus-rtu", "modbus": {"port": "/dev/ttyUSB0"}}
+    with pytest.raises(ValueError, match=r"meters 'a' and 'b' are both unit 1 at /dev/ttyUSB0"):
+        Settings(collector=rtu, meters=[{"id": "a"}, {"id": "b"}])
+    with pytest.raises(ValueError, match=r"meters 'a' and 'b' both use serial port /dev/ttyUSB0"):
+        Settings(collector=rtu, meters=[{"id": "a"}, {"id": "b", "source": "serial", "serial": {"port": "/dev/ttyUSB0"}}])
+    with pytest.raises(ValueError, match=r"both unit 5 at 10.0.0.7:502"):
+        Settings(meters=[{"id": m, "source": "modbus-tcp", "modbus": {"host": "10.0.0.7", "unit_id": 5}} for m in "ab"])
+    Settings(collector=rtu, meters=[{"id": "a"}, {"id": "b", "modbus": {"unit_id": 2}},
+                                    {"id": "c", "source": "modbus-tcp", "modbus": {"host": "10.0.0.7"}}])

@@ -112,6 +112,7 @@ class Settings(BaseSettings):
                 if missing:
                     raise ValueError(f"{where}: signal {missing[0]!r} has no field in the serial frame (serial.frame.{missing[0]} is null)")
             sources[m.id] = src
+        _check_shared_ports(sources)
         self._sources = sources
         return self
 
@@ -160,6 +161,26 @@ class Settings(BaseSettings):
     def masked(self) -> dict[str, Any]:
         """The effective config as plain data, secrets shown as '**********'."""
         return self.model_dump(mode="json")  # SecretStr dumps masked in json mode
+
+
+def _check_shared_ports(sources: dict[str, MeterSource]) -> None:
+    """Meters may share a serial port only as Modbus RTU units with unit ids of their own (one RS485
+    bus, polled in turn), and a Modbus TCP address only with unit ids of their own (a gateway)."""
+    ports: dict[str, tuple[str, str]] = {}  # port -> (kind, first meter)
+    units: dict[tuple, str] = {}
+    for meter, src in sources.items():
+        cfg = src.cfg
+        if src.kind in ("serial", "modbus-rtu"):
+            first = ports.setdefault(cfg.port, (src.kind, meter))
+            if first[1] != meter and (src.kind == "serial" or first[0] == "serial"):
+                raise ValueError(f"meters {first[1]!r} and {meter!r} both use serial port {cfg.port}; only Modbus RTU "
+                                 "meters (each with its own modbus.unit_id) can share a port")
+        if src.kind.startswith("modbus"):
+            key = (cfg.port,) if src.kind == "modbus-rtu" else (cfg.host, cfg.tcp_port)
+            other = units.setdefault((*key, cfg.unit_id), meter)
+            if other != meter:
+                raise ValueError(f"meters {other!r} and {meter!r} are both unit {cfg.unit_id} at {':'.join(map(str, key))}; "
+                                 "give each its own modbus.unit_id")
 
 
 class ConfigFileError(ValueError):
