@@ -85,6 +85,8 @@ def test_two_modbus_units_on_one_bus_and_a_flow_only_meter_every_reading_stored(
         span = (datetime.now(UTC) - silent_from).total_seconds()
         assert col.counters.get("no_response") >= 2 and ch["outlet"].misses >= 2
         outlet_silent = ch["outlet"].seq
+        failing = col.failing().get("meter")  # the silent meter shows in the status, by name
+        assert failing is not None and "unit 2" in failing.detail, failing  # the most overdue one
         # ...and is asked less and less while it stays silent (per-meter backoff): far fewer polls than seconds
         assert bus.requests[2] - asked < 0.7 * span, (bus.requests[2] - asked, span)
 
