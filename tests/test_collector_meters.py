@@ -55,7 +55,7 @@ def test_two_modbus_units_on_one_bus_and_a_flow_only_meter_every_reading_stored(
         data_dir=tmp_path / "var",
         mqtt={**mqtt_settings(fresh_broker).model_dump(), "client_id_prefix": "meters", "reconnect_max_s": 1.0},
         collector={"source": "modbus-rtu", "interval_s": 1, "speed": 0, "reopen_min_s": 0.5, "reopen_max_s": 3.0,
-                   "modbus": {"port": bridge.b.port, "timeout_s": 0.3, "retries": 0, "registers": INLET_MAP}},
+                   "modbus": {"port": bridge.b.port, "timeout_s": 0.5, "retries": 0, "registers": INLET_MAP}},
         meters=[
             {"id": "inlet", "modbus": {"unit_id": 1}},
             {"id": "outlet", "signals": ["flow_rate"], "modbus": {"unit_id": 2, "registers": OUTLET_MAP}},
