@@ -129,3 +129,52 @@ def test_two_modbus_units_on_one_bus_and_a_flow_only_meter_every_reading_stored(
     for m in produced:
         assert stored(store, m)["seq"].tolist() == list(range(produced[m]))
     store.close()
+
+
+def test_several_simulated_meters_each_on_its_own_topic_with_its_own_stream(tmp_path: Path, mqtt) -> None:
+    """Simulated meters in one collector (one thread for them all): each publishes on its own topic,
+    with its own sequence numbers from 0 and its own stream (seed, mean), paced by collector.speed."""
+    import threading
+    import time
+
+    from shared.bus import Bus
+    from shared.messages import Reading
+
+    got: dict[str, list[Reading]] = {"a": [], "b": [], "small": []}
+    lock = threading.Lock()
+
+    arrived: dict[tuple[str, int], float] = {}
+
+    def on_reading(topic, r):
+        with lock:
+            got[r.meter].append(r)
+            arrived.setdefault((r.meter, r.seq), time.monotonic())
+
+    lis = Bus(mqtt, "lis-sims")
+    lis.subscribe(lis.topics.all_meters("reading"), Reading, on_reading)
+    assert lis.connect(wait_s=10)
+    start = "2026-03-02T00:00:00Z"
+    s = Settings(data_dir=tmp_path / "var", site="simsite", mqtt=mqtt.model_dump(),
+                 collector={"source": "simulator", "speed": 3000, "simulator": {"start": start, "default_events": False}},
+                 meters=[{"id": "a"}, {"id": "b"}, {"id": "small", "signals": ["flow_rate"], "interval_s": 900,
+                                                    "simulator": {"seed": 42, "mean_flow": 12.0}}])
+    col = CollectorService(s)
+    t = col.start_in_thread()
+    try:
+        assert col.ready.wait(30)
+        # 3000x: a minute of event time in 20 ms; the 15-minute meter gets one reading per 0.3 s
+        assert wait_for(lambda: min(len(v) for v in got.values()) >= 10, 60), {m: len(v) for m, v in got.items()}
+    finally:
+        col.stop()
+        t.join(30)
+        lis.close()
+    with lock:
+        a, b, small = (sorted(got[m], key=lambda r: r.seq) for m in ("a", "b", "small"))
+    for rs in (a, b, small):
+        assert [r.seq for r in rs[:10]] == list(range(10)) and rs[0].ts == datetime(2026, 3, 2, tzinfo=UTC)
+    assert [r.flow_rate for r in a[:10]] != [r.flow_rate for r in b[:10]]  # seeds 42 and 43
+    assert small[1].ts - small[0].ts == timedelta(minutes=15) and a[1].ts - a[0].ts == timedelta(minutes=1)
+    assert all(r.pressure is None and "pressure_missing" not in r.quality for r in small)
+    assert sum(r.flow_rate for r in small[:10]) < sum(r.flow_rate for r in a[:10]) / 4  # mean 12 vs 120 m³/h
+    # paced: the 15-minute meter's readings 0 and 9 are 2.25 h of event time apart, 2.7 s at 3000x
+    assert arrived[("small", 9)] - arrived[("small", 0)] >= 2.7 * 0.9

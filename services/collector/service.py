@@ -3,13 +3,13 @@ spool when the detector reports it stored (end-to-end delivery, see forwarder.py
 
 - every meter of ``meters`` is read (its source: ``Settings.meter_source``); each meter has its own
   topic, sequence numbers, interval and receipts. Meters that share a connection (Modbus units on
-  one RS485 port or behind one TCP gateway) are read in turn by one thread, every other source by a
-  thread of its own; a unit that does not answer is counted, retried next interval and, while it
-  stays silent, skipped for a growing while (``reopen_min_s`` doubling to ``reopen_max_s``), so it
-  never holds up the meters next to it;
+  one RS485 port or behind one TCP gateway) are read in turn by one thread; every simulated and
+  replayed meter by one more; a serial meter that talks on its own by a thread of its own. A unit
+  that does not answer is counted, asked again next interval and, while it stays silent, skipped
+  for a growing while (``reopen_min_s`` doubling to ``reopen_max_s``): it never holds up the
+  meters next to it;
 - a meter publishes only its ``signals``: a flow-only meter's pressure is null and not flagged
   missing; a register map's other values travel as ``Reading.extra``;
-
 - one reading per interval, timestamped by the source clock aligned to the interval (a polled
   meter is asked once per interval; a meter that talks on its own gives the first good frame of
   each interval, later ones are counted as ``superseded``); simulator and replay carry their own
@@ -23,6 +23,7 @@ spool when the detector reports it stored (end-to-end delivery, see forwarder.py
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -188,19 +189,92 @@ class CollectorService(Service):
     # --- the loops ---------------------------------------------------------------------------
     def run(self) -> None:
         """One reader thread per connection: meters sharing one (Modbus units on a port) in turn."""
-        groups: dict[int, list[Channel]] = {}  # by id(): each group object lives as long as its sources
+        groups: dict[object, list[Channel]] = {}  # by id(): each group object lives as long as its sources
         for ch in self.channels:
-            groups.setdefault(id(ch.source.group()), []).append(ch)
-        for i, group in enumerate(groups.values()):
-            target = self._run_polled if group[0].source.polled else self._run_single
-            t = threading.Thread(target=target, args=(group,) if group[0].source.polled else (group[0],),
-                                 name=f"collector-read-{i}", daemon=True)
+            groups.setdefault("timed" if ch.source.timed else id(ch.source.group()), []).append(ch)
+        for i, (key, group) in enumerate(groups.items()):
+            if key == "timed":
+                target, args = self._run_timed, (group,)
+            elif group[0].source.polled:
+                target, args = self._run_polled, (group,)
+            else:
+                target, args = self._run_single, (group[0],)
+            t = threading.Thread(target=target, args=args, name=f"collector-read-{i}", daemon=True)
             self._threads.append(t)
             t.start()
         self.stop_event.wait()
 
+    def _run_timed(self, group: list[Channel]) -> None:
+        """Every simulated and replayed meter, in one thread: each sample is emitted when its event
+        time is due (paced per meter by ``collector.speed``), or, at speed 0, as fast as possible in
+        batches of BACKLOG_BATCH, the meters in turn. A source that fails is reopened with backoff
+        without holding up the others."""
+        due: list[tuple[float, int]] = [(0.0, i) for i in range(len(group))]  # heap of (monotonic time, index)
+        pending: dict[int, Sample] = {}  # a sample read, waiting for its time
+        opened = [False] * len(group)
+        backoff = [self.cfg.reopen_min_s] * len(group)
+        while due and not self.stop_event.is_set():
+            when, i = heapq.heappop(due)
+            delay = when - time.monotonic()
+            if delay > 0 and self.stop_event.wait(delay):
+                break
+            ch = group[i]
+            if not opened[i]:
+                if not self._open_source(ch):
+                    heapq.heappush(due, (time.monotonic() + backoff[i], i))
+                    backoff[i] = min(backoff[i] * 2, self.cfg.reopen_max_s)
+                    continue
+                opened[i], backoff[i] = True, self.cfg.reopen_min_s
+            nxt: float | None = time.monotonic()
+            try:
+                nxt = self._timed_step(ch, i, pending)
+            except FrameError as exc:
+                self._reject(ch, exc.reason, exc.raw)
+            except EndOfSource as exc:
+                logger.info("%s; the collector stays up (status shows it)", exc)
+                ch.finished, nxt = True, None
+                self.counters.set("source_finished", sum(c.finished for c in self.channels))
+            except Exception as exc:  # noqa: BLE001 - I/O or a driver bug: reopen, never end collection
+                if not isinstance(exc, OSError):
+                    logger.exception("unexpected error reading %s", ch.source.describe())
+                opened[i] = self._io_failed(ch, exc, wait=False)
+                nxt = time.monotonic() + self.cfg.reopen_min_s
+            if nxt is not None:
+                heapq.heappush(due, (nxt, i))
+        self.stop_event.wait()
+
+    def _timed_step(self, ch: Channel, i: int, pending: dict[int, Sample]) -> float | None:
+        """Emit what is due of a timed meter; the monotonic time to come back (None: nothing more)."""
+        now = time.monotonic()
+        if self.cfg.speed > 0:
+            sample = pending.pop(i, None) or ch.source.read(0.0)
+            if sample is None or sample.ts is None:
+                return now + 1.0
+            if ch.pace is None:
+                ch.pace = (sample.ts, now)
+            ts0, wall0 = ch.pace
+            when = wall0 + (sample.ts - ts0).total_seconds() / self.cfg.speed
+            if when > now:
+                pending[i] = sample  # not due yet; emitted then (or never, if stopped before)
+                return when
+            self._emit(ch, sample.ts, sample)
+            return now
+        # As fast as possible (a replayed backlog): up to BACKLOG_BATCH readings per spool
+        # transaction, one fsync for all of them; what was read is spooled even when the next
+        # read fails (a bad row, the end of the file), and that error then goes its way.
+        batch: list[Sample] = []
+        try:
+            while len(batch) < BACKLOG_BATCH:
+                nxt = ch.source.read(0.0)
+                if nxt is None or nxt.ts is None:
+                    break
+                batch.append(nxt)
+        finally:
+            self._emit_many(ch, batch)
+        return now
+
     def _run_single(self, ch: Channel) -> None:
-        """A meter with a connection of its own that is not polled: simulator, replay, a serial meter that talks."""
+        """A meter that talks on its own (a serial line-protocol meter), on a connection of its own."""
         backoff = self.cfg.reopen_min_s
         opened = False
         while not self.stop_event.is_set():
@@ -299,61 +373,28 @@ class CollectorService(Service):
         except Exception as exc:  # noqa: BLE001
             logger.debug("closing source: %s", exc)
 
-    def _io_failed(self, ch: Channel, exc: BaseException) -> bool:
-        """Close the failed source and wait a moment; False: it must be reopened."""
+    def _io_failed(self, ch: Channel, exc: BaseException, *, wait: bool = True) -> bool:
+        """Close the failed source (and wait a moment); False: it must be reopened."""
         self.counters.inc("io_errors")
         logger.warning("%s failed: %s; closing and reopening", ch.source.describe(), exc)
         self._close_source(ch)
         if len(self.channels) == 1:
             self.source_opened.clear()
-        self.stop_event.wait(self.cfg.reopen_min_s)
+        if wait:
+            self.stop_event.wait(self.cfg.reopen_min_s)
         return False
 
     def _step(self, ch: Channel) -> None:
-        interval = ch.interval_s
-        if ch.source.timed:
-            sample = ch.source.read(1.0)
-            if sample is None or sample.ts is None:
-                return
-            if self.cfg.speed > 0:
-                self._wait_event_time(ch, sample.ts)
-                self._emit(ch, sample.ts, sample)
-                return
-            # As fast as possible (a replayed backlog): up to BACKLOG_BATCH readings per spool
-            # transaction, one fsync for all of them; what was read is spooled even when the next
-            # read fails (a bad row, the end of the file), and that error then goes its way.
-            batch = [sample]
-            try:
-                while len(batch) < BACKLOG_BATCH:
-                    nxt = ch.source.read(0.0)
-                    if nxt is None or nxt.ts is None:
-                        break
-                    batch.append(nxt)
-            finally:
-                self._emit_many(ch, batch)
-            return
+        """One frame of a meter that talks on its own: the first good one of each interval counts."""
         sample = ch.source.read(1.0)
         if sample is None:
             return
-        slot = align(datetime.now(UTC), interval)
+        slot = align(datetime.now(UTC), ch.interval_s)
         if ch.last_ts is not None and slot <= ch.last_ts:
             self.counters.inc("frames_read")
             self.counters.inc("superseded")
             return
         self._emit(ch, slot, sample)
-
-    def _wait_event_time(self, ch: Channel, ts: datetime) -> None:
-        speed = self.cfg.speed
-        if speed <= 0:
-            return
-        if ch.pace is None:
-            ch.pace = (ts, time.monotonic())
-            return
-        ts0, wall0 = ch.pace
-        due = wall0 + (ts - ts0).total_seconds() / speed
-        delay = due - time.monotonic()
-        if delay > 0:
-            self.stop_event.wait(delay)
 
     # --- output ------------------------------------------------------------------------------
     def _reject(self, ch: Channel, reason: str, raw: bytes) -> None:
