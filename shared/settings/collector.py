@@ -192,9 +192,9 @@ class ReplaySettings(Section):
 
 class CollectorSettings(Section):
     source: Literal["simulator", "serial", "modbus-rtu", "modbus-tcp", "replay"] = Field(
-        default="simulator", description="Where readings come from; the simulator when no meter is attached."
+        default="simulator", description="Where readings come from (of each meter without a source of its own); the simulator when no meter is attached."
     )
-    interval_s: int = Field(default=60, ge=1, le=3600, description="Seconds between readings (event time).")
+    interval_s: int = Field(default=60, ge=1, le=3600, description="Seconds between readings (event time) of each meter without an interval_s of its own.")
     speed: float = Field(
         default=1.0, ge=0, description="Event time runs this many times faster than wall time (simulator, replay); 0 = as fast as possible."
     )
@@ -204,8 +204,8 @@ class CollectorSettings(Section):
     reopen_max_s: float = Field(default=60.0, gt=0, description="Longest delay between reopen attempts (backoff cap).")
     unhealthy_after_intervals: float = Field(
         default=3.0, ge=2,
-        description="The collector is unhealthy when no reading has come from its meter for longer than this many "
-        "interval_s (wall clock; a meter that does not answer, a port that cannot be opened). Not after a replay ended.",
+        description="The collector is unhealthy when no reading has come from one of its meters for longer than this many "
+        "of the meter's intervals (wall clock; a meter that does not answer, a port that cannot be opened). Not after a replay ended.",
     )
     serial: SerialSettings = Field(default_factory=SerialSettings, description="Line-protocol meter on a serial port (source: serial).")
     modbus: ModbusSettings = Field(default_factory=ModbusSettings, description="Modbus meter (source: modbus-rtu or modbus-tcp).")
