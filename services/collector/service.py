@@ -43,6 +43,7 @@ from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+REOPEN_AFTER_MISSES = 3  # polls in a row without an answer from every meter of a connection: reopen it
 BACKLOG_BATCH = 500  # readings per spool transaction when a replay or simulation runs as fast as possible
 
 COUNTERS = ("meters", "frames_read", "parsed", "rejected", "spooled", "dropped", "acked", "stored", "superseded", "no_response", "io_errors", "reopens")
@@ -339,6 +340,11 @@ class CollectorService(Service):
                     break
                 if sample is None:
                     self._no_answer(ch, slot, shared=len(group) > 1)
+                    if all(c.misses >= REOPEN_AFTER_MISSES for c in group):
+                        # nobody on the bus answers: the adapter may be gone (unplugged, re-enumerated)
+                        opened = self._io_failed(ch, SourceIOError(
+                            f"no answer from any meter on it for {REOPEN_AFTER_MISSES} polls in a row"))
+                        break
                     continue
                 if ch.misses:
                     logger.info("%s answers again after %d missed poll(s)", ch.source.describe(), ch.misses)
