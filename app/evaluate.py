@@ -137,7 +137,7 @@ def run(settings, frame: pd.DataFrame, models_dir: Path | None = None, progress:
         for fc in fc_logic.add(ts_index[i].to_pydatetime(), int(epochs[i]), f, p, q):
             detector.on_forecast(fc)  # forecast deviation, as the detector service gets them over MQTT
     dt = time.perf_counter() - t
-    models = {s: fc_logic.predictors[s].name for s in SIGNALS}
+    models = {s: p.name for s, p in fc_logic.predictors.items()}
     return RunResult(log.frame(), fc_logic.frame(), len(frame), dt, {"models": models, "forecast_fallbacks": fc_logic.fallbacks})
 
 
@@ -155,7 +155,7 @@ def train_first(settings, frame: pd.DataFrame, days: float, work: Path) -> Path:
         db.close()
     for r in results:
         print(f"trained {r.signal}: version {r.version}, promoted={r.promoted} ({r.reason})")
-    return settings.path(settings.models.dir)
+    return training.models_dir(settings)
 
 
 # --- scoring and output -------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from app.synthetic import START, diurnal_frame
+from services.trainer import training
 from shared import modelstore
 from shared.messages import SIGNALS, Command, Reading
 from shared.settings import Settings
@@ -65,7 +66,7 @@ def trained(tmp_path_factory):
 
 def test_training_exports_checks_parity_and_promotes(trained):
     s, results = trained
-    mdir = s.path(s.models.dir)
+    mdir = training.models_dir(s)
     for sig in SIGNALS:
         r = results[sig]
         assert r.promoted, r.reason
@@ -86,7 +87,7 @@ def test_worse_model_is_not_promoted(trained):
 
     s, results = trained
     worse = s.model_copy(update={"trainer": s.trainer.model_copy(update={"units": 2, "epochs": 1})})
-    mdir = s.path(s.models.dir)
+    mdir = training.models_dir(s)
     st = SqliteStore(s.path(s.store.sqlite.path))
     try:
         ends, values = training.load_series(st, worse)["flow_rate"]
@@ -158,7 +159,7 @@ def test_trainer_on_command_promotes_and_forecaster_hot_reloads(tmp_path, broker
         cmd = Command(site=s.site, meter=s.meter, action="train", requested_at=datetime.now(UTC))
         pub.publish(pub.topics.command(s.site, s.meter), cmd, qos=1).wait_for_publish(5)
         wait_for(lambda: all(fc.predictors[x].name != "seasonal-naive" for x in SIGNALS), 150, "hot reload of both models")
-        mdir = s.path(s.models.dir)
+        mdir = training.models_dir(s)
         versions = {x: modelstore.current_version(mdir, x) for x in SIGNALS}
         assert {x: fc.predictors[x].name for x in SIGNALS} == versions
 
