@@ -1,8 +1,8 @@
 """What the exporter remembers per meter, in event time (pure: no I/O, no clock).
 
-A :class:`MeterState` holds the bounded recent past the two files need: the readings of the open
-and the last closed 10-minute window, the anomalies that are open or closed recently, and the
-forecast points targeted at recent and future times. It is fed by MQTT messages and, at start, by
+A :class:`MeterState` holds the bounded recent past the three files need: the readings of the open
+and the last closed 10-minute window, the anomalies that are open or closed recently, the
+forecast points targeted at recent and future times, and every step of the latest forecast. It is fed by MQTT messages and, at start, by
 the same items read back from the store, so a restart composes the same files.
 
 Window semantics (docs/protocol.md): a reading whose timestamp crosses a 10-minute boundary ``b``
@@ -46,6 +46,9 @@ class MeterState:
     anomalies: dict[AnomalyKey, Anomaly] = field(default_factory=dict)
     # (signal, target time) -> (issued_at, value): the latest-issued forecast value for that target
     predictions: dict[tuple[str, datetime], tuple[datetime, float]] = field(default_factory=dict)
+    # (signal, issued_at) -> {target: value}: every step of the latest forecast (forecast.txt)
+    issued: dict[tuple[str, datetime], dict[datetime, float]] = field(default_factory=dict)
+    hold: timedelta = timedelta(0)  # how long a one-shot event stays in alert.txt (exporter.event_hold_minutes)
     last_ts: datetime | None = None  # latest reading time seen
     last_event: datetime | None = None  # latest event time seen (readings or anomalies)
 
@@ -82,6 +85,13 @@ class MeterState:
         cur = self.predictions.get(key)
         if cur is None or issued_at >= cur[0]:
             self.predictions[key] = (issued_at, float(value))
+        issued_at = issued_at.astimezone(UTC)
+        latest = max((t for _, t in self.issued), default=None)
+        if latest is not None and issued_at < latest:
+            return  # an older forecast (a redelivery): forecast.txt shows the latest only
+        if latest is not None and issued_at > latest:
+            self.issued.clear()
+        self.issued.setdefault((signal, issued_at), {})[target.astimezone(UTC)] = float(value)
 
     def _event(self, ts: datetime) -> None:
         if self.last_event is None or ts > self.last_event:
@@ -110,7 +120,14 @@ class MeterState:
         as_of = self.alert_as_of()
         if as_of is None:
             return None
-        return protocol.compose_alert(self.site, self.meter, as_of, self.anomalies.values(), self.tz)
+        return protocol.compose_alert(self.site, self.meter, as_of, self.anomalies.values(), self.tz, self.hold)
+
+    def compose_forecast(self) -> tuple[datetime, bytes] | None:
+        """``forecast.txt`` of the latest forecast and its issue time; None before any."""
+        issued_at, rows = protocol.forecast_rows(self.issued)
+        if issued_at is None:
+            return None
+        return issued_at, protocol.compose_forecast(self.site, self.meter, issued_at, rows, self.tz)
 
     def last_closed_window(self) -> datetime | None:
         """Start of the latest 10-minute window that ended at or before the latest reading."""
