@@ -1,0 +1,130 @@
+"""Several meters, each with its own signals and interval, through a real Mosquitto and SQLite:
+forecasts per meter (a flow-only 15-minute meter gets 15-minute flow forecasts only, and no failure),
+and every step of them in each meter's forecast.txt (issue 15)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from services.exporter import protocol
+from services.forecaster.predictor import ModelCache
+from services.forecaster.window import ReadingWindow
+from shared import features
+from shared.messages import Reading
+from shared.settings import RangeLimits, Settings
+from shared.store.sqlite import SqliteStore
+from tests.exporter_check import verify
+from tests.harness import wait_for
+
+H10 = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # 10:00 in Seoul
+M = timedelta(minutes=1)
+
+
+def meters_settings(settings: Settings, **kw) -> Settings:
+    return Settings(data_dir=settings.data_dir, mqtt=settings.mqtt.model_dump(), site="site1", meters=[
+        {"id": "m1"}, {"id": "m2", "signals": ["flow_rate"], "interval_s": 900}], **kw)
+
+
+def test_bins_follow_the_interval_and_divide_the_horizon():
+    s = Settings(meters=[{"id": "a"}, {"id": "b", "interval_s": 900}, {"id": "c", "interval_s": 3600},
+                         {"id": "d", "interval_s": 1}, {"id": "e", "interval_s": 1500}])
+    steps = {m: features.resolution(s, m).step_minutes for m in "abcde"}
+    assert steps == {"a": 10, "b": 15, "c": 60, "d": 10, "e": 30}  # 25 min -> 30: a divisor of the hour
+    assert {m: features.resolution(s, m).horizon_steps for m in "abcde"} == {"a": 6, "b": 4, "c": 1, "d": 6, "e": 2}
+    assert features.resolution(s, "c").window_steps == 6  # the model window is the same 6 hours
+
+
+def test_model_cache_is_bounded():
+    cache = ModelCache(2)
+    loaded = []
+
+    class Fake:
+        def __init__(self, path, step, threads):
+            loaded.append(path)
+            self.name = str(path)
+
+    import services.forecaster.predictor as pred
+
+    real, pred.ModelPredictor = pred.ModelPredictor, Fake
+    try:
+        for p in ["a", "b", "a", "c", "a", "b"]:
+            cache.get(p, 10)
+    finally:
+        pred.ModelPredictor = real
+    assert len(cache) == 2 and loaded == ["a", "b", "c", "b"] and cache.evictions == 2
+
+
+def test_window_counts_a_redelivered_reading_once_and_stays_small():
+    w = ReadingWindow(10, features.history_steps(10), 6, RangeLimits())
+    t0 = int(H10.timestamp())
+    for k in range(30):
+        w.add(t0 + 60 * k, {"flow_rate": 10.0 + (k >= 10) * 10, "pressure": 3.0})
+    w.add(t0 + 60 * 12, {"flow_rate": 1000.0, "pressure": 3.0})  # the same timestamp again: counted once
+    v = w.window("flow_rate", t0 + 1800)
+    assert v[-3:].tolist() == [10.0, 20.0, 20.0]
+    assert sum(a.nbytes for d in (w._label, w._sum, w._count) for a in d.values()) < 60_000
+
+
+def _publish(bus, site: str, meter: str, start: datetime, n: int, every: timedelta, flow: bool = True, pressure: bool = True):
+    for k in range(n):
+        ts = start + k * every
+        r = Reading(site=site, meter=meter, ts=ts, seq=k, flow_rate=50.0 + k % 5 if flow else None,
+                    pressure=3.5 if pressure else None, source="test")
+        bus.publish(bus.topics.reading(site, meter), r, qos=1).wait_for_publish(5)
+
+
+def test_forecasts_per_meter_through_the_broker(tmp_path, broker, settings):
+    from services.exporter.service import ExporterService
+    from services.forecaster.service import ForecasterService
+    from shared.bus import Bus
+
+    s = meters_settings(settings)
+    fc, ex = ForecasterService(s), ExporterService(s)
+    fc.start_in_thread()
+    ex.start_in_thread()
+    pub = Bus(s.mqtt, "test-pub", persistent=False)
+    assert pub.connect(10)
+    st = SqliteStore(s.path(s.store.sqlite.path))
+    try:
+        assert fc.ready.wait(30) and ex.ready.wait(30)
+        _publish(pub, "site1", "m1", H10 - 2 * M, 64, M)  # 09:58 .. 11:01: crosses 10:00 and 11:00
+        _publish(pub, "site1", "m2", H10 - 15 * M, 6, 15 * M, pressure=False)  # 09:45 .. 11:00, flow only
+        _publish(pub, "site1", "m3", H10 - 2 * M, 4, M)  # a meter not configured: both signals, default bins
+
+        def forecasts(meter):
+            return st.read_forecasts("site1", meter, H10, H10 + timedelta(hours=3))
+
+        assert wait_for(lambda: len(forecasts("m1")) >= 24 and len(forecasts("m2")) >= 8 and len(forecasts("m3")) >= 12, 60)
+        f1, f2, f3 = forecasts("m1"), forecasts("m2"), forecasts("m3")
+        assert set(f1["signal"]) == {"flow_rate", "pressure"} and set(f3["signal"]) == {"flow_rate", "pressure"}
+        assert set(f2["signal"]) == {"flow_rate"}  # no pressure forecast for the flow-only meter
+        issued = f2[f2["issued_at"] == H10]
+        assert [t.to_pydatetime() - H10 for t in issued["target_time"]] == [15 * M, 30 * M, 45 * M, 60 * M]
+        assert len(f1[(f1["issued_at"] == H10) & (f1["signal"] == "flow_rate")]) == 6
+        assert set(f2["model"]) == {"seasonal-naive"}
+        for k in ("model_load_errors", "forecasts_skipped", "dead_lettered"):
+            assert fc.counters.get(k) == 0, k
+
+        # forecast.txt per meter (several meters configured: <out_dir>/<site>/<meter>/), every step
+        out = s.path(s.exporter.out_dir)
+
+        def rows(meter):
+            p = out / "site1" / meter / "forecast.txt"
+            if not p.exists():
+                return None
+            data = p.read_bytes()
+            assert verify(data)
+            lines = protocol.check(data)
+            return lines if lines[2].startswith("ISSUED,2026-03-02T11:00:00+09:00") else None
+
+        assert wait_for(lambda: rows("m1") is not None and rows("m2") is not None, 30)
+        r2 = [ln.split(",") for ln in rows("m2") if ln.startswith("ROW,")]
+        assert [r[1][11:16] for r in r2] == ["11:15", "11:30", "11:45", "12:00"]
+        assert all(r[2] != "NULL" and r[3] == "NULL" for r in r2)
+        assert len([ln for ln in rows("m1") if ln.startswith("ROW,")]) == 6
+        assert not (out / "forecast.txt").exists()  # several meters: no meter in the root folder
+    finally:
+        st.close()
+        pub.close()
+        fc.stop()
+        ex.stop()
