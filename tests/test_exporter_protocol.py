@@ -315,3 +315,28 @@ def test_a_one_shot_event_stays_in_alert_txt_for_the_hold_time():
     no_hold = MeterState("s1", "m1", TZ)
     no_hold.add_anomaly(_spike(T10))
     assert b"STATUS,NONE,0" in no_hold.compose_alert()
+
+
+@pytest.mark.parametrize("interval_s, window, row", [(1, 10, 1), (60, 10, 1), (120, 10, 2), (300, 10, 5), (900, 60, 15),
+                                                     (1200, 60, 20), (3600, 60, 60), (420, 10, 10)])
+def test_server_rows_follow_the_meter_interval(interval_s, window, row):
+    assert protocol.server_layout(interval_s) == (window, row)
+
+
+def test_a_15_minute_meter_gets_an_hourly_server_file_of_four_rows():
+    ms, clock = MeterState("s1", "m1", TZ, interval_s=900), BoundaryClock(TZ)
+
+    def feed15(r: Reading) -> bytes | None:
+        crossed = clock.advance(r.ts, (ms.period,))
+        ms.add_reading(r)
+        return ms.compose_server(crossed[ms.period] - ms.window) if ms.period in crossed else None
+
+    ms.add_forecast(forecast(T10 - 60 * M, "flow_rate", [1.0, 2.0, 3.0, 42.0], step=15))
+    out = [feed15(reading(T10 + k * 15 * M + 20 * timedelta(seconds=1), flow=30.0 + k)) for k in range(5)]  # 10:00:20 .. 11:00:20
+    assert out[:4] == [None] * 4 and out[4] is not None
+    lines = protocol.check(out[4])
+    assert lines[2] == "WINDOW,2026-03-01T10:00:00+09:00,2026-03-01T11:00:00+09:00,4"
+    rows = rows_of(out[4])
+    assert [r[1][11:16] for r in rows] == ["10:00", "10:15", "10:30", "10:45"]
+    assert [r[2] for r in rows] == ["30.000", "31.000", "32.000", "33.000"]
+    assert rows[0][5] == "42.000" and rows[1][5] == "NULL"  # the hour row: the value targeted at 10:00

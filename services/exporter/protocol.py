@@ -33,8 +33,16 @@ SEP = ","
 NULL = "NULL"
 DECIMALS = 3
 MAX_DIGITS = 9  # before the decimal point: a number field is at most 14 characters (-999999999.999)
-SERVER_WINDOW_MINUTES = 10
+SERVER_WINDOW_MINUTES = 10  # the window of a meter read every minute or faster
 ROW_MINUTES = 1
+
+
+def server_layout(interval_s: int) -> tuple[int, int]:
+    """``(window, row)`` minutes of a meter's server file: a row per reading interval (the smallest
+    divisor of an hour no shorter than it, at least a minute), in a 10-minute window when the row
+    divides 10 minutes, else an hourly one (15-minute readings: 4 rows an hour; hourly: 1)."""
+    row = next(d for d in (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60) if d * 60 >= min(interval_s, 3600))
+    return (SERVER_WINDOW_MINUTES if SERVER_WINDOW_MINUTES % row == 0 else 60), row
 
 # Bit of each anomaly kind in the server file's ``flags`` column (decimal integer, 0 = none).
 # Append only: a kind's bit never changes within a protocol version.
@@ -188,17 +196,18 @@ class Row:
     pred_pressure: float | None = None
 
 
-def flags_at(t: datetime, anomalies: Iterable[Anomaly]) -> int:
-    """Bitmask of the anomaly kinds active during the minute starting at ``t``.
+def flags_at(t: datetime, anomalies: Iterable[Anomaly], row_minutes: int = ROW_MINUTES) -> int:
+    """Bitmask of the anomaly kinds active during the row starting at ``t``.
 
-    Active: ``start <= t`` and (open, or ``t < end``); an anomaly that starts and ends within one
-    minute marks that minute.
+    Active: ``start < t + row`` and (open, or ``t < end``); an anomaly that starts and ends within
+    one row marks that row.
     """
     bits = 0
+    row = timedelta(minutes=row_minutes)
     for a in anomalies:
-        if a.start > t:
+        if a.start >= t + row:
             continue
-        if a.end is not None and t >= max(a.end, a.start + timedelta(minutes=ROW_MINUTES)):
+        if a.end is not None and t >= max(a.end, a.start + row):
             continue
         bits |= FLAG_BITS.get(a.kind, 0)
     return bits
@@ -215,27 +224,31 @@ def server_rows(
     anomalies: Sequence[Anomaly],
     predictions: Mapping[tuple[str, datetime], float],
     tz: ZoneInfo,
+    window_minutes: int = SERVER_WINDOW_MINUTES,
+    row_minutes: int = ROW_MINUTES,
 ) -> list[Row]:
-    """The rows of the window ``[window_start, window_start + 10 min)``, one per minute, none left out.
+    """The rows of the window ``[window_start, window_start + window)``, one per row, none left out.
 
-    ``readings`` maps a minute (UTC) to (flow_rate, pressure); a minute with no reading becomes a row
-    of NULLs. ``predictions`` maps (signal, target time) to the forecast value targeted at that
+    ``readings`` maps a row's start (UTC) to (flow_rate, pressure); a row with no reading becomes a
+    row of NULLs. ``predictions`` maps (signal, target time) to the forecast value targeted at that
     time; only the row on the (local) hour takes them.
     """
     rows = []
-    for i in range(SERVER_WINDOW_MINUTES // ROW_MINUTES):
-        t = (window_start + timedelta(minutes=i * ROW_MINUTES)).astimezone(UTC)
+    for i in range(window_minutes // row_minutes):
+        t = (window_start + timedelta(minutes=i * row_minutes)).astimezone(UTC)
         flow, pressure = readings.get(t, (None, None))
         pf = pp = None
         if is_on_the_hour(t, tz):
             pf, pp = predictions.get(("flow_rate", t)), predictions.get(("pressure", t))
-        rows.append(Row(t, flow, pressure, flags_at(t, anomalies), pf, pp))
+        rows.append(Row(t, flow, pressure, flags_at(t, anomalies, row_minutes), pf, pp))
     return rows
 
 
-def compose_server(site: str, meter: str, window_start: datetime, rows: Sequence[Row], tz: ZoneInfo) -> bytes:
-    """``server.txt``: the 10-minute window starting at ``window_start``, one ``ROW`` per minute."""
-    window_end = window_start + timedelta(minutes=SERVER_WINDOW_MINUTES)
+def compose_server(site: str, meter: str, window_start: datetime, rows: Sequence[Row], tz: ZoneInfo,
+                   window_minutes: int = SERVER_WINDOW_MINUTES) -> bytes:
+    """``server.txt``: the window starting at ``window_start``, one ``ROW`` per row (a minute, or the
+    meter's interval: :func:`server_layout`)."""
+    window_end = window_start + timedelta(minutes=window_minutes)
     lines = [
         _line("FLOWWATCH", "SERVER", PROTOCOL_VERSION),
         _line("METER", site, meter),

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from services.exporter import protocol
 from services.exporter.archive import Archiver
-from services.exporter.state import WINDOW, MeterState
+from services.exporter.state import MeterState
 from services.exporter.writer import atomic_write, read_or_none, remove_stale_temps
 from shared.bus import Bus
 from shared.eventtime import BoundaryClock, floor
@@ -102,7 +102,7 @@ class ExporterService(Service):
             if last is None:
                 continue
             ms = self._state(site, meter)
-            window_start = floor(last, "10min", self.tz) - WINDOW
+            window_start = floor(last, ms.period, self.tz) - ms.window
             for r in self.store.read_reading_records(site, meter, window_start, last + timedelta(seconds=1)):
                 ms.put_reading(r.ts, finite_or_none(r.flow_rate), finite_or_none(r.pressure))
             since = last - timedelta(days=self.cfg.backfill_anomaly_days)
@@ -135,17 +135,18 @@ class ExporterService(Service):
         ms = self.meters.get((site, meter))
         if ms is None:
             self.path_for(site, meter, "alert")  # refuse ids that cannot name a folder, before any state
-            ms = self.meters[(site, meter)] = MeterState(site, meter, self.tz, hold=timedelta(minutes=self.cfg.event_hold_minutes))
+            ms = self.meters[(site, meter)] = MeterState(site, meter, self.tz, hold=timedelta(minutes=self.cfg.event_hold_minutes),
+                                                         interval_s=self.settings.interval_of(meter))
         return ms
 
     def _on_reading(self, topic: str, r: Reading) -> None:
         self.admit(r)
         ms = self._state(r.site, r.meter)
-        crossed = self.clock.advance(r.ts, ("10min",), key=(r.site, r.meter))
+        crossed = self.clock.advance(r.ts, (ms.period,), key=(r.site, r.meter))
         ms.add_reading(r)
         self.counters.inc("readings")
-        if "10min" in crossed:
-            self._emit_server(ms, crossed["10min"] - WINDOW)
+        if ms.period in crossed:
+            self._emit_server(ms, crossed[ms.period] - ms.window)
         self._emit_alert(ms)
         if self.archiver is not None:
             self.archiver.on_event_time(r.ts)
@@ -177,7 +178,7 @@ class ExporterService(Service):
             self._emit(ms, "forecast", out[1], out[0], force_publish)
 
     def _emit_server(self, ms: MeterState, window_start: datetime, *, force_publish: bool = False) -> None:
-        self._emit(ms, "server", ms.compose_server(window_start), window_start + WINDOW, force_publish)
+        self._emit(ms, "server", ms.compose_server(window_start), window_start + ms.window, force_publish)
 
     def _emit(self, ms: MeterState, file: str, data: bytes, ts: datetime, force_publish: bool) -> None:
         """Write ``data`` atomically if it differs from the file, then mirror it (retained)."""
