@@ -128,3 +128,55 @@ def test_forecasts_per_meter_through_the_broker(tmp_path, broker, settings):
         pub.close()
         fc.stop()
         ex.stop()
+
+
+def test_forecaster_and_exporter_processes_serve_two_meters(tmp_path, broker):
+    """The forecaster and exporter as real processes (tests/stack.py): two configured meters, one of
+    them flow-only at 15 minutes; forecasts per meter, flow only for the flow-only one, no failure."""
+    from app.broker import mqtt_settings
+    from shared.bus import Bus
+    from tests.stack import Stack
+
+    stack = Stack(tmp_path, broker, n_readings=1, rate_per_s=1, extra={"site": "site1", "meters": [
+        {"id": "m1"}, {"id": "m2", "signals": ["flow_rate"], "interval_s": 900}]})
+    pub = Bus(mqtt_settings(broker), "test-pub-proc", persistent=False)
+    assert pub.connect(10)
+    db = stack.data / "flowwatch.db"
+    try:
+        stack.start("forecaster")
+        stack.start("exporter")
+        out = stack.data / "exports" / "site1"
+
+        def both_ready():
+            return all(stack.alive(n) and f"{n} ready" in stack.log(n) for n in ("forecaster", "exporter"))
+
+        assert wait_for(both_ready, 60), stack.all_logs()
+        # the processes subscribe at start; publish until the first hour is crossed for both meters
+        _publish(pub, "site1", "m1", H10 - 2 * M, 64, M)
+        _publish(pub, "site1", "m2", H10 - 15 * M, 6, 15 * M, pressure=False)
+
+        def done():
+            if not db.exists():
+                return False
+            st = SqliteStore(db)
+            try:
+                f1 = st.read_forecasts("site1", "m1", H10, H10 + timedelta(hours=3))
+                f2 = st.read_forecasts("site1", "m2", H10, H10 + timedelta(hours=3))
+            finally:
+                st.close()
+            return len(f1) >= 24 and len(f2) >= 8 and (out / "m2" / "forecast.txt").exists()
+
+        assert wait_for(done, 90), stack.all_logs()
+        st = SqliteStore(db)
+        try:
+            assert set(st.read_forecasts("site1", "m2", H10, H10 + timedelta(hours=3))["signal"]) == {"flow_rate"}
+            assert set(st.read_forecasts("site1", "m1", H10, H10 + timedelta(hours=3))["signal"]) == {"flow_rate", "pressure"}
+        finally:
+            st.close()
+        assert verify((out / "m2" / "forecast.txt").read_bytes()) and verify((out / "m1" / "server.txt").read_bytes())
+        assert stack.alive("forecaster") and stack.alive("exporter")
+        logs = stack.log("forecaster") + stack.log("exporter")
+        assert "Traceback" not in logs and "pressure model" not in logs
+    finally:
+        pub.close()
+        stack.stop_all()
