@@ -26,6 +26,7 @@ import numpy as np
 from shared import features
 from shared.features import Scaler
 from shared.fileio import atomic_write
+from shared.messages import SIGNALS
 
 MODEL_FILE = "model.tflite"
 KERAS_FILE = "model.keras"
@@ -98,6 +99,25 @@ def meter_dir(models_root: Path, site: str, meter: str) -> Path:
         if part in ("", ".", "..") or "/" in part:
             raise ValueError(f"site/meter id {part!r} cannot name a folder")
     return models_root / site / meter
+
+
+def legacy_signals(models_root: Path) -> list[str]:
+    """Signals with a model in the layout before models were per meter (``<models.dir>/<signal>/current``)."""
+    return [s for s in SIGNALS if (models_root / s / CURRENT_FILE).is_file()]
+
+
+def adopt_legacy(models_root: Path, site: str, meter: str) -> list[str]:
+    """Move models of the layout before models were per meter under ``meter``'s folder (the
+    configured meter's: they were trained on it); the signals moved. A signal the meter's folder
+    already has is left alone."""
+    moved = []
+    for s in legacy_signals(models_root):
+        new = meter_dir(models_root, site, meter) / s
+        if not new.exists():
+            new.parent.mkdir(parents=True, exist_ok=True)
+            (models_root / s).rename(new)
+            moved.append(s)
+    return moved
 
 
 def is_baseline(version: str | None) -> bool:

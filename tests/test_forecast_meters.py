@@ -180,3 +180,17 @@ def test_forecaster_and_exporter_processes_serve_two_meters(tmp_path, broker):
     finally:
         pub.close()
         stack.stop_all()
+
+
+def test_models_of_the_layout_before_meters_move_under_the_configured_meter(tmp_path):
+    from shared import modelstore
+
+    root = tmp_path / "models"
+    (root / "flow_rate" / "v1").mkdir(parents=True)
+    (root / "flow_rate" / "v1" / "model.tflite").write_bytes(b"x")
+    (root / "flow_rate" / "current").write_text("v1\n")
+    assert modelstore.legacy_signals(root) == ["flow_rate"]
+    assert modelstore.adopt_legacy(root, "site1", "meter1") == ["flow_rate"]
+    mdir = modelstore.meter_dir(root, "site1", "meter1")
+    assert modelstore.current_version(mdir, "flow_rate") == "v1" and (mdir / "flow_rate" / "v1" / "model.tflite").is_file()
+    assert modelstore.legacy_signals(root) == [] and modelstore.adopt_legacy(root, "site1", "meter1") == []

@@ -69,11 +69,20 @@ class ForecasterService(Service):
         if self._own_store and self.store is not None:
             self.store.close()
 
+    def models_dir(self, site: str, meter: str):
+        """``meter``'s model folder; for the configured meter, the folder of the layout before models
+        were per meter while the trainer has not moved it yet (the forecaster's volume is read-only)."""
+        d = modelstore.meter_dir(self.models_root, site, meter)
+        if (site, meter) == (self.settings.site, self.settings.meter) and not d.exists() and \
+                modelstore.legacy_signals(self.models_root):
+            return self.models_root
+        return d
+
     def _engine(self, site: str, meter: str) -> ForecastEngine:
         e = self.engines.get((site, meter))
         if e is None:
             e = self.engines[(site, meter)] = ForecastEngine(self.settings, site, meter, self.cache)
-            mdir = modelstore.meter_dir(self.models_root, site, meter)
+            mdir = self.models_dir(site, meter)
             for s in e.signals:
                 v = modelstore.current_version(mdir, s)
                 if v is not None:
@@ -99,7 +108,7 @@ class ForecasterService(Service):
 
     # --- models -----------------------------------------------------------------------------
     def load(self, e: ForecastEngine, signal: str, version: str) -> bool:
-        mdir = modelstore.meter_dir(self.models_root, e.site, e.meter)
+        mdir = self.models_dir(e.site, e.meter)
         try:
             e.load(signal, modelstore.version_dir(mdir, signal, version))
         except modelstore.ModelError as exc:

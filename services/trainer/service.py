@@ -55,6 +55,14 @@ class TrainerService(Service):
         if self.store is None:
             self.store = open_store(self.settings)
         s = self.settings
+        root = s.path(s.models.dir)
+        try:
+            moved = modelstore.adopt_legacy(root, s.site, s.meter)
+        except OSError as exc:
+            logger.warning("cannot move the models of %s into %s: %s", root, modelstore.meter_dir(root, s.site, s.meter), exc)
+        else:
+            if moved:
+                logger.info("models of %s moved to %s (models are per meter now)", ", ".join(moved), modelstore.meter_dir(root, s.site, s.meter))
         for m in s.meter_ids:
             self._meter(m)
         self.bus.subscribe(self.topics.all_meters("reading"), Reading, self.on_reading)
