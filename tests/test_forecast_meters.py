@@ -4,6 +4,7 @@ and every step of them in each meter's forecast.txt (issue 15)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 from services.exporter import protocol
@@ -20,8 +21,8 @@ H10 = datetime(2026, 3, 2, 1, 0, tzinfo=UTC)  # 10:00 in Seoul
 M = timedelta(minutes=1)
 
 
-def meters_settings(settings: Settings, **kw) -> Settings:
-    return Settings(data_dir=settings.data_dir, mqtt=settings.mqtt.model_dump(), site="site1", meters=[
+def meters_settings(settings: Settings, site: str, **kw) -> Settings:
+    return Settings(data_dir=settings.data_dir, mqtt=settings.mqtt.model_dump(), site=site, meters=[
         {"id": "m1"}, {"id": "m2", "signals": ["flow_rate"], "interval_s": 900}], **kw)
 
 
@@ -78,7 +79,8 @@ def test_forecasts_per_meter_through_the_broker(tmp_path, broker, settings):
     from services.forecaster.service import ForecasterService
     from shared.bus import Bus
 
-    s = meters_settings(settings)
+    site = f"s{uuid.uuid4().hex[:8]}"  # the session broker keeps retained messages and sessions
+    s = meters_settings(settings, site)
     fc, ex = ForecasterService(s), ExporterService(s)
     fc.start_in_thread()
     ex.start_in_thread()
@@ -87,12 +89,12 @@ def test_forecasts_per_meter_through_the_broker(tmp_path, broker, settings):
     st = SqliteStore(s.path(s.store.sqlite.path))
     try:
         assert fc.ready.wait(30) and ex.ready.wait(30)
-        _publish(pub, "site1", "m1", H10 - 2 * M, 64, M)  # 09:58 .. 11:01: crosses 10:00 and 11:00
-        _publish(pub, "site1", "m2", H10 - 15 * M, 6, 15 * M, pressure=False)  # 09:45 .. 11:00, flow only
-        _publish(pub, "site1", "m3", H10 - 2 * M, 4, M)  # a meter not configured: both signals, default bins
+        _publish(pub, site, "m1", H10 - 2 * M, 64, M)  # 09:58 .. 11:01: crosses 10:00 and 11:00
+        _publish(pub, site, "m2", H10 - 15 * M, 6, 15 * M, pressure=False)  # 09:45 .. 11:00, flow only
+        _publish(pub, site, "m3", H10 - 2 * M, 4, M)  # a meter not configured: both signals, default bins
 
         def forecasts(meter):
-            return st.read_forecasts("site1", meter, H10, H10 + timedelta(hours=3))
+            return st.read_forecasts(site, meter, H10, H10 + timedelta(hours=3))
 
         assert wait_for(lambda: len(forecasts("m1")) >= 24 and len(forecasts("m2")) >= 8 and len(forecasts("m3")) >= 12, 60)
         f1, f2, f3 = forecasts("m1"), forecasts("m2"), forecasts("m3")
@@ -109,7 +111,7 @@ def test_forecasts_per_meter_through_the_broker(tmp_path, broker, settings):
         out = s.path(s.exporter.out_dir)
 
         def rows(meter):
-            p = out / "site1" / meter / "forecast.txt"
+            p = out / site / meter / "forecast.txt"
             if not p.exists():
                 return None
             data = p.read_bytes()
@@ -137,7 +139,8 @@ def test_forecaster_and_exporter_processes_serve_two_meters(tmp_path, broker):
     from shared.bus import Bus
     from tests.stack import Stack
 
-    stack = Stack(tmp_path, broker, n_readings=1, rate_per_s=1, extra={"site": "site1", "meters": [
+    site = f"s{uuid.uuid4().hex[:8]}"  # the session broker keeps retained messages and sessions
+    stack = Stack(tmp_path, broker, n_readings=1, rate_per_s=1, extra={"site": site, "meters": [
         {"id": "m1"}, {"id": "m2", "signals": ["flow_rate"], "interval_s": 900}]})
     pub = Bus(mqtt_settings(broker), "test-pub-proc", persistent=False)
     assert pub.connect(10)
@@ -145,23 +148,23 @@ def test_forecaster_and_exporter_processes_serve_two_meters(tmp_path, broker):
     try:
         stack.start("forecaster")
         stack.start("exporter")
-        out = stack.data / "exports" / "site1"
+        out = stack.data / "exports" / site
 
         def both_ready():
             return all(stack.alive(n) and f"{n} ready" in stack.log(n) for n in ("forecaster", "exporter"))
 
         assert wait_for(both_ready, 60), stack.all_logs()
         # the processes subscribe at start; publish until the first hour is crossed for both meters
-        _publish(pub, "site1", "m1", H10 - 2 * M, 64, M)
-        _publish(pub, "site1", "m2", H10 - 15 * M, 6, 15 * M, pressure=False)
+        _publish(pub, site, "m1", H10 - 2 * M, 64, M)
+        _publish(pub, site, "m2", H10 - 15 * M, 6, 15 * M, pressure=False)
 
         def done():
             if not db.exists():
                 return False
             st = SqliteStore(db)
             try:
-                f1 = st.read_forecasts("site1", "m1", H10, H10 + timedelta(hours=3))
-                f2 = st.read_forecasts("site1", "m2", H10, H10 + timedelta(hours=3))
+                f1 = st.read_forecasts(site, "m1", H10, H10 + timedelta(hours=3))
+                f2 = st.read_forecasts(site, "m2", H10, H10 + timedelta(hours=3))
             finally:
                 st.close()
             return len(f1) >= 24 and len(f2) >= 8 and (out / "m2" / "forecast.txt").exists()
@@ -169,8 +172,8 @@ def test_forecaster_and_exporter_processes_serve_two_meters(tmp_path, broker):
         assert wait_for(done, 90), stack.all_logs()
         st = SqliteStore(db)
         try:
-            assert set(st.read_forecasts("site1", "m2", H10, H10 + timedelta(hours=3))["signal"]) == {"flow_rate"}
-            assert set(st.read_forecasts("site1", "m1", H10, H10 + timedelta(hours=3))["signal"]) == {"flow_rate", "pressure"}
+            assert set(st.read_forecasts(site, "m2", H10, H10 + timedelta(hours=3))["signal"]) == {"flow_rate"}
+            assert set(st.read_forecasts(site, "m1", H10, H10 + timedelta(hours=3))["signal"]) == {"flow_rate", "pressure"}
         finally:
             st.close()
         assert verify((out / "m2" / "forecast.txt").read_bytes()) and verify((out / "m1" / "server.txt").read_bytes())
@@ -194,3 +197,37 @@ def test_models_of_the_layout_before_meters_move_under_the_configured_meter(tmp_
     mdir = modelstore.meter_dir(root, "site1", "meter1")
     assert modelstore.current_version(mdir, "flow_rate") == "v1" and (mdir / "flow_rate" / "v1" / "model.tflite").is_file()
     assert modelstore.legacy_signals(root) == [] and modelstore.adopt_legacy(root, "site1", "meter1") == []
+
+
+def test_a_spike_reaches_alert_txt_through_the_broker_and_clears_after_the_hold(tmp_path, broker, settings):
+    """Issue 15: a 400 m³/h spike (emitted already closed) left STATUS,NONE,0; now it is held."""
+    from services.exporter.service import ExporterService
+    from shared.bus import Bus
+    from shared.messages import Anomaly
+
+    site = f"s{uuid.uuid4().hex[:8]}"
+    s = Settings(data_dir=tmp_path / "var", mqtt=settings.mqtt.model_dump(), site=site, meter="m1", exporter={"event_hold_minutes": 5})
+    ex = ExporterService(s)
+    ex.start_in_thread()
+    pub = Bus(s.mqtt, "test-pub-hold", persistent=False)
+    assert pub.connect(10)
+    alert = s.path(s.exporter.out_dir) / "alert.txt"
+
+    def status():
+        return next((ln for ln in protocol.check(alert.read_bytes()) if ln.startswith("STATUS,")), None) if alert.exists() else None
+
+    try:
+        assert ex.ready.wait(30)
+        _publish(pub, site, "m1", H10, 1, M)
+        spike = Anomaly(site=site, meter="m1", kind="spike", signal="flow_rate", severity="info", state="closed",
+                        start=H10, end=H10, ts=H10, value=400.0, threshold=120.0)
+        pub.publish(pub.topics.anomaly(site, "m1"), spike, qos=1).wait_for_publish(5)
+        assert wait_for(lambda: status() == "STATUS,INFO,1", 30), status()
+        assert "ALERT,spike,flow_rate,info,2026-03-02T10:00:00+09:00,400.000,120.000,0" in protocol.check(alert.read_bytes())
+        for k in range(1, 7):  # 10:01 .. 10:06: the hold (5 minutes) ends at 10:05
+            r = Reading(site=site, meter="m1", ts=H10 + k * M, seq=k, flow_rate=50.0, pressure=3.5, source="test")
+            pub.publish(pub.topics.reading(site, "m1"), r, qos=1).wait_for_publish(5)
+        assert wait_for(lambda: status() == "STATUS,NONE,0", 30), status()
+    finally:
+        pub.close()
+        ex.stop()
