@@ -65,7 +65,8 @@ class ModelPredictor:
         self.model = LiteRTModel(path, threads)
         if self.model.meta.step_minutes != step_minutes:
             raise ModelError(f"{path}: trained for {self.model.meta.step_minutes}-minute steps, "
-                             f"models.step_minutes is {step_minutes}; retrain (flowwatch train)")
+                             f"the meter's bins are {step_minutes} minutes (models.step_minutes and the meter's interval_s); "
+                             "retrain (flowwatch train --meter ID)")
         self.name = self.model.version
 
     def predict(self, window: Window, steps: int) -> np.ndarray:
