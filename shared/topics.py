@@ -13,6 +13,7 @@ Layout (``{prefix}`` defaults to ``flowwatch/v1``)::
     {prefix}/{site}/{meter}/export/server     (retained)
     {prefix}/service/{name}/status            (retained, last will "offline")
     {prefix}/deadletter/{service}
+    {prefix}/notifier/command             (acknowledgements and silences: AlertAction)
 """
 
 from __future__ import annotations
@@ -109,6 +110,9 @@ class Topics:
 
     def deadletter(self, service: str) -> str:
         return f"{self.prefix}/deadletter/{_level('service', service)}"
+
+    def notifier_command(self) -> str:
+        return f"{self.prefix}/notifier/command"
 
     # --- subscription filters (wildcards allowed here only) ---
     def all_meters(self, kind: str) -> str:
