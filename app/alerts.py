@@ -33,26 +33,25 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(minutes=n) if unit == "m" else timedelta(hours=n) if unit == "h" else timedelta(days=n)
 
 
-def open_alerts(store, settings, days: int = LIST_DAYS) -> list[tuple[str, object]]:  # noqa: ANN001
-    """(alert id, anomaly) of every alert of the last ``days`` whose latest update is open."""
-    end = datetime.now(UTC) + timedelta(days=1)
+def recent_alerts(store, settings, days: int = LIST_DAYS) -> list[tuple[str, object]]:  # noqa: ANN001
+    """(alert id, anomaly) of every alert that started in the ``days`` before each meter's last
+    reading (event time: an imported or replayed history counts as recent)."""
     out = []
     keys = set(store.meters()) | {(settings.site, m) for m in settings.meter_ids}
     for site, meter in sorted(keys):
+        end = (store.last_reading_time(site, meter) or datetime.now(UTC)) + timedelta(days=1)
         for a in store.read_anomaly_records(site, meter, end - timedelta(days=days + 1), end):
-            if a.state == "open":
-                out.append((alert_id(a.site, a.meter, a.kind, a.signal, a.start), a))
+            out.append((alert_id(a.site, a.meter, a.kind, a.signal, a.start), a))
     return out
 
 
+def open_alerts(store, settings, days: int = LIST_DAYS) -> list[tuple[str, object]]:  # noqa: ANN001
+    """(alert id, anomaly) of the recent alerts whose latest update is open."""
+    return [(aid, a) for aid, a in recent_alerts(store, settings, days) if a.state == "open"]
+
+
 def known_alert(store, settings, aid: str, days: int = LIST_DAYS):  # noqa: ANN001, ANN201
-    end = datetime.now(UTC) + timedelta(days=1)
-    keys = set(store.meters()) | {(settings.site, m) for m in settings.meter_ids}
-    for site, meter in keys:
-        for a in store.read_anomaly_records(site, meter, end - timedelta(days=days + 1), end):
-            if alert_id(a.site, a.meter, a.kind, a.signal, a.start) == aid:
-                return a
-    return None
+    return next((a for i, a in recent_alerts(store, settings, days) if i == aid), None)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -117,7 +116,7 @@ def _run(args, settings, store) -> int:  # noqa: ANN001
     try:
         if args.action == "ack":
             if known_alert(store, settings, args.alert_id) is None:
-                print(f"flowwatch alerts: no alert {args.alert_id!r} in the last {LIST_DAYS} days (see 'flowwatch alerts list')", file=sys.stderr)
+                print(f"flowwatch alerts: no alert {args.alert_id!r} in the {LIST_DAYS} days before the last reading (see 'flowwatch alerts list')", file=sys.stderr)
                 return 2
             action = AlertAction(action="ack", alert_id=args.alert_id, **common)
         else:

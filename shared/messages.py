@@ -314,3 +314,12 @@ class AlertAction(Message):
         if self.action == "silence" and self.until is None:
             raise ValueError("a silence needs until")
         return self
+
+
+class AlertState(Message):
+    """The acknowledgements and silences in force, published retained by the notifier whenever they
+    change; the exporter shows them in alert.txt."""
+
+    ts: UtcDatetime = Field(description="Wall-clock time of this state.")
+    acked: tuple[str, ...] = Field(default=(), max_length=5000, description="Ids of the acknowledged alerts (newest kept).")
+    silences: tuple[AlertAction, ...] = Field(default=(), max_length=1000, description="Silences in force now.")

@@ -14,6 +14,7 @@ Layout (``{prefix}`` defaults to ``flowwatch/v1``)::
     {prefix}/service/{name}/status            (retained, last will "offline")
     {prefix}/deadletter/{service}
     {prefix}/notifier/command             (acknowledgements and silences: AlertAction)
+    {prefix}/notifier/state               (retained: the acknowledgements and silences in force)
 """
 
 from __future__ import annotations
@@ -113,6 +114,9 @@ class Topics:
 
     def notifier_command(self) -> str:
         return f"{self.prefix}/notifier/command"
+
+    def notifier_state(self) -> str:
+        return f"{self.prefix}/notifier/state"
 
     # --- subscription filters (wildcards allowed here only) ---
     def all_meters(self, kind: str) -> str:

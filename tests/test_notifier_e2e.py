@@ -163,7 +163,7 @@ def of(keys: list[str], transition: str) -> list[str]:
     return [k for k in keys if k.split(":")[1] == transition]
 
 
-def test_notifications_reach_people_once(tmp_path: Path, broker) -> None:
+def test_notifications_reach_people_once(tmp_path: Path, fresh_broker) -> None:
     rx = Receivers(tmp_path, free_port(), free_port())
     cfg_extra = {
         "collector": {"speed": 60 * 20.0},
@@ -177,7 +177,7 @@ def test_notifications_reach_people_once(tmp_path: Path, broker) -> None:
             "retry_min_s": 1.0, "retry_max_s": 4.0, "escalate_after_minutes": 0.25, "command_poll_s": 1.0,
         },
     }
-    stack = Stack(tmp_path, broker, n_readings=1, rate_per_s=20, extra=cfg_extra)
+    stack = Stack(tmp_path, fresh_broker, n_readings=1, rate_per_s=20, extra=cfg_extra)
     try:
         rx.up()
         stack.start("detector")

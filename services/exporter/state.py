@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 from services.exporter import protocol
 from shared.eventtime import floor
-from shared.messages import Anomaly, Forecast, Reading
+from shared.messages import AlertState, Anomaly, Forecast, Reading
 
 WINDOW = timedelta(minutes=protocol.SERVER_WINDOW_MINUTES)
 KEEP_READINGS = 3 * WINDOW  # the open window, the last closed one, and slack for late readings
@@ -106,11 +106,11 @@ class MeterState:
         """The event time alert.txt is composed for: the minute of the latest event seen."""
         return minute_of(self.last_event) if self.last_event is not None else None
 
-    def compose_alert(self) -> bytes | None:
+    def compose_alert(self, state: AlertState | None = None) -> bytes | None:
         as_of = self.alert_as_of()
         if as_of is None:
             return None
-        return protocol.compose_alert(self.site, self.meter, as_of, self.anomalies.values(), self.tz)
+        return protocol.compose_alert(self.site, self.meter, as_of, self.anomalies.values(), self.tz, state)
 
     def last_closed_window(self) -> datetime | None:
         """Start of the latest 10-minute window that ended at or before the latest reading."""

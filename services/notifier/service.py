@@ -27,7 +27,7 @@ from services.notifier import channels
 from services.notifier.outbox import Outbox
 from services.notifier.policy import Actions, backoff_s, compose, compose_summary, quiet_until, route, transition_of
 from shared.bus import Bus
-from shared.messages import SEVERITY_RANK, AlertAction, Anomaly, ServiceStatus, alert_id
+from shared.messages import SEVERITY_RANK, AlertAction, AlertState, Anomaly, ServiceStatus, alert_id
 from shared.service import Service
 from shared.settings import Settings
 from shared.store import Store, open_store
@@ -55,6 +55,7 @@ class NotifierService(Service):
         self._sender: threading.Thread | None = None
         self._wake = threading.Event()
         self._ack_held: set[str] = set()
+        self._state_sent: tuple | None = None  # what the retained notifier/state holds
         t = self.topics
         self.bus.subscribe(t.all_meters("anomaly"), Anomaly, self._on_anomaly)
         self.bus.subscribe(t.notifier_command(), AlertAction, self._on_command)
@@ -96,6 +97,18 @@ class NotifierService(Service):
         self.actions.apply(a)
         self.counters.inc(f"actions_{a.action}")
         logger.info("alert action %s: %s", a.action, a.alert_id or f"{a.site}/{a.meter or '*'}/{a.kind or '*'} until {a.until}")
+
+    def _publish_state(self) -> None:
+        """Publish the acknowledgements and silences in force (retained) when they changed, a
+        silence ended included: the exporter shows them in alert.txt."""
+        now = datetime.now(UTC)
+        acked = tuple(sorted(self.actions.acked, key=lambda k: self.actions.acked[k].ts)[-5000:])
+        silences = tuple(self.actions.active_silences(now)[-1000:])
+        sig = (acked, tuple(s.id for s in silences))
+        if sig == self._state_sent or not self.bus.connected:
+            return
+        self.bus.publish(self.topics.notifier_state(), AlertState(ts=now, acked=acked, silences=silences), qos=1, retain=True)
+        self._state_sent = sig
 
     # --- services' online state (the "service offline" Grafana rule reads it) --------------------
     def _on_status(self, topic: str, st: ServiceStatus) -> None:
@@ -164,6 +177,7 @@ class NotifierService(Service):
     def tick(self) -> None:
         if time.monotonic() - self._actions_read >= self.cfg.command_poll_s:
             self._read_actions()
+        self._publish_state()
         if self.cfg.escalate_after_minutes <= 0:
             return
         assert self.outbox is not None
