@@ -147,4 +147,6 @@ def test_outbox_enqueues_each_key_once_and_survives_reopening(tmp_path: Path) ->
     assert ob.due(now + 3599) == []
     (row,) = ob.due(now + 3600)
     assert row.data["count"] == 2 and "2 held back" in row.subject and "2 more" in row.body
+    # purge: finished rows go, pending ones stay
+    assert ob.purge(now + 1) == 1 and ob.counts() == {"pending": 1}
     ob.close()

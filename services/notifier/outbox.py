@@ -181,6 +181,13 @@ class Outbox:
         self._run(lambda db: db.execute("UPDATE outbox SET attempts = attempts + 1, due = ?, last_error = ? WHERE key = ?",
                                         (due, error[:500], key)), "reschedule")
 
+    def purge(self, before: float) -> int:
+        """Remove finished notifications created and alerts closed before ``before`` (pending ones stay)."""
+        def tx(db: sqlite3.Connection) -> int:
+            n = db.execute("DELETE FROM outbox WHERE state != 'pending' AND created < ?", (before,)).rowcount
+            return n + db.execute("DELETE FROM alerts WHERE state = 'closed' AND notified_at < ?", (before,)).rowcount
+        return self._run(tx, "purge")
+
     def counts(self) -> dict[str, int]:
         return dict(self._run(lambda db: db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall(), "count"))
 

@@ -35,6 +35,7 @@ from shared.store import Store, open_store
 logger = logging.getLogger(__name__)
 
 ACTIONS_LOOKBACK = timedelta(days=90)  # acks and silences read back at start
+PURGE_EVERY_S = 3600.0
 STATUS_EVERY_S = 60.0  # a service's online state is written at most this often (and on every change)
 
 
@@ -56,6 +57,7 @@ class NotifierService(Service):
         self._wake = threading.Event()
         self._ack_held: set[str] = set()
         self._state_sent: tuple | None = None  # what the retained notifier/state holds
+        self._next_purge = 0.0
         t = self.topics
         self.bus.subscribe(t.all_meters("anomaly"), Anomaly, self._on_anomaly)
         self.bus.subscribe(t.notifier_command(), AlertAction, self._on_command)
@@ -178,13 +180,20 @@ class NotifierService(Service):
         if time.monotonic() - self._actions_read >= self.cfg.command_poll_s:
             self._read_actions()
         self._publish_state()
+        if time.monotonic() >= self._next_purge:
+            assert self.outbox is not None
+            n = self.outbox.purge(time.time() - self.cfg.keep_days * 86400)
+            if n:
+                logger.info("outbox: %d old row(s) removed (notifier.keep_days)", n)
+            self._next_purge = time.monotonic() + PURGE_EVERY_S
         if self.cfg.escalate_after_minutes <= 0:
             return
         assert self.outbox is not None
         now = time.time()
         after = self.cfg.escalate_after_minutes * 60
         for al in self.outbox.open_alerts():
-            if SEVERITY_RANK[al["severity"]] < SEVERITY_RANK["critical"] or now - al["notified_at"] < after:
+            if (SEVERITY_RANK[al["severity"]] < SEVERITY_RANK["critical"] or now - al["notified_at"] < after
+                    or al["escalations"] >= self.cfg.escalate_max):
                 continue
             if al["alert_id"] in self.actions.acked:
                 if al["alert_id"] not in self._ack_held:  # counted once: the escalation an ack held back

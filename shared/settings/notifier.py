@@ -88,6 +88,9 @@ class NotifierSettings(Section):
     outbox: Path = Field(default=Path("notifier/outbox.sqlite"), description="The durable outbox (SQLite); relative to data_dir.")
     escalate_after_minutes: float = Field(
         default=30, ge=0, description="An open critical alert not acknowledged after this is sent again as 'escalate'; 0: never.")
+    escalate_max: int = Field(
+        default=3, ge=0, description="At most this many time-based escalations per alert (an alert whose close never came stops).")
+    keep_days: float = Field(default=30, gt=0, description="Sent, dropped and silenced notifications and closed alerts are kept this long in the outbox.")
     retry_min_s: float = Field(default=30.0, gt=0, description="First retry delay of a notification that could not be sent.")
     retry_max_s: float = Field(default=900.0, gt=0, description="Longest retry delay (the delay doubles up to this).")
     give_up_after_hours: float = Field(default=72, gt=0, description="A notification still unsent after this is dropped (counted, logged).")
