@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from services.notifier.service import NotifierService
 from shared.bus import Bus
 from shared.messages import AlertAction
+from shared.settings.notifier import QuietHours
 from shared.store import open_store
 from tests.harness import wait_for
 
@@ -55,3 +56,105 @@ def test_device_acks_and_silences_on_the_command_topic(settings) -> None:
         if bus is not None:
             bus.close()
         svc.stop()
+
+
+class Hook:
+    """A real HTTP receiver that records webhook bodies."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.got: list[dict] = []
+        got = self.got
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *a) -> None:  # noqa: ANN002
+                pass
+
+        self.srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}/"
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def test_flapping_is_summarised_and_quiet_hours_hold_warnings(settings) -> None:
+    from shared.messages import Anomaly
+
+    hook = Hook()
+    now = datetime.now(UTC).replace(microsecond=0)
+    local = now.astimezone(settings.tz)
+    quiet = {"start": (local - timedelta(hours=1)).strftime("%H:%M"), "end": (local + timedelta(hours=1)).strftime("%H:%M")}
+    cfg = settings.model_copy(update={"notifier": settings.notifier.model_validate({
+        "channels": {"hook": {"type": "webhook", "url": hook.url}},
+        "routes": [{"channels": ["hook"]}],
+        "flap_max": 2, "flap_window_minutes": 0.25, "retry_min_s": 1, "quiet_hours": None,
+    })})
+    svc = NotifierService(cfg)
+    svc.start_in_thread()
+    bus = None
+    try:
+        assert svc.ready.wait(30)
+        bus = Bus(cfg.mqtt, "flap-test", persistent=False)
+        assert bus.connect(wait_s=10)
+        site = f"s{uuid.uuid4().hex[:6]}"
+        topic = bus.topics.anomaly(site, "m1")
+        # a night_flow warning that opens and closes four times: 8 transitions, flap_max 2 per window
+        for i in range(4):
+            start = now - timedelta(hours=4 - i)
+            a = Anomaly(site=site, meter="m1", kind="night_flow", signal="flow_rate", severity="warning", state="open", start=start, ts=start)
+            bus.publish(topic, a)
+            bus.publish(topic, a.model_copy(update={"state": "closed", "end": start + timedelta(minutes=10), "ts": start + timedelta(minutes=10)}))
+        assert wait_for(lambda: any(g["transition"] == "summary" for g in hook.got), 60), hook.got
+        kinds = [g["transition"] for g in hook.got]
+        assert kinds == ["open", "close", "summary"], kinds
+        assert hook.got[2]["count"] == 6 and "6 held back" in hook.got[2]["subject"]
+    finally:
+        if bus is not None:
+            bus.close()
+        svc.stop()
+        hook.close()
+
+    # quiet hours now: a warning waits until their end, a critical goes at once
+    hook = Hook()
+    cfg = cfg.model_copy(update={"notifier": cfg.notifier.model_copy(update={
+        "channels": {"hook": cfg.notifier.channels["hook"].model_copy(update={"url": hook.url})},
+        "quiet_hours": QuietHours(**quiet)})})
+    svc = NotifierService(cfg)
+    svc.start_in_thread()
+    bus = None
+    try:
+        assert svc.ready.wait(30)
+        bus = Bus(cfg.mqtt, "quiet-test", persistent=False)
+        assert bus.connect(wait_s=10)
+        site = f"q{uuid.uuid4().hex[:6]}"
+        topic = bus.topics.anomaly(site, "m1")
+        warn = Anomaly(site=site, meter="m1", kind="threshold", signal="flow_rate", severity="warning", state="open", start=now, ts=now)
+        crit = Anomaly(site=site, meter="m1", kind="burst", signal="both", severity="critical", state="open", start=now, ts=now)
+        bus.publish(topic, warn)
+        bus.publish(topic, crit)
+        assert wait_for(lambda: any(g["kind"] == "burst" for g in hook.got), 30), hook.got
+        rows = {r["key"].split(":")[0]: r for r in svc.outbox.rows()}
+        held = rows[alert_id_of(warn)]
+        assert held["state"] == "pending" and held["due"] > now.timestamp() + 50 * 60  # until the end of quiet hours
+        assert [g["kind"] for g in hook.got] == ["burst"]
+    finally:
+        if bus is not None:
+            bus.close()
+        svc.stop()
+        hook.close()
+
+
+def alert_id_of(a) -> str:  # noqa: ANN001
+    from shared.messages import alert_id
+
+    return alert_id(a.site, a.meter, a.kind, a.signal, a.start)

@@ -148,19 +148,25 @@ class Outbox:
         return self._run(q, "count recent")
 
     def hold_back(self, summary: Notification, due: float, now: float) -> int:
-        """Count one more notification into the flapping summary ``summary.key`` (created when
-        missing, sent at ``due``); returns the count held back so far."""
+        """Count one more notification into the pending flapping summary of its meter, kind and
+        channel; the first one held creates it (``summary``, sent at ``due``: the end of a window
+        from then). Returns the count held back so far."""
+        d = summary.data
+
         def tx(db: sqlite3.Connection) -> int:
-            r = db.execute("SELECT data FROM outbox WHERE key = ?", (summary.key,)).fetchone()
+            r = db.execute(
+                "SELECT key, data, subject, body FROM outbox WHERE transition = 'summary' AND state = 'pending' AND site = ? AND meter = ? "
+                "AND kind = ? AND channel = ?", (d["site"], d["meter"], d["kind"], summary.channel)).fetchone()
             if r is None:
                 self._insert(db, summary, due, "warning", now)
                 return summary.data["count"]
-            data = json.loads(r[0])
-            data["count"] = int(data.get("count", 0)) + 1
-            subject = summary.subject.replace(f": {summary.data['count']} held back", f": {data['count']} held back")
-            body = summary.text.replace(f"{summary.data['count']} more", f"{data['count']} more")
+            key, data = r[0], json.loads(r[1])
+            old = int(data.get("count", 0))
+            data["count"] = old + 1
+            subject = r[2].replace(f": {old} held back", f": {old + 1} held back")
+            body = r[3].replace(f"{old} more", f"{old + 1} more")
             db.execute("UPDATE outbox SET data = ?, subject = ?, body = ? WHERE key = ? AND state = 'pending'",
-                       (json.dumps(data), subject, body, summary.key))
+                       (json.dumps(data), subject, body, key))
             return data["count"]
         return self._run(tx, "hold back")
 

@@ -166,9 +166,8 @@ class NotifierService(Service):
         for ch in chans:
             if transition in ("open", "close") and a.severity != "critical" and \
                     self.outbox.recent_count(a.site, a.meter, a.kind, ch, now - window) >= self.cfg.flap_max:
-                start = now - now % window
-                summary = compose_summary(self.cfg, a.site, a.meter, a.kind, ch, datetime.fromtimestamp(start, UTC), 1, self.tz)
-                self.outbox.hold_back(summary, start + window, now)
+                summary = compose_summary(self.cfg, a.site, a.meter, a.kind, ch, wall, 1, self.tz)
+                self.outbox.hold_back(summary, now + window, now)
                 self.counters.inc("flapping_held")
                 continue
             n = compose(self.cfg, a, transition, ch, self.tz, note=note)
