@@ -84,14 +84,14 @@ class Actions:
 
     def silenced(self, site: str, meter: str, kind: str, now: datetime) -> AlertAction | None:
         """The silence that covers this meter and kind now, if any."""
-        for s in self.silences.values():
+        for s in list(self.silences.values()):  # a copy: the inbox worker may apply a command meanwhile
             if (s.until is not None and s.ts <= now < s.until and s.site == site
                     and (s.meter is None or s.meter == meter) and (s.kind is None or s.kind == kind)):
                 return s
         return None
 
     def active_silences(self, now: datetime) -> list[AlertAction]:
-        return sorted((s for s in self.silences.values() if s.until is not None and s.ts <= now < s.until), key=lambda s: s.ts)
+        return sorted((s for s in list(self.silences.values()) if s.until is not None and s.ts <= now < s.until), key=lambda s: s.ts)
 
 
 def _hm(text: str) -> time:

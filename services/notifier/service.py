@@ -88,9 +88,13 @@ class NotifierService(Service):
 
     # --- acknowledgements and silences -------------------------------------------------------
     def _read_actions(self) -> None:
+        """Rebuild the acknowledgements and silences in force from the store, and swap them in at
+        once (the sender thread reads them: it never sees a half-applied state)."""
         assert self.store is not None
+        fresh = Actions()
         for a in self.store.read_alert_actions(datetime.now(UTC) - ACTIONS_LOOKBACK):
-            self.actions.apply(a)
+            fresh.apply(a)
+        self.actions = fresh
         self._actions_read = time.monotonic()
 
     def _on_command(self, topic: str, a: AlertAction) -> None:
@@ -232,7 +236,7 @@ class NotifierService(Service):
                 self.outbox.mark(row.key, "dropped", now, f"channel {row.channel!r} no longer configured")
                 self.counters.inc("dropped")
                 continue
-            if row.transition != "summary" and self.actions.silenced(row.site, row.meter, row.kind, datetime.fromtimestamp(now, UTC)):
+            if self.actions.silenced(row.site, row.meter, row.kind, datetime.fromtimestamp(now, UTC)):
                 self.outbox.mark(row.key, "silenced", now)  # silenced after it was queued: sent never
                 self.counters.inc("silenced")
                 continue
