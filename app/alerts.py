@@ -61,7 +61,8 @@ def main(argv: Sequence[str]) -> int:
     common.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help="YAML config file")
     common.add_argument("--data-dir", metavar="DIR", type=Path, default=argparse.SUPPRESS, help="data folder")
     sub = p.add_subparsers(dest="action", required=True)
-    sub.add_parser("list", parents=[common], help="open alerts (with their ids) and the silences in force")
+    lst = sub.add_parser("list", parents=[common], help="open alerts (with their ids) and the silences in force")
+    lst.add_argument("--outbox", action="store_true", help="also the notifications not sent yet (the notifier's outbox)")
     ack = sub.add_parser("ack", parents=[common], help="acknowledge an alert: it is not escalated any more")
     ack.add_argument("alert_id", help="the id shown by 'flowwatch alerts list' and in every notification")
     sil = sub.add_parser("silence", parents=[common], help="send nothing for a meter (or one kind) until the silence ends")
@@ -91,8 +92,27 @@ def main(argv: Sequence[str]) -> int:
         store.close()
 
 
+def _print_outbox(settings) -> None:  # noqa: ANN001
+    from services.notifier.outbox import Outbox
+
+    path = settings.path(settings.notifier.outbox)
+    if not path.exists():
+        print(f"outbox {path}: none yet (the notifier has not run here)")
+        return
+    ob = Outbox(path)
+    try:
+        rows = [r for r in ob.rows() if r["state"] == "pending"]
+    finally:
+        ob.close()
+    print(f"outbox {path}: {len(rows)} notification(s) not sent yet")
+    for r in rows:
+        due = datetime.fromtimestamp(r["due"], UTC).astimezone(settings.tz).isoformat(timespec="seconds")
+        err = f", last error: {r['last_error']}" if r["last_error"] else ""
+        print(f"  {r['key']}  next try {due}, {r['attempts']} failed{err}")
+
+
 def _run(args, settings, store) -> int:  # noqa: ANN001
-    now = datetime.now(UTC).replace(microsecond=0)
+    now = datetime.now(UTC)  # microseconds kept: a silence and its unsilence in one second stay in order
     actions = store.read_alert_actions(now - timedelta(days=90))
     if args.action == "list":
         acked = {a.alert_id: a for a in actions if a.action == "ack"}
@@ -111,6 +131,8 @@ def _run(args, settings, store) -> int:  # noqa: ANN001
         for s in state.active_silences(now):
             print(f"silenced: {s.site}/{s.meter or '*'} kind {s.kind or '*'} until {s.until.astimezone(settings.tz).isoformat()}"
                   f"{f' by {s.by}' if s.by else ''}{f' ({s.note})' if s.note else ''}")
+        if args.outbox:
+            _print_outbox(settings)
         return 0
     common = {"id": uuid.uuid4().hex, "ts": now, "by": args.by, "note": args.note}
     try:

@@ -158,3 +158,28 @@ def alert_id_of(a) -> str:  # noqa: ANN001
     from shared.messages import alert_id
 
     return alert_id(a.site, a.meter, a.kind, a.signal, a.start)
+
+
+def test_alerts_cli(tmp_path, capsys) -> None:
+    import yaml
+
+    from app.alerts import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "var"), "site": "site1", "meter": "meter1"}))
+    assert main(["silence", "--meter", "meter1", "--for", "2h", "--by", "kim", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert main(["list", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "no open alerts" in out and "silenced: site1/meter1 kind * until" in out and "by kim" in out
+    assert main(["silence", "--meter", "meter1", "-c", str(cfg)]) == 2
+    assert "--for" in capsys.readouterr().err
+    assert main(["silence", "--meter", "meter1", "--for", "2 weeks", "-c", str(cfg)]) == 2
+    assert "30m, 2h, 1d" in capsys.readouterr().err
+    assert main(["ack", "0123456789", "-c", str(cfg)]) == 2
+    assert "no alert '0123456789'" in capsys.readouterr().err
+    assert main(["unsilence", "--meter", "meter1", "-c", str(cfg)]) == 0
+    capsys.readouterr()
+    assert main(["list", "--outbox", "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "silenced:" not in out and "none yet" in out

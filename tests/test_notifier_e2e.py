@@ -203,6 +203,8 @@ def test_notifications_reach_people_once(tmp_path: Path, fresh_broker) -> None:
         stack.kill("notifier")
         stack.start("notifier")
         assert wait_for(lambda: sum(1 for k, s, _a in outbox_rows(stack) if s == "pending") >= 4, 120), outbox_rows(stack)
+        waiting = cli(stack, "list", "--outbox")
+        assert "4 notification(s) not sent yet" in waiting and "last error" in waiting, waiting
         stack.stop("collector")
         wait_for(lambda: False, max(0.0, 60 - (time.monotonic() - down_at)))  # the outage lasts a minute
         rx.up()

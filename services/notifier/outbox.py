@@ -198,7 +198,7 @@ class Outbox:
         return dict(self._run(lambda db: db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall(), "count"))
 
     def rows(self) -> list[dict]:
-        """Every row, oldest first (for ``flowwatch alerts list --outbox`` and tests)."""
+        """Every row, oldest first (``flowwatch alerts list --outbox``, tests)."""
         def q(db: sqlite3.Connection) -> list[dict]:
             cur = db.execute("SELECT key, channel, transition, state, attempts, created, due, sent_at, last_error FROM outbox ORDER BY created")
             cols = [c[0] for c in cur.description]

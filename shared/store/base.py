@@ -281,7 +281,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def read_alert_actions(self, since: datetime) -> list[AlertAction]:
-        """Actions taken at or after ``since``, oldest first."""
+        """Actions taken at or after ``since`` (whole seconds), oldest first by their full ``ts``."""
 
     @abc.abstractmethod
     def write_service_status(self, items: Sequence[tuple[str, bool, datetime]]) -> int:

@@ -340,8 +340,8 @@ class SqliteStore(Store):
         )
 
     def read_alert_actions(self, since: datetime) -> list[AlertAction]:
-        rows = self._query("SELECT payload FROM alert_actions WHERE ts >= ? ORDER BY ts, id", (epoch(since),))
-        return [AlertAction.model_validate_json(p) for (p,) in rows]
+        rows = self._query("SELECT payload FROM alert_actions WHERE ts >= ? ORDER BY rowid", (epoch(since),))
+        return sorted((AlertAction.model_validate_json(p) for (p,) in rows), key=lambda a: a.ts)  # stable: written order within a time
 
     def write_service_status(self, items: Sequence[tuple[str, bool, datetime]]) -> int:
         return self._write(
