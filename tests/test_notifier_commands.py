@@ -183,3 +183,40 @@ def test_alerts_cli(tmp_path, capsys) -> None:
     assert main(["list", "--outbox", "-c", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "silenced:" not in out and "none yet" in out
+
+
+def test_notifications_go_on_while_the_store_is_down(settings) -> None:
+    """The store (InfluxDB here, nothing listening) is secondary: an alert is still sent, and a
+    silence sent on MQTT meanwhile is in force at once."""
+    from app.broker import free_port
+    from shared.messages import Anomaly
+
+    hook = Hook()
+    cfg = settings.model_copy(update={
+        "store": settings.store.model_validate({"backend": "influxdb", "influxdb": {
+            "url": f"http://127.0.0.1:{free_port()}", "retries": 0, "timeout_s": 2, "create_database": False}}),
+        "notifier": settings.notifier.model_validate({"channels": {"hook": {"type": "webhook", "url": hook.url}},
+                                                      "routes": [{"channels": ["hook"]}], "command_poll_s": 1}),
+        "mqtt": settings.mqtt.model_copy(update={"client_id_prefix": f"d{uuid.uuid4().hex[:6]}"}),
+    })
+    svc = NotifierService(cfg)
+    svc.start_in_thread()
+    bus = None
+    try:
+        assert svc.ready.wait(30)
+        bus = Bus(cfg.mqtt, "down-test", persistent=False)
+        assert bus.connect(wait_s=10)
+        now = datetime.now(UTC)
+        site = f"d{uuid.uuid4().hex[:6]}"
+        a = Anomaly(site=site, meter="m1", kind="burst", signal="both", severity="critical", state="open", start=now, ts=now)
+        bus.publish(bus.topics.anomaly(site, "m1"), a)
+        assert wait_for(lambda: [g["kind"] for g in hook.got] == ["burst"], 30), hook.got
+        sil = AlertAction(id=uuid.uuid4().hex, action="silence", ts=now, site=site, meter="m2", until=now + timedelta(hours=1))
+        bus.publish(bus.topics.notifier_command(), sil)
+        assert wait_for(lambda: svc.actions.silenced(site, "m2", "burst", now + timedelta(minutes=1)) is not None, 30)
+        assert svc.counters.snapshot().get("store_errors", 0) >= 1
+    finally:
+        if bus is not None:
+            bus.close()
+        svc.stop()
+        hook.close()

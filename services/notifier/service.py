@@ -13,7 +13,9 @@ device's files, and its secrets (SMTP password, chat tokens) stay out of every o
 The anomaly is acknowledged to the broker after the outbox commit; the sender never runs on the
 inbox worker, so a channel that hangs for its timeout delays nothing else. Acknowledgements and
 silences live in the store (``alert_actions``): ``flowwatch alerts`` writes them there too, and
-the notifier re-reads them every ``notifier.command_poll_s``.
+the notifier re-reads them every ``notifier.command_poll_s``. The store is secondary here: its
+calls are never retried on the inbox worker (``_store_call``), so a store that is down does not
+stop notifications.
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ from shared.bus import Bus
 from shared.messages import SEVERITY_RANK, AlertAction, AlertState, Anomaly, ServiceStatus, alert_id
 from shared.service import Service
 from shared.settings import Settings
-from shared.store import Store, open_store
+from shared.store import Store, StoreError, open_store
 
 logger = logging.getLogger(__name__)
 
 ACTIONS_LOOKBACK = timedelta(days=90)  # acks and silences read back at start
 PURGE_EVERY_S = 3600.0
+STORE_BACKOFF_S = 60.0  # after a store error, the store is left alone this long (notifications go on)
 STATUS_EVERY_S = 60.0  # a service's online state is written at most this often (and on every change)
 
 
@@ -58,6 +61,8 @@ class NotifierService(Service):
         self._ack_held: set[str] = set()
         self._state_sent: tuple | None = None  # what the retained notifier/state holds
         self._next_purge = 0.0
+        self._store_down_until = 0.0
+        self._unsaved: list[AlertAction] = []
         t = self.topics
         self.bus.subscribe(t.all_meters("anomaly"), Anomaly, self._on_anomaly)
         self.bus.subscribe(t.notifier_command(), AlertAction, self._on_command)
@@ -68,7 +73,7 @@ class NotifierService(Service):
         if self.store is None:
             self.store = open_store(self.settings)
         self.outbox = Outbox(self.settings.path(self.cfg.outbox))
-        self._read_actions()
+        self._read_actions()  # a store down at start: none in force until it answers (logged)
         counts = self.outbox.counts()
         if counts.get("pending"):
             logger.info("outbox %s: %d notification(s) pending from before; sending them", self.outbox.path, counts["pending"])
@@ -87,19 +92,42 @@ class NotifierService(Service):
             self.store.close()
 
     # --- acknowledgements and silences -------------------------------------------------------
+    def _store_call(self, fn, what: str):  # noqa: ANN001, ANN202
+        """Run a store call unless the store failed in the last STORE_BACKOFF_S; None when it fails.
+
+        The store is secondary here: a store that is down (it may be what the alert is about) must
+        not stop notifications, so its calls are never retried on the inbox worker."""
+        if time.monotonic() < self._store_down_until:
+            return None
+        try:
+            return fn()
+        except StoreError as exc:
+            self._store_down_until = time.monotonic() + STORE_BACKOFF_S
+            self.counters.inc("store_errors")
+            logger.warning("notifier: %s failed (%s); notifications go on, the store is tried again in %.0f s",
+                           what, exc, STORE_BACKOFF_S)
+            return None
+
     def _read_actions(self) -> None:
         """Rebuild the acknowledgements and silences in force from the store, and swap them in at
-        once (the sender thread reads them: it never sees a half-applied state)."""
+        once (the sender thread reads them: it never sees a half-applied state). Actions not yet
+        written (the store was down when they came) are written first and kept meanwhile."""
         assert self.store is not None
+        self._actions_read = time.monotonic()
+        if self._unsaved and self._store_call(lambda: self.store.write_alert_actions(self._unsaved), "storing alert actions") is not None:
+            self._unsaved = []
+        stored = self._store_call(lambda: self.store.read_alert_actions(datetime.now(UTC) - ACTIONS_LOOKBACK), "reading alert actions")
+        if stored is None:
+            return  # keep the state in force
         fresh = Actions()
-        for a in self.store.read_alert_actions(datetime.now(UTC) - ACTIONS_LOOKBACK):
+        for a in sorted([*stored, *self._unsaved], key=lambda a: a.ts):
             fresh.apply(a)
         self.actions = fresh
-        self._actions_read = time.monotonic()
 
     def _on_command(self, topic: str, a: AlertAction) -> None:
         assert self.store is not None
-        self.retry(lambda: self.store.write_alert_actions([a]), "storing an alert action")
+        if self._store_call(lambda: self.store.write_alert_actions([a]), "storing an alert action") is None:
+            self._unsaved.append(a)  # in force now; written when the store is back
         self.actions.apply(a)
         self.counters.inc(f"actions_{a.action}")
         logger.info("alert action %s: %s", a.action, a.alert_id or f"{a.site}/{a.meter or '*'}/{a.kind or '*'} until {a.until}")
@@ -124,8 +152,8 @@ class NotifierService(Service):
         if last is not None and last[0] == online and now - last[1] < STATUS_EVERY_S:
             return
         assert self.store is not None
-        self.retry(lambda: self.store.write_service_status([(st.service, online, st.ts)]), "writing service status")
-        self._status_written[st.service] = (online, now)
+        if self._store_call(lambda: self.store.write_service_status([(st.service, online, st.ts)]), "writing service status") is not None:
+            self._status_written[st.service] = (online, now)
 
     # --- anomalies --------------------------------------------------------------------------
     def _on_anomaly(self, topic: str, a: Anomaly) -> None:
