@@ -150,3 +150,15 @@ def test_outbox_enqueues_each_key_once_and_survives_reopening(tmp_path: Path) ->
     # purge: finished rows go, pending ones stay
     assert ob.purge(now + 1) == 1 and ob.counts() == {"pending": 1}
     ob.close()
+
+
+def test_the_operating_guide_example_is_a_valid_config() -> None:
+    import re
+
+    import yaml
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "operating.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if b.startswith("notifier:"))
+    s = Settings(**yaml.safe_load(block))
+    assert set(s.notifier.channels) == {"ops-mail", "ticketing", "on-call"} and len(s.notifier.routes) == 3
+    assert s.notifier.quiet_hours is not None
