@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from shared.crc import crc16_modbus
-from shared.messages import SEVERITY_RANK, Anomaly
+from shared.messages import SEVERITY_RANK, AlertState, Anomaly, alert_id
 
 PROTOCOL_VERSION = 3
 EOL = b"\r\n"
@@ -161,12 +161,14 @@ def active_alerts(anomalies: Iterable[Anomaly], as_of: datetime | None = None, h
 
 
 def compose_alert(site: str, meter: str, as_of: datetime, anomalies: Iterable[Anomaly], tz: ZoneInfo,
-                  hold: timedelta = timedelta(0)) -> bytes:
+                  hold: timedelta = timedelta(0), state: AlertState | None = None) -> bytes:
     """``alert.txt``: the alert state of one meter as of event time ``as_of``.
 
     ``STATUS`` is the highest severity among active anomalies (``NONE`` when clear) and their count;
     one ``ALERT`` line per active anomaly follows the ``COLS`` line. Active: open, or a one-shot
-    event that ended less than ``hold`` before ``as_of``.
+    event that ended less than ``hold`` before ``as_of``. With the notifier's ``state``: an ``ACK``
+    line per acknowledged open alert and a ``SILENCED`` line per silence of this meter (none when
+    there are none, so the file is unchanged for a box without acknowledgements or silences).
     """
     active = active_alerts(anomalies, as_of, hold)
     status = max((a.severity for a in active), key=SEVERITY_RANK.__getitem__).upper() if active else "NONE"
@@ -180,6 +182,14 @@ def compose_alert(site: str, meter: str, as_of: datetime, anomalies: Iterable[An
     for a in active:
         fields, withheld = numbers(a.value, a.threshold)
         lines.append(_line("ALERT", a.kind, a.signal, a.severity, fmt_time(a.start, tz), *fields, withheld))
+    if state is not None:
+        acked = set(state.acked)
+        for a in active:
+            if alert_id(a.site, a.meter, a.kind, a.signal, a.start) in acked:
+                lines.append(_line("ACK", a.kind, a.signal, fmt_time(a.start, tz)))
+        for s in state.silences:
+            if s.site == site and s.meter in (None, meter) and s.until is not None:
+                lines.append(_line("SILENCED", s.kind or "ALL", fmt_time(s.until, tz)))
     return _seal(lines)
 
 

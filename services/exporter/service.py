@@ -31,7 +31,7 @@ from services.exporter.state import MeterState
 from services.exporter.writer import atomic_write, read_or_none, remove_stale_temps
 from shared.bus import Bus
 from shared.eventtime import BoundaryClock, floor
-from shared.messages import Anomaly, ExportRecord, Forecast, Reading, finite_or_none
+from shared.messages import AlertState, Anomaly, ExportRecord, Forecast, Reading, finite_or_none
 from shared.service import Service
 from shared.settings import Settings
 from shared.store import Store, open_store
@@ -63,6 +63,8 @@ class ExporterService(Service):
         self.bus.subscribe(t.all_meters("reading"), Reading, self._on_reading)
         self.bus.subscribe(t.all_meters("anomaly"), Anomaly, self._on_anomaly)
         self.bus.subscribe(t.all_meters("forecast"), Forecast, self._on_forecast)
+        self.bus.subscribe(t.notifier_state(), AlertState, self._on_alert_state)
+        self.alert_state: AlertState | None = None  # acknowledgements and silences (the notifier's, retained)
 
     # --- paths ------------------------------------------------------------------------------
     def path_for(self, site: str, meter: str, file: str) -> Path:
@@ -159,6 +161,11 @@ class ExporterService(Service):
         self.counters.inc("anomalies")
         self._emit_alert(ms)
 
+    def _on_alert_state(self, topic: str, st: AlertState) -> None:
+        self.alert_state = st
+        for ms in self.meters.values():
+            self._emit_alert(ms)
+
     def _on_forecast(self, topic: str, f: Forecast) -> None:
         ms = self._state(f.site, f.meter)
         ms.add_forecast(f)
@@ -167,7 +174,7 @@ class ExporterService(Service):
 
     # --- output -----------------------------------------------------------------------------
     def _emit_alert(self, ms: MeterState, *, force_publish: bool = False) -> None:
-        data = ms.compose_alert()
+        data = ms.compose_alert(self.alert_state)
         as_of = ms.alert_as_of()
         if data is not None and as_of is not None:
             self._emit(ms, "alert", data, as_of, force_publish)

@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 from services.exporter import protocol
 from shared.eventtime import floor
-from shared.messages import Anomaly, Forecast, Reading
+from shared.messages import AlertState, Anomaly, Forecast, Reading
 
 KEEP_CLOSED = timedelta(hours=1)
 KEEP_FORECAST_PAST = timedelta(hours=1)
@@ -129,11 +129,11 @@ class MeterState:
         """The event time alert.txt is composed for: the minute of the latest event seen."""
         return minute_of(self.last_event) if self.last_event is not None else None
 
-    def compose_alert(self) -> bytes | None:
+    def compose_alert(self, state: AlertState | None = None) -> bytes | None:
         as_of = self.alert_as_of()
         if as_of is None:
             return None
-        return protocol.compose_alert(self.site, self.meter, as_of, self.anomalies.values(), self.tz, self.hold)
+        return protocol.compose_alert(self.site, self.meter, as_of, self.anomalies.values(), self.tz, self.hold, state)
 
     def compose_forecast(self) -> tuple[datetime, bytes] | None:
         """``forecast.txt`` of the latest forecast and its issue time; None before any."""
