@@ -146,6 +146,8 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWWATCH_")}  # the config file says it all
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         for name in SERVICES:
+            if name == "notifier" and not s.notifier.enabled:
+                continue
             if not available(name):
                 self.say(f"  {name}: not in this build (services/{name}/__main__.py missing), skipped")
                 continue
