@@ -130,8 +130,10 @@ class CollectorService(Service):
         if len(self.spool):
             logger.info("spool holds %d unsent reading(s) from before; sending them first", len(self.spool))
         self.forwarder.start()
-        for ch in self.channels:
+        for ch in self.channels[:10]:
             logger.info("collector reading %s from %s every %ss, publishing to %s", ch.meter, ch.source.describe(), ch.interval_s, ch.topic)
+        if len(self.channels) > 10:
+            logger.info("... and %d more meters (%d in all)", len(self.channels) - 10, len(self.channels))
 
     def _on_stored(self, topic: str, st: Stored) -> None:
         reading_topic = self.topics.reading(st.site, st.meter)
