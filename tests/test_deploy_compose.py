@@ -353,7 +353,8 @@ def test_the_meter_source_and_device_in_env_are_enough(compose: dict, example: s
     env = {k: render(str(v), dotenv) for k, v in coll["environment"].items()}
     mounts = {render(v, dotenv).split(":")[1]: render(v, dotenv).split(":")[0] for v in coll["volumes"]}
     config = ROOT / mounts[env.pop("FLOWWATCH_CONFIG")]
-    run_env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)} | env
+    base = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    run_env = base | env
     out = subprocess.run([sys.executable, "-m", "app.cli", "config", "check", str(config)], env=run_env,
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -369,6 +370,16 @@ def test_the_meter_source_and_device_in_env_are_enough(compose: dict, example: s
     listed = json.loads(dotenv.get("FLOWWATCH_METERS", "[]"))
     meters = [m["id"] for m in effective["meters"]]
     assert meters == ([m["id"] for m in listed] or [effective["meter"]])
+    # every other service validates the same meters with its own environment (a meter's own source
+    # needs its port or host there too)
+    for name in SERVICES:
+        svc_env = {k: render(str(v), dotenv) for k, v in compose["services"][name]["environment"].items()}
+        svc_env.pop("FLOWWATCH_CONFIG")
+        svc_env["FLOWWATCH_METERS"] = json.dumps([{**m, "source": dotenv["FLOWWATCH_METER_SOURCE"]} for m in listed] or [
+            {"id": "meter1", "source": dotenv["FLOWWATCH_METER_SOURCE"]}])  # each meter naming its source
+        out = subprocess.run([sys.executable, "-m", "app.cli", "config", "check", str(config)], env=base | svc_env,
+                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert out.returncode == 0, f"{name}: {out.stdout}{out.stderr}"
     # the init service renders the ACL from the same variables (x-env): every meter may be published
     init_env = {k: render(str(v), dotenv) for k, v in compose["services"]["init"]["environment"].items()}
     assert init_env.get("FLOWWATCH_METERS", "") == dotenv.get("FLOWWATCH_METERS", "")
