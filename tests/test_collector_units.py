@@ -284,3 +284,17 @@ def test_meters_share_a_port_only_as_modbus_units_of_their_own():
         Settings(meters=[{"id": m, "source": "modbus-tcp", "modbus": {"host": "10.0.0.7", "unit_id": 5}} for m in "ab"])
     Settings(collector=rtu, meters=[{"id": "a"}, {"id": "b", "modbus": {"unit_id": 2}},
                                     {"id": "c", "source": "modbus-tcp", "modbus": {"host": "10.0.0.7"}}])
+
+
+def test_spool_keeps_each_meters_next_sequence_number(tmp_path):
+    """Each meter's sequence goes on across restarts; a meter new to the spool starts from the spool's
+    first key (a one-meter collector's spool: the meter that was there keeps counting up)."""
+    path = tmp_path / "spool.db"
+    sp = Spool(path, 100)
+    sp.put_many("t/a", [(0, 1, b"a0"), (1, 2, b"a1")], 2)  # the first meter: key next_seq
+    sp.put_many("t/b", [(0, 1, b"b0")], 1, "next_seq/b")
+    sp.close()
+    sp = Spool(path, 100)
+    assert (sp.next_seq(), sp.next_seq("next_seq/b"), sp.next_seq("next_seq/c")) == (2, 1, 2)
+    assert sp.remove_stored("t/b", [(0, 0, 1, 1)]) == 1 and len(sp) == 2  # receipts per meter's topic
+    sp.close()
