@@ -136,3 +136,15 @@ def test_bump_without_relock_is_caught(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setitem(globals(), "ROOT", tmp_path)
     with pytest.raises(AssertionError, match="run ./flowwatch lock"):
         test_every_pyproject_pin_is_locked_at_its_version("detector")
+
+
+def test_the_bootstrap_installs_from_the_locks() -> None:
+    """./flowwatch (test, up and every other command) installs the lock of its extra with hashes, then the
+    project without dependencies; a fresh clone running it is the CI run (.ci/run)."""
+    script = (ROOT / "flowwatch").read_text()
+    assert 'lock="requirements/$1.lock"' in script
+    assert 'pip install -q --require-hashes -r "$lock"' in script
+    assert "pip install -q --no-deps -e ." in script
+    assert 'pip install -q -e ".[' not in script, "an install that resolves dependencies itself bypasses the lock"
+    for extra in re.findall(r"python_env (\w+)", script):
+        assert extra in lock_extras(), f"./flowwatch installs {extra} but ./flowwatch lock does not write its lock"
