@@ -214,7 +214,8 @@ def test_one_dockerfile_for_the_five_services() -> None:
     assert steps.index(("COPY", "requirements ./requirements")) < deps  # the locks: nothing else is needed
     assert [rest for k, rest in steps[:deps] if k == "COPY"] == ["requirements ./requirements"]
     # then the project from the checkout, without touching the locked dependencies
-    assert any(k == "RUN" and "pip install --no-deps ." in rest for k, rest in steps[source:])
+    # (built with the locked setuptools: requirements/build.lock, installed in the dependency layer)
+    assert any(k == "RUN" and "pip install --no-deps --no-build-isolation ." in rest for k, rest in steps[source:])
     # the packages the image installs, the one of the `flowwatch` entry point among them (app/: the
     # image runs `flowwatch SERVICE`; its healthcheck, `python -m shared.health SERVICE`)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -264,7 +265,7 @@ def test_the_dependency_layer_installs_only_the_service_extra(name: str, tmp_pat
     script = run.replace("pip install --require-hashes -r", "echo")
     env = {"PATH": "/usr/bin:/bin", "EXTRA": name}
     out = subprocess.run(["/bin/sh", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == [f"requirements/{name}.lock"]
+    assert out.stdout.split() == [f"requirements/{name}.lock", "requirements/build.lock"]
     locked = lock_versions(name)
     own = project_pins(name)
     assert set(own) <= set(locked)

@@ -138,13 +138,26 @@ def test_bump_without_relock_is_caught(tmp_path: Path, monkeypatch: pytest.Monke
         test_every_pyproject_pin_is_locked_at_its_version("detector")
 
 
+def test_the_build_backend_is_locked_too() -> None:
+    """The project is built with --no-build-isolation from requirements/build.lock (pyproject's
+    build-system.requires), so no setuptools of the day takes part in a build."""
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    locked = lock_versions("build")
+    for req in requires:
+        name = canonical(re.split(r"[<>=!~ ;\[]", req, maxsplit=1)[0])
+        assert name in locked and len(locked[name]) == 1, f"requirements/build.lock lacks {name}: run ./flowwatch lock"
+    for name, version, _, hashes in lock_entries("build"):
+        assert hashes, f"build.lock: {name}=={version} has no hash"
+    assert int(next(iter(locked["setuptools"])).split(".")[0]) >= 77
+
+
 def test_the_bootstrap_installs_from_the_locks() -> None:
     """./flowwatch (test, up and every other command) installs the lock of its extra with hashes, then the
     project without dependencies; a fresh clone running it is the CI run (.ci/run)."""
     script = (ROOT / "flowwatch").read_text()
     assert 'lock="requirements/$1.lock"' in script
-    assert 'pip install -q --require-hashes -r "$lock"' in script
-    assert "pip install -q --no-deps -e ." in script
+    assert 'pip install -q --require-hashes -r "$lock" -r requirements/build.lock' in script
+    assert "pip install -q --no-deps --no-build-isolation -e ." in script
     assert 'pip install -q -e ".[' not in script, "an install that resolves dependencies itself bypasses the lock"
     for extra in re.findall(r"python_env (\w+)", script):
         assert extra in lock_extras(), f"./flowwatch installs {extra} but ./flowwatch lock does not write its lock"
