@@ -339,6 +339,9 @@ def install(settings: Settings, layout: Layout, config_text: str, devices: Seque
 
 def main(argv: Sequence[str]) -> int:
     p = base_parser("install", "Install the stack as systemd units (Debian, no Docker); run as root.")
+    for action in p._actions:  # the shared option, with this command's default
+        if action.dest == "data_dir":
+            action.help = f"data folder the units use (default {DATA_DIR}; the config's data_dir is not used)"
     p.add_argument("--user", default="flowwatch", help="system user the broker and services run as (created if missing)")
     p.add_argument("--serial-device", action="append", default=[], metavar="DEV",
                    help="a serial device the collector may open besides the configured ones (repeatable)")

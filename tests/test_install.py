@@ -119,6 +119,11 @@ def test_each_service_unit_is_restarted_logged_and_sandboxed(tmp_path: Path) -> 
     assert "listener 1883 127.0.0.1" in conf and "allow_anonymous false" in conf
 
 
+def test_an_export_folder_outside_the_data_dir_is_writable_too(tmp_path: Path) -> None:
+    prefix, data = run_install(tmp_path, {"site": "s1", "meter": "m1", "exporter": {"out_dir": "/srv/device"}})
+    assert unit(prefix, "flowwatch-exporter.service")["ReadWritePaths"] == [f"{data} /srv/device"]
+
+
 def test_install_refuses_a_relative_data_dir_and_a_real_install_without_root(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         install.main(["--data-dir", "var", "--prefix", str(tmp_path)])
