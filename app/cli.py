@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "collector": ("services.collector.__main__:main", "run the collector service (meter -> MQTT)"),
     "detector": ("services.detector.__main__:main", "run the detector service (store readings, raise anomalies)"),
     "forecaster": ("services.forecaster.__main__:main", "run the forecaster service (hourly forecast)"),
-    "exporter": ("services.exporter.__main__:main", "run the exporter service (alert.txt / server.txt)"),
+    "exporter": ("services.exporter.__main__:main", "run the exporter service (alert.txt / server.txt / forecast.txt)"),
     "trainer": ("services.trainer.__main__:main", "run the trainer service (retrains the models)"),
     "config": ("app.config_cmd:main", "config check [FILE]: validate a config file"),
     "import": ("app.import_csv:main", "bulk-load historical readings from a CSV file"),

@@ -207,7 +207,7 @@ class ServiceStatus(Message):
 class ExportRecord(MeterMessage):
     """The content of an export file, mirrored on MQTT. ``content`` is the file, byte for byte."""
 
-    file: Literal["alert", "server"]
+    file: Literal["alert", "server", "forecast"]
     ts: UtcDatetime = Field(description="Event time the file was composed for.")
     protocol_version: int = Field(ge=1)
     content: str = Field(max_length=1_000_000)

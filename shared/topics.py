@@ -11,6 +11,7 @@ Layout (``{prefix}`` defaults to ``flowwatch/v1``)::
     {prefix}/{site}/{meter}/stored            (the detector's receipt to the collector)
     {prefix}/{site}/{meter}/export/alert      (retained)
     {prefix}/{site}/{meter}/export/server     (retained)
+    {prefix}/{site}/{meter}/export/forecast   (retained)
     {prefix}/service/{name}/status            (retained, last will "offline")
     {prefix}/deadletter/{service}
 """
@@ -33,6 +34,7 @@ METER_KINDS = (
     "stored",
     "export/alert",
     "export/server",
+    "export/forecast",
 )
 
 # One topic level flowwatch builds (a site or meter id, a service name, a prefix part): the one

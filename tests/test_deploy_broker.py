@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 T = Topics()
 SITE, METER = "site1", "meter1"
 KINDS = ("reading", "anomaly", "forecast", "thresholds/flow_rate", "thresholds/pressure", "model/flow_rate",
-         "model/pressure", "command", "stored", "export/alert", "export/server")
+         "model/pressure", "command", "stored", "export/alert", "export/server", "export/forecast")
 
 
 def meter_topic(kind: str) -> str:
@@ -54,7 +54,7 @@ WRITE = {
     "detector": {meter_topic("anomaly"), meter_topic("thresholds/flow_rate"), meter_topic("thresholds/pressure"),
                  meter_topic("stored")} | own("detector"),
     "forecaster": {meter_topic("forecast")} | own("forecaster"),
-    "exporter": {meter_topic("export/alert"), meter_topic("export/server")} | own("exporter"),
+    "exporter": {meter_topic("export/alert"), meter_topic("export/server"), meter_topic("export/forecast")} | own("exporter"),
     "trainer": {meter_topic("model/flow_rate"), meter_topic("model/pressure")} | own("trainer"),
     "device": own("device"),
     "operator": {meter_topic("command")} | own("operator"),
@@ -66,7 +66,7 @@ READ = {
     "forecaster": {meter_topic(k) for k in ("reading", "model/flow_rate", "model/pressure")},
     "exporter": {meter_topic(k) for k in ("reading", "anomaly", "forecast")},
     "trainer": {meter_topic(k) for k in ("reading", "command")},
-    "device": {meter_topic("export/alert"), meter_topic("export/server")} | {T.status(u) for u in USERS},
+    "device": {meter_topic(k) for k in ("export/alert", "export/server", "export/forecast", "forecast")} | {T.status(u) for u in USERS},
     "operator": set(ALL_TOPICS),
     "healthcheck": set(),
 }
