@@ -1,6 +1,7 @@
 """``flowwatch``: the one command line. Runs any service, the whole stack, and the tools.
 
     flowwatch up [--speed N]             the whole stack on this machine, no Docker
+    flowwatch install [--prefix DIR]     systemd units for the broker and the services (docs/install.md)
     flowwatch collector|detector|...     one service
     flowwatch config check [FILE]        validate a config file, print the effective config
     flowwatch import FILE.csv            bulk-load historical readings
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 # name -> (module:function, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("app.up:main", "run the whole stack on this machine (no Docker), simulated meter by default"),
+    "install": ("app.install:main", "write systemd units for the broker and the services (Debian, no Docker)"),
     "collector": ("services.collector.__main__:main", "run the collector service (meter -> MQTT)"),
     "detector": ("services.detector.__main__:main", "run the detector service (store readings, raise anomalies)"),
     "forecaster": ("services.forecaster.__main__:main", "run the forecaster service (hourly forecast)"),
