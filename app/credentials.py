@@ -203,7 +203,7 @@ def main(argv: Sequence[str]) -> int:
     s = ensure_secrets(folder)
     from app.broker import write_acl  # the broker's ACL, narrowed to the configured meters (not secret)
 
-    write_acl(s.acl_file, [(settings.site, settings.meter)])
+    write_acl(s.acl_file, [(settings.site, m) for m in settings.meter_ids])
     if args.docker:
         if os.geteuid() != 0:
             print("flowwatch secrets init --docker must run as root (it sets file owners)")

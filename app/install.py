@@ -117,8 +117,10 @@ def mosquitto_exe() -> Path:
 
 
 def serial_devices(settings: Settings, extra: Sequence[str] = ()) -> list[str]:
-    """The serial devices the collector opens: the configured RS485 ports, plus ``extra``."""
-    found = [settings.collector.serial.port, settings.collector.modbus.port, *extra]
+    """The serial devices the collector opens: the configured RS485 ports (each meter's too), plus ``extra``."""
+    sources = [settings.meter_source(m) for m in settings.meter_ids]
+    ports = [src.cfg.port for src in sources if src.kind in ("serial", "modbus-rtu")]
+    found = [settings.collector.serial.port, settings.collector.modbus.port, *ports, *extra]
     out: list[str] = []
     for dev in found:
         if dev and dev.startswith("/dev/") and dev not in out:

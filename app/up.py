@@ -217,7 +217,10 @@ class Stack:
             self.children.append(child)
         store = f"InfluxDB {s.store.influxdb.url} ({s.store.influxdb.database})" if s.store.backend == "influxdb" \
             else f"SQLite {s.path(s.store.sqlite.path).resolve()}"
-        self.say(f"flowwatch up: site {s.site}, meter {s.meter}, source {s.collector.source}"
+        ids = s.meter_ids
+        meters = f"meter {ids[0]}" if len(ids) == 1 else f"{len(ids)} meters ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"
+        sources = sorted({s.meter_source(m).kind for m in ids})
+        self.say(f"flowwatch up: site {s.site}, {meters}, source {', '.join(sources)}"
                  f"{f', speed {self.speed:g}x' if self.speed else ''}")
         self.say(f"  broker   mqtt://{host}:{port} (users and passwords in {secrets.folder.resolve()})")
         self.say(f"  store    {store}")
@@ -234,7 +237,7 @@ class Stack:
         port = self.settings.mqtt.port
         if not port_free(host, port):
             port = free_port()
-        acl = write_acl(secrets.acl_file, [(self.settings.site, self.settings.meter)])
+        acl = write_acl(secrets.acl_file, [(self.settings.site, m) for m in self.settings.meter_ids])
         self.broker = MosquittoProcess(self.settings.data_dir / "mosquitto", port=port, host=host, users=secrets.users(),
                                        password_file=secrets.mosquitto_passwd, acl_file=acl, overrides={})
         self.broker.start()

@@ -20,6 +20,7 @@ from shared.topics import LEVEL_MAX_LENGTH, LEVEL_PATTERN
 SCHEMA_VERSION = 1
 
 SIGNALS = ("flow_rate", "pressure")
+MAX_EXTRA = 16  # extra values per reading (Reading.extra): a register map's totalizer, battery, temperature, ...
 Signal = Literal["flow_rate", "pressure"]
 
 # A site or meter id is one MQTT topic level: no wildcards, no separators, no spaces. The settings'
@@ -72,11 +73,33 @@ class Reading(MeterMessage):
     pressure: float | None = Field(default=None, description="Pressure in bar; null when missing.")
     quality: tuple[QualityFlag, ...] = Field(default=(), description="Quality flags.")
     source: str = Field(default="unknown", max_length=32, description="serial, modbus, simulator, replay, import.")
+    extra: dict[Ident, float] | None = Field(
+        default=None, max_length=MAX_EXTRA,
+        description="The meter's extra values by name (totalizer, battery, temperature, status word: its register "
+        "map's other registers), finite numbers; absent (not sent) when the meter has none.",
+    )
 
     @field_validator("quality")
     @classmethod
     def _sorted_unique(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(sorted(set(v)))
+
+    @field_validator("extra")
+    @classmethod
+    def _extra_names(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None:
+            clash = [k for k in v if k in SIGNALS]
+            if clash:
+                raise ValueError(f"extra value {clash[0]!r} is a signal; it belongs in its own field")
+        return v or None
+
+    def to_json(self) -> bytes:
+        # Without extra values the payload is what it always was: readers of schema version 1 that
+        # refuse unknown fields still take it.
+        return (self.model_dump_json(exclude=_NO_EXTRA) if self.extra is None else self.model_dump_json()).encode()
+
+
+_NO_EXTRA = {"extra"}
 
 
 AnomalyKind = Literal[

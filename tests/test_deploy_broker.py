@@ -361,3 +361,15 @@ def test_secrets_init_writes_the_narrowed_acl(tmp_path: Path) -> None:
     acl = (tmp_path / "s" / "mosquitto" / "acl").read_text()
     assert "topic write flowwatch/v1/plant7/inlet2/reading" in acl and "flowwatch/v1/+/+/reading\n" in acl  # readers keep +
     assert "topic write flowwatch/v1/+/+/reading" not in acl
+
+
+def test_secrets_init_lets_the_collector_publish_for_every_listed_meter(tmp_path: Path) -> None:
+    cfg = tmp_path / "fw.yaml"
+    cfg.write_text(yaml.safe_dump({"site": "plant7", "meters": [{"id": "inlet"}, {"id": "outlet", "signals": ["flow_rate"]}]}))
+    r = subprocess.run([sys.executable, "-m", "app.cli", "secrets", "-c", str(cfg), "init", "--dir", str(tmp_path / "s")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    acl = (tmp_path / "s" / "mosquitto" / "acl").read_text()
+    for meter in ("inlet", "outlet"):
+        assert f"topic write flowwatch/v1/plant7/{meter}/reading" in acl
+    assert "topic write flowwatch/v1/+/+/reading" not in acl

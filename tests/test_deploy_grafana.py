@@ -80,7 +80,7 @@ def seeded(influxd):
     start = now - timedelta(days=2)
     readings = [
         Reading(site=SITE, meter=METER, ts=start + timedelta(minutes=i), seq=i, flow_rate=100 + (i % 60), pressure=3.0 + (i % 7) / 10,
-                source="simulator", quality=("simulated",))
+                source="simulator", quality=("simulated",), extra={"totalizer": 1000.0 + i, "battery": 3.6} if i % 10 == 0 else None)
         for i in range(2 * 24 * 60)
     ]
     store.write_readings(readings)

@@ -231,3 +231,13 @@ def test_systemd_starts_the_stack_from_the_units(tmp_path: Path) -> None:
         assert ok, status
     finally:
         subprocess.run(["systemctl", "disable", "--now", "flowwatch.target"], check=False)
+
+
+def test_the_collector_may_open_every_meters_serial_port() -> None:
+    from app.install import serial_devices
+    from shared.settings import Settings
+
+    s = Settings(collector={"source": "modbus-rtu", "modbus": {"port": "/dev/ttyUSB0"}},
+                 meters=[{"id": "a"}, {"id": "b", "modbus": {"unit_id": 2}},
+                         {"id": "c", "source": "serial", "serial": {"port": "/dev/ttyUSB1"}}])
+    assert serial_devices(s, ["/dev/ttyACM0"]) == ["/dev/ttyUSB0", "/dev/ttyUSB1", "/dev/ttyACM0"]

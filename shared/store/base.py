@@ -189,6 +189,20 @@ def empty_readings() -> pd.DataFrame:
     return df
 
 
+def extra_frame(rows: Iterable[tuple[int, str, float]]) -> pd.DataFrame:
+    """A meter's extra values as a frame: UTC index ``ts``, one float column per name (NaN where a
+    reading lacks that value), from ``(epoch seconds, name, value)`` rows."""
+    import pandas as pd
+
+    rows = list(rows)
+    if not rows:
+        return pd.DataFrame(index=utc_index([]))
+    df = pd.DataFrame(rows, columns=["ts", "name", "value"]).pivot_table(index="ts", columns="name", values="value", aggfunc="last")
+    df.columns.name = None
+    df.index = utc_index(df.index.to_numpy())
+    return df.astype("float64")
+
+
 def readings_frame(ts: Sequence[int], seq, flow, pressure, quality, source) -> pd.DataFrame:
     import pandas as pd
 
@@ -306,6 +320,10 @@ class Store(abc.ABC):
         if not rows:
             return empty_readings()
         return readings_frame(*zip(*rows, strict=True))
+
+    def read_extra(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame:
+        """The extra values (``Reading.extra``) of readings with ts in [start, end): see :func:`extra_frame`."""
+        raise NotImplementedError(f"{type(self).__name__} does not store extra values")
 
     def read_reading_records(self, site: str, meter: str, start: datetime, end: datetime) -> list[Reading]:
         """The same readings as models, without pandas (for services back-filling their windows)."""

@@ -41,6 +41,7 @@ from shared.store.base import (
     anomaly_row,
     conflict_variant,
     epoch,
+    extra_frame,
     forecast_rows,
     from_epoch,
     reading_rows,
@@ -62,6 +63,11 @@ CREATE TABLE IF NOT EXISTS readings (
     mid INTEGER NOT NULL REFERENCES meters (id), ts INTEGER NOT NULL,
     seq INTEGER, flow_rate REAL, pressure REAL, quality TEXT NOT NULL DEFAULT '', source TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (mid, ts)
+) WITHOUT ROWID;
+-- a reading's extra values (Reading.extra: totalizer, battery, temperature, status...), one row per name
+CREATE TABLE IF NOT EXISTS readings_extra (
+    mid INTEGER NOT NULL REFERENCES meters (id), ts INTEGER NOT NULL, name TEXT NOT NULL, value REAL NOT NULL,
+    PRIMARY KEY (mid, ts, name)
 ) WITHOUT ROWID;
 CREATE VIEW IF NOT EXISTS readings_v AS
     SELECT m.site, m.meter, r.ts, r.seq, r.flow_rate, r.pressure, r.quality, r.source
@@ -285,7 +291,18 @@ class SqliteStore(Store):
 
     def write_readings(self, readings: Sequence[Reading]) -> WriteResult:
         rows = [(self._mid(site, meter), *rest) for site, meter, *rest in reading_rows(readings)]
-        return self._write_readings(rows, "write readings")
+        result = self._write_readings(rows, "write readings")
+        extra = [(self._mid(r.site, r.meter), epoch(r.ts), k, v) for r in readings if r.extra for k, v in r.extra.items()]
+        if extra:  # a stored value is kept, like the reading it belongs to
+            self._write("INSERT OR IGNORE INTO readings_extra (mid, ts, name, value) VALUES (?, ?, ?, ?)", extra, "write extra values")
+        return result
+
+    def read_extra(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame:
+        mid = self._mid(site, meter, create=False)
+        if mid is None:
+            return extra_frame([])
+        return extra_frame(self._query(
+            "SELECT ts, name, value FROM readings_extra WHERE mid = ? AND ts >= ? AND ts < ? ORDER BY ts", (mid, epoch(start), epoch(end))))
 
     def write_reading_frame(self, site: str, meter: str, frame: pd.DataFrame) -> WriteResult:
         f = to_reading_frame(frame)
@@ -421,6 +438,7 @@ class SqliteStore(Store):
         n = 0
         for (mid,) in self._query("SELECT id FROM meters", ()):  # each meter's range of the (mid, ts) key
             n += self._delete_batched("readings", "mid, ts", "mid = ? AND ts < ? ORDER BY ts", (mid, cut))
+            n += self._delete_batched("readings_extra", "mid, ts, name", "mid = ? AND ts < ? ORDER BY ts", (mid, cut))
         n += self._delete_batched("anomalies", "site, meter, kind, signal, start", "start < ?", (cut,))
         n += self._delete_batched("forecasts", "site, meter, signal, issued_at, target_time", "target_time < ?", (cut,))
         n += self._delete_batched("night_flow", "site, meter, day", "ts < ?", (cut,))
