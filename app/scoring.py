@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 # Which alert kinds count as detecting which label kinds (for recall; false alarms use any overlap).
-HYDRAULIC_ALERTS = frozenset({"burst", "night_flow", "threshold", "pressure_loss", "forecast_deviation"})
+HYDRAULIC_ALERTS = frozenset({"burst", "night_flow", "threshold", "pressure_loss", "pressure_drop", "forecast_deviation"})
 SENSOR_ALERTS = frozenset({"flatline", "spike", "gap", "invalid", "silent"})
 DETECTS: dict[str, frozenset[str]] = {
     "burst": HYDRAULIC_ALERTS,

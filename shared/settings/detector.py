@@ -104,6 +104,25 @@ class DetectorSettings(Section):
     burst_pressure_drop: float = Field(
         default=0.05, gt=0, description="A pressure step: the level falls below the baseline by this much (bar); the meter's noise is ~0.01."
     )
+    # alarm budget and calibrated steps (burst, pressure_drop)
+    alarm_budget_per_30d: float = Field(
+        default=1.0, gt=0, le=100,
+        description="Tolerable false alarms per 30 days per meter: the calibrated rules (burst, pressure_drop) set their thresholds from the meter's own history so ordinary data would have raised at most this many (shared between them).",
+    )
+    calibration_min_days: float = Field(
+        default=7, gt=0,
+        description="Days of history needed before the step thresholds are calibrated (until then the fixed burst_* / pressure_drop_* defaults apply, and alerts say so).",
+    )
+    pressure_drop_bar: float = Field(
+        default=0.3, gt=0,
+        description="pressure_drop: a fall of the pressure level below its recent baseline by at least this much (bar); calibrated thresholds never go below it.",
+    )
+    pressure_drop_baseline_minutes: float = Field(
+        default=10, gt=0, description="pressure_drop: the baseline is the median pressure of this many minutes before the level (short: supply-side events are abrupt, and a demand ramp moves both)."
+    )
+    pressure_drop_critical_bar: float = Field(
+        default=1.0, gt=0, description="A pressure_drop at least this large (bar), or one ending under pressure_loss_bar, is critical; smaller ones are warnings."
+    )
     # forecast deviation
     forecast_tolerance_pct: float = Field(default=30.0, gt=0, description="Readings further than this % from the forecast deviate...")
     forecast_tolerance_abs: dict[str, float] = Field(
