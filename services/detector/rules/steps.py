@@ -6,13 +6,18 @@ live. :func:`calibrate` replays that over the recent history and, per local hour
 with the hours on either side, both day types), sets each threshold so that ordinary data would
 have crossed it at most the rule's share of ``alarm_budget_per_30d``:
 
-- the tail of the hour's steps above their 95th percentile ``u`` is taken as exponential (a
-  peaks-over-threshold fit; the scale ``beta`` = median excess / ln 2, robust to a real event in the
-  history), and the threshold is the step exceeded with probability ``p`` per test:
-  ``u + beta * ln(0.05 / p)``, where ``p`` = the rule's budget per hour cell and 30 days over the
-  number of independent tests in that time (one per ``LEVEL_N`` readings);
-- it is never below the highest step of that hour in the history that was not an outlier of the
-  tail itself (so the history would have raised nothing), nor below a floor.
+- an hour with enough steps of its own (``_MIN_SAMPLES``, with its neighbours: a 1-minute meter)
+  has its own tail: the same fit below on its raw steps;
+- otherwise (a 15-minute or hourly meter, a short history) each hour's steps are put in its own
+  units (centre = median, scale = 1.4826 MAD: robust to a real event in the history) and the
+  tail of all hours together in those units, above its 95th
+  percentile ``u``, is taken as exponential (a peaks-over-threshold fit; ``beta`` = median excess /
+  ln 2), and ``z`` is the value exceeded with probability ``p`` per test: ``u + beta * ln(0.05 / p)``,
+  where ``p`` = the rule's budget per hour and 30 days over the number of independent tests in that
+  time (one per ``LEVEL_N`` readings);
+- the hour's threshold is ``centre + scale * z``, never below the hour's highest step in the history
+  unless that one is an outlier even of the fitted tail (so ordinary history would have raised
+  nothing), nor below a floor.
 
 Flow steps are relative to the mean flow of the last day (as the burst rule scales them), pressure
 steps are in bar. Pure numpy, no pandas: the service stays small.
@@ -31,7 +36,8 @@ SHARE = 0.25  # each calibrated rule's share of the meter's alarm budget (the re
 CONFIRM = 10.0  # the burst's pressure confirmation may be crossed this many times more often than a step alone
 MIN_DROP_BAR = 0.1  # a calibrated pressure_drop threshold is at least this (bar)
 _TAIL_Q = 0.95
-_MIN_SAMPLES = 200  # fewer steps than this in an hour cell: that hour keeps the default
+_MIN_SAMPLES = 200  # fewer steps than this in all: no tail is fitted, the defaults stay
+_MIN_PER_HOUR = 20  # fewer steps than this in an hour (with its neighbours): that hour keeps the default
 
 
 @dataclass
@@ -106,7 +112,7 @@ def day_mean(g: np.ndarray, interval_s: float) -> np.ndarray:
 
 def tail_threshold(s: np.ndarray, p: float) -> float | None:
     """The value exceeded with probability ``p`` by draws like ``s`` (exponential tail over the 95th
-    percentile), and at least the largest value that is not an outlier of that tail."""
+    percentile; None with fewer than ``_MIN_SAMPLES``)."""
     s = s[np.isfinite(s)]
     if len(s) < _MIN_SAMPLES:
         return None
@@ -115,20 +121,50 @@ def tail_threshold(s: np.ndarray, p: float) -> float | None:
     if len(exc) == 0:
         return u
     beta = max(float(np.median(exc)) / math.log(2), 1e-12)
-    thr = u + beta * math.log((1 - _TAIL_Q) / max(p, 1e-12))
-    # the history would have crossed it at most rarely: its top step (unless an outlier even of the tail)
-    top = float(exc.max()) + u
-    if top <= u + beta * math.log((1 - _TAIL_Q) * len(s) * 10):  # not an extreme of the fitted tail
-        thr = max(thr, top)
-    return thr
+    return u + beta * math.log((1 - _TAIL_Q) / max(p, 1e-12))
 
 
 def _per_hour(hour: np.ndarray, s: np.ndarray, p: float, floor: float) -> list[float | None]:
+    """Per local hour: the hour's own centre and scale (median, 1.4826 MAD of its steps, pooled with the
+    neighbouring hours), and one tail for all hours in those units (so an hourly or 15-minute meter, with
+    few steps per hour, still has a tail to fit): threshold = centre + scale * z, where z is exceeded
+    with probability ``p``; at least the hour's largest step unless that one is an outlier of the tail."""
+    ok = np.isfinite(s)
+    hour, s = hour[ok], s[ok]
+    centre, scale = np.full(24, np.nan), np.full(24, np.nan)
+    for h in range(24):
+        x = s[(hour == h) | (hour == (h + 1) % 24) | (hour == (h - 1) % 24)]  # the hour and its neighbours
+        if len(x) >= _MIN_PER_HOUR:
+            centre[h] = np.median(x)
+            scale[h] = max(1.4826 * float(np.median(np.abs(x - centre[h]))), 1e-9)
+    if not np.isfinite(scale).any():
+        return [None] * 24
+    known = np.isfinite(scale[hour])
+    z = (s[known] - centre[hour[known]]) / scale[hour[known]]
+    zt = tail_threshold(z, p)
+    if zt is None:
+        return [None] * 24
+    u = float(np.quantile(z, _TAIL_Q))
+    beta = max(float(np.median(z[z > u] - u)) / math.log(2), 1e-12) if (z > u).any() else 1e-12
+    outlier = u + beta * math.log((1 - _TAIL_Q) * len(z) * 10)
     out: list[float | None] = []
     for h in range(24):
-        sel = (hour == h) | (hour == (h + 1) % 24) | (hour == (h - 1) % 24)  # the hour and its neighbours
-        thr = tail_threshold(s[sel], p)
-        out.append(None if thr is None else round(max(thr, floor), 6))
+        x = s[(hour == h) | (hour == (h + 1) % 24) | (hour == (h - 1) % 24)]
+        own = tail_threshold(x, p)
+        if own is not None:  # enough steps for a tail of the hour's own (1-minute meters)
+            u_h = float(np.quantile(x, _TAIL_Q))
+            b_h = max(float(np.median(x[x > u_h] - u_h)) / math.log(2), 1e-12) if (x > u_h).any() else 1e-12
+            top = float(x.max())
+            thr = max(own, top) if top <= u_h + b_h * math.log((1 - _TAIL_Q) * len(x) * 10) else own
+            out.append(round(max(thr, floor), 6))
+            continue
+        if not np.isfinite(scale[h]):
+            out.append(None)
+            continue
+        zh = z[hour[known] == h]
+        top = float(zh.max()) if len(zh) else -math.inf
+        zz = max(zt, top) if top <= outlier else zt
+        out.append(round(max(float(centre[h] + scale[h] * zz), floor), 6))
     return out
 
 
