@@ -224,6 +224,11 @@ def test_a_large_night_flow_rise_raises_leak_the_same_night_and_two_normal_night
     assert leak[0].start == nf[11].ts == leak[0].ts  # the first night at 9.0 raises it, the same night
     assert leak[0].signal == "flow_rate" and "leak suspected" in leak[0].message and "night_single_z" in leak[0].message
     assert leak[1].end == nf[16].ts  # the second normal night in a row closes it
+    # severity from the size: +4 m³/h on a night flow of ~5 is a large leak; the excess is stated
+    assert leak[0].severity == "critical" and "4.0" in leak[0].message.split("m³/h")[0] and "m³/day" in leak[0].message
+    small, _ = nights(engine(night_min_baseline_nights=7), [5.0] * 10 + [6.0])
+    (s,) = [a for a in kinds(small, "night_flow") if a.state == "open"]
+    assert s.severity == "warning" and "m³/day" in s.message  # +1 on 5: 20 %, under night_critical_pct
 
 
 def test_a_small_steady_night_flow_rise_adds_up_to_a_leak():

@@ -98,3 +98,20 @@ def test_simulate_then_evaluate_a_burst(tmp_path: Path):
     assert {"alerts", "false_alarms", "false_alarms_per_30_days", "precision"} <= set(m["alarms"])
     assert {"flow_rate", "pressure"} == set(m["forecast"])
     assert (out / "evaluation.png").stat().st_size > 10_000
+
+
+def test_evaluate_without_labels_reports_what_an_operator_lives_with(tmp_path: Path):
+    """No labels (real records): alerts per 30 days by kind and severity, and forecast skill against both baselines."""
+    pytest.importorskip("services.detector.engine")
+    sim = simulate(Scenario(days=9, seed=11, leaks=(Leak(start_day=8.3, size_pct=40, kind="burst", duration_days=0.2),)))
+    rp, _ = write(sim, tmp_path / "sim")
+    out = tmp_path / "eval"
+    run = subprocess.run([sys.executable, "-m", "app.cli", "evaluate", "--readings", str(rp), "--out", str(out), "--quiet",
+                          "--score-from-day", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "without labels, over 8.0 days" in run.stdout and "per 30 days" in run.stdout and "burst" in run.stdout
+    r = json.loads((out / "report.json").read_text())
+    assert r["per_30_days_by_kind"]["burst"]["critical"] > 0  # the 40 % burst, at 30 / 8 per 30 days
+    f = r["forecast"]["flow_rate"]
+    assert f["targets"] > 0 and f["persistence_wape"] > 0 and f["seasonal_naive_wape"] > 0 and f["skill_vs_persistence"] is not None
+    assert not (out / "metrics.json").exists()

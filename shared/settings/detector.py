@@ -92,6 +92,9 @@ class DetectorSettings(Section):
     night_single_z: float = Field(
         default=3.5, gt=0, description="One night this many sigmas above the baseline raises 'night_flow' at once (a medium or large leak)."
     )
+    night_critical_pct: float = Field(
+        default=25.0, gt=0, description="A 'night_flow' whose excess is at least this % of the baseline night flow is critical (a large leak); smaller ones are warnings."
+    )
     # burst
     burst_baseline_minutes: float = Field(
         default=5, gt=0, description="Burst baseline = median of this many minutes before the level (the median of the last 3 readings); short, so a demand ramp is not a step."
