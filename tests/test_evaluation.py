@@ -115,3 +115,22 @@ def test_evaluate_without_labels_reports_what_an_operator_lives_with(tmp_path: P
     f = r["forecast"]["flow_rate"]
     assert f["targets"] > 0 and f["persistence_wape"] > 0 and f["seasonal_naive_wape"] > 0 and f["skill_vs_persistence"] is not None
     assert not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("network, inflow", [("Net2", 8.0), ("Net3", 120.0), ("ky4", 400.0)])
+def test_example_network_layouts_make_a_dma_with_a_burst_that_shows_at_the_meter(network, inflow):
+    sc = Scenario(days=2, seed=3, network=network, mean_inflow=inflow, leaks=(Leak(start_day=1.5, size_pct=30, kind="burst"),))
+    sim = simulate(sc)
+    r = sim.readings.set_index("timestamp")
+    assert sim.info["junctions"] > {"Net2": 30, "Net3": 90, "ky4": 900}[network]
+    assert sim.info["mean_inflow_m3h"] == pytest.approx(inflow, rel=0.1) and r["pressure"].between(2.5, 5.5).all()
+    at = sim.labels["start"].iloc[0]
+    before = r.loc[at - pd.Timedelta(minutes=5): at - pd.Timedelta(minutes=1)]
+    after = r.loc[at: at + pd.Timedelta(minutes=4)]
+    assert after["flow_rate"].mean() - before["flow_rate"].mean() > 0.2 * inflow
+    assert after["pressure"].mean() < before["pressure"].mean() - 0.03
+
+
+def test_an_unknown_network_is_named_in_the_error():
+    with pytest.raises(ValueError, match="network 'Net9': use grid or one of Net2, Net3, ky4"):
+        Scenario(network="Net9")
