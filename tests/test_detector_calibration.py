@@ -160,3 +160,32 @@ def test_step_calibration_round_trips_and_rejects_a_damaged_one():
     assert all(x is not None and x >= 0.1 for x in cal.pressure_drop)
     with pytest.raises(ValueError):
         StepCalibration.from_dict({"flow_rel": [1.0]})
+
+
+def test_forecast_tolerance_is_learned_from_how_far_the_readings_ran_from_the_forecasts():
+    """A model that follows a district loosely (readings 20-45 % off for hours) gets a wider band after a
+    recalibration; the configured tolerance stays the floor. Kept in the calibration (restart)."""
+    from services.detector.rules.forecast import ForecastDeviationRule
+
+    rng = np.random.default_rng(4)
+    cfg = DetectorSettings()
+    loose, close = ForecastDeviationRule("flow_rate", cfg), ForecastDeviationRule("flow_rate", cfg)
+    t0 = 1_767_225_600.0
+    before = {}
+    for r, spread in ((loose, 0.25), (close, 0.03)):
+        alarms_before = 0
+        for h in range(20 * 24):  # 20 days of hourly forecasts of 100 m³/h
+            issued = t0 + h * 3600
+            r.offer(issued, [issued + 3600 * k for k in range(1, 7)], [100.0] * 6, False)
+            off = 1 + rng.normal(0, spread)  # the model is off by this much for the whole hour
+            for m in range(1, 61):
+                c = r.check(issued + 60 * m, 100.0 * off + rng.normal(0, 1), None)
+                alarms_before += bool(c and c.active and m == 60)
+        assert r.tol_pct == cfg.forecast_tolerance_pct
+        before[spread] = alarms_before
+    assert before[0.25] > 10  # hours at 30 % off, each a candidate alarm with the fixed tolerance
+    p = cfg.alarm_budget_per_30d * 0.25 * cfg.forecast_sustain_minutes / (30 * 1440)
+    assert loose.learn(p, cfg.forecast_tolerance_pct) > 60 and loose.learned_days >= 19
+    assert close.learn(p, cfg.forecast_tolerance_pct) == cfg.forecast_tolerance_pct  # the floor
+    c = loose.check(t0 + 20 * 24 * 3600 - 10, 100.0 * (1 + 2 * loose.tol_pct / 100), None)  # twice the learned band off
+    assert c is not None and "learned from" in c.message

@@ -53,7 +53,7 @@ from services.detector.rules.liveness import GapRule, SilentRule
 from services.detector.rules.nightflow import NightAccumulator, NightLeakRule, parse_hhmm
 from services.detector.rules.pressure import PressureDropRule, PressureLossRule
 from services.detector.rules.spike import SpikeRule
-from services.detector.rules.steps import StepCalibration, calibrate
+from services.detector.rules.steps import SHARE, StepCalibration, calibrate
 from services.detector.rules.thresholds import (
     BandTable,
     HourCells,
@@ -117,6 +117,10 @@ class _Meter:
 
     def set_calibration(self, cal: StepCalibration | None) -> None:
         self.cal = self.burst.cal = self.pdrop.cal = cal
+        for sig, pct in (cal.forecast_pct if cal is not None else {}).items():
+            r = self.sig.get(sig)
+            if r is not None and r.forecast.learned_days is None:  # kept from before a restart
+                r.forecast.tol_pct, r.forecast.learned_days = pct, cal.days
 
 
 class DetectionEngine:
@@ -356,6 +360,12 @@ class DetectionEngine:
                             interval_s=m.interval, tz=self.tz, budget_per_30d=cfg.alarm_budget_per_30d,
                             flow_base_s=cfg.burst_baseline_minutes * 60, pressure_base_s=cfg.pressure_drop_baseline_minutes * 60,
                             at=at, min_burst_drop=cfg.burst_pressure_drop)
+            # forecast deviation: from the distances to the forecasts seen, one test per sustain block
+            p = cfg.alarm_budget_per_30d * SHARE * cfg.forecast_sustain_minutes / (30 * 1440)
+            for sig, r in m.sig.items():
+                pct = r.forecast.learn(p, cfg.forecast_tolerance_pct)
+                if pct is not None:
+                    cal.forecast_pct[sig] = pct
             m.set_calibration(cal)
         m.recal.learning = m.cal is None or m.cal.days < cfg.threshold_days * 0.95
 

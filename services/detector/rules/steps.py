@@ -49,6 +49,7 @@ class StepCalibration:
     flow_rel: list[float | None] = field(default_factory=lambda: [None] * 24)  # burst flow step / day mean
     burst_pressure: list[float | None] = field(default_factory=lambda: [None] * 24)  # burst confirmation (bar)
     pressure_drop: list[float | None] = field(default_factory=lambda: [None] * 24)  # pressure_drop (bar)
+    forecast_pct: dict[str, float] = field(default_factory=dict)  # forecast_deviation tolerance per signal (%)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,8 +61,11 @@ class StepCalibration:
                 raise ValueError("a step calibration needs 24 hourly values")
             return [None if x is None else float(x) for x in v]
 
+        fc = d.get("forecast_pct") or {}
+        if not isinstance(fc, dict):
+            raise ValueError("forecast_pct must map a signal to a tolerance")
         return cls(float(d.get("days", 0.0)), float(d.get("computed_at", 0.0)), hours(d.get("flow_rel")),
-                   hours(d.get("burst_pressure")), hours(d.get("pressure_drop")))
+                   hours(d.get("burst_pressure")), hours(d.get("pressure_drop")), {str(k): float(v) for k, v in fc.items()})
 
 
 def _grid(ts: np.ndarray, x: np.ndarray, interval_s: float) -> np.ndarray:
