@@ -111,7 +111,8 @@ def test_a_flow_only_meter_decides_bursts_on_flow_and_never_says_pressure_is_mis
     late = [a for a in opened(out, "burst") if a.start >= T0 + timedelta(days=28)]
     assert [a.start for a in late if a.start < burst_at] == []  # no false burst after learning
     hit = [a for a in late if burst_at <= a.start <= burst_at + timedelta(minutes=5)]
-    assert hit and "flow only" in hit[0].message
+    assert hit and "flow only" in hit[0].message and "learned from 28.0 days" in hit[0].message
+    assert "still learning" not in hit[0].message
     assert e.calibration("s1", "m1").pressure_drop == [None] * 24
 
 
@@ -132,6 +133,7 @@ def test_a_15_minute_meter_sees_a_burst_and_a_pressure_drop():
     assert len(b) == 1 and burst_at <= b[0].start <= burst_at + timedelta(minutes=30), [a.start for a in b]
     d = [a for a in opened(out, "pressure_drop") if a.start >= learned]
     assert len(d) == 1 and drop_at <= d[0].start <= drop_at + timedelta(minutes=30) and d[0].severity == "critical"
+    assert "still learning: 8.0 of 28 days" in d[0].message  # the alert says its thresholds rest on a short history
     assert not opened(out, "invalid") and not [a for a in out if a.kind == "gap"]
 
 

@@ -137,7 +137,7 @@ class BurstRule:
             return None
         msg = ""
         if active and not is_open:
-            how = (f"thresholds of hour {hour:02d} learned from {cal.days:.1f} days to detector.alarm_budget_per_30d"
+            how = (f"thresholds of hour {hour:02d} {cal.learned_from(cfg.threshold_days)}"
                    if cal is not None and cal.flow_rel[hour] is not None else
                    "fixed defaults: the meter's history is still too short to calibrate (detector.calibration_min_days)")
             size = "" if lf is None or bf is None or not ref else f" (+{(lf - bf) / ref:.0%} of the day's mean flow {_num(ref)} m³/h)"

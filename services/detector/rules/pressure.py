@@ -84,7 +84,7 @@ class PressureDropRule:
         drop = base - level
         critical = drop >= cfg.pressure_drop_critical_bar or level < cfg.pressure_loss_bar
         cal = self.cal
-        how = (f"threshold of hour {hour:02d} learned from {cal.days:.1f} days to detector.alarm_budget_per_30d"
+        how = (f"threshold of hour {hour:02d} {cal.learned_from(cfg.threshold_days)}"
                if cal is not None and cal.pressure_drop[hour] is not None else
                "detector.pressure_drop_bar: the meter's history is still too short to calibrate (detector.calibration_min_days)")
         what = "flow unchanged: supply side (pump, valve, regulator)?" if self.has_flow else "no flow signal on this meter"
