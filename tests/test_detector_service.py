@@ -276,6 +276,7 @@ def test_thresholds_recalibrate_cli_stores_prints_and_tells_the_running_detector
                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     assert f"{site}/m1 flow_rate: learned (15.0 days of data" in out.stdout and "weekday lower..upper" in out.stdout
+    assert f"{site}/m1 steps: learned from 15.0 days to detector.alarm_budget_per_30d" in out.stdout and "pressure_drop (bar)" in out.stdout
     at = df.index[-1].to_pydatetime() + timedelta(seconds=1)
     with SqliteStore(db) as st:
         th = st.latest_thresholds(site, "m1", "pressure")

@@ -73,6 +73,23 @@ class StepCalibration:
                    hours(d.get("burst_pressure")), hours(d.get("pressure_drop")), {str(k): float(v) for k, v in fc.items()})
 
 
+def format_steps(site: str, meter: str, cal: StepCalibration | None) -> str:
+    """The step thresholds of one meter as a table for the CLI."""
+    if cal is None:
+        return f"{site}/{meter} steps: not calibrated yet (detector.calibration_min_days); the fixed burst_* / pressure_drop_* defaults apply"
+
+    def f(x: float | None, scale: float = 1.0, fmt: str = "{:>8.3f}") -> str:
+        return f"{'-':>8}" if x is None else fmt.format(x * scale)
+
+    lines = [f"{site}/{meter} steps: learned from {cal.days:.1f} days to detector.alarm_budget_per_30d"
+             + (f"; forecast tolerance {', '.join(f'{k} {v:g} %' for k, v in cal.forecast_pct.items())}" if cal.forecast_pct else ""),
+             "  hour   burst flow (% of day mean)   burst pressure (bar)   pressure_drop (bar)"]
+    for h in range(24):
+        lines.append(f"  {h:02d}     {f(cal.flow_rel[h], 100, '{:>8.1f}')}                     {f(cal.burst_pressure[h])}"
+                     f"               {f(cal.pressure_drop[h])}")
+    return "\n".join(lines)
+
+
 def _grid(ts: np.ndarray, x: np.ndarray, interval_s: float) -> np.ndarray:
     """Values on a regular grid of ``interval_s`` from the first timestamp (NaN where none arrived)."""
     idx = np.rint((ts - ts[0]) / interval_s).astype(np.int64)
