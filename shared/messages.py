@@ -208,7 +208,7 @@ class ServiceStatus(Message):
 class ExportRecord(MeterMessage):
     """The content of an export file, mirrored on MQTT. ``content`` is the file, byte for byte."""
 
-    file: Literal["alert", "server"]
+    file: Literal["alert", "server", "forecast"]
     ts: UtcDatetime = Field(description="Event time the file was composed for.")
     protocol_version: int = Field(ge=1)
     content: str = Field(max_length=1_000_000)
@@ -276,3 +276,51 @@ def finite_or_none(x: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
+
+
+def alert_id(site: str, meter: str, kind: str, signal: str, start: datetime) -> str:
+    """The short, stable id of an alert (an anomaly's identity): what ``flowwatch alerts ack`` takes."""
+    import hashlib
+
+    key = f"{site}/{meter}/{kind}/{signal}/{int(start.timestamp())}"
+    return hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+class AlertAction(Message):
+    """An acknowledgement or a silence (``flowwatch alerts``, or the device on the notifier's command
+    topic). Stored (``alert_actions``) so the notifier, Grafana and alert.txt see it.
+
+    - ``ack``: ``alert_id`` is acknowledged: it is not escalated any more (its close is still sent);
+    - ``silence``: nothing is sent for ``site``/``meter`` (and ``kind``, when given) until ``until``;
+    - ``unsilence``: ends the silences of that ``site``/``meter``/``kind`` now.
+    """
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="Unique id of this action (a redelivery is one action).")
+    action: Literal["ack", "silence", "unsilence"]
+    ts: UtcDatetime = Field(description="Wall-clock time of the action.")
+    alert_id: str | None = Field(default=None, max_length=64, description="ack: the alert acknowledged.")
+    site: Ident | None = None
+    meter: Ident | None = Field(default=None, description="silence: the meter silenced.")
+    kind: AnomalyKind | None = Field(default=None, description="silence: only this kind (none: every kind).")
+    until: UtcDatetime | None = Field(default=None, description="silence: when it ends.")
+    by: str = Field(default="", max_length=64, description="Who did it.")
+    note: str = Field(default="", max_length=300)
+
+    @model_validator(mode="after")
+    def _complete(self) -> AlertAction:
+        if self.action == "ack" and not self.alert_id:
+            raise ValueError("an ack needs alert_id")
+        if self.action in ("silence", "unsilence") and (self.site is None or (self.meter is None and self.kind is None)):
+            raise ValueError(f"a {self.action} needs site and a meter or a kind")
+        if self.action == "silence" and self.until is None:
+            raise ValueError("a silence needs until")
+        return self
+
+
+class AlertState(Message):
+    """The acknowledgements and silences in force, published retained by the notifier whenever they
+    change; the exporter shows them in alert.txt."""
+
+    ts: UtcDatetime = Field(description="Wall-clock time of this state.")
+    acked: tuple[str, ...] = Field(default=(), max_length=5000, description="Ids of the acknowledged alerts (newest kept).")
+    silences: tuple[AlertAction, ...] = Field(default=(), max_length=1000, description="Silences in force now.")

@@ -206,12 +206,16 @@ def test_one_dockerfile_for_the_five_services() -> None:
     kinds = [k for k, _ in steps]
     declared = [rest.split("=")[0] for k, rest in steps if k == "ARG"]
     assert sorted(declared) == sorted(BUILD_ARGS)
-    deps = next(i for i, (k, rest) in enumerate(steps) if k == "RUN" and "pip install -r" in rest)
+    deps = next(i for i, (k, rest) in enumerate(steps) if k == "RUN" and "pip install --require-hashes -r" in rest)
     source = steps.index(("COPY", "shared ./shared"))
     # dependencies in a layer before the source; only EXTRA is declared before it (the cache key)
     assert deps < source
     assert [rest for k, rest in steps[:deps] if k == "ARG"] == ["EXTRA"]
-    assert steps.index(("COPY", "pyproject.toml ./")) < deps
+    assert steps.index(("COPY", "requirements ./requirements")) < deps  # the locks: nothing else is needed
+    assert [rest for k, rest in steps[:deps] if k == "COPY"] == ["requirements ./requirements"]
+    # then the project from the checkout, without touching the locked dependencies
+    # (built with the locked setuptools: requirements/build.lock, installed in the dependency layer)
+    assert any(k == "RUN" and "pip install --no-deps --no-build-isolation ." in rest for k, rest in steps[source:])
     # the packages the image installs, the one of the `flowwatch` entry point among them (app/: the
     # image runs `flowwatch SERVICE`; its healthcheck, `python -m shared.health SERVICE`)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -252,16 +256,27 @@ def test_compose_builds_each_service_with_its_extra_and_uid(compose: dict, name:
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_the_dependency_layer_installs_only_the_service_extra(name: str, tmp_path: Path) -> None:
-    run = next(rest for k, rest in instructions() if k == "RUN" and "pip install -r" in rest)
-    req = tmp_path / "requirements.txt"
-    script = run.replace("pip install -r", "cat").replace("/tmp/requirements.txt", str(req))
-    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "EXTRA": name}
+    """The layer installs requirements/EXTRA.lock with hashes: the core and the service's own pins, not
+    another service's (tensorflow stays out of the collector's image); tests/test_lock.py checks the
+    locks against pyproject.toml."""
+    from tests.test_lock import lock_versions, project_pins
+
+    run = next(rest for k, rest in instructions() if k == "RUN" and "pip install --require-hashes -r" in rest)
+    script = run.replace("pip install --require-hashes -r", "echo")
+    env = {"PATH": "/usr/bin:/bin", "EXTRA": name}
     out = subprocess.run(["/bin/sh", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert out.stdout.split() == project["dependencies"] + project["optional-dependencies"][name]
-    # without the build arg the build stops
+    assert out.stdout.split() == [f"requirements/{name}.lock", "requirements/build.lock"]
+    locked = lock_versions(name)
+    own = project_pins(name)
+    assert set(own) <= set(locked)
+    stray = ({n for e in SERVICES for n in project_pins(e)} - set(own)) & set(locked)
+    assert not stray, f"{name}'s image would carry other services' dependencies: {sorted(stray)}"
+    # without the build arg, or for an extra without a lock, the build stops
     env.pop("EXTRA")
     assert subprocess.run(["/bin/sh", "-c", script], cwd=ROOT, env=env, capture_output=True).returncode != 0
+    env["EXTRA"] = "nosuchextra"
+    err = subprocess.run(["/bin/sh", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert err.returncode != 0 and "./flowwatch lock" in err.stderr
 
 
 @pytest.mark.parametrize("name", SERVICES)

@@ -21,6 +21,7 @@ from shared.settings.limits import RangeLimits
 from shared.settings.meters import MeterSettings
 from shared.settings.modelstore import ModelStoreSettings
 from shared.settings.mqtt import MqttSettings
+from shared.settings.notifier import NotifierSettings
 from shared.settings.store import StoreSettings
 from shared.settings.trainer import TrainerSettings
 from shared.topics import LEVEL_MAX_LENGTH
@@ -57,6 +58,7 @@ class Settings(BaseSettings):
     forecaster: ForecasterSettings = Field(default_factory=ForecasterSettings, description="Forecaster service.")
     exporter: ExporterSettings = Field(default_factory=ExporterSettings, description="Exporter service.")
     trainer: TrainerSettings = Field(default_factory=TrainerSettings, description="Trainer service.")
+    notifier: NotifierSettings = Field(default_factory=NotifierSettings, description="Notifier service: alerts to people.")
     models: ModelStoreSettings = Field(
         default_factory=ModelStoreSettings, description="Model store: written by the trainer, served by the forecaster."
     )

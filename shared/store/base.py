@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
-from shared.messages import Anomaly, Forecast, Reading, Thresholds
+from shared.messages import AlertAction, Anomaly, Forecast, Reading, Thresholds
 
 if TYPE_CHECKING:  # pandas is imported only where a frame is built: services that never ask for
     import numpy as np  # one (collector, detector, exporter) stay small in memory
@@ -273,6 +273,19 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def write_night_flow(self, items: Sequence[NightFlow]) -> int: ...
+
+    # --- alerts to people (the notifier, ``flowwatch alerts``): additive, read by Grafana too ---
+    @abc.abstractmethod
+    def write_alert_actions(self, actions: Sequence[AlertAction]) -> int:
+        """Store acknowledgements and silences (identity: the action's id; a rewrite overwrites itself)."""
+
+    @abc.abstractmethod
+    def read_alert_actions(self, since: datetime) -> list[AlertAction]:
+        """Actions taken at or after ``since`` (whole seconds), oldest first by their full ``ts``."""
+
+    @abc.abstractmethod
+    def write_service_status(self, items: Sequence[tuple[str, bool, datetime]]) -> int:
+        """(service, online, wall-clock time) points: the "service offline" alert rule reads them."""
 
     # --- reads: each adapter returns plain rows; frames and models are built here, once ---
     @abc.abstractmethod

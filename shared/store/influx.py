@@ -15,6 +15,8 @@ Series layout (identity = measurement + tags + time, so a rewrite overwrites its
 | forecasts   | site, meter, signal, lead    | target_time | value, model, issued_at   (lead = minutes)   |
 | thresholds  | site, meter, signal          | computed_at | method, payload (JSON)                        |
 | night_flow  | site, meter                  | night start | value, day                                    |
+| alert_actions | action, id                 | ts          | payload (JSON AlertAction), alert_id, site, meter, kind, until, by |
+| service_status | service                   | ts          | online (1/0)                                  |
 
 A point written again overwrites the stored one, so readings are never written blind: each batch
 first reads its time range back (one InfluxQL query per meter and batch), writes only the new
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
 
 import requests
 
-from shared.messages import Anomaly, Forecast, Reading, Thresholds
+from shared.messages import AlertAction, Anomaly, Forecast, Reading, Thresholds
 from shared.settings import InfluxSettings
 from shared.store.base import (
     NightFlow,
@@ -375,6 +377,24 @@ class InfluxStore(Store):
             f"night_flow,meter={_tag(n.meter)},site={_tag(n.site)} {_fields([('value', float(n.value)), ('day', n.day.isoformat())])} {epoch(n.ts)}"
             for n in items
         ])
+
+    def write_alert_actions(self, actions: Sequence[AlertAction]) -> int:
+        lines = []
+        for a in actions:
+            fields = _fields([
+                ("payload", a.model_dump_json()), ("alert_id", a.alert_id), ("site", a.site), ("meter", a.meter),
+                ("kind", a.kind), ("until", epoch(a.until) if a.until else None), ("by", a.by),
+            ])
+            lines.append(f"alert_actions,action={_tag(a.action)},id={_tag(a.id)} {fields} {epoch(a.ts)}")
+        return self._write_lines(lines)
+
+    def read_alert_actions(self, since: datetime) -> list[AlertAction]:
+        series = self._select(f"SELECT payload FROM alert_actions WHERE time >= {_ql_time(since)}")
+        out = [AlertAction.model_validate_json(p) for _ts, p in self._rows(series, ["time", "payload"])]
+        return sorted(out, key=lambda a: (a.ts, a.id))
+
+    def write_service_status(self, items: Sequence[tuple[str, bool, datetime]]) -> int:
+        return self._write_lines([f"service_status,service={_tag(name)} online={int(online)}i {epoch(ts)}" for name, online, ts in items])
 
     # --- reads ----------------------------------------------------------------------------------
     def _where(self, site: str, meter: str, start: datetime | None = None, end: datetime | None = None) -> str:

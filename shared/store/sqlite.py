@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 
 from shared.fileio import restrict_db_file
-from shared.messages import Anomaly, Forecast, Reading, Thresholds
+from shared.messages import AlertAction, Anomaly, Forecast, Reading, Thresholds
 from shared.settings import SqliteSettings
 from shared.store.base import (
     NightFlow,
@@ -94,6 +94,14 @@ CREATE TABLE IF NOT EXISTS reading_conflicts (
     flow_rate REAL, pressure REAL, quality TEXT NOT NULL, seq INTEGER, source TEXT NOT NULL,
     stored_flow_rate REAL, stored_pressure REAL, stored_quality TEXT NOT NULL, seen_at INTEGER NOT NULL,
     PRIMARY KEY (site, meter, ts, variant)
+) WITHOUT ROWID;
+-- acknowledgements and silences (shared.messages.AlertAction), and the services' online state
+CREATE TABLE IF NOT EXISTS alert_actions (
+    id TEXT PRIMARY KEY, action TEXT NOT NULL, ts INTEGER NOT NULL, payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_actions_ts ON alert_actions (ts);
+CREATE TABLE IF NOT EXISTS service_status (
+    service TEXT NOT NULL, ts INTEGER NOT NULL, online INTEGER NOT NULL, PRIMARY KEY (service, ts)
 ) WITHOUT ROWID;
 """
 
@@ -323,6 +331,22 @@ class SqliteStore(Store):
             "INSERT OR REPLACE INTO night_flow (site, meter, day, ts, value) VALUES (?, ?, ?, ?, ?)",
             [(n.site, n.meter, n.day.isoformat(), epoch(n.ts), n.value) for n in items],
             "write night flow",
+        )
+
+    def write_alert_actions(self, actions: Sequence[AlertAction]) -> int:
+        return self._write(
+            "INSERT OR REPLACE INTO alert_actions (id, action, ts, payload) VALUES (?, ?, ?, ?)",
+            [(a.id, a.action, epoch(a.ts), a.model_dump_json()) for a in actions], "write alert actions",
+        )
+
+    def read_alert_actions(self, since: datetime) -> list[AlertAction]:
+        rows = self._query("SELECT payload FROM alert_actions WHERE ts >= ? ORDER BY rowid", (epoch(since),))
+        return sorted((AlertAction.model_validate_json(p) for (p,) in rows), key=lambda a: a.ts)  # stable: written order within a time
+
+    def write_service_status(self, items: Sequence[tuple[str, bool, datetime]]) -> int:
+        return self._write(
+            "INSERT OR REPLACE INTO service_status (service, ts, online) VALUES (?, ?, ?)",
+            [(name, epoch(ts), int(online)) for name, online, ts in items], "write service status",
         )
 
     # --- reads ----------------------------------------------------------------------------------
