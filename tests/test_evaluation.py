@@ -134,3 +134,22 @@ def test_example_network_layouts_make_a_dma_with_a_burst_that_shows_at_the_meter
 def test_an_unknown_network_is_named_in_the_error():
     with pytest.raises(ValueError, match="network 'Net9': use grid or one of Net2, Net3, ky4"):
         Scenario(network="Net9")
+
+
+def test_the_held_out_suite_is_valid_and_covers_networks_sizes_and_noise():
+    import yaml
+
+    from app.scenarios import scenario_from_dict
+
+    data = yaml.safe_load((ROOT / "bench" / "heldout.yaml").read_text())
+    scs = [scenario_from_dict(d) for d in data["scenarios"]]
+    assert len({s.name for s in scs}) == len(scs) == 12
+    assert {s.network for s in scs} == {"Net2", "Net3", "ky4"}
+    assert min(s.mean_inflow for s in scs) <= 10 and max(s.mean_inflow for s in scs) >= 400  # ~400 to ~20,000 customers
+    assert {s.minute_noise for s in scs} == {0.008, 0.04}
+    quiet = sum(s.days - data["train_days"] for s in scs if not s.leaks)
+    assert quiet >= 360
+    for s in scs:  # each leak starts after the learning days and after the one before was repaired
+        ends = [lk.start_day + (lk.duration_days or 0) for lk in s.leaks]
+        assert all(lk.start_day > data["train_days"] for lk in s.leaks)
+        assert all(b.start_day - e >= 3 for b, e in zip(s.leaks[3:], ends[2:], strict=False))
