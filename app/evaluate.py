@@ -14,6 +14,8 @@ promoted versions; otherwise it serves seasonal naive, as a new install does.
 Writes (formats are stable; other tools score them too):
   DIR/anomalies.csv   start,end,kind,signal,severity       (end empty while still open at the end)
   DIR/forecasts.csv   issued_at,target_time,signal,value,model   (model = version or seasonal-naive)
+  DIR/report.json     without labels too: alerts per 30 days by kind and severity, forecast skill
+                      against persistence and seasonal naive (what an operator lives with)
 and with ``--labels``: DIR/metrics.json (see app/scoring.py for the definitions) and
 DIR/evaluation.png. Only events, alerts and forecast targets after the scoring start are scored
 (``--score-from-day``, default: the training days).
@@ -206,6 +208,23 @@ def score(readings: pd.DataFrame, labels: pd.DataFrame, anomalies: pd.DataFrame,
     return out
 
 
+def report(readings: pd.DataFrame, anomalies: pd.DataFrame, forecasts: pd.DataFrame, score_from: datetime, step_minutes: int) -> dict:
+    """What an operator lives with, no labels needed (app/scoring.py: operator_report)."""
+    from app import scoring
+
+    data_end = readings.index[-1].to_pydatetime()
+    alerts = [scoring.AlertSpan(a.start, None if pd.isna(a.end) else a.end, a.kind, a.signal, a.severity)
+              for a in anomalies.itertuples() if a.start >= score_from]
+    fc = {}
+    for s in SIGNALS:
+        actual = scoring.bins(readings.index, readings[s].to_numpy(dtype="float64", na_value=np.nan), step_minutes)
+        f = forecasts[(forecasts["signal"] == s) & (forecasts["target_time"] > score_from)] if len(forecasts) else forecasts
+        fc[s] = scoring.forecast_metrics(f, actual, step_minutes)
+    out = scoring.operator_report(alerts, max((data_end - score_from).total_seconds() / 86400, 0.0), fc)
+    out["scored_from"], out["scored_to"] = iso(score_from), iso(data_end)
+    return out
+
+
 def summary(m: dict) -> str:
     lines = [f"scored {m['scored_from']} .. {m['scored_to']}", "", "detection (event recall; delay in minutes):"]
     lines.append(f"  {'kind/size':<20} {'labels':>6} {'recall':>7} {'≤5min':>6} {'≤24h':>6} {'≤7d':>6} {'median':>8} {'p90':>8}")
@@ -322,12 +341,20 @@ def main(argv: Sequence[str]) -> int:
     print(f"{res.readings:,} readings in {res.seconds:.1f} s ({res.readings / max(res.seconds, 1e-9):,.0f}/s); "
           f"{len(res.anomalies)} alerts, {len(res.forecasts):,} forecast values; models {res.info['models']}")
     print(f"wrote {args.out / 'anomalies.csv'} and {args.out / 'forecasts.csv'}")
-    if labels is not None:
-        start = frame.index[0].to_pydatetime()
-        sf = args.score_from_day if args.score_from_day is not None else (args.train_days or 0.0)
-        from shared.features import resolution
+    start = frame.index[0].to_pydatetime()
+    sf = args.score_from_day if args.score_from_day is not None else (args.train_days or 0.0)
+    from shared.features import resolution
 
-        step = resolution(settings, settings.meter).step_minutes  # the meter's bins (hourly readings: hourly)
+    step = resolution(settings, settings.meter).step_minutes  # the meter's bins (hourly readings: hourly)
+    rep = report(frame, res.anomalies, res.forecasts, start + timedelta(days=sf), step)
+    (args.out / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
+    if labels is None:
+        from app.scoring import format_report
+
+        print()
+        print(format_report(rep))
+        print(f"\nwrote {args.out / 'report.json'}")
+    if labels is not None:
         m = score(frame, labels, res.anomalies, res.forecasts, start + timedelta(days=sf), step)
         m["run"] = {"readings": res.readings, "seconds": round(res.seconds, 2), **res.info}
         (args.out / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")

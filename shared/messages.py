@@ -113,6 +113,7 @@ AnomalyKind = Literal[
     "burst",
     "pressure_loss",
     "forecast_deviation",
+    "pressure_drop",  # pressure fell against its own recent level without a flow step: supply side
 ]
 Severity = Literal["info", "warning", "critical"]
 SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}  # the one order of severities
