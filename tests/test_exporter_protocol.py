@@ -340,3 +340,15 @@ def test_a_15_minute_meter_gets_an_hourly_server_file_of_four_rows():
     assert [r[1][11:16] for r in rows] == ["10:00", "10:15", "10:30", "10:45"]
     assert [r[2] for r in rows] == ["30.000", "31.000", "32.000", "33.000"]
     assert rows[0][5] == "42.000" and rows[1][5] == "NULL"  # the hour row: the value targeted at 10:00
+
+
+def test_every_anomaly_kind_has_its_own_flag_bit():
+    """A kind added to the message contract without a bit would be written as 0 in server.txt."""
+    from typing import get_args
+
+    from shared.messages import AnomalyKind
+
+    kinds = set(get_args(AnomalyKind))
+    assert kinds == set(protocol.FLAG_BITS), f"kinds without a flag bit: {kinds - set(protocol.FLAG_BITS)}"
+    bits = list(protocol.FLAG_BITS.values())
+    assert len(set(bits)) == len(bits) and all(b & (b - 1) == 0 for b in bits)

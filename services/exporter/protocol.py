@@ -57,6 +57,7 @@ FLAG_BITS: dict[str, int] = {
     "burst": 1 << 7,
     "pressure_loss": 1 << 8,
     "forecast_deviation": 1 << 9,
+    "pressure_drop": 1 << 10,
 }
 
 # ``withheld``, the last column of ALERT and ROW lines: a bitmask (decimal) of the line's number
