@@ -60,3 +60,19 @@ def test_evaluate_scores_the_flow_forecast_of_a_flow_only_hourly_file(tmp_path):
     assert 0 < flow["forecast"]["wape"] < 0.1  # seasonal naive on a clean daily cycle
     assert m["forecast"]["pressure"] == {"targets": 0}
     assert m["run"]["models"] == {"flow_rate": "seasonal-naive"}
+
+
+def test_evaluate_of_an_hourly_flow_only_file_raises_no_alert_about_its_interval_or_absent_pressure(tmp_path):
+    """Hourly readings are the meter's interval, not a gap every hour; no pressure alert for a meter without pressure."""
+    readings, out = tmp_path / "hourly.csv", tmp_path / "out"
+    hourly_flow_csv(readings, 14)
+    cfg = tmp_path / "flowwatch.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'var'}\n")
+    r = subprocess.run([sys.executable, "-m", "app.cli", "evaluate", "-c", str(cfg), "--readings", str(readings),
+                        "--score-from-day", "8", "--out", str(out), "--quiet"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    alerts = pd.read_csv(out / "anomalies.csv")
+    assert "gap" not in set(alerts["kind"]), alerts["kind"].value_counts().to_dict()
+    assert "pressure" not in set(alerts["signal"]) and "both" not in set(alerts["signal"])
+    assert alerts.empty, f"alerts on a clean daily cycle: {alerts.to_dict('records')}"
