@@ -95,7 +95,7 @@ class _SignalRules:
 class _Meter:
     """One meter's state: its last reading, its alerts by (kind, signal), and its rules."""
 
-    __slots__ = ("alerts", "burst", "cal", "flow", "gap", "interval", "last", "leak", "meter", "night", "pdrop", "pressure",
+    __slots__ = ("alerts", "all", "burst", "cal", "flow", "gap", "interval", "last", "leak", "meter", "night", "pdrop", "pressure",
                  "recal", "sig", "site")
 
     def __init__(self, site: str, meter: str, eng: DetectionEngine) -> None:
@@ -104,6 +104,8 @@ class _Meter:
         signals, interval = eng.spec(meter)
         self.interval = float(interval)
         self.flow, self.pressure = "flow_rate" in signals, "pressure" in signals
+        # the signal label of the alerts about the whole reading (gap, silent, burst): "both", or the meter's one signal
+        self.all = "both" if self.flow and self.pressure else ("flow_rate" if self.flow else "pressure")
         self.last: float | None = None
         self.alerts: dict[Key, AlertState] = {}
         self.sig = {s: _SignalRules(site, meter, s, cfg, self.interval) for s in SIGNALS if s in signals}
@@ -213,7 +215,7 @@ class DetectionEngine:
         if last is not None and t <= last:
             self.late_readings += 1
             return out
-        a = m.alerts.get(("silent", "both"))
+        a = m.alerts.get(("silent", m.all))
         if a is not None and a.is_open:  # the meter spoke again
             self._emit(m, a, a.force_close(t), out)
         if last is None:
@@ -221,7 +223,7 @@ class DetectionEngine:
         else:
             ev = m.gap.check(last, t)
             if ev is not None:
-                self._one_shot(m, "gap", "both", ev, out)
+                self._one_shot(m, "gap", m.all, ev, out)
             due = m.recal.due(t)
             if due is not None:
                 self._due[(site, meter)] = due
@@ -249,12 +251,12 @@ class DetectionEngine:
                 self._apply(m, "pressure_loss", "pressure", t, c, out)
         burst = None
         if m.flow:
-            c = m.burst.check(t, f, p, burst := m.alerts.get(("burst", "both")), hour)
+            c = m.burst.check(t, f, p, burst := m.alerts.get(("burst", m.all)), hour)
             if c is not None:
-                tr = self._apply(m, "burst", "both", t, c, out)
+                tr = self._apply(m, "burst", m.all, t, c, out)
                 if tr is not None and tr.state == "open":
                     m.burst.opened()
-                burst = m.alerts.get(("burst", "both"))
+                burst = m.alerts.get(("burst", m.all))
         if p is not None:
             lj = m.burst.last_jump
             # a flow rise of half a burst step or more explains a pressure fall: demand or a burst, not the supply
@@ -306,7 +308,7 @@ class DetectionEngine:
             m = self._meters.get(key)
             if m is None or m.last is None:
                 continue
-            self._apply(m, "silent", "both", m.last, self._silent.check(nowt, seen, m.alerts.get(("silent", "both"))), out)
+            self._apply(m, "silent", m.all, m.last, self._silent.check(nowt, seen, m.alerts.get(("silent", m.all))), out)
         return out
 
     # --- forecasts, thresholds, night flow output -------------------------------------------

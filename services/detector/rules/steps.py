@@ -26,6 +26,7 @@ steps are in bar. Pure numpy, no pandas: the service stays small.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -38,6 +39,7 @@ MIN_DROP_BAR = 0.1  # a calibrated pressure_drop threshold is at least this (bar
 _TAIL_Q = 0.95
 _MIN_SAMPLES = 200  # fewer steps than this in all: no tail is fitted, the defaults stay
 _MIN_PER_HOUR = 20  # fewer steps than this in an hour (with its neighbours): that hour keeps the default
+_MIN_OWN_CENTRE = 5  # an hour with this many steps of its own is centred on them (else on its neighbours' too)
 
 
 @dataclass
@@ -161,8 +163,16 @@ def _per_hour(hour: np.ndarray, s: np.ndarray, p: float, floor: float) -> list[f
     for h in range(24):
         x = s[(hour == h) | (hour == (h + 1) % 24) | (hour == (h - 1) % 24)]  # the hour and its neighbours
         if len(x) >= _MIN_PER_HOUR:
-            centre[h] = np.median(x)
-            scale[h] = max(1.4826 * float(np.median(np.abs(x - centre[h]))), 1e-9)
+            own = s[hour == h]
+            # the hour's own centre where it has a few steps: at an hourly interval the neighbours' ordinary
+            # steps differ (a ramp's steepest hour is steeper than the ones beside it), only their spread is pooled
+            centre[h] = np.median(own) if len(own) >= _MIN_OWN_CENTRE else np.median(x)
+    for h in range(24):
+        near = (hour == h) | (hour == (h + 1) % 24) | (hour == (h - 1) % 24)
+        if np.isfinite(centre[h]) and near.sum() >= _MIN_PER_HOUR:
+            c = centre[hour[near]]
+            r = s[near] - np.where(np.isfinite(c), c, centre[h])  # each step from its own hour's centre
+            scale[h] = max(1.4826 * float(np.median(np.abs(r))), 1e-9)
     if not np.isfinite(scale).any():
         return [None] * 24
     known = np.isfinite(scale[hour])
@@ -236,3 +246,34 @@ def calibrate(ts: np.ndarray, flow: np.ndarray | None, pressure: np.ndarray | No
 def base_readings(base_s: float, interval_s: float) -> int:
     """Readings in a baseline window of ``base_s`` seconds: at least 3, so it is a median of something."""
     return max(3, int(round(base_s / interval_s)))
+
+
+def stretched(base_s: float, interval_s: float) -> bool:
+    """Whether a baseline of ``base_s`` had to stretch to hold its three readings (a 15-minute or hourly
+    meter): level and baseline are then hours apart, and the daily cycle of demand alone makes steps."""
+    return base_readings(base_s, interval_s) * interval_s > base_s
+
+
+class DayBefore:
+    """The steps of the last day, so a step can be judged against the one at the same time a day
+    earlier: on a meter whose windows are stretched (:func:`stretched`), the ordinary ramp of the
+    daily cycle is a step, and until the thresholds are calibrated per hour (which learns it) this is
+    what tells it from a burst or a drop. O(readings per day) memory."""
+
+    __slots__ = ("q", "tol")
+    DAY = 86_400.0
+
+    def __init__(self, interval_s: float) -> None:
+        self.q: deque[tuple[float, float]] = deque()
+        self.tol = interval_s / 2
+
+    def add(self, t: float, x: float | None) -> float | None:
+        """Record the step ``x`` seen at ``t`` (None: none); return the one a day earlier (within half an
+        interval), or None when none was seen then."""
+        q, target = self.q, t - self.DAY
+        while q and q[0][0] < target - self.tol:
+            q.popleft()
+        prev = q[0][1] if q and q[0][0] <= target + self.tol else None
+        if x is not None and math.isfinite(x):
+            q.append((t, x))
+        return prev
