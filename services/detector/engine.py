@@ -241,10 +241,14 @@ class DetectionEngine:
         hour = cell >> 1
         if f is not None:
             self._signal_rules(m, "flow_rate", f, t, cell, out)
+            fl = m.alerts.get(("flatline", "flow_rate"))
+            if fl is not None and fl.is_open:  # a stuck sensor is no baseline for a burst step
+                m.burst.flow.clear()
         if p is not None:
             fl = m.alerts.get(("flatline", "pressure"))
-            if fl is not None and fl.is_open:  # a stuck sensor is no baseline for a pressure drop
+            if fl is not None and fl.is_open:  # a stuck sensor is no baseline for a pressure drop or a burst
                 m.pdrop.reset()
+                m.burst.pressure.clear()
             self._signal_rules(m, "pressure", p, t, cell, out)
             c = self._pressure_loss.check(p, m.alerts.get(("pressure_loss", "pressure")))
             if c is not None:

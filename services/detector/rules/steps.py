@@ -9,15 +9,19 @@ have crossed it at most the rule's share of ``alarm_budget_per_30d``:
 - an hour with enough steps of its own (``_MIN_SAMPLES``, with its neighbours: a 1-minute meter)
   has its own tail: the same fit below on its raw steps;
 - otherwise (a 15-minute or hourly meter, a short history) each hour's steps are put in its own
-  units (centre = median, scale = 1.4826 MAD: robust to a real event in the history) and the
-  tail of all hours together in those units, above its 95th
+  units (centre = the median of the hour's own steps, at least ``_MIN_OWN_CENTRE`` of them, else of
+  its neighbours' too: at an hourly interval the ordinary step of a ramp's steepest hour is not its
+  neighbours'; scale = 1.4826 MAD of the steps from their own hour's centre, pooled with the
+  neighbours: robust to a real event in the history) and the tail of all hours together in those
+  units, above its 95th
   percentile ``u``, is taken as exponential (a peaks-over-threshold fit; ``beta`` = median excess /
   ln 2), and ``z`` is the value exceeded with probability ``p`` per test: ``u + beta * ln(0.05 / p)``,
   where ``p`` = the rule's budget per hour and 30 days over the number of independent tests in that
   time (one per ``LEVEL_N`` readings);
 - the hour's threshold is ``centre + scale * z``, never below the hour's highest step in the history
   unless that one is an outlier even of the fitted tail (so ordinary history would have raised
-  nothing), nor below a floor.
+  nothing), nor below a floor (for the burst's pressure confirmation: the floor is a fall beyond the
+  hour's centre, which on a coarse meter may be a rise).
 
 Flow steps are relative to the mean flow of the last day (as the burst rule scales them), pressure
 steps are in bar. Pure numpy, no pandas: the service stays small.
@@ -152,7 +156,7 @@ def tail_threshold(s: np.ndarray, p: float) -> float | None:
     return u + beta * math.log((1 - _TAIL_Q) / max(p, 1e-12))
 
 
-def _per_hour(hour: np.ndarray, s: np.ndarray, p: float, floor: float) -> list[float | None]:
+def _per_hour(hour: np.ndarray, s: np.ndarray, p: float, floor: float, over_centre: bool = False) -> list[float | None]:
     """Per local hour: the hour's own centre and scale (median, 1.4826 MAD of its steps, pooled with the
     neighbouring hours), and one tail for all hours in those units (so an hourly or 15-minute meter, with
     few steps per hour, still has a tail to fit): threshold = centre + scale * z, where z is exceeded
@@ -200,7 +204,10 @@ def _per_hour(hour: np.ndarray, s: np.ndarray, p: float, floor: float) -> list[f
         zh = z[hour[known] == h]
         top = float(zh.max()) if len(zh) else -math.inf
         zz = max(zt, top) if top <= outlier else zt
-        out.append(round(max(float(centre[h] + scale[h] * zz), floor), 6))
+        # over_centre (the burst's pressure confirmation): the floor is a fall beyond the hour's ordinary step,
+        # which on a coarse meter can be a rise (pressure rising with falling demand), not beyond zero
+        thr = float(centre[h] + max(scale[h] * zz, floor)) if over_centre else max(float(centre[h] + scale[h] * zz), floor)
+        out.append(round(thr, 6))
     return out
 
 
@@ -238,7 +245,7 @@ def calibrate(ts: np.ndarray, flow: np.ndarray | None, pressure: np.ndarray | No
         g = _grid(ts, np.asarray(pressure, dtype=np.float64), interval_s)
         n_ok = max(n_ok, int(np.isfinite(g).sum()))
         cal.pressure_drop = _per_hour(hour, -steps(g, base_readings(pressure_base_s, interval_s)), p, MIN_DROP_BAR)
-        cal.burst_pressure = _per_hour(hour, -steps(g, base_readings(flow_base_s, interval_s)), p * CONFIRM, min_burst_drop)
+        cal.burst_pressure = _per_hour(hour, -steps(g, base_readings(flow_base_s, interval_s)), p * CONFIRM, min_burst_drop, over_centre=True)
     cal.days = round(n_ok * interval_s / 86_400, 3)
     return cal
 
