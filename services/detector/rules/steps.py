@@ -12,7 +12,8 @@ have crossed it at most the rule's share of ``alarm_budget_per_30d``:
   units (centre = the median of the hour's own steps, at least ``_MIN_OWN_CENTRE`` of them, else of
   its neighbours' too: at an hourly interval the ordinary step of a ramp's steepest hour is not its
   neighbours'; scale = 1.4826 MAD of the steps from their own hour's centre, pooled with the
-  neighbours: robust to a real event in the history) and the tail of all hours together in those
+  neighbours: robust to a real event in the history; never under the median of the hours' scales)
+  and the tail of all hours together in those
   units, above its 95th
   percentile ``u``, is taken as exponential (a peaks-over-threshold fit; ``beta`` = median excess /
   ln 2), and ``z`` is the value exceeded with probability ``p`` per test: ``u + beta * ln(0.05 / p)``,
@@ -127,19 +128,32 @@ def steps(g: np.ndarray, base_n: int) -> np.ndarray:
     return level - base
 
 
-def day_mean(g: np.ndarray, interval_s: float) -> np.ndarray:
-    """Trailing mean of the last 24 h at each grid point (NaN-aware; NaN until an hour of data)."""
-    n = max(1, int(round(86_400 / interval_s)))
+def day_mean(g: np.ndarray, interval_s: float, tau_s: float = 86_400.0) -> np.ndarray:
+    """The burst rule's mean flow of the last day at each grid point, as it computes it live
+    (``burst._DayMean``: exponentially weighted, time constant ``tau_s``, bias-corrected; NaN-aware;
+    NaN until an hour of data). Not a trailing 24-hour mean: on a daily cycle the weighted mean swings
+    by a few per cent with the time of day, and a step judged live must be scaled as in calibration."""
+    n = len(g)
+    out = np.full(n, np.nan)
+    if n == 0:
+        return out
+    k = math.exp(-interval_s / tau_s)
     ok = np.isfinite(g)
-    cs = np.concatenate([[0.0], np.cumsum(np.where(ok, g, 0.0))])
-    cn = np.concatenate([[0], np.cumsum(ok)])
-    i = np.arange(1, len(g) + 1)
-    j = np.maximum(i - n, 0)
-    cnt = cn[i] - cn[j]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        m = (cs[i] - cs[j]) / cnt
-    m[cnt < max(1, n // 24)] = np.nan
-    return m
+    x, o = np.where(ok, g, 0.0), ok.astype(np.float64)
+    block = max(1, int(20 * tau_s / interval_s))  # k**-block stays under e**20
+    s = w = 0.0
+    for a in range(0, n, block):
+        b = min(n, a + block)
+        j = np.arange(b - a, dtype=np.float64)
+        up, down = k ** -j, k ** j
+        # s[a + j] = k**j * (k * s[a - 1] + sum_{l <= j} x[a + l] * k**-l), the same for the weights
+        sb = down * (k * s + np.cumsum(x[a:b] * up))
+        wb = down * (k * w + np.cumsum(o[a:b] * up))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[a:b] = sb / wb
+        s, w = float(sb[-1]), float(wb[-1])
+    out[np.cumsum(ok) < max(1, int(round(3600 / interval_s)))] = np.nan
+    return out
 
 
 def tail_threshold(s: np.ndarray, p: float) -> float | None:
@@ -179,6 +193,10 @@ def _per_hour(hour: np.ndarray, s: np.ndarray, p: float, floor: float, over_cent
             scale[h] = max(1.4826 * float(np.median(np.abs(r))), 1e-9)
     if not np.isfinite(scale).any():
         return [None] * 24
+    # an hour's scale rests on few steps at a coarse interval (28 days: ~84 hourly ones with the neighbours),
+    # and the threshold multiplies it by ~3: an hour whose sample came out narrow would cry wolf. Never
+    # narrower than the meter's typical hour.
+    scale = np.fmax(scale, float(np.nanmedian(scale)))
     known = np.isfinite(scale[hour])
     z = (s[known] - centre[hour[known]]) / scale[hour[known]]
     zt = tail_threshold(z, p)
