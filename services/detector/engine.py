@@ -26,7 +26,8 @@ machine of ``alerts.py`` (minimum duration, clear time). Per reading, in event t
   jump (supply side; severity from the size).
 
 Each meter runs only the rules of the signals it has (``meter_spec``: ``Settings.meter_spec``), at
-its own interval; a signal it does not have is never "missing". The step thresholds (burst,
+its own interval; a signal it does not have is never "missing", and the alerts about the whole
+reading (gap, silent, burst) carry its one signal instead of "both". The step thresholds (burst,
 pressure_drop) are calibrated from the meter's own history to ``alarm_budget_per_30d``
 (``rules/steps.py``) at each recalibration, daily while the history is shorter than
 ``threshold_days``.
