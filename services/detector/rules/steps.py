@@ -18,7 +18,7 @@ have crossed it at most the rule's share of ``alarm_budget_per_30d``:
   percentile ``u``, is taken as exponential (a peaks-over-threshold fit; ``beta`` = median excess /
   ln 2), and ``z`` is the value exceeded with probability ``p`` per test: ``u + beta * ln(0.05 / p)``,
   where ``p`` = the rule's budget per hour and 30 days over the number of independent tests in that
-  time (one per ``LEVEL_N`` readings);
+  time (one per ``LEVEL_N`` readings; one per reading on a coarse meter, ``stretched``);
 - the hour's threshold is ``centre + scale * z``, never below the hour's highest step in the history
   unless that one is an outlier even of the fitted tail (so ordinary history would have raised
   nothing), nor below a floor (for the burst's pressure confirmation: the floor is a fall beyond the
@@ -248,7 +248,10 @@ def calibrate(ts: np.ndarray, flow: np.ndarray | None, pressure: np.ndarray | No
     ts = np.asarray(ts, dtype=np.float64)
     grid_t = ts[0] + np.arange(int(np.rint((ts[-1] - ts[0]) / interval_s)) + 1) * interval_s
     hour = local_hours(grid_t, tz)
-    tests_per_hour_cell = 30 * 3600 / interval_s / LEVEL_N  # independent tests in one local hour over 30 days
+    # independent tests in one local hour over 30 days: one per LEVEL_N readings at a minute, where the
+    # readings' noise is correlated; one per reading on a coarse meter, whose steps a reading apart
+    # are nearly independent (lag-1 correlation ~0.1 on an hourly daily cycle)
+    tests_per_hour_cell = 30 * 3600 / interval_s / (1 if stretched(flow_base_s, interval_s) else LEVEL_N)
     p = budget_per_30d * SHARE / 24 / tests_per_hour_cell
     n_ok = 0
     if flow is not None and np.isfinite(flow).any():
