@@ -26,7 +26,8 @@ machine of ``alerts.py`` (minimum duration, clear time). Per reading, in event t
   jump (supply side; severity from the size).
 
 Each meter runs only the rules of the signals it has (``meter_spec``: ``Settings.meter_spec``), at
-its own interval; a signal it does not have is never "missing". The step thresholds (burst,
+its own interval; a signal it does not have is never "missing", and the alerts about the whole
+reading (gap, silent, burst) carry its one signal instead of "both". The step thresholds (burst,
 pressure_drop) are calibrated from the meter's own history to ``alarm_budget_per_30d``
 (``rules/steps.py``) at each recalibration, daily while the history is shorter than
 ``threshold_days``.
@@ -95,7 +96,7 @@ class _SignalRules:
 class _Meter:
     """One meter's state: its last reading, its alerts by (kind, signal), and its rules."""
 
-    __slots__ = ("alerts", "burst", "cal", "flow", "gap", "interval", "last", "leak", "meter", "night", "pdrop", "pressure",
+    __slots__ = ("alerts", "all", "burst", "cal", "flow", "gap", "interval", "last", "leak", "meter", "night", "pdrop", "pressure",
                  "recal", "sig", "site")
 
     def __init__(self, site: str, meter: str, eng: DetectionEngine) -> None:
@@ -104,6 +105,8 @@ class _Meter:
         signals, interval = eng.spec(meter)
         self.interval = float(interval)
         self.flow, self.pressure = "flow_rate" in signals, "pressure" in signals
+        # the signal label of the alerts about the whole reading (gap, silent, burst): "both", or the meter's one signal
+        self.all = "both" if self.flow and self.pressure else ("flow_rate" if self.flow else "pressure")
         self.last: float | None = None
         self.alerts: dict[Key, AlertState] = {}
         self.sig = {s: _SignalRules(site, meter, s, cfg, self.interval) for s in SIGNALS if s in signals}
@@ -213,7 +216,7 @@ class DetectionEngine:
         if last is not None and t <= last:
             self.late_readings += 1
             return out
-        a = m.alerts.get(("silent", "both"))
+        a = m.alerts.get(("silent", m.all))
         if a is not None and a.is_open:  # the meter spoke again
             self._emit(m, a, a.force_close(t), out)
         if last is None:
@@ -221,7 +224,7 @@ class DetectionEngine:
         else:
             ev = m.gap.check(last, t)
             if ev is not None:
-                self._one_shot(m, "gap", "both", ev, out)
+                self._one_shot(m, "gap", m.all, ev, out)
             due = m.recal.due(t)
             if due is not None:
                 self._due[(site, meter)] = due
@@ -239,22 +242,26 @@ class DetectionEngine:
         hour = cell >> 1
         if f is not None:
             self._signal_rules(m, "flow_rate", f, t, cell, out)
+            fl = m.alerts.get(("flatline", "flow_rate"))
+            if fl is not None and fl.is_open:  # a stuck sensor is no baseline for a burst step
+                m.burst.flow.clear()
         if p is not None:
             fl = m.alerts.get(("flatline", "pressure"))
-            if fl is not None and fl.is_open:  # a stuck sensor is no baseline for a pressure drop
+            if fl is not None and fl.is_open:  # a stuck sensor is no baseline for a pressure drop or a burst
                 m.pdrop.reset()
+                m.burst.pressure.clear()
             self._signal_rules(m, "pressure", p, t, cell, out)
             c = self._pressure_loss.check(p, m.alerts.get(("pressure_loss", "pressure")))
             if c is not None:
                 self._apply(m, "pressure_loss", "pressure", t, c, out)
         burst = None
         if m.flow:
-            c = m.burst.check(t, f, p, burst := m.alerts.get(("burst", "both")), hour)
+            c = m.burst.check(t, f, p, burst := m.alerts.get(("burst", m.all)), hour)
             if c is not None:
-                tr = self._apply(m, "burst", "both", t, c, out)
+                tr = self._apply(m, "burst", m.all, t, c, out)
                 if tr is not None and tr.state == "open":
                     m.burst.opened()
-                burst = m.alerts.get(("burst", "both"))
+                burst = m.alerts.get(("burst", m.all))
         if p is not None:
             lj = m.burst.last_jump
             # a flow rise of half a burst step or more explains a pressure fall: demand or a burst, not the supply
@@ -306,7 +313,7 @@ class DetectionEngine:
             m = self._meters.get(key)
             if m is None or m.last is None:
                 continue
-            self._apply(m, "silent", "both", m.last, self._silent.check(nowt, seen, m.alerts.get(("silent", "both"))), out)
+            self._apply(m, "silent", m.all, m.last, self._silent.check(nowt, seen, m.alerts.get(("silent", m.all))), out)
         return out
 
     # --- forecasts, thresholds, night flow output -------------------------------------------

@@ -27,6 +27,10 @@ class DetectorSettings(Section):
     )
     # sensor faults
     flatline_minutes: float = Field(default=60, gt=0, description="A signal that does not change for this long is a flat-line fault.")
+    flatline_min_readings: int = Field(
+        default=4, ge=2, le=1440,
+        description="...and for at least this many readings (at an hourly interval, 60 minutes is one reading, which never changes).",
+    )
     flatline_tolerance: float = Field(default=1e-6, ge=0, description="Changes up to this size count as 'not changing' (flat-line).")
     spike_window: int = Field(default=31, ge=5, le=1441, description="Readings in the rolling median/MAD window of the spike rule.")
     spike_z: float = Field(default=8.0, gt=0, description="Robust z-score (|x - median| / (1.4826 MAD)) above which a reading is a spike.")

@@ -12,6 +12,12 @@ the threshold of the local hour learned from the meter's own steps to the alarm 
 pressure step its own (a confirmation); until then the fixed ``burst_flow_jump_pct`` /
 ``burst_pressure_drop`` apply. A meter without pressure decides on the flow step alone (before
 calibration, twice the fixed step).
+
+A 15-minute or hourly meter (its baseline stretched to three readings, ``steps.stretched``): level
+and baseline are hours apart, so the daily ramp of demand is a step of 20-30 % of the day's mean by
+itself. Until calibrated (which learns each hour's ordinary step), a step must then also exceed the
+step at the same time a day earlier by the fixed threshold (``steps.DayBefore``); on the meter's first
+day there is none, and no burst is decided.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from services.detector.alerts import AlertState, Condition
 if TYPE_CHECKING:
     from shared.settings import DetectorSettings
 
-from services.detector.rules.steps import LEVEL_N, StepCalibration, base_readings
+from services.detector.rules.steps import LEVEL_N, DayBefore, StepCalibration, base_readings, stretched
 
 BURST_LEVEL_N = LEVEL_N
 
@@ -69,8 +75,8 @@ class BurstRule:
     """One meter (both signals): the recent readings, the day's mean flow, when each step was last
     seen, and the baselines frozen while a burst is open."""
 
-    __slots__ = ("cal", "cfg", "rise", "flow", "flow_mean", "frozen", "has_pressure", "keep_s", "last_drop", "last_jump", "pressure", "seen",
-                 "window_s")
+    __slots__ = ("cal", "cfg", "day_before", "rise", "flow", "flow_mean", "frozen", "has_pressure", "keep_s", "last_drop", "last_jump",
+                 "pressure", "seen", "window_s")
 
     kind = "burst"
 
@@ -81,7 +87,7 @@ class BurstRule:
         self.rise = 0.0  # the last flow step as a share of its threshold (0 when unknown): does flow explain a pressure fall?
         # level + baseline readings kept (a window in time: at least 3 baseline readings at any interval)
         self.keep_s = (base_readings(cfg.burst_baseline_minutes * 60, interval_s) + LEVEL_N) * interval_s - interval_s / 2
-        self.window_s = cfg.burst_window_minutes * 60
+        self.window_s = max(cfg.burst_window_minutes * 60, interval_s)  # at least the next reading
         self.flow: deque[tuple[float, float]] = deque()  # level + baseline readings (ts, value)
         self.pressure: deque[tuple[float, float]] = deque()
         self.flow_mean = _DayMean()
@@ -89,6 +95,9 @@ class BurstRule:
         self.last_drop: float | None = None
         self.frozen: tuple[float | None, float | None, float | None] = (None, None, None)
         self.seen: tuple[float | None, float | None, float | None] = (None, None, None)
+        # stretched windows: the flow (relative) and pressure steps of the last day, to judge a step against the day before's
+        stretch = stretched(cfg.burst_baseline_minutes * 60, interval_s)
+        self.day_before = (DayBefore(interval_s), DayBefore(interval_s)) if stretch else None
 
     def check(self, t: float, f: float | None, p: float | None, alert: AlertState | None, hour: int = 0) -> Condition | None:
         cfg = self.cfg
@@ -106,13 +115,19 @@ class BurstRule:
         lf, bf = _level_and_base(fq, BURST_LEVEL_N) if f is not None else (None, None)
         lp, bp = _level_and_base(pq, BURST_LEVEL_N) if p is not None else (None, None)
         is_open = alert is not None and alert.is_open
+        ref = self.flow_mean.value
+        # the live steps (flow relative to the day's mean, pressure fall in bar), and the ones a day earlier
+        rf = None if lf is None or bf is None or not ref else (lf - bf) / abs(ref)
+        rp = None if lp is None or bp is None else bp - lp
+        yf = yp = None
+        if self.day_before is not None:
+            yf, yp = self.day_before[0].add(t, rf), self.day_before[1].add(t, rp)
         if is_open:
             bf, bp, ref = self.frozen
-        else:
-            ref = self.flow_mean.value
         cal = self.cal
         rel = cal.flow_rel[hour] if cal is not None else None
         pdrop = cal.burst_pressure[hour] if cal is not None else None
+        fixed_f, fixed_p = rel is None, pdrop is None
         if rel is None:  # not calibrated (yet): the fixed step, twice it on flow alone
             rel = cfg.burst_flow_jump_pct / 100.0 * (1 if self.has_pressure else 2)
         if pdrop is None:
@@ -121,6 +136,11 @@ class BurstRule:
         jump = lf is not None and jump_thr is not None and lf > jump_thr
         self.rise = 0.0 if jump_thr is None or lf is None or bf is None or jump_thr <= bf else (lf - bf) / (jump_thr - bf)
         drop = lp is not None and bp is not None and bp - lp > pdrop
+        if self.day_before is not None and not is_open:  # stretched windows, fixed thresholds: beyond the day before's step too
+            if fixed_f:
+                jump = jump and rf is not None and yf is not None and rf - yf > rel
+            if fixed_p:
+                drop = drop and rp is not None and yp is not None and rp - yp > pdrop
         if jump:
             self.last_jump = t
         if drop:
@@ -139,7 +159,9 @@ class BurstRule:
         if active and not is_open:
             how = (f"thresholds of hour {hour:02d} {cal.learned_from(cfg.threshold_days)}"
                    if cal is not None and cal.flow_rel[hour] is not None else
-                   "fixed defaults: the meter's history is still too short to calibrate (detector.calibration_min_days)")
+                   "fixed defaults: the meter's history is still too short to calibrate (detector.calibration_min_days)"
+                   + ("; beyond the step at this time a day earlier (a 15-minute or hourly meter's windows span part of "
+                      "the daily cycle)" if self.day_before is not None else ""))
             size = "" if lf is None or bf is None or not ref else f" (+{(lf - bf) / ref:.0%} of the day's mean flow {_num(ref)} m³/h)"
             if self.has_pressure:
                 msg = (f"burst suspected: flow {_num(lf)} m³/h over the baseline {_num(bf)}{size} and pressure "

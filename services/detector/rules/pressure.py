@@ -9,7 +9,9 @@
   ``pressure_drop_bar`` until the history is long enough. The alert opens on the reading that shows
   the fall, keeps its baseline while open and closes once the pressure is back within half the
   threshold of it. Severity from the size: critical at ``pressure_drop_critical_bar`` or when the
-  level is under ``pressure_loss_bar``, else warning.
+  level is under ``pressure_loss_bar``, else warning. On a 15-minute or hourly meter (baseline
+  stretched to three readings) the fixed threshold applies to the fall beyond the one at the same time
+  a day earlier (the daily swing of pressure spans the windows), as for the burst rule.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from services.detector.alerts import AlertState, Condition
-from services.detector.rules.steps import LEVEL_N, StepCalibration, base_readings
+from services.detector.rules.steps import LEVEL_N, DayBefore, StepCalibration, base_readings, stretched
 
 if TYPE_CHECKING:
     from shared.settings import DetectorSettings
@@ -43,7 +45,7 @@ class PressureLossRule:
 class PressureDropRule:
     """One meter's pressure: the recent readings, the baseline frozen while a drop is open."""
 
-    __slots__ = ("cal", "cfg", "frozen", "has_flow", "keep_s", "q")
+    __slots__ = ("cal", "cfg", "day_before", "frozen", "has_flow", "keep_s", "q")
 
     kind = "pressure_drop"
 
@@ -53,6 +55,8 @@ class PressureDropRule:
         self.keep_s = (base_readings(cfg.pressure_drop_baseline_minutes * 60, interval_s) + LEVEL_N) * interval_s - interval_s / 2
         self.q: deque[tuple[float, float]] = deque()
         self.frozen: tuple[float, float] | None = None  # (baseline, threshold) while open
+        base_s = cfg.pressure_drop_baseline_minutes * 60
+        self.day_before = DayBefore(interval_s) if stretched(base_s, interval_s) else None  # the falls of the last day
 
     def check(self, t: float, p: float, alert: AlertState | None, hour: int, flow_step: bool) -> Condition | None:
         """``flow_step``: a flow step up was seen within the burst window (then it is not supply-side)."""
@@ -66,15 +70,19 @@ class PressureDropRule:
             return Condition(False) if is_open or (alert is not None and alert.first_true is not None) else None
         vals = [v for _, v in q]
         level = statistics.median(vals[-LEVEL_N:])
+        live = statistics.median(vals[:-LEVEL_N])
+        before = self.day_before.add(t, live - level) if self.day_before is not None else None
         cfg = self.cfg
         if is_open and self.frozen is not None:
             base, thr = self.frozen
             active = base - level > thr / 2
         else:
-            base = statistics.median(vals[:-LEVEL_N])
+            base = live
             learned = self.cal.pressure_drop[hour] if self.cal is not None else None
             thr = learned if learned is not None else cfg.pressure_drop_bar
             active = base - level > thr and not flow_step
+            if active and learned is None and self.day_before is not None:  # stretched: beyond the day before's fall too
+                active = before is not None and (base - level) - before > thr
             if active:
                 self.frozen = (base, thr)
         if not (active or is_open or (alert is not None and alert.first_true is not None)):
@@ -86,7 +94,8 @@ class PressureDropRule:
         cal = self.cal
         how = (f"threshold of hour {hour:02d} {cal.learned_from(cfg.threshold_days)}"
                if cal is not None and cal.pressure_drop[hour] is not None else
-               "detector.pressure_drop_bar: the meter's history is still too short to calibrate (detector.calibration_min_days)")
+               "detector.pressure_drop_bar: the meter's history is still too short to calibrate (detector.calibration_min_days)"
+               + ("; beyond the fall at this time a day earlier" if self.day_before is not None else ""))
         what = "flow unchanged: supply side (pump, valve, regulator)?" if self.has_flow else "no flow signal on this meter"
         msg = (f"pressure {level:.3f} bar fell {drop:.2f} bar under its recent level {base:.3f} "
                f"(threshold {thr:.2f} bar, {how}); {what}")

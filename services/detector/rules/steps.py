@@ -9,15 +9,20 @@ have crossed it at most the rule's share of ``alarm_budget_per_30d``:
 - an hour with enough steps of its own (``_MIN_SAMPLES``, with its neighbours: a 1-minute meter)
   has its own tail: the same fit below on its raw steps;
 - otherwise (a 15-minute or hourly meter, a short history) each hour's steps are put in its own
-  units (centre = median, scale = 1.4826 MAD: robust to a real event in the history) and the
-  tail of all hours together in those units, above its 95th
+  units (centre = the median of the hour's own steps, at least ``_MIN_OWN_CENTRE`` of them, else of
+  its neighbours' too: at an hourly interval the ordinary step of a ramp's steepest hour is not its
+  neighbours'; scale = 1.4826 MAD of the steps from their own hour's centre, pooled with the
+  neighbours: robust to a real event in the history; never under the median of the hours' scales)
+  and the tail of all hours together in those
+  units, above its 95th
   percentile ``u``, is taken as exponential (a peaks-over-threshold fit; ``beta`` = median excess /
   ln 2), and ``z`` is the value exceeded with probability ``p`` per test: ``u + beta * ln(0.05 / p)``,
   where ``p`` = the rule's budget per hour and 30 days over the number of independent tests in that
-  time (one per ``LEVEL_N`` readings);
+  time (one per ``LEVEL_N`` readings; one per reading on a coarse meter, ``stretched``);
 - the hour's threshold is ``centre + scale * z``, never below the hour's highest step in the history
   unless that one is an outlier even of the fitted tail (so ordinary history would have raised
-  nothing), nor below a floor.
+  nothing), nor below a floor (for the burst's pressure confirmation: the floor is a fall beyond the
+  hour's centre, which on a coarse meter may be a rise).
 
 Flow steps are relative to the mean flow of the last day (as the burst rule scales them), pressure
 steps are in bar. Pure numpy, no pandas: the service stays small.
@@ -26,6 +31,7 @@ steps are in bar. Pure numpy, no pandas: the service stays small.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -38,6 +44,7 @@ MIN_DROP_BAR = 0.1  # a calibrated pressure_drop threshold is at least this (bar
 _TAIL_Q = 0.95
 _MIN_SAMPLES = 200  # fewer steps than this in all: no tail is fitted, the defaults stay
 _MIN_PER_HOUR = 20  # fewer steps than this in an hour (with its neighbours): that hour keeps the default
+_MIN_OWN_CENTRE = 5  # an hour with this many steps of its own is centred on them (else on its neighbours' too)
 
 
 @dataclass
@@ -121,19 +128,32 @@ def steps(g: np.ndarray, base_n: int) -> np.ndarray:
     return level - base
 
 
-def day_mean(g: np.ndarray, interval_s: float) -> np.ndarray:
-    """Trailing mean of the last 24 h at each grid point (NaN-aware; NaN until an hour of data)."""
-    n = max(1, int(round(86_400 / interval_s)))
+def day_mean(g: np.ndarray, interval_s: float, tau_s: float = 86_400.0) -> np.ndarray:
+    """The burst rule's mean flow of the last day at each grid point, as it computes it live
+    (``burst._DayMean``: exponentially weighted, time constant ``tau_s``, bias-corrected; NaN-aware;
+    NaN until an hour of data). Not a trailing 24-hour mean: on a daily cycle the weighted mean swings
+    by a few per cent with the time of day, and a step judged live must be scaled as in calibration."""
+    n = len(g)
+    out = np.full(n, np.nan)
+    if n == 0:
+        return out
+    k = math.exp(-interval_s / tau_s)
     ok = np.isfinite(g)
-    cs = np.concatenate([[0.0], np.cumsum(np.where(ok, g, 0.0))])
-    cn = np.concatenate([[0], np.cumsum(ok)])
-    i = np.arange(1, len(g) + 1)
-    j = np.maximum(i - n, 0)
-    cnt = cn[i] - cn[j]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        m = (cs[i] - cs[j]) / cnt
-    m[cnt < max(1, n // 24)] = np.nan
-    return m
+    x, o = np.where(ok, g, 0.0), ok.astype(np.float64)
+    block = max(1, int(20 * tau_s / interval_s))  # k**-block stays under e**20
+    s = w = 0.0
+    for a in range(0, n, block):
+        b = min(n, a + block)
+        j = np.arange(b - a, dtype=np.float64)
+        up, down = k ** -j, k ** j
+        # s[a + j] = k**j * (k * s[a - 1] + sum_{l <= j} x[a + l] * k**-l), the same for the weights
+        sb = down * (k * s + np.cumsum(x[a:b] * up))
+        wb = down * (k * w + np.cumsum(o[a:b] * up))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[a:b] = sb / wb
+        s, w = float(sb[-1]), float(wb[-1])
+    out[np.cumsum(ok) < max(1, int(round(3600 / interval_s)))] = np.nan
+    return out
 
 
 def tail_threshold(s: np.ndarray, p: float) -> float | None:
@@ -150,7 +170,7 @@ def tail_threshold(s: np.ndarray, p: float) -> float | None:
     return u + beta * math.log((1 - _TAIL_Q) / max(p, 1e-12))
 
 
-def _per_hour(hour: np.ndarray, s: np.ndarray, p: float, floor: float) -> list[float | None]:
+def _per_hour(hour: np.ndarray, s: np.ndarray, p: float, floor: float, over_centre: bool = False) -> list[float | None]:
     """Per local hour: the hour's own centre and scale (median, 1.4826 MAD of its steps, pooled with the
     neighbouring hours), and one tail for all hours in those units (so an hourly or 15-minute meter, with
     few steps per hour, still has a tail to fit): threshold = centre + scale * z, where z is exceeded
@@ -161,10 +181,22 @@ def _per_hour(hour: np.ndarray, s: np.ndarray, p: float, floor: float) -> list[f
     for h in range(24):
         x = s[(hour == h) | (hour == (h + 1) % 24) | (hour == (h - 1) % 24)]  # the hour and its neighbours
         if len(x) >= _MIN_PER_HOUR:
-            centre[h] = np.median(x)
-            scale[h] = max(1.4826 * float(np.median(np.abs(x - centre[h]))), 1e-9)
+            own = s[hour == h]
+            # the hour's own centre where it has a few steps: at an hourly interval the neighbours' ordinary
+            # steps differ (a ramp's steepest hour is steeper than the ones beside it), only their spread is pooled
+            centre[h] = np.median(own) if len(own) >= _MIN_OWN_CENTRE else np.median(x)
+    for h in range(24):
+        near = (hour == h) | (hour == (h + 1) % 24) | (hour == (h - 1) % 24)
+        if np.isfinite(centre[h]) and near.sum() >= _MIN_PER_HOUR:
+            c = centre[hour[near]]
+            r = s[near] - np.where(np.isfinite(c), c, centre[h])  # each step from its own hour's centre
+            scale[h] = max(1.4826 * float(np.median(np.abs(r))), 1e-9)
     if not np.isfinite(scale).any():
         return [None] * 24
+    # an hour's scale rests on few steps at a coarse interval (28 days: ~84 hourly ones with the neighbours),
+    # and the threshold multiplies it by ~3: an hour whose sample came out narrow would cry wolf. Never
+    # narrower than the meter's typical hour.
+    scale = np.fmax(scale, float(np.nanmedian(scale)))
     known = np.isfinite(scale[hour])
     z = (s[known] - centre[hour[known]]) / scale[hour[known]]
     zt = tail_threshold(z, p)
@@ -190,7 +222,10 @@ def _per_hour(hour: np.ndarray, s: np.ndarray, p: float, floor: float) -> list[f
         zh = z[hour[known] == h]
         top = float(zh.max()) if len(zh) else -math.inf
         zz = max(zt, top) if top <= outlier else zt
-        out.append(round(max(float(centre[h] + scale[h] * zz), floor), 6))
+        # over_centre (the burst's pressure confirmation): the floor is a fall beyond the hour's ordinary step,
+        # which on a coarse meter can be a rise (pressure rising with falling demand), not beyond zero
+        thr = float(centre[h] + max(scale[h] * zz, floor)) if over_centre else max(float(centre[h] + scale[h] * zz), floor)
+        out.append(round(thr, 6))
     return out
 
 
@@ -213,7 +248,10 @@ def calibrate(ts: np.ndarray, flow: np.ndarray | None, pressure: np.ndarray | No
     ts = np.asarray(ts, dtype=np.float64)
     grid_t = ts[0] + np.arange(int(np.rint((ts[-1] - ts[0]) / interval_s)) + 1) * interval_s
     hour = local_hours(grid_t, tz)
-    tests_per_hour_cell = 30 * 3600 / interval_s / LEVEL_N  # independent tests in one local hour over 30 days
+    # independent tests in one local hour over 30 days: one per LEVEL_N readings at a minute, where the
+    # readings' noise is correlated; one per reading on a coarse meter, whose steps a reading apart
+    # are nearly independent (lag-1 correlation ~0.1 on an hourly daily cycle)
+    tests_per_hour_cell = 30 * 3600 / interval_s / (1 if stretched(flow_base_s, interval_s) else LEVEL_N)
     p = budget_per_30d * SHARE / 24 / tests_per_hour_cell
     n_ok = 0
     if flow is not None and np.isfinite(flow).any():
@@ -228,7 +266,7 @@ def calibrate(ts: np.ndarray, flow: np.ndarray | None, pressure: np.ndarray | No
         g = _grid(ts, np.asarray(pressure, dtype=np.float64), interval_s)
         n_ok = max(n_ok, int(np.isfinite(g).sum()))
         cal.pressure_drop = _per_hour(hour, -steps(g, base_readings(pressure_base_s, interval_s)), p, MIN_DROP_BAR)
-        cal.burst_pressure = _per_hour(hour, -steps(g, base_readings(flow_base_s, interval_s)), p * CONFIRM, min_burst_drop)
+        cal.burst_pressure = _per_hour(hour, -steps(g, base_readings(flow_base_s, interval_s)), p * CONFIRM, min_burst_drop, over_centre=True)
     cal.days = round(n_ok * interval_s / 86_400, 3)
     return cal
 
@@ -236,3 +274,34 @@ def calibrate(ts: np.ndarray, flow: np.ndarray | None, pressure: np.ndarray | No
 def base_readings(base_s: float, interval_s: float) -> int:
     """Readings in a baseline window of ``base_s`` seconds: at least 3, so it is a median of something."""
     return max(3, int(round(base_s / interval_s)))
+
+
+def stretched(base_s: float, interval_s: float) -> bool:
+    """Whether a baseline of ``base_s`` had to stretch to hold its three readings (a 15-minute or hourly
+    meter): level and baseline are then hours apart, and the daily cycle of demand alone makes steps."""
+    return base_readings(base_s, interval_s) * interval_s > base_s
+
+
+class DayBefore:
+    """The steps of the last day, so a step can be judged against the one at the same time a day
+    earlier: on a meter whose windows are stretched (:func:`stretched`), the ordinary ramp of the
+    daily cycle is a step, and until the thresholds are calibrated per hour (which learns it) this is
+    what tells it from a burst or a drop. O(readings per day) memory."""
+
+    __slots__ = ("q", "tol")
+    DAY = 86_400.0
+
+    def __init__(self, interval_s: float) -> None:
+        self.q: deque[tuple[float, float]] = deque()
+        self.tol = interval_s / 2
+
+    def add(self, t: float, x: float | None) -> float | None:
+        """Record the step ``x`` seen at ``t`` (None: none); return the one a day earlier (within half an
+        interval), or None when none was seen then."""
+        q, target = self.q, t - self.DAY
+        while q and q[0][0] < target - self.tol:
+            q.popleft()
+        prev = q[0][1] if q and q[0][0] <= target + self.tol else None
+        if x is not None and math.isfinite(x):
+            q.append((t, x))
+        return prev
