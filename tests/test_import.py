@@ -158,3 +158,32 @@ def test_read_all_later_duplicates_win(tmp_path):
     f.write_text("timestamp,flow_rate,pressure\n2026-03-01T00:00:00Z,1,2\n2026-03-01T00:00:00Z,5,2\n")
     df, rejects = read_all(f)
     assert len(df) == 1 and df["flow_rate"].iloc[0] == 5 and not rejects
+
+
+def test_value_columns_parsed_as_numbers_keep_every_check(tmp_path):
+    # the C parser reads an all-number column as floats: an empty field is still a missing reading,
+    # an infinity (any spelling) still rejects its row, named as the file spells it
+    f = tmp_path / "n.csv"
+    f.write_text("timestamp,flow_rate,pressure\n2026-03-01T00:00:00Z,1.5,3\n2026-03-01T00:01:00Z,,3\n"
+                 "2026-03-01T00:02:00Z,Infinity,3\n2026-03-01T00:03:00Z,2,-1e999\n2026-03-01T00:04:00Z,2.5,\n")
+    chunks = list(read_chunks(f, RangeLimits()))
+    frame = pd.concat([c.frame for c in chunks])
+    rejects = [r for c in chunks for r in c.rejects]
+    assert [(r.line, r.reason) for r in rejects] == [(4, "flow_rate 'Infinity' is not a finite number"),
+                                                      (5, "pressure '-1e999' is not a finite number")]
+    assert rejects[0].raw == "2026-03-01T00:02:00Z,Infinity,3.0"
+    assert frame["seq"].tolist() == [2, 3, 6]
+    assert frame["quality"].tolist() == ["", "flow_rate_missing", "pressure_missing"]
+
+
+def test_a_file_ahead_of_the_clock_passes_row_by_row(tmp_path):
+    # a simulated file running ahead of the clock is judged in bulk; a lone jump far ahead is not
+    t0 = pd.Timestamp.now(tz="UTC").floor("min") + pd.Timedelta(days=2)
+    rows = [f"{(t0 + pd.Timedelta(minutes=i)).strftime('%Y-%m-%dT%H:%M:%SZ')},1,2" for i in range(5000)]
+    rows[3000] = f"{(t0 + pd.Timedelta(days=400)).strftime('%Y-%m-%dT%H:%M:%SZ')},1,2"
+    f = tmp_path / "f.csv"
+    f.write_text("timestamp,flow_rate,pressure\n" + "\n".join(rows) + "\n")
+    limits = RangeLimits(max_ahead_s=3600, max_jump_s=3600)
+    df, rejects = read_all(f, limits)
+    assert [r.line for r in rejects] == [3002] and "ahead of this machine's clock" in rejects[0].reason
+    assert len(df) == 4999
