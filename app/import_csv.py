@@ -13,8 +13,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tqdm import tqdm
-
 from shared.readings_csv import CsvFormatError, import_chunks
 from shared.runner import base_parser, settings_from_args
 from shared.store import StoreError, open_store
@@ -26,6 +24,31 @@ SHOW_REJECTS = 20
 def _count_lines(path: Path) -> int:
     with path.open("rb") as f:
         return max(sum(buf.count(b"\n") for buf in iter(lambda: f.read(1 << 20), b"")) - 1, 0)
+
+
+class _Quiet:
+    """No progress bar (``--quiet``): tqdm is not even imported (a tenth of a small file's import time)."""
+
+    def __enter__(self) -> _Quiet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def update(self, n: int) -> None:
+        pass
+
+    @staticmethod
+    def write(text: str, file=sys.stderr) -> None:  # noqa: ANN001 - tqdm.write's signature
+        print(text, file=file)
+
+
+def _progress(path: Path, quiet: bool):  # noqa: ANN202 - a tqdm bar or _Quiet
+    if quiet:
+        return _Quiet()
+    from tqdm import tqdm
+
+    return tqdm(total=_count_lines(path), unit="rows", desc=f"import {path.name}")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -44,7 +67,6 @@ def main(argv: Sequence[str]) -> int:
         print(f"flowwatch import: no such file: {args.file}", file=sys.stderr)
         return 2
     rejects_path = args.rejects or args.file.with_suffix(".rejects.csv")
-    total = _count_lines(args.file)
     rejected = 0
     result = WriteResult()
     t0 = time.perf_counter()
@@ -55,7 +77,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
     rej_file = None
     try:
-        with tqdm(total=total, unit="rows", disable=args.quiet, desc=f"import {args.file.name}") as bar:
+        with _progress(args.file, args.quiet) as bar:
             for chunk in import_chunks(args.file, settings.limits, args.naive_tz, parse_ahead=store.parse_ahead):
                 result = result + store.write_reading_frame(site, meter, chunk.frame)
                 if chunk.rejects:
@@ -65,7 +87,7 @@ def main(argv: Sequence[str]) -> int:
                         w.writerow(["line", "reason", "row"])
                     for r in chunk.rejects:
                         if rejected < SHOW_REJECTS:
-                            tqdm.write(f"line {r.line}: {r.reason}", file=sys.stderr)
+                            bar.write(f"line {r.line}: {r.reason}", file=sys.stderr)
                         w.writerow([r.line, r.reason, r.raw])
                         rejected += 1
                 bar.update(chunk.rows)
