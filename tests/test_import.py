@@ -187,3 +187,23 @@ def test_a_file_ahead_of_the_clock_passes_row_by_row(tmp_path):
     df, rejects = read_all(f, limits)
     assert [r.line for r in rejects] == [3002] and "ahead of this machine's clock" in rejects[0].reason
     assert len(df) == 4999
+
+
+def test_several_meters_in_one_run(tmp_path):
+    # one process, one meter per file (named by the file); a bad row in one file is rejected, the rest imported
+    good = "timestamp,flow_rate,pressure\n" + "".join(f"2026-03-01T00:{m:02d}:00Z,{m}.5,3.0\n" for m in range(30))
+    (tmp_path / "north-1.csv").write_text(good)
+    (tmp_path / "south_2.csv").write_text(good.replace("00:07:00Z,7.5", "00:07:00Z,abc"))
+    cfg = tmp_path / "fw.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'var'}\nsite: s1\nmeter: m1\n")
+    cmd = [sys.executable, "-m", "app.cli", "import", "-c", str(cfg), "--quiet", "--meter-from-name"]
+    r = subprocess.run([*cmd, str(tmp_path / "north-1.csv"), str(tmp_path / "south_2.csv")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1, r.stderr
+    assert "for s1/north-1" in r.stdout and "for s1/south_2" in r.stdout and "line 9: flow_rate 'abc'" in r.stderr
+    store = SqliteStore(tmp_path / "var" / "flowwatch.db")
+    span = (datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
+    assert len(store.read_readings("s1", "north-1", *span)) == 30 and len(store.read_readings("s1", "south_2", *span)) == 29
+    assert (tmp_path / "south_2.rejects.csv").exists() and not (tmp_path / "north-1.rejects.csv").exists()
+    (tmp_path / "bad name.csv").write_text(good)
+    r = subprocess.run([*cmd, str(tmp_path / "bad name.csv")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "'bad name' cannot be a meter id" in r.stderr
