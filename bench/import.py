@@ -8,8 +8,9 @@
    each a fresh process into an empty database. The runs alternate (plain, flowwatch, plain, ...)
    so both see the same load; the ratio is taken per run, and the median and spread of the runs
    are shown. Files: two years of minute readings (1,051,200 rows), of 15-minute readings, of
-   hourly readings, and five meters of two years of 15-minute readings (one file and one process
-   per meter: a readings file names no meter, `--meter` does) into one database.
+   hourly readings, and five meters of two years of 15-minute readings into one database (one file
+   per meter, as a readings file names no meter; both sides read the five in one process:
+   `flowwatch import --meter-from-name m1.csv ... m5.csv`).
 2. Rows/s inside one process, both stores: the import path (`import_chunks` + `write_reading_frame`)
    and the store write alone, one year of minute readings (InfluxDB 1.6.7 on a free port).
    Targets (brief §12): ≥ 300,000 rows/s into SQLite, ≥ 150,000 into InfluxDB.
@@ -67,14 +68,15 @@ def _timed(cmd: list[str]) -> float:
 
 
 def process_runs(files: list[Path], work: Path, runs: int) -> tuple[list[float], list[float]]:
-    """Seconds of each run: (plain, flowwatch), every file of a run into one fresh database."""
+    """Seconds of each run: (plain, flowwatch), every file of a run into one fresh database, one process each."""
     plain, fw = [], []
     for _ in range(runs):
         db = work / f"plain-{uuid.uuid4().hex[:8]}.db"
-        plain.append(sum(_timed([sys.executable, "-m", "bench.plain_import", str(f), str(db), str(k + 1)]) for k, f in enumerate(files)))
+        plain.append(_timed([sys.executable, "-m", "bench.plain_import", str(db), *map(str, files)]))
         data = work / f"fw-{uuid.uuid4().hex[:8]}"
-        fw.append(sum(_timed([sys.executable, "-m", "app.cli", "import", str(f), "--data-dir", str(data), "--site", "s1",
-                              "--meter", f"m{k + 1}", "--quiet"]) for k, f in enumerate(files)))
+        meter = ["--meter-from-name"] if len(files) > 1 else ["--meter", "m1"]
+        fw.append(_timed([sys.executable, "-m", "app.cli", "import", *map(str, files), "--data-dir", str(data), "--site", "s1",
+                          *meter, "--quiet"]))
     return plain, fw
 
 
@@ -110,7 +112,7 @@ def main() -> None:
         ("minute, 2 years, 1 meter", [write_csv(readings_frame(1_051_200 // scale), tmp / "minute.csv")]),
         ("15-minute, 2 years, 1 meter", [write_csv(readings_frame(70_080 // scale, "15min"), tmp / "q15.csv")]),
         ("hourly, 2 years, 1 meter", [write_csv(readings_frame(17_520 // scale, "1h"), tmp / "hourly.csv")]),
-        ("15-minute, 2 years, 5 meters (5 files)",
+        ("15-minute, 2 years, 5 meters (5 files, 1 process)",
          [write_csv(readings_frame(70_080 // scale, "15min", seed=k), tmp / f"m{k}.csv") for k in range(1, 6)]),
     ]
     rows = []
