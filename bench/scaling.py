@@ -19,8 +19,8 @@ For each meter count M, on one Mosquitto (persistence on, QoS 1) and one detecto
 CPU figures are from /proc (psutil) over the window; the machine is shared with other work, so
 each figure is the median of the runs with its spread. Target (issue 15): 1,000 meters at 1 reading/min,
 zero loss, collector and detector each ≤ 25 % of one core. The detector costs more per reading
-from the stand-in (readings spread over the minute: a store write and a receipt for each) than
-from the collector (a minute's readings at once: large batches).
+from the stand-in (readings spread over the minute) than from the collector (a minute's readings
+at once); small batches against large ones is the likely reason (not measured).
 
 The forecaster's hourly round for M meters (issue 15: ≤ 60 s for 1,000 meters, RSS ≤ 500 MB) is
 measured by bench/forecast_meters.py (its section below). Not here yet: a forecaster fed these M
