@@ -21,8 +21,9 @@ from bench.common import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHES = [
-    ("import", "Import one year of minute readings"),
+    ("import", "Import: flowwatch import against a plain pandas + SQLite script"),
     ("pipeline", "Live pipeline: collector → Mosquitto → detector → store, QoS 1, persistence on"),
+    ("scaling", "Many meters on one box: 10, 100, 1,000 meters at 1 reading/min"),
     ("latency", "Reading → anomaly event latency at 10 readings/s"),
     ("forecast", "Hourly forecast job and forecaster memory"),
     ("train", "Training on one year of minute data, both signals"),

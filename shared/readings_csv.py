@@ -59,19 +59,28 @@ class CsvFormatError(ValueError):
 
 
 def _numbers(col: pd.Series, name: str, lines: np.ndarray, rejects: list[Reject], raw: pd.DataFrame, bad: np.ndarray) -> np.ndarray:
-    """Parse a number column; empty is missing (NaN), anything else that is not finite rejects the row."""
+    """Parse a number column; empty is missing (NaN), anything else that is not finite rejects the row.
+    A float column is the C parser's (NaN only from an empty field; infinities already turned back to text)."""
+    if col.dtype == "float64":
+        return col.to_numpy(dtype="float64", copy=True)
     values = pd.to_numeric(col, errors="coerce").to_numpy(dtype="float64", na_value=np.nan, copy=True)
     suspicious = np.flatnonzero(~np.isfinite(values))  # usually few: only these are inspected as text
     for i in suspicious:
-        text = str(col.iloc[i]).strip()
+        v = col.iloc[i]
+        text = "" if v is None or (isinstance(v, float) and v != v) else str(v).strip()  # NaN: an empty field
         if text == "":
             values[i] = np.nan
             continue
         values[i] = np.nan
         if not bad[i]:
-            rejects.append(Reject(int(lines[i]), f"{name} {text!r} is not a finite number", ",".join(map(str, raw.iloc[i].tolist()))))
+            rejects.append(Reject(int(lines[i]), f"{name} {text!r} is not a finite number", _row_text(raw, i)))
         bad[i] = True
     return values
+
+
+def _row_text(raw: pd.DataFrame, i: int) -> str:
+    """Row ``i`` as a CSV line (a missing value as an empty field)."""
+    return ",".join("" if isinstance(v, float) and v != v else str(v) for v in raw.iloc[i].tolist())
 
 
 def _timestamps(text: pd.Series, naive_tz: str) -> pd.Series:
@@ -97,7 +106,12 @@ def _implausible_times(ts: pd.Series, limits: RangeLimits) -> list[tuple[int, st
     sec[ts.isna().to_numpy()] = np.nan
     out = [(int(i), f"timestamp {ts.iloc[i].isoformat()} is before limits.earliest ({limits.earliest.isoformat()})")
            for i in np.flatnonzero(sec < limits.earliest.timestamp())]  # year 0 has no Python datetime
-    for i in np.flatnonzero(sec > now.timestamp() + limits.max_ahead_s):
+    ahead = np.flatnonzero(sec > now.timestamp() + limits.max_ahead_s)
+    if len(ahead):  # a file running ahead of the clock: only rows too far after their neighbour are judged one by one
+        prev = sec[np.where(ahead > 0, ahead - 1, ahead + 1).clip(0, len(sec) - 1)]
+        prev[(ahead == 0) & (len(sec) < 2)] = np.nan
+        ahead = ahead[~(sec[ahead] - prev <= limits.max_jump_s)]  # NaN (no neighbour) is judged
+    for i in ahead:
         j = i - 1 if i > 0 else i + 1
         last = ts.iloc[j].to_pydatetime() if 0 <= j < len(ts) and not pd.isna(ts.iloc[j]) else None
         reason = implausible(ts.iloc[i].to_pydatetime(), last=last, now=now, limits=limits)
@@ -115,10 +129,10 @@ def parse_chunk(raw: pd.DataFrame, first_line: int | np.ndarray, limits: RangeLi
     ts = _timestamps(raw["timestamp"], naive_tz)
     bad = ts.isna().to_numpy().copy()
     for i in np.flatnonzero(bad):
-        rejects.append(Reject(int(lines[i]), f"timestamp {str(raw['timestamp'].iloc[i]).strip()!r} is not ISO 8601", ",".join(map(str, raw.iloc[i].tolist()))))
+        rejects.append(Reject(int(lines[i]), f"timestamp {str(raw['timestamp'].iloc[i]).strip()!r} is not ISO 8601", _row_text(raw, i)))
     for i, reason in _implausible_times(ts, limits):
         bad[i] = True
-        rejects.append(Reject(int(lines[i]), reason, ",".join(map(str, raw.iloc[i].tolist()))))
+        rejects.append(Reject(int(lines[i]), reason, _row_text(raw, i)))
     absent = np.full(n, np.nan)
     flow = _numbers(raw["flow_rate"], "flow_rate", lines, rejects, raw, bad) if "flow_rate" in raw else absent
     pres = _numbers(raw["pressure"], "pressure", lines, rejects, raw, bad) if "pressure" in raw else absent
@@ -173,9 +187,9 @@ def _too_many(line: int, expected: int, saw: int, raw: str) -> Reject:
     return Reject(line, f"{saw} fields where the header has {expected} (a ',' too many?)", raw)
 
 
-def _long_leading_rows(path: Path) -> tuple[list[Reject], int]:
+def _long_leading_rows(path: Path) -> tuple[list[Reject], int, list[str]]:
     """The data rows before the first one with no more fields than the header (each one rejected),
-    and the line of that first row. pandas takes the first data row's width as the table's: a long
+    the line of that first row, and the header. pandas takes the first data row's width as the table's: a long
     first row would shift every column (see the module docstring)."""
     rejects: list[Reject] = []
     try:
@@ -183,7 +197,7 @@ def _long_leading_rows(path: Path) -> tuple[list[Reject], int]:
             rows = csv.reader(f, skipinitialspace=True)
             header = next((r for r in rows if r), None)
             if header is None:
-                return rejects, 2
+                return rejects, 2, []
             start = rows.line_num
             for row in rows:
                 if not row:  # a blank line: pandas skips it too
@@ -193,9 +207,9 @@ def _long_leading_rows(path: Path) -> tuple[list[Reject], int]:
                     break
                 rejects.append(_too_many(rows.line_num, len(header), len(row), ",".join(row)[:RAW_MAX_CHARS]))
                 start = rows.line_num
-            return rejects, start + 1
+            return rejects, start + 1, header
     except (OSError, csv.Error):
-        return [], 2  # pandas says what is wrong with the file
+        return [], 2, []  # pandas says what is wrong with the file
 
 
 def _skipped_lines(sink: list[tuple[str, type[Warning]]], raw: _RawLines) -> list[Reject]:
@@ -212,6 +226,18 @@ def _skipped_lines(sink: list[tuple[str, type[Warning]]], raw: _RawLines) -> lis
     return sorted(rejects, key=lambda r: r.line)
 
 
+def _as_text(raw: pd.DataFrame, name: str, lines: np.ndarray, raw_lines: _RawLines, header: list[str]) -> pd.Series:
+    """A value column parsed as floats, back as the file's text (an infinity has many spellings,
+    and a rejected row names the one in the file)."""
+    values = raw[name].to_numpy()
+    text = np.where(np.isnan(values), "", raw[name].astype(str).to_numpy()).astype(object)
+    pos = next((k for k, h in enumerate(header) if h.strip().lower() == name), None)
+    for i in np.flatnonzero(np.isinf(values)):
+        fields = next(csv.reader([raw_lines.get(int(lines[i]))], skipinitialspace=True), [])
+        text[i] = fields[pos] if pos is not None and pos < len(fields) else str(values[i])
+    return pd.Series(text, index=raw.index, dtype=object)
+
+
 def _lines_of(first: int, n: int, skipped: list[Reject]) -> np.ndarray:
     """The lines of ``n`` rows read from line ``first`` on, around the skipped ones."""
     lines = np.arange(first, first + n + len(skipped))
@@ -222,10 +248,14 @@ def _lines_of(first: int, n: int, skipped: list[Reject]) -> np.ndarray:
 
 def read_chunks(path: Path, limits: RangeLimits, naive_tz: str = "UTC", chunk_rows: int = CHUNK_ROWS, source: str = "import") -> Iterator[ParsedChunk]:
     """Parse a readings CSV in chunks. Raises CsvFormatError if the header is wrong."""
-    leading, line = _long_leading_rows(path)  # line: the file line of the next row pandas gives
+    leading, line, header = _long_leading_rows(path)  # line: the file line of the next row pandas gives
+    # The value columns are parsed by the C parser (floats; an empty field is NaN), the rest as text;
+    # a value column with text in it comes as text and is judged row by row (parse_chunk).
+    numeric = [h for h in header if h.strip().lower() in SIGNAL_COLUMNS]
     try:
         reader = pd.read_csv(
-            path, dtype=str, keep_default_na=False, chunksize=chunk_rows, skipinitialspace=True,
+            path, dtype={h: str for h in header if h not in numeric} or str, keep_default_na=False,
+            na_values={h: [""] for h in numeric} or None, chunksize=chunk_rows, skipinitialspace=True,
             on_bad_lines="warn", index_col=False, skiprows=[r.line - 1 for r in leading] or None,
         )
         sink: list[tuple[str, type[Warning]]] = []
@@ -241,7 +271,12 @@ def read_chunks(path: Path, limits: RangeLimits, naive_tz: str = "UTC", chunk_ro
                 raise CsvFormatError(f"{path}: missing column(s) {', '.join(missing)}; the header must be timestamp,flow_rate,pressure "
                                      "(or timestamp and one of flow_rate, pressure for a meter with one signal)")
             skipped = _skipped_lines(sink, raw_lines)  # among this chunk's rows (or just after them)
-            chunk = parse_chunk(raw[[c for c in REQUIRED if c in raw.columns]], _lines_of(line, len(raw), skipped), limits, naive_tz, source)
+            lines = _lines_of(line, len(raw), skipped)
+            raw = raw[[c for c in REQUIRED if c in raw.columns]].copy()
+            for name in SIGNAL_COLUMNS:
+                if name in raw and raw[name].dtype == "float64" and np.isinf(raw[name].to_numpy()).any():  # rare: the text says why
+                    raw[name] = _as_text(raw, name, lines, raw_lines, header)
+            chunk = parse_chunk(raw, lines, limits, naive_tz, source)
             chunk.rejects = sorted(chunk.rejects + leading + skipped, key=lambda r: r.line)
             chunk.rows += len(leading) + len(skipped)
             line += len(raw) + len(skipped)

@@ -158,3 +158,52 @@ def test_read_all_later_duplicates_win(tmp_path):
     f.write_text("timestamp,flow_rate,pressure\n2026-03-01T00:00:00Z,1,2\n2026-03-01T00:00:00Z,5,2\n")
     df, rejects = read_all(f)
     assert len(df) == 1 and df["flow_rate"].iloc[0] == 5 and not rejects
+
+
+def test_value_columns_parsed_as_numbers_keep_every_check(tmp_path):
+    # the C parser reads an all-number column as floats: an empty field is still a missing reading,
+    # an infinity (any spelling) still rejects its row, named as the file spells it
+    f = tmp_path / "n.csv"
+    f.write_text("timestamp,flow_rate,pressure\n2026-03-01T00:00:00Z,1.5,3\n2026-03-01T00:01:00Z,,3\n"
+                 "2026-03-01T00:02:00Z,Infinity,3\n2026-03-01T00:03:00Z,2,-1e999\n2026-03-01T00:04:00Z,2.5,\n")
+    chunks = list(read_chunks(f, RangeLimits()))
+    frame = pd.concat([c.frame for c in chunks])
+    rejects = [r for c in chunks for r in c.rejects]
+    assert [(r.line, r.reason) for r in rejects] == [(4, "flow_rate 'Infinity' is not a finite number"),
+                                                      (5, "pressure '-1e999' is not a finite number")]
+    assert rejects[0].raw == "2026-03-01T00:02:00Z,Infinity,3.0"
+    assert frame["seq"].tolist() == [2, 3, 6]
+    assert frame["quality"].tolist() == ["", "flow_rate_missing", "pressure_missing"]
+
+
+def test_a_file_ahead_of_the_clock_passes_row_by_row(tmp_path):
+    # a simulated file running ahead of the clock is judged in bulk; a lone jump far ahead is not
+    t0 = pd.Timestamp.now(tz="UTC").floor("min") + pd.Timedelta(days=2)
+    rows = [f"{(t0 + pd.Timedelta(minutes=i)).strftime('%Y-%m-%dT%H:%M:%SZ')},1,2" for i in range(5000)]
+    rows[3000] = f"{(t0 + pd.Timedelta(days=400)).strftime('%Y-%m-%dT%H:%M:%SZ')},1,2"
+    f = tmp_path / "f.csv"
+    f.write_text("timestamp,flow_rate,pressure\n" + "\n".join(rows) + "\n")
+    limits = RangeLimits(max_ahead_s=3600, max_jump_s=3600)
+    df, rejects = read_all(f, limits)
+    assert [r.line for r in rejects] == [3002] and "ahead of this machine's clock" in rejects[0].reason
+    assert len(df) == 4999
+
+
+def test_several_meters_in_one_run(tmp_path):
+    # one process, one meter per file (named by the file); a bad row in one file is rejected, the rest imported
+    good = "timestamp,flow_rate,pressure\n" + "".join(f"2026-03-01T00:{m:02d}:00Z,{m}.5,3.0\n" for m in range(30))
+    (tmp_path / "north-1.csv").write_text(good)
+    (tmp_path / "south_2.csv").write_text(good.replace("00:07:00Z,7.5", "00:07:00Z,abc"))
+    cfg = tmp_path / "fw.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'var'}\nsite: s1\nmeter: m1\n")
+    cmd = [sys.executable, "-m", "app.cli", "import", "-c", str(cfg), "--quiet", "--meter-from-name"]
+    r = subprocess.run([*cmd, str(tmp_path / "north-1.csv"), str(tmp_path / "south_2.csv")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1, r.stderr
+    assert "for s1/north-1" in r.stdout and "for s1/south_2" in r.stdout and "line 9: flow_rate 'abc'" in r.stderr
+    store = SqliteStore(tmp_path / "var" / "flowwatch.db")
+    span = (datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
+    assert len(store.read_readings("s1", "north-1", *span)) == 30 and len(store.read_readings("s1", "south_2", *span)) == 29
+    assert (tmp_path / "south_2.rejects.csv").exists() and not (tmp_path / "north-1.rejects.csv").exists()
+    (tmp_path / "bad name.csv").write_text(good)
+    r = subprocess.run([*cmd, str(tmp_path / "bad name.csv")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "'bad name' cannot be a meter id" in r.stderr

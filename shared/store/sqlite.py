@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
 from itertools import repeat
 from pathlib import Path
@@ -124,6 +124,11 @@ _DENSE_S = 600
 _IN_CHUNK = 500
 
 
+def _sql_text(value: object) -> str:
+    """A string as an SQL literal."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text
@@ -221,19 +226,31 @@ class SqliteStore(Store):
         return self._retry(q, "read")
 
     # --- writes ---------------------------------------------------------------------------------
-    def _write_readings(self, rows: list[tuple], what: str) -> WriteResult:
-        """Insert (mid, ts, seq, flow_rate, pressure, quality, source) rows; never replace a stored one."""
-        if not rows:
+    def _write_readings(self, rows: list[tuple] | Callable[[], Iterable[tuple]], what: str, n: int | None = None,
+                        insert: tuple[str, Callable[[], Iterable[tuple]]] | None = None) -> WriteResult:
+        """Insert (mid, ts, seq, flow_rate, pressure, quality, source) rows; never replace a stored one.
+
+        ``rows`` is a list, or for a bulk import a function giving them again (``n`` of them) and
+        ``insert`` the statement and rows that insert them faster (constants in the SQL): the rows
+        stream into ``executemany`` and are built in full only when some were stored already.
+        """
+        if callable(rows):
+            again = rows
+        else:
+            n, listed = len(rows), rows
+            again = lambda: listed  # noqa: E731
+        if not n:
             return WriteResult()
+        sql, first = insert or (_INSERT_READING, again)
 
         def txn() -> tuple[WriteResult, list[ReadingConflict]]:
             with self._lock:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    inserted = self._db.executemany(_INSERT_READING, rows).rowcount
+                    inserted = self._db.executemany(sql, first()).rowcount
                     conflicts: list[ReadingConflict] = []
-                    if inserted < len(rows):  # some keys were stored already (or twice in this batch)
-                        conflicts = self._conflicts(rows)
+                    if inserted < n:  # some keys were stored already (or twice in this batch)
+                        conflicts = self._conflicts(list(again()))
                         self._db.executemany(_INSERT_CONFLICT, [
                             (c.site, c.meter, epoch(c.ts), conflict_variant((c.flow_rate, c.pressure, c.quality)),
                              c.flow_rate, c.pressure, c.quality, c.seq, c.source,
@@ -244,7 +261,7 @@ class SqliteStore(Store):
                     self._db.execute("ROLLBACK")
                     raise
                 self._db.execute("COMMIT")
-                return WriteResult(inserted, len(rows) - inserted - len(conflicts), len(conflicts)), conflicts
+                return WriteResult(inserted, n - inserted - len(conflicts), len(conflicts)), conflicts
 
         result, conflicts = self._retry(txn, what)
         if conflicts:
@@ -307,18 +324,28 @@ class SqliteStore(Store):
     def write_reading_frame(self, site: str, meter: str, frame: pd.DataFrame) -> WriteResult:
         f = to_reading_frame(frame)
         n = len(f)
-        # SQLite stores a bound NaN as NULL, so float columns (seq included) go in as they are.
-        rows = list(zip(
-            repeat(self._mid(site, meter), n),
-            f.index.as_unit("s").asi8.tolist(),
-            f["seq"].astype("float64").to_numpy().tolist(),
-            f["flow_rate"].to_numpy().tolist(),
-            f["pressure"].to_numpy().tolist(),
-            f["quality"].tolist(),
-            f["source"].tolist(),
-            strict=True,
-        ))
-        return self._write_readings(rows, "import readings")
+        if not n:
+            return WriteResult()
+        mid = self._mid(site, meter)
+        ts = f.index.as_unit("s").asi8.tolist()
+        # SQLite stores a bound NaN as NULL, so float columns go in as they are; seq as Python ints
+        # when it has no gap (an integer binds faster than a float and is stored as one anyway).
+        seq = f["seq"]
+        seqs = seq.to_numpy(dtype="int64").tolist() if not seq.hasnans else seq.astype("float64").to_numpy().tolist()
+        flow, pres, quality = f["flow_rate"].to_numpy().tolist(), f["pressure"].to_numpy().tolist(), f["quality"].tolist()
+        source = f["source"]
+        src = source.iat[0]
+        one_source = bool((source.to_numpy() == src).all())
+        sources = None if one_source else source.tolist()
+
+        def rows() -> Iterable[tuple]:
+            return zip(repeat(mid, n), ts, seqs, flow, pres, quality, repeat(src, n) if one_source else sources, strict=True)
+
+        insert = None
+        if one_source:  # the meter and the source as constants: less to bind per row
+            sql = _INSERT_READING.replace("VALUES (?, ?, ?, ?, ?, ?, ?)", f"VALUES ({int(mid)}, ?, ?, ?, ?, ?, {_sql_text(src)})")
+            insert = (sql, lambda: zip(ts, seqs, flow, pres, quality, strict=True))
+        return self._write_readings(rows, "import readings", n, insert)
 
     def write_anomalies(self, anomalies: Sequence[Anomaly]) -> int:
         return self._write(
