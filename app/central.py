@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app import credentials
+from app.broker import MosquittoProcess
 from app.tls import TlsFiles, ensure_tls
 from shared.settings import Settings
 from shared.topics import TopicError, Topics, _level
@@ -227,3 +228,19 @@ def main(argv: Sequence[str]) -> int:
     print(f"central ready in {args.dir}: {len(sites)} site(s). For each box copy {files.tls.ca_cert} and "
           f"sites/<site>.password, then set central.enabled, central.host, central.ca_file, central.password_file.")
     return 0
+
+
+def central_broker(folder: Path, sites: Sequence[str], *, tls_host: str = "127.0.0.1", tls_port: int = 0,
+                   overrides: dict[str, str] | None = None) -> MosquittoProcess:
+    """The central broker on this machine (tests, benchmarks): the project config, the central
+    folder's users, ACL and certificate, TLS on ``tls_host:tls_port`` and plain on loopback (the
+    recorder's side). Call ``start()``."""
+    from app.broker import TEST_OVERRIDES, TlsListener, free_port
+
+    files = init_central(folder, sites)
+    s, t = files.secrets, files.tls
+    return MosquittoProcess(
+        folder / "broker", users={"recorder": s.mqtt_password("recorder")}, password_file=s.mosquitto_passwd,
+        acl_file=s.acl_file, overrides=dict(TEST_OVERRIDES if overrides is None else overrides),
+        tls=TlsListener(tls_host, tls_port or free_port(), t.ca_cert, t.server_cert, t.server_key),
+    )
