@@ -194,8 +194,8 @@ def scenario(work: Path, *, mode: str, n_sites: int, seconds: float, restart: bo
                f"{n_stored / (t_stored - t_start):.0f}",
                f"{1000 * pct(lat.values, 50):.0f} / {1000 * pct(lat.values, 95):.0f}" if not restart else "-",
                f"{t_stored - res['t_published']:.1f}",
-               f"{100 * sampler.cpu('broker') / wall:.0f} / {sampler.rss.get('broker', 0) / 2**20:.0f}",
-               f"{100 * sampler.cpu('recorder') / wall:.0f} / {sampler.rss.get('recorder', 0) / 2**20:.0f}"]
+               f"{100 * sampler.cpu('broker') / wall:.1f} / {sampler.rss.get('broker', 0) / 2**20:.0f}",
+               f"{100 * sampler.cpu('recorder') / wall:.1f} / {sampler.rss.get('recorder', 0) / 2**20:.0f}"]
         return row
     finally:
         lat.close()
