@@ -8,16 +8,20 @@ the recorder on the central broker, SQLite files.
 from __future__ import annotations
 
 import os
+import re
 import ssl
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from app.broker import PROJECT_ACL, MosquittoProcess, mqtt_settings
+from app.broker import PROJECT_ACL, PROJECT_CONF, MosquittoProcess, free_port, mqtt_settings, wait_port
 from app.central import central_broker, init_central, render_bridge
 from app.credentials import ensure_secrets
 from services.recorder.service import RecorderService
@@ -25,7 +29,7 @@ from shared.messages import Reading
 from shared.settings import Settings
 from shared.store.sqlite import SqliteStore
 from tests.harness import wait_for
-from tests.stack import START, Stack
+from tests.stack import ROOT, START, Stack
 
 pytestmark = pytest.mark.broker
 
@@ -209,3 +213,55 @@ def test_bridge_section_sends_only_this_sites_topics_out(tmp_path: Path):
         assert line in text.splitlines()
     with pytest.raises(ValueError, match="central.enabled needs"):
         Settings(central={"enabled": True, "host": "x"})
+
+
+def test_compose_broker_config_serves_tls_and_bridges_with_what_secrets_init_writes(tmp_path: Path, central: Central):
+    """The project mosquitto.conf as the compose broker runs it (container paths mapped to folders
+    here), with the files `flowwatch secrets init` writes for a box whose config enables the bridge."""
+    cfg = tmp_path / "box.yaml"
+    cfg.write_text(yaml.safe_dump({"site": "siteA", "central": {
+        "enabled": True, "host": "127.0.0.1", "port": central.broker.tls.port, "ca_file": str(central.folder / "tls" / "ca.crt"),
+        "password_file": str(central.folder / "sites" / "siteA.password")}}))
+    sec = tmp_path / "secrets"
+    r = subprocess.run([sys.executable, "-m", "app.cli", "secrets", "-c", str(cfg), "init", "--dir", str(sec)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    bridge = sec / "mosquitto" / "conf.d" / "bridge.conf"
+    assert oct(bridge.stat().st_mode & 0o777) == "0o600" and "connection central-siteA" in bridge.read_text()
+    assert (sec / "mosquitto" / "conf.d" / "central-ca.crt").read_bytes() == (central.folder / "tls" / "ca.crt").read_bytes()
+    plain, tls = free_port(), free_port()
+    conf = PROJECT_CONF.read_text().replace("/run/flowwatch-secrets", str(sec)).replace("/mosquitto/data", str(tmp_path / "data"))
+    conf = re.sub(r"^listener 1883$", f"listener {plain} 127.0.0.1", conf, flags=re.M)
+    conf = re.sub(r"^listener 8883$", f"listener {tls} 127.0.0.1", conf, flags=re.M)
+    conf = re.sub(r"^log_dest stdout$", f"log_dest file {tmp_path / 'box.log'}", conf, flags=re.M)
+    if os.geteuid() == 0:
+        conf = "user root\n" + conf
+    (tmp_path / "data").mkdir()
+    (tmp_path / "box.conf").write_text(conf)
+    proc = subprocess.Popen(["mosquitto", "-c", str(tmp_path / "box.conf")], stderr=subprocess.PIPE)
+    try:
+        assert wait_port("127.0.0.1", tls, 10), proc.stderr.read1().decode() if proc.poll() is not None else "no TLS listener"
+        dev = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="device", protocol=mqtt.MQTTv311)
+        dev.username_pw_set("device", (sec / "mqtt" / "device.password").read_text().strip())
+        dev.tls_set(ca_certs=str(sec / "tls" / "ca.crt"), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        rc: list = []
+        dev.on_connect = lambda cl, u, f, r, p=None: rc.append(r)
+        dev.connect("127.0.0.1", tls)
+        dev.loop_start()
+        assert wait_for(lambda: bool(rc), 15, 0.1) and not rc[0].is_failure
+        dev.loop_stop()
+        dev.disconnect()
+        # the collector publishes on the box (plain, loopback); the bridge carries it to the central store
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="collector", protocol=mqtt.MQTTv311)
+        c.username_pw_set("collector", (sec / "mqtt" / "collector.password").read_text().strip())
+        c.connect("127.0.0.1", plain)
+        c.loop_start()
+        ts = datetime(2026, 3, 2, tzinfo=UTC)
+        msg = Reading(site="siteA", meter="meter1", ts=ts, seq=1, flow_rate=7.0, pressure=1.0)
+        c.publish("flowwatch/v1/siteA/meter1/reading", msg.model_dump_json(), qos=1).wait_for_publish(10)
+        assert wait_for(lambda: central.count("siteA") == 1, 60, 0.2), (tmp_path / "box.log").read_text()[-2000:]
+        c.loop_stop()
+        c.disconnect()
+    finally:
+        proc.terminate()
+        proc.wait(10)
