@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import threading
@@ -140,3 +141,25 @@ def test_plain_listener_is_not_reachable_from_outside_the_box(tls_broker):
     # ... while the TLS listener is (it binds every interface)
     socket.create_connection((addr, b.tls.port), timeout=5).close()
     assert _connect(_client("device", secrets.mqtt_password("device"), ca=None), addr, b.port, timeout=5) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sets file owners: needs root (as the compose init service runs)")
+def test_docker_owners_let_only_the_broker_read_the_server_key(tmp_path: Path):
+    from app.central import init_central
+    from app.central import set_docker_owners as central_owners
+    from app.credentials import UID_MOSQUITTO, set_docker_owners
+
+    s = ensure_secrets(tmp_path / "s")
+    ensure_tls(s.tls_folder)
+    s.conf_d.mkdir(parents=True)
+    (s.conf_d / "bridge.conf").write_text("connection x\n")
+    set_docker_owners(s)
+    st = (s.tls_folder / "server.key").stat()
+    assert (st.st_uid, oct(st.st_mode & 0o777)) == (UID_MOSQUITTO, "0o400")
+    assert oct((s.tls_folder / "ca.key").stat().st_mode & 0o777) == "0o400" and (s.tls_folder / "ca.key").stat().st_uid == 0
+    assert oct((s.tls_folder / "ca.crt").stat().st_mode & 0o777) == "0o444"
+    assert s.conf_d.stat().st_uid == UID_MOSQUITTO and (s.conf_d / "bridge.conf").stat().st_uid == UID_MOSQUITTO
+    f = init_central(tmp_path / "c", ["site1"])
+    central_owners(f)
+    assert f.tls.server_key.stat().st_uid == UID_MOSQUITTO and f.secrets.mosquitto_passwd.stat().st_uid == UID_MOSQUITTO
+    assert oct(f.site_password_file("site1").stat().st_mode & 0o777) == "0o600" and f.site_password_file("site1").stat().st_uid == 0
