@@ -265,3 +265,15 @@ def test_compose_broker_config_serves_tls_and_bridges_with_what_secrets_init_wri
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_up_adds_the_bridge_and_keeps_the_broker_config_private(tmp_path: Path):
+    from app.up import box_bridge
+
+    f = init_central(tmp_path / "c", ["siteA"])
+    assert box_bridge(Settings(site="siteA")) == ""  # off by default
+    s = Settings(site="siteA", central={"enabled": True, "host": "central.example", "ca_file": str(f.tls.ca_cert),
+                                        "password_file": str(f.site_password_file("siteA"))})
+    b = MosquittoProcess(tmp_path / "m", extra_conf=box_bridge(s))
+    assert "connection central-siteA" in b.conf.read_text()
+    assert oct(b.conf.stat().st_mode & 0o777) == "0o600"  # it holds the site's central password
