@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
         c.connect_async(s["host"], s["port"], keepalive=30)
         c.loop_start()
         clients.append(c)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not all(c.is_connected() for c in clients):
         if time.monotonic() > deadline:
             print(f"only {sum(c.is_connected() for c in clients)} of {len(clients)} sites connected", file=sys.stderr)
