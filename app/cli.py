@@ -1,6 +1,7 @@
 """``flowwatch``: the one command line. Runs any service, the whole stack, and the tools.
 
     flowwatch up [--speed N]             the whole stack on this machine, no Docker
+    flowwatch install [--prefix DIR]     systemd units for the broker and the services (docs/install.md)
     flowwatch collector|detector|...     one service
     flowwatch config check [FILE]        validate a config file, print the effective config
     flowwatch import FILE.csv            bulk-load historical readings
@@ -18,17 +19,20 @@ from collections.abc import Sequence
 # name -> (module:function, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("app.up:main", "run the whole stack on this machine (no Docker), simulated meter by default"),
+    "install": ("app.install:main", "write systemd units for the broker and the services (Debian, no Docker)"),
     "collector": ("services.collector.__main__:main", "run the collector service (meter -> MQTT)"),
     "detector": ("services.detector.__main__:main", "run the detector service (store readings, raise anomalies)"),
     "forecaster": ("services.forecaster.__main__:main", "run the forecaster service (hourly forecast)"),
-    "exporter": ("services.exporter.__main__:main", "run the exporter service (alert.txt / server.txt)"),
+    "exporter": ("services.exporter.__main__:main", "run the exporter service (alert.txt / server.txt / forecast.txt)"),
     "trainer": ("services.trainer.__main__:main", "run the trainer service (retrains the models)"),
     "recorder": ("services.recorder.__main__:main", "run the central tier's recorder (store what the sites send)"),
     "central": ("app.central:main", "central init: the central broker's CA, site users and ACL"),
+    "notifier": ("services.notifier.__main__:main", "run the notifier service (alerts to e-mail, webhook, apprise)"),
     "config": ("app.config_cmd:main", "config check [FILE]: validate a config file"),
     "import": ("app.import_csv:main", "bulk-load historical readings from a CSV file"),
     "health": ("app.health:main", "health check of one service (exit 0 when healthy)"),
     "secrets": ("app.credentials:main", "secrets init: generate MQTT passwords, Mosquitto password file, InfluxDB token"),
+    "alerts": ("app.alerts:main", "alerts list|ack|silence|unsilence: open alerts, acknowledgements, silences"),
     "train": ("services.trainer.cli:main", "train the forecasting models now"),
     "thresholds": ("services.detector.cli:main", "thresholds recalibrate: recompute anomaly thresholds now"),
     "plot": ("app.plot:main", "plot flow, pressure, forecasts, thresholds and anomalies to a PNG"),

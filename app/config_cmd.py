@@ -59,6 +59,8 @@ def _default(field) -> str:
 
 
 def reference() -> str:
+    import typing
+
     from pydantic import BaseModel
 
     out = [DOC_HEADER]
@@ -71,9 +73,15 @@ def reference() -> str:
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 subs.append((ann, key + "."))
                 continue
-            env = ENV_PREFIX + key.upper().replace(".", "__")
+            env = "(an entry of the list)" if "[]" in key else f"`{ENV_PREFIX + key.upper().replace('.', '__')}`"
             desc = (field.description or "").replace("|", "\\|")
-            rows.append(f"| `{key}` | {_type_name(field).replace('|', 'or')} | {_default(field)} | {desc} | `{env}` |")
+            rows.append(f"| `{key}` | {_type_name(field).replace('|', 'or')} | {_default(field)} | {desc} | {env} |")
+            item = typing.get_args(ann)[0] if typing.get_origin(ann) is list and typing.get_args(ann) else None
+            if isinstance(item, type) and issubclass(item, BaseModel):  # the keys of each entry (meters, registers)
+                subs.append((item, key + "[]."))
+            inner = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+            if len(inner) == 1 and type(None) in typing.get_args(ann):  # a section that may be null (frame.pressure)
+                subs.append((inner[0], key + "."))
         title = path.rstrip(".") or "top level"
         doc = (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ and path else ""
         out.append(f"\n## `{title}`\n" + (f"\n{doc}\n" if doc else ""))

@@ -35,7 +35,7 @@ from shared.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
-SERVICES = ("collector", "detector", "forecaster", "exporter", "trainer")
+SERVICES = ("collector", "detector", "forecaster", "exporter", "trainer", "notifier")
 # One MQTT user per service, one for the embedded device, one for the operator tools, one for the
 # broker's Docker healthcheck (it connects and subscribes; with no entry of its own in the ACL it
 # receives nothing; a user of its own, so the check never takes over a real client's id).
@@ -44,7 +44,7 @@ USERS = (*SERVICES, "device", "operator", "healthcheck")
 # Docker: numeric ids of the users the containers run as (services/Dockerfile creates them from the
 # SERVICE_UID build arg that docker-compose.yml passes; tests/test_deploy_compose.py checks they agree).
 GID_FLOWWATCH = 10000  # group of every flowwatch container, owner group of the shared volumes
-SERVICE_UIDS = {"collector": 10010, "detector": 10020, "forecaster": 10030, "exporter": 10040, "trainer": 10050}
+SERVICE_UIDS = {"collector": 10010, "detector": 10020, "forecaster": 10030, "exporter": 10040, "trainer": 10050, "notifier": 10060}
 UID_MOSQUITTO = 1883  # eclipse-mosquitto image
 UID_GRAFANA = 472  # grafana image
 UID_INFLUXDB = 1000  # influxdb:2.7 image
@@ -225,7 +225,7 @@ def main(argv: Sequence[str]) -> int:
     s = ensure_secrets(folder)
     from app.broker import write_acl  # the broker's ACL, narrowed to the configured meters (not secret)
 
-    write_acl(s.acl_file, [(settings.site, settings.meter)])
+    write_acl(s.acl_file, [(settings.site, m) for m in settings.meter_ids])
     from app.central import write_box_bridge
     from app.tls import ensure_tls
 

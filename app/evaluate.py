@@ -14,6 +14,8 @@ promoted versions; otherwise it serves seasonal naive, as a new install does.
 Writes (formats are stable; other tools score them too):
   DIR/anomalies.csv   start,end,kind,signal,severity       (end empty while still open at the end)
   DIR/forecasts.csv   issued_at,target_time,signal,value,model   (model = version or seasonal-naive)
+  DIR/report.json     without labels too: alerts per 30 days by kind and severity, forecast skill
+                      against persistence and seasonal naive (what an operator lives with)
 and with ``--labels``: DIR/metrics.json (see app/scoring.py for the definitions) and
 DIR/evaluation.png. Only events, alerts and forecast targets after the scoring start are scored
 (``--score-from-day``, default: the training days).
@@ -100,6 +102,23 @@ class Forecasting:
         return pd.DataFrame(self.rows, columns=list(FORECAST_COLUMNS))
 
 
+def for_file(settings, frame: pd.DataFrame):
+    """Settings for the file's meter: the signals the file has values of, and its interval (the median
+    spacing of its readings, 1 s to 1 h) where ``meters`` does not give one. A flow-only file of hourly
+    readings is then forecast (and scored) as such: flow only, in hourly bins."""
+    spec = settings.meter_spec(settings.meter)
+    present = [s for s in spec.signals if s in frame and frame[s].notna().any()]
+    if not present:
+        raise ValueError(f"no value of {' or '.join(spec.signals)} (the signals of meter {spec.id}) in the file")
+    interval = spec.interval_s
+    if interval is None and len(frame) > 1:
+        spacing = float(np.median(np.diff(frame.index.as_unit("s").asi8)))
+        interval = int(min(max(round(spacing), 1), 3600))
+    mine = spec.model_copy(update={"signals": present, "interval_s": interval})
+    meters = [mine if m.id == spec.id else m for m in settings.meters]
+    return settings.model_copy(update={"meters": meters if spec.id in settings.meter_ids else [*meters, mine]})
+
+
 def make_detector(settings):
     """The detector service's decision logic (readings in, Anomaly events out, no I/O)."""
     from services.detector.engine import DetectionEngine
@@ -137,7 +156,7 @@ def run(settings, frame: pd.DataFrame, models_dir: Path | None = None, progress:
         for fc in fc_logic.add(ts_index[i].to_pydatetime(), int(epochs[i]), f, p, q):
             detector.on_forecast(fc)  # forecast deviation, as the detector service gets them over MQTT
     dt = time.perf_counter() - t
-    models = {s: fc_logic.predictors[s].name for s in SIGNALS}
+    models = {s: p.name for s, p in fc_logic.predictors.items()}
     return RunResult(log.frame(), fc_logic.frame(), len(frame), dt, {"models": models, "forecast_fallbacks": fc_logic.fallbacks})
 
 
@@ -155,7 +174,7 @@ def train_first(settings, frame: pd.DataFrame, days: float, work: Path) -> Path:
         db.close()
     for r in results:
         print(f"trained {r.signal}: version {r.version}, promoted={r.promoted} ({r.reason})")
-    return settings.path(settings.models.dir)
+    return training.models_dir(settings)
 
 
 # --- scoring and output -------------------------------------------------------------------------
@@ -186,6 +205,23 @@ def score(readings: pd.DataFrame, labels: pd.DataFrame, anomalies: pd.DataFrame,
         actual = scoring.bins(readings.index, readings[s].to_numpy(dtype="float64", na_value=np.nan), step_minutes)
         f = forecasts[(forecasts["signal"] == s) & (forecasts["target_time"] > score_from)] if len(forecasts) else forecasts
         out["forecast"][s] = scoring.forecast_metrics(f, actual, step_minutes, all_labels)
+    return out
+
+
+def report(readings: pd.DataFrame, anomalies: pd.DataFrame, forecasts: pd.DataFrame, score_from: datetime, step_minutes: int) -> dict:
+    """What an operator lives with, no labels needed (app/scoring.py: operator_report)."""
+    from app import scoring
+
+    data_end = readings.index[-1].to_pydatetime()
+    alerts = [scoring.AlertSpan(a.start, None if pd.isna(a.end) else a.end, a.kind, a.signal, a.severity)
+              for a in anomalies.itertuples() if a.start >= score_from]
+    fc = {}
+    for s in SIGNALS:
+        actual = scoring.bins(readings.index, readings[s].to_numpy(dtype="float64", na_value=np.nan), step_minutes)
+        f = forecasts[(forecasts["signal"] == s) & (forecasts["target_time"] > score_from)] if len(forecasts) else forecasts
+        fc[s] = scoring.forecast_metrics(f, actual, step_minutes)
+    out = scoring.operator_report(alerts, max((data_end - score_from).total_seconds() / 86400, 0.0), fc)
+    out["scored_from"], out["scored_to"] = iso(score_from), iso(data_end)
     return out
 
 
@@ -255,7 +291,8 @@ def write_outputs(out: Path, res: RunResult) -> None:
 
 def main(argv: Sequence[str]) -> int:
     p = base_parser("evaluate", "Run the production detector and forecaster over a readings file and score them against labels.")
-    p.add_argument("--readings", type=Path, required=True, help="readings CSV (timestamp,flow_rate,pressure)")
+    p.add_argument("--readings", type=Path, required=True,
+                   help="readings CSV (timestamp,flow_rate,pressure; one signal column for a meter with one signal; any interval)")
     p.add_argument("--labels", type=Path, default=None, help="labels CSV (start,end,kind,size_pct), e.g. from flowwatch simulate")
     p.add_argument("--train-days", type=float, default=None, help="train the models on the first N days first (needs TensorFlow)")
     p.add_argument("--score-from-day", type=float, default=None, help="score from this day of the file on (default: --train-days, else 0)")
@@ -273,6 +310,11 @@ def main(argv: Sequence[str]) -> int:
         return 2
     if frame.empty:
         print(f"flowwatch evaluate: {args.readings} holds no readings", file=sys.stderr)
+        return 2
+    try:
+        settings = for_file(settings, frame)
+    except ValueError as exc:
+        print(f"flowwatch evaluate: {args.readings}: {exc}", file=sys.stderr)
         return 2
     if rejects:
         print(f"flowwatch evaluate: {len(rejects)} row(s) rejected, first: line {rejects[0].line}: {rejects[0].reason}", file=sys.stderr)
@@ -299,10 +341,21 @@ def main(argv: Sequence[str]) -> int:
     print(f"{res.readings:,} readings in {res.seconds:.1f} s ({res.readings / max(res.seconds, 1e-9):,.0f}/s); "
           f"{len(res.anomalies)} alerts, {len(res.forecasts):,} forecast values; models {res.info['models']}")
     print(f"wrote {args.out / 'anomalies.csv'} and {args.out / 'forecasts.csv'}")
+    start = frame.index[0].to_pydatetime()
+    sf = args.score_from_day if args.score_from_day is not None else (args.train_days or 0.0)
+    from shared.features import resolution
+
+    step = resolution(settings, settings.meter).step_minutes  # the meter's bins (hourly readings: hourly)
+    rep = report(frame, res.anomalies, res.forecasts, start + timedelta(days=sf), step)
+    (args.out / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
+    if labels is None:
+        from app.scoring import format_report
+
+        print()
+        print(format_report(rep))
+        print(f"\nwrote {args.out / 'report.json'}")
     if labels is not None:
-        start = frame.index[0].to_pydatetime()
-        sf = args.score_from_day if args.score_from_day is not None else (args.train_days or 0.0)
-        m = score(frame, labels, res.anomalies, res.forecasts, start + timedelta(days=sf), settings.models.step_minutes)
+        m = score(frame, labels, res.anomalies, res.forecasts, start + timedelta(days=sf), step)
         m["run"] = {"readings": res.readings, "seconds": round(res.seconds, 2), **res.info}
         (args.out / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
         plot(args.out / "evaluation.png", frame, labels, res.anomalies, res.forecasts)

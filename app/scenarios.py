@@ -79,6 +79,7 @@ class Scenario:
     mean_inflow: float = 40.0  # m³/h without leaks
     inlet_pressure_bar: float = 4.0  # about, at mean flow
     grid: int = 6  # grid x grid junctions with loops
+    network: str = "grid"  # "grid", or the layout of one of wntr's example networks (NETWORKS)
     hydraulic_step_min: int = 15
     demand_noise: float = 0.04  # relative sd of AR(1) noise per hydraulic step
     day_factor_sd: float = 0.04  # relative sd of a per-day demand factor (weather)
@@ -95,6 +96,8 @@ class Scenario:
             raise ValueError("hydraulic_step_min must be 1..60")
         if self.grid < 2:
             raise ValueError("grid must be at least 2")
+        if self.network != "grid" and self.network not in NETWORKS:
+            raise ValueError(f"network {self.network!r}: use grid or one of {', '.join(NETWORKS)}")
         for lk in self.leaks:
             if lk.size_pct <= 0 or lk.start_day < 0 or lk.start_day >= self.days:
                 raise ValueError(f"leak {lk}: size_pct must be > 0 and start_day within 0..days")
@@ -172,9 +175,50 @@ def _demand_patterns(sc: Scenario, times: pd.DatetimeIndex, rng: np.random.Gener
 
 # --- network ------------------------------------------------------------------------------------
 
+# wntr's bundled example networks usable as a DMA's layout: name -> what it is like
+NETWORKS = {
+    "Net2": "35 junctions, a small town's branched-and-looped network",
+    "Net3": "92 junctions, a mid-size city network with loops",
+    "ky4": "959 junctions, a large, mostly branched rural network",
+}
+
+
+def _example_layout(sc: Scenario, wn, rng: np.random.Generator) -> str:
+    """Add the layout (junctions, pipe lengths, who connects to whom) of the wntr example network
+    ``sc.network`` to ``wn`` as a DMA: its sources, tanks, pumps and valves become plain junctions and
+    pipes, elevations are flattened, pipes are resized for ``sc.mean_inflow`` and demand is spread in
+    proportion to the original base demands. Returns the junction the inlet main feeds."""
+    import wntr
+
+    path = Path(wntr.__file__).parent / "library" / "networks" / f"{sc.network}.inp"
+    src = wntr.network.WaterNetworkModel(str(path))
+    q_mean = sc.mean_inflow / 3600.0
+    names = list(src.node_name_list)
+    base = np.array([abs(src.get_node(n).base_demand) if n in src.junction_name_list else 0.0 for n in names])
+    weights = base if base.sum() > 0 else np.ones(len(names))
+    weights = weights / weights.sum()
+    commercial = set(rng.choice(len(names), size=max(1, len(names) // 6), replace=False).tolist())
+    src_total = float(base.sum()) or 1.0
+    scale = (q_mean / src_total) ** 0.38  # pipes carry the DMA's flow at the source network's velocities
+    for k, n in enumerate(names):
+        wn.add_junction(f"N{n}", base_demand=q_mean * float(weights[k]), demand_pattern="com" if k in commercial else "res",
+                        elevation=10.0 + rng.uniform(-2, 2))
+    for name in src.link_name_list:
+        link = src.get_link(name)
+        a, b = f"N{link.start_node_name}", f"N{link.end_node_name}"
+        if link.link_type == "Pipe":
+            d = float(np.clip(link.diameter * scale, 0.05, 1.5))
+            wn.add_pipe(f"P{name}", a, b, length=float(np.clip(link.length, 20.0, 1500.0)), diameter=d, roughness=100.0)
+        else:  # a pump or valve: a short wide pipe
+            wn.add_pipe(f"P{name}", a, b, length=10.0, diameter=0.3 * max(scale, 0.2), roughness=120.0)
+    # the inlet main feeds the node of the original main source (the first reservoir, else the first tank)
+    feed = (src.reservoir_name_list or src.tank_name_list or src.junction_name_list)[0]
+    return f"N{feed}"
+
 
 def build_network(sc: Scenario, res_pattern: np.ndarray, com_pattern: np.ndarray, head_pattern: np.ndarray):
-    """The DMA: reservoir -> inlet main (meter) -> grid of junctions with loops."""
+    """The DMA: reservoir -> inlet main (meter) -> grid of junctions with loops (or the layout of a wntr
+    example network, :data:`NETWORKS`). The inlet junction is ``wn.inlet_junction``."""
     import wntr
 
     rng = np.random.default_rng(sc.seed + 7919)
@@ -192,6 +236,14 @@ def build_network(sc: Scenario, res_pattern: np.ndarray, com_pattern: np.ndarray
     wn.add_pattern("com", list(com_pattern))
     wn.add_pattern("head", list(head_pattern))
 
+    diameter = 0.15 * (sc.mean_inflow / 40.0) ** 0.38
+    if sc.network != "grid":
+        inlet = _example_layout(sc, wn, rng)
+        inlet_elev = wn.get_node(inlet).elevation
+        wn.add_reservoir("R", base_head=inlet_elev + sc.inlet_pressure_bar / BAR_PER_M + HEADLOSS_MEAN_M, head_pattern="head")
+        wn.add_pipe("inlet", "R", inlet, length=1000.0, diameter=diameter, roughness=110.0)
+        wn.inlet_junction = inlet
+        return wn
     n = sc.grid
     q_mean = sc.mean_inflow / 3600.0  # m³/s
     commercial = set(rng.choice(n * n, size=max(1, n * n // 6), replace=False).tolist())
@@ -203,7 +255,6 @@ def build_network(sc: Scenario, res_pattern: np.ndarray, com_pattern: np.ndarray
         wn.add_junction(f"J{i}-{j}", base_demand=q_mean * weights[k], demand_pattern="com" if k in commercial else "res", elevation=elev)
     inlet_elev = wn.get_node("J0-0").elevation
     # Inlet main sized for ~4-5 m head loss at mean flow (more at peak): a burst shows as a pressure drop.
-    diameter = 0.15 * (sc.mean_inflow / 40.0) ** 0.38
     wn.add_reservoir("R", base_head=inlet_elev + sc.inlet_pressure_bar / BAR_PER_M + HEADLOSS_MEAN_M, head_pattern="head")
     wn.add_pipe("inlet", "R", "J0-0", length=1000.0, diameter=diameter, roughness=110.0)
     pid = 0
@@ -214,6 +265,7 @@ def build_network(sc: Scenario, res_pattern: np.ndarray, com_pattern: np.ndarray
                     d = float(rng.choice([0.1, 0.15, 0.2])) * (sc.mean_inflow / 40.0) ** 0.38
                     wn.add_pipe(f"P{pid}", f"J{i}-{j}", f"J{i + di}-{j + dj}", length=float(rng.uniform(80, 200)), diameter=d, roughness=100.0)
                     pid += 1
+    wn.inlet_junction = "J0-0"
     return wn
 
 
@@ -242,12 +294,12 @@ def simulate(sc: Scenario) -> Simulated:
     head_p = 1.0 + 0.004 * np.sin(2 * np.pi * step_min / 1440.0 + rng.uniform(0, 2 * np.pi)) + _ar1(rng, n_steps, 0.002, 0.9)
     wn = build_network(sc, res_p, com_p, head_p)
     wn.options.time.duration = int((n_steps - 1) * step * 60)
+    sensor = wn.inlet_junction
     junctions = list(wn.junction_name_list)
-    sensor = "J0-0"
-    leak_nodes = [lk.node or str(rng.choice(junctions[1:])) for lk in sc.leaks]
+    leak_nodes = [lk.node or str(rng.choice([j for j in junctions if j != sensor])) for lk in sc.leaks]
     for node in leak_nodes:
         if node not in junctions:
-            raise ValueError(f"leak node {node!r} is not a junction of the network (J<row>-<col>, 0..{sc.grid - 1})")
+            raise ValueError(f"leak node {node!r} is not a junction of the network (grid: J<row>-<col>, 0..{sc.grid - 1})")
 
     with tempfile.TemporaryDirectory(prefix="fw-sim-") as tmp:
         base = _run(wn, Path(tmp), "base")

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 # Which alert kinds count as detecting which label kinds (for recall; false alarms use any overlap).
-HYDRAULIC_ALERTS = frozenset({"burst", "night_flow", "threshold", "pressure_loss", "forecast_deviation"})
+HYDRAULIC_ALERTS = frozenset({"burst", "night_flow", "threshold", "pressure_loss", "pressure_drop", "forecast_deviation"})
 SENSOR_ALERTS = frozenset({"flatline", "spike", "gap", "invalid", "silent"})
 DETECTS: dict[str, frozenset[str]] = {
     "burst": HYDRAULIC_ALERTS,
@@ -193,3 +193,51 @@ def forecast_metrics(forecasts: pd.DataFrame, actual: pd.Series, step_minutes: i
         "wape_skill_vs_persistence": skill(pe),
         "targets_by_model": counts,
     }
+
+
+def operator_report(alerts: Sequence[AlertSpan], scored_days: float, forecasts: dict[str, dict]) -> dict:
+    """What an operator lives with, without labels: alerts per 30 days by kind and by severity, and the
+    forecast's skill against persistence and seasonal naive (``forecasts``: :func:`forecast_metrics`
+    per signal)."""
+    per30 = (lambda n: round(n / scored_days * 30, 2)) if scored_days > 0 else (lambda n: None)  # noqa: E731
+    by_kind: dict[str, dict[str, int]] = {}
+    by_sev: dict[str, int] = {}
+    for a in alerts:
+        k = by_kind.setdefault(a.kind, {})
+        k[a.severity] = k.get(a.severity, 0) + 1
+        by_sev[a.severity] = by_sev.get(a.severity, 0) + 1
+    hydraulic = sum(1 for a in alerts if a.kind in HYDRAULIC_ALERTS)
+    return {
+        "scored_days": round(scored_days, 3),
+        "alerts": len(alerts),
+        "alerts_per_30_days": per30(len(alerts)),
+        "hydraulic_alerts_per_30_days": per30(hydraulic),
+        "per_30_days_by_kind": {k: {sev: per30(n) for sev, n in sorted(v.items())} for k, v in sorted(by_kind.items())},
+        "per_30_days_by_severity": {sev: per30(n) for sev, n in sorted(by_sev.items(), key=lambda x: x[0])},
+        "forecast": {s: {"targets": f.get("targets", 0),
+                         "wape": f.get("forecast", {}).get("wape"),
+                         "persistence_wape": f.get("persistence", {}).get("wape"),
+                         "seasonal_naive_wape": f.get("seasonal_naive", {}).get("wape"),
+                         "skill_vs_persistence": f.get("wape_skill_vs_persistence"),
+                         "skill_vs_seasonal_naive": f.get("wape_skill_vs_seasonal_naive")} for s, f in forecasts.items()},
+    }
+
+
+def format_report(r: dict) -> str:
+    """The operator report as text."""
+    def num(x: float | None, fmt: str = "{:.2f}") -> str:
+        return "-" if x is None else fmt.format(x)
+
+    lines = [f"without labels, over {r['scored_days']:.1f} days: {r['alerts']} alerts, {num(r['alerts_per_30_days'])} per 30 days "
+             f"({num(r['hydraulic_alerts_per_30_days'])} hydraulic)"]
+    for kind, sev in r["per_30_days_by_kind"].items():
+        lines.append(f"  {kind:<20} " + ", ".join(f"{s} {num(v)}" for s, v in sev.items()) + " per 30 days")
+    lines.append("forecast (next hour, WAPE; skill = 1 - model / baseline):")
+    for s, f in r["forecast"].items():
+        if not f["targets"]:
+            lines.append(f"  {s:<10} no scorable targets (a week of readings is needed for seasonal naive)")
+            continue
+        lines.append(f"  {s:<10} model {num(f['wape'], '{:.4f}')}  persistence {num(f['persistence_wape'], '{:.4f}')}  "
+                     f"seasonal naive {num(f['seasonal_naive_wape'], '{:.4f}')}  skill vs persistence {num(f['skill_vs_persistence'], '{:+.0%}')}, "
+                     f"vs seasonal naive {num(f['skill_vs_seasonal_naive'], '{:+.0%}')}")
+    return "\n".join(lines)

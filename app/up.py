@@ -5,7 +5,10 @@
 - the store the config chooses (SQLite under ``data_dir`` unless InfluxDB is configured);
 - the meter source the config chooses (the simulator unless ``collector.source`` names a meter);
 - the five services as child processes (``python -m app.cli NAME -c data_dir/up/NAME.yaml``),
-  each restarted with backoff if it dies, logging to ``data_dir/logs/NAME.log``;
+  each restarted with backoff if it dies, logging to ``data_dir/logs/NAME.log``: their output is
+  read through a pipe and written with size-based rotation (``--log-max-mb``, ``--log-files``:
+  NAME.log, NAME.log.1 ... at most that many files); the broker's log is rotated the same way
+  (renamed, then SIGHUP: mosquitto reopens it);
 - a live status view from the heartbeat files (state, counters, last event time per service);
 - Ctrl-C / SIGTERM stops the services (SIGTERM: each flushes and publishes "offline"), then the broker.
 
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
+import logging.handlers
 import os
 import shutil
 import signal
@@ -46,6 +51,42 @@ from shared.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 BACKOFF_MIN_S, BACKOFF_MAX_S, HEALTHY_RUN_S = 1.0, 30.0, 60.0
 STOP_TIMEOUT_S = 20.0
+LOG_MAX_MB, LOG_FILES = 10.0, 5  # per log: NAME.log plus 4 older ones, 10 MB each
+
+
+@dataclass(frozen=True)
+class LogLimits:
+    """Size-based rotation of each log under ``data_dir/logs``: ``files`` files (>= 2) of ``max_bytes`` at most."""
+
+    max_bytes: int = int(LOG_MAX_MB * 1024 * 1024)
+    files: int = LOG_FILES
+
+    def __post_init__(self) -> None:
+        if self.max_bytes <= 0 or self.files < 2:  # with one file RotatingFileHandler would never truncate it
+            raise ValueError("log rotation needs max_bytes > 0 and at least 2 files")
+
+    def handler(self, path: Path) -> logging.handlers.RotatingFileHandler:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        h = logging.handlers.RotatingFileHandler(path, maxBytes=self.max_bytes, backupCount=self.files - 1,
+                                                 encoding="utf-8", errors="replace")
+        h.setFormatter(logging.Formatter("%(message)s"))  # the lines as the service wrote them
+        return h
+
+
+def pump(stream, handler: logging.Handler) -> None:
+    """Copy a child's output, line by line, into its rotating log until the child closes it."""
+    with stream:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            handler.handle(logging.makeLogRecord({"msg": line, "args": None, "levelno": logging.INFO}))
+
+
+def rotate_file(path: Path, files: int) -> None:
+    """path -> path.1 -> ... -> path.(files-1), the oldest dropped (RotatingFileHandler's naming)."""
+    for i in range(files - 1, 0, -1):
+        src = path if i == 1 else path.with_name(f"{path.name}.{i - 1}")
+        if src.exists():
+            os.replace(src, path.with_name(f"{path.name}.{i}"))
 
 
 def _plain(value: Any) -> Any:
@@ -130,22 +171,36 @@ class Child:
     next_start: float = 0.0
     last_exit: int | None = None
     notes: list[str] = field(default_factory=list)
+    limits: LogLimits = field(default_factory=LogLimits)
+    handler: logging.Handler | None = None
+    pumps: list[threading.Thread] = field(default_factory=list)
 
     def start(self) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as f:
-            self.proc = subprocess.Popen(self.argv, stdout=f, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
-                                         start_new_session=True)  # Ctrl-C reaches us only; we stop them in order
+        if self.handler is None:
+            self.handler = self.limits.handler(self.log)
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
+                                     start_new_session=True)  # Ctrl-C reaches us only; we stop them in order
+        t = threading.Thread(target=pump, args=(self.proc.stdout, self.handler), name=f"log-{self.name}", daemon=True)
+        t.start()
+        self.pumps = [p for p in self.pumps if p.is_alive()] + [t]
         self.started = time.monotonic()
+
+    def close_log(self, timeout: float = 5.0) -> None:
+        """After the process ended: the rest of its output written, the file closed."""
+        for t in self.pumps:
+            t.join(timeout)
+        if self.handler is not None:
+            self.handler.close()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
 
 class Stack:
-    def __init__(self, settings: Settings, speed: float | None, out=sys.stdout) -> None:
+    def __init__(self, settings: Settings, speed: float | None, out=sys.stdout, log_limits: LogLimits | None = None) -> None:
         self.settings = settings
         self.speed = speed
+        self.log_limits = log_limits or LogLimits()
         self.out = out
         self.stop_event = threading.Event()
         self.children: list[Child] = []
@@ -167,7 +222,10 @@ class Stack:
         up_dir.mkdir(exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWWATCH_")}  # the config file says it all
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONUNBUFFERED"] = "1"  # a line reaches its log when written, not when a buffer fills
         for name in SERVICES:
+            if name == "notifier" and not s.notifier.enabled:
+                continue
             if not available(name):
                 self.say(f"  {name}: not in this build (services/{name}/__main__.py missing), skipped")
                 continue
@@ -176,12 +234,15 @@ class Stack:
             cfg.write_text(yaml.safe_dump(data, sort_keys=False))
             cfg.chmod(0o600)
             child = Child(name, [sys.executable, "-m", "app.cli", name, "-c", str(cfg.resolve())],
-                          s.data_dir / "logs" / f"{name}.log", env)
+                          s.data_dir / "logs" / f"{name}.log", env, limits=self.log_limits)
             child.start()
             self.children.append(child)
         store = f"InfluxDB {s.store.influxdb.url} ({s.store.influxdb.database})" if s.store.backend == "influxdb" \
             else f"SQLite {s.path(s.store.sqlite.path).resolve()}"
-        self.say(f"flowwatch up: site {s.site}, meter {s.meter}, source {s.collector.source}"
+        ids = s.meter_ids
+        meters = f"meter {ids[0]}" if len(ids) == 1 else f"{len(ids)} meters ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"
+        sources = sorted({s.meter_source(m).kind for m in ids})
+        self.say(f"flowwatch up: site {s.site}, {meters}, source {', '.join(sources)}"
                  f"{f', speed {self.speed:g}x' if self.speed else ''}")
         self.say(f"  broker   mqtt://{host}:{port} (users and passwords in {secrets.folder.resolve()})")
         if (tls := self.broker.tls) is not None:
@@ -205,7 +266,7 @@ class Stack:
         port = s.mqtt.port
         if not port_free(host, port):
             port = free_port()
-        acl = write_acl(secrets.acl_file, [(s.site, s.meter)])
+        acl = write_acl(secrets.acl_file, [(s.site, m) for m in s.meter_ids])
         self.broker = MosquittoProcess(s.data_dir / "mosquitto", port=port, host=host, users=secrets.users(),
                                        password_file=secrets.mosquitto_passwd, acl_file=acl, overrides={},
                                        tls=box_tls_listener(s, secrets), extra_conf=box_bridge(s))
@@ -242,9 +303,21 @@ class Stack:
         self._broker_backoff = BACKOFF_MIN_S
         self.say(f"  broker restarted on port {b.port}")
 
+    def _rotate_broker_log(self) -> None:
+        """Mosquitto writes its own log file: rename it and send SIGHUP, on which it reopens the file."""
+        b = self.broker
+        try:
+            if not self.broker_alive() or b.log.stat().st_size < self.log_limits.max_bytes:
+                return
+        except OSError:
+            return
+        rotate_file(b.log, self.log_limits.files)
+        b.proc.send_signal(signal.SIGHUP)
+
     def supervise_once(self) -> None:
         now = time.monotonic()
         self._supervise_broker(now)
+        self._rotate_broker_log()
         for c in self.children:
             if c.alive():
                 continue
@@ -312,6 +385,8 @@ class Stack:
                 self.say(f"  {c.name} did not stop within {STOP_TIMEOUT_S:.0f}s; killing it")
                 c.proc.kill()
                 c.proc.wait()
+        for c in self.children:
+            c.close_log()
         if self.broker is not None:
             self.broker.stop()
         self.say("flowwatch up: stopped")
@@ -321,11 +396,17 @@ def main(argv: Sequence[str]) -> int:
     p = base_parser("up", "Run the whole stack on this machine (no Docker).")
     p.add_argument("--speed", type=float, default=None, help="simulated event time runs N times faster (collector.speed)")
     p.add_argument("--for", dest="duration", type=float, default=None, metavar="SECONDS", help="stop after this many seconds")
+    p.add_argument("--log-max-mb", type=float, default=LOG_MAX_MB, metavar="MB",
+                   help=f"rotate a log under data_dir/logs when it reaches this size (default {LOG_MAX_MB:g})")
+    p.add_argument("--log-files", type=int, default=LOG_FILES, metavar="N",
+                   help=f"keep at most N files per log, the current one included (default {LOG_FILES})")
     args = p.parse_args(argv)
     if args.speed is not None and args.speed <= 0:
         p.error("--speed must be positive")
+    if args.log_max_mb <= 0 or args.log_files < 2:
+        p.error("--log-max-mb must be positive and --log-files at least 2 (the current file and an older one)")
     settings = settings_from_args(args)
-    stack = Stack(settings, args.speed)
+    stack = Stack(settings, args.speed, log_limits=LogLimits(max(1, int(args.log_max_mb * 1024 * 1024)), args.log_files))
 
     def on_signal(signum: int, frame: object) -> None:
         stack.stop_event.set()

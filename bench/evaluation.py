@@ -36,9 +36,9 @@ GOALS = [
 ]
 
 
-def run_scenario(name: str, out: Path, train_days: float | None) -> dict:
+def run_scenario(name: str, out: Path, train_days: float | None, suite: Path = SUITE) -> dict:
     d = out / name
-    cmd = [sys.executable, "-m", "app.cli", "simulate", "--scenario", f"{SUITE}:{name}", "--out", str(d)]
+    cmd = [sys.executable, "-m", "app.cli", "simulate", "--scenario", f"{suite}:{name}", "--out", str(d)]
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     cmd = [sys.executable, "-m", "app.cli", "evaluate", "--readings", str(d / "readings.csv"), "--labels", str(d / "labels.csv"),
            "--out", str(d / "eval"), "--quiet", "--score-from-day", "14"]
@@ -99,14 +99,32 @@ def pooled(results: dict[str, dict]) -> tuple[list[list[str]], list[list[str]]]:
     return rows, frows
 
 
+def by_group(results: dict[str, dict]) -> list[list[str]]:
+    """False alarms per scenario group (the name without its last part: network and noise level)."""
+    groups: dict[str, list[dict]] = {}
+    for name, m in results.items():
+        groups.setdefault(name.rsplit("-", 1)[0] if name.count("-") >= 2 else name, []).append(m["alarms"])
+    rows = []
+    for g, al in groups.items():
+        days = sum(a["scored_days"] for a in al)
+        false = sum(a["false_alarms"] for a in al)
+        kinds: dict[str, int] = {}
+        for a in al:
+            for k, v in a["false_alarms_by_kind"].items():
+                kinds[k] = kinds.get(k, 0) + v
+        rows.append([g, f"{days:.0f}", str(false), f"{false / days * 30:.2f}" if days else "-", str(kinds or "")])
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="two scenarios, no training")
     ap.add_argument("--no-train", action="store_true", help="no training: forecasts are seasonal naive")
     ap.add_argument("--only", nargs="*", default=None, help="scenario names")
     ap.add_argument("--out", type=Path, default=None, help="keep the generated data and outputs here")
+    ap.add_argument("--suite", type=Path, default=SUITE, help="suite file (default bench/scenarios.yaml; held out: bench/heldout.yaml)")
     args = ap.parse_args()
-    suite = yaml.safe_load(SUITE.read_text())
+    suite = yaml.safe_load(args.suite.read_text())
     names = [s["name"] for s in suite["scenarios"]]
     if args.quick:
         names = ["bursts-a", "sensor-faults"]
@@ -120,15 +138,18 @@ def main() -> None:
     results = {}
     for n in names:
         print(f"scenario {n} ...", flush=True)
-        results[n] = run_scenario(n, out, train)
+        results[n] = run_scenario(n, out, train, args.suite)
         a = results[n]["alarms"]
-        print(f"  {a['alerts']} alerts, {a['false_alarms']} false; {results[n]['wall_s']:.0f} s", flush=True)
+        print(f"  {a['alerts']} alerts, {a['false_alarms']} false {a['false_alarms_by_kind']} in {a['scored_days']:.0f} days; "
+              f"{results[n]['wall_s']:.0f} s", flush=True)
     rows, frows = pooled(results)
     print(f"\nflowwatch evaluation suite: {len(names)} scenario(s) ({', '.join(names)}); "
           f"training: {f'first {train} days' if train else 'none (seasonal naive)'}; {machine()}")
     print(table(["goal", "events", "recall / rate", "median delay", "p90 delay", "status"], rows))
     print()
     print(table(["next-hour forecast", "targets", "WAPE", "persistence", "seasonal naive", "skill vs s. naive", "goal (≥ 30 %, < persistence)"], frows))
+    print()
+    print(table(["false alarms by group", "scored days", "false alarms", "per 30 days", "by kind"], by_group(results)))
     print(f"\noutputs in {out}")
 
 

@@ -250,6 +250,38 @@ def seasonal_naive(history: np.ndarray, steps: int, step_minutes: int) -> np.nda
     return out
 
 
+@dataclass(frozen=True)
+class Resolution:
+    """One meter's forecast resolution: the bin width and the model window, defined in time.
+
+    The bin is no finer than ``models.step_minutes`` nor than the meter's reading interval, and
+    divides the forecast horizon (so a 15-minute meter gets 15-minute bins, an hourly one hourly bins,
+    and the horizon stays what ``forecaster.horizon_minutes`` says). The model window covers
+    ``models.window_steps * models.step_minutes`` minutes (at least two bins) and gaps up to
+    ``models.max_gap_minutes`` are filled, whatever the bin.
+    """
+
+    step_minutes: int
+    window_steps: int
+    max_gap_steps: int
+    horizon_steps: int
+
+
+def bin_minutes(step_minutes: int, interval_s: int, horizon_minutes: int) -> int:
+    """The smallest divisor of ``horizon_minutes`` no finer than ``step_minutes`` and the interval."""
+    need = max(step_minutes, math.ceil(interval_s / 60))
+    return next((d for d in range(need, horizon_minutes + 1) if horizon_minutes % d == 0), horizon_minutes)
+
+
+def resolution(settings, meter: str) -> Resolution:
+    """The :class:`Resolution` of ``meter`` (its interval: ``settings.interval_of``)."""
+    m = settings.models
+    horizon = settings.forecaster.horizon_minutes
+    step = bin_minutes(m.step_minutes, settings.interval_of(meter), horizon)
+    return Resolution(step_minutes=step, window_steps=max(2, m.window_steps * m.step_minutes // step),
+                      max_gap_steps=m.max_gap_minutes // step, horizon_steps=horizon // step)
+
+
 def history_steps(step_minutes: int, window_steps: int = 0) -> int:
     """Bins of history the forecaster keeps: a week plus a day (seasonal naive), or the model window."""
     return max((WEEK_S + DAY_S) // (60 * step_minutes), window_steps) + 1

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
-SERVICES = ("collector", "detector", "forecaster", "exporter", "trainer")
+SERVICES = ("collector", "detector", "forecaster", "exporter", "trainer", "notifier")
 #: A heartbeat older than this is unhealthy (services write one every 10 s: shared/service.py).
 STALE_S = 60.0
 #: The data folder when neither --data-dir, FLOWWATCH_DATA_DIR nor the config file names one

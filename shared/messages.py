@@ -20,6 +20,7 @@ from shared.topics import LEVEL_MAX_LENGTH, LEVEL_PATTERN
 SCHEMA_VERSION = 1
 
 SIGNALS = ("flow_rate", "pressure")
+MAX_EXTRA = 16  # extra values per reading (Reading.extra): a register map's totalizer, battery, temperature, ...
 Signal = Literal["flow_rate", "pressure"]
 
 # A site or meter id is one MQTT topic level: no wildcards, no separators, no spaces. The settings'
@@ -72,11 +73,33 @@ class Reading(MeterMessage):
     pressure: float | None = Field(default=None, description="Pressure in bar; null when missing.")
     quality: tuple[QualityFlag, ...] = Field(default=(), description="Quality flags.")
     source: str = Field(default="unknown", max_length=32, description="serial, modbus, simulator, replay, import.")
+    extra: dict[Ident, float] | None = Field(
+        default=None, max_length=MAX_EXTRA,
+        description="The meter's extra values by name (totalizer, battery, temperature, status word: its register "
+        "map's other registers), finite numbers; absent (not sent) when the meter has none.",
+    )
 
     @field_validator("quality")
     @classmethod
     def _sorted_unique(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(sorted(set(v)))
+
+    @field_validator("extra")
+    @classmethod
+    def _extra_names(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None:
+            clash = [k for k in v if k in SIGNALS]
+            if clash:
+                raise ValueError(f"extra value {clash[0]!r} is a signal; it belongs in its own field")
+        return v or None
+
+    def to_json(self) -> bytes:
+        # Without extra values the payload is what it always was: readers of schema version 1 that
+        # refuse unknown fields still take it.
+        return (self.model_dump_json(exclude=_NO_EXTRA) if self.extra is None else self.model_dump_json()).encode()
+
+
+_NO_EXTRA = {"extra"}
 
 
 AnomalyKind = Literal[
@@ -90,6 +113,7 @@ AnomalyKind = Literal[
     "burst",
     "pressure_loss",
     "forecast_deviation",
+    "pressure_drop",  # pressure fell against its own recent level without a flow step: supply side
 ]
 Severity = Literal["info", "warning", "critical"]
 SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}  # the one order of severities
@@ -207,7 +231,7 @@ class ServiceStatus(Message):
 class ExportRecord(MeterMessage):
     """The content of an export file, mirrored on MQTT. ``content`` is the file, byte for byte."""
 
-    file: Literal["alert", "server"]
+    file: Literal["alert", "server", "forecast"]
     ts: UtcDatetime = Field(description="Event time the file was composed for.")
     protocol_version: int = Field(ge=1)
     content: str = Field(max_length=1_000_000)
@@ -275,3 +299,51 @@ def finite_or_none(x: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
+
+
+def alert_id(site: str, meter: str, kind: str, signal: str, start: datetime) -> str:
+    """The short, stable id of an alert (an anomaly's identity): what ``flowwatch alerts ack`` takes."""
+    import hashlib
+
+    key = f"{site}/{meter}/{kind}/{signal}/{int(start.timestamp())}"
+    return hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+class AlertAction(Message):
+    """An acknowledgement or a silence (``flowwatch alerts``, or the device on the notifier's command
+    topic). Stored (``alert_actions``) so the notifier, Grafana and alert.txt see it.
+
+    - ``ack``: ``alert_id`` is acknowledged: it is not escalated any more (its close is still sent);
+    - ``silence``: nothing is sent for ``site``/``meter`` (and ``kind``, when given) until ``until``;
+    - ``unsilence``: ends the silences of that ``site``/``meter``/``kind`` now.
+    """
+
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="Unique id of this action (a redelivery is one action).")
+    action: Literal["ack", "silence", "unsilence"]
+    ts: UtcDatetime = Field(description="Wall-clock time of the action.")
+    alert_id: str | None = Field(default=None, max_length=64, description="ack: the alert acknowledged.")
+    site: Ident | None = None
+    meter: Ident | None = Field(default=None, description="silence: the meter silenced.")
+    kind: AnomalyKind | None = Field(default=None, description="silence: only this kind (none: every kind).")
+    until: UtcDatetime | None = Field(default=None, description="silence: when it ends.")
+    by: str = Field(default="", max_length=64, description="Who did it.")
+    note: str = Field(default="", max_length=300)
+
+    @model_validator(mode="after")
+    def _complete(self) -> AlertAction:
+        if self.action == "ack" and not self.alert_id:
+            raise ValueError("an ack needs alert_id")
+        if self.action in ("silence", "unsilence") and (self.site is None or (self.meter is None and self.kind is None)):
+            raise ValueError(f"a {self.action} needs site and a meter or a kind")
+        if self.action == "silence" and self.until is None:
+            raise ValueError("a silence needs until")
+        return self
+
+
+class AlertState(Message):
+    """The acknowledgements and silences in force, published retained by the notifier whenever they
+    change; the exporter shows them in alert.txt."""
+
+    ts: UtcDatetime = Field(description="Wall-clock time of this state.")
+    acked: tuple[str, ...] = Field(default=(), max_length=5000, description="Ids of the acknowledged alerts (newest kept).")
+    silences: tuple[AlertAction, ...] = Field(default=(), max_length=1000, description="Silences in force now.")

@@ -1,9 +1,11 @@
 """Model versions on disk and the LiteRT runner both the trainer (parity, comparison with the
 current model) and the forecaster (serving) use. Imports no TensorFlow.
 
-Layout under ``<data_dir>/<models.dir>``::
+Layout under ``<data_dir>/<models.dir>/<site>/<meter>`` (one folder per meter: :func:`meter_dir`)::
 
-    <signal>/current               the promoted version's name (written temp + fsync + rename)
+    <signal>/current               what is served: the promoted version's name, or the baseline
+                                   (``persistence`` / ``seasonal-naive``) that beat every model
+                                   (written temp + fsync + rename)
     <signal>/<version>/model.keras the trained Keras model (trainer only)
     <signal>/<version>/model.tflite the exported LiteRT model the forecaster runs
     <signal>/<version>/scaler.json  scaler + feature spec (JSON, not pickle)
@@ -24,6 +26,7 @@ import numpy as np
 from shared import features
 from shared.features import Scaler
 from shared.fileio import atomic_write
+from shared.messages import SIGNALS
 
 MODEL_FILE = "model.tflite"
 KERAS_FILE = "model.keras"
@@ -31,6 +34,9 @@ META_FILE = "scaler.json"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.png"
 CURRENT_FILE = "current"
+PERSISTENCE = "persistence"
+SEASONAL_NAIVE = "seasonal-naive"
+BASELINES = (PERSISTENCE, SEASONAL_NAIVE)  # served without a model file
 
 
 class ModelError(RuntimeError):
@@ -87,6 +93,37 @@ class VersionMetrics:
         return json.dumps(asdict(self), indent=2, allow_nan=False, default=str)
 
 
+def meter_dir(models_root: Path, site: str, meter: str) -> Path:
+    """The model folder of one meter: ``<models.dir>/<site>/<meter>`` (ids are checked topic levels)."""
+    for part in (site, meter):
+        if part in ("", ".", "..") or "/" in part:
+            raise ValueError(f"site/meter id {part!r} cannot name a folder")
+    return models_root / site / meter
+
+
+def legacy_signals(models_root: Path) -> list[str]:
+    """Signals with a model in the layout before models were per meter (``<models.dir>/<signal>/current``)."""
+    return [s for s in SIGNALS if (models_root / s / CURRENT_FILE).is_file()]
+
+
+def adopt_legacy(models_root: Path, site: str, meter: str) -> list[str]:
+    """Move models of the layout before models were per meter under ``meter``'s folder (the
+    configured meter's: they were trained on it); the signals moved. A signal the meter's folder
+    already has is left alone."""
+    moved = []
+    for s in legacy_signals(models_root):
+        new = meter_dir(models_root, site, meter) / s
+        if not new.exists():
+            new.parent.mkdir(parents=True, exist_ok=True)
+            (models_root / s).rename(new)
+            moved.append(s)
+    return moved
+
+
+def is_baseline(version: str | None) -> bool:
+    return version in BASELINES
+
+
 def signal_dir(models_dir: Path, signal: str) -> Path:
     return models_dir / signal
 
@@ -104,7 +141,8 @@ def current_version(models_dir: Path, signal: str) -> str | None:
 
 
 def set_current(models_dir: Path, signal: str, version: str) -> None:
-    if not (version_dir(models_dir, signal, version) / MODEL_FILE).is_file():
+    """Serve ``version`` (a version with its model file, or a baseline name) for ``signal``."""
+    if not is_baseline(version) and not (version_dir(models_dir, signal, version) / MODEL_FILE).is_file():
         raise ModelError(f"cannot promote {signal}/{version}: {MODEL_FILE} missing")
     atomic_write(signal_dir(models_dir, signal) / CURRENT_FILE, (version + "\n").encode())
 

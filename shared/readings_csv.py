@@ -1,5 +1,8 @@
 """Readings CSV files (``timestamp,flow_rate,pressure``): the import / replay / evaluate format.
 
+A meter without one of the signals has a file without its column (``timestamp,flow_rate``): the
+signal is then missing in every row, and not flagged (the meter does not have it).
+
 ``timestamp`` is ISO 8601; one with no offset is read in ``naive_tz`` (UTC unless told). An empty
 value is a missing reading (flagged); text that is not a number, NaN, infinity or a bad timestamp
 rejects the row with its line number and reason, and so does a row with more fields than the header
@@ -30,7 +33,8 @@ import pandas as pd
 from shared.eventtime import implausible
 from shared.settings import RangeLimits
 
-REQUIRED = ("timestamp", "flow_rate", "pressure")
+REQUIRED = ("timestamp", "flow_rate", "pressure")  # timestamp and at least one signal column
+SIGNAL_COLUMNS = ("flow_rate", "pressure")
 CHUNK_ROWS = 100_000
 RAW_MAX_CHARS = 1000  # a rejected line is quoted in the rejects file up to this length
 _SKIPPED = re.compile(r"Skipping line (\d+): expected (\d+) fields, saw (\d+)")
@@ -115,8 +119,9 @@ def parse_chunk(raw: pd.DataFrame, first_line: int | np.ndarray, limits: RangeLi
     for i, reason in _implausible_times(ts, limits):
         bad[i] = True
         rejects.append(Reject(int(lines[i]), reason, ",".join(map(str, raw.iloc[i].tolist()))))
-    flow = _numbers(raw["flow_rate"], "flow_rate", lines, rejects, raw, bad)
-    pres = _numbers(raw["pressure"], "pressure", lines, rejects, raw, bad)
+    absent = np.full(n, np.nan)
+    flow = _numbers(raw["flow_rate"], "flow_rate", lines, rejects, raw, bad) if "flow_rate" in raw else absent
+    pres = _numbers(raw["pressure"], "pressure", lines, rejects, raw, bad) if "pressure" in raw else absent
 
     keep = ~bad
     flow, pres = flow[keep], pres[keep]
@@ -125,10 +130,12 @@ def parse_chunk(raw: pd.DataFrame, first_line: int | np.ndarray, limits: RangeLi
     def flag(mask: np.ndarray, name: str) -> None:
         quality[mask] = np.where(quality[mask] == "", name, quality[mask] + "," + name)
 
-    flag(np.isnan(flow), "flow_rate_missing")
-    flag(~np.isnan(flow) & ((flow < limits.flow_rate_min) | (flow > limits.flow_rate_max)), "flow_rate_out_of_range")
-    flag(np.isnan(pres), "pressure_missing")
-    flag(~np.isnan(pres) & ((pres < limits.pressure_min) | (pres > limits.pressure_max)), "pressure_out_of_range")
+    if "flow_rate" in raw:
+        flag(np.isnan(flow), "flow_rate_missing")
+        flag(~np.isnan(flow) & ((flow < limits.flow_rate_min) | (flow > limits.flow_rate_max)), "flow_rate_out_of_range")
+    if "pressure" in raw:
+        flag(np.isnan(pres), "pressure_missing")
+        flag(~np.isnan(pres) & ((pres < limits.pressure_min) | (pres > limits.pressure_max)), "pressure_out_of_range")
     frame = pd.DataFrame(
         {"seq": pd.array(lines[keep], dtype="Int64"), "flow_rate": flow, "pressure": pres, "quality": quality, "source": source},
         index=pd.DatetimeIndex(ts[keep], name="ts"),
@@ -229,11 +236,12 @@ def read_chunks(path: Path, limits: RangeLimits, naive_tz: str = "UTC", chunk_ro
     try:
         for raw in reader:
             raw.columns = [c.strip().lower() for c in raw.columns]
-            missing = [c for c in REQUIRED if c not in raw.columns]
-            if missing:
-                raise CsvFormatError(f"{path}: missing column(s) {', '.join(missing)}; the header must be timestamp,flow_rate,pressure")
+            if "timestamp" not in raw.columns or not any(c in raw.columns for c in SIGNAL_COLUMNS):
+                missing = [c for c in REQUIRED if c not in raw.columns]
+                raise CsvFormatError(f"{path}: missing column(s) {', '.join(missing)}; the header must be timestamp,flow_rate,pressure "
+                                     "(or timestamp and one of flow_rate, pressure for a meter with one signal)")
             skipped = _skipped_lines(sink, raw_lines)  # among this chunk's rows (or just after them)
-            chunk = parse_chunk(raw[list(REQUIRED)], _lines_of(line, len(raw), skipped), limits, naive_tz, source)
+            chunk = parse_chunk(raw[[c for c in REQUIRED if c in raw.columns]], _lines_of(line, len(raw), skipped), limits, naive_tz, source)
             chunk.rejects = sorted(chunk.rejects + leading + skipped, key=lambda r: r.line)
             chunk.rows += len(leading) + len(skipped)
             line += len(raw) + len(skipped)

@@ -11,8 +11,11 @@ Layout (``{prefix}`` defaults to ``flowwatch/v1``)::
     {prefix}/{site}/{meter}/stored            (the detector's receipt to the collector)
     {prefix}/{site}/{meter}/export/alert      (retained)
     {prefix}/{site}/{meter}/export/server     (retained)
+    {prefix}/{site}/{meter}/export/forecast   (retained)
     {prefix}/service/{name}/status            (retained, last will "offline")
     {prefix}/deadletter/{service}
+    {prefix}/notifier/command             (acknowledgements and silences: AlertAction)
+    {prefix}/notifier/state               (retained: the acknowledgements and silences in force)
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ METER_KINDS = (
     "stored",
     "export/alert",
     "export/server",
+    "export/forecast",
 )
 
 # One topic level flowwatch builds (a site or meter id, a service name, a prefix part): the one
@@ -109,6 +113,12 @@ class Topics:
 
     def deadletter(self, service: str) -> str:
         return f"{self.prefix}/deadletter/{_level('service', service)}"
+
+    def notifier_command(self) -> str:
+        return f"{self.prefix}/notifier/command"
+
+    def notifier_state(self) -> str:
+        return f"{self.prefix}/notifier/state"
 
     # --- subscription filters (wildcards allowed here only) ---
     def all_meters(self, kind: str) -> str:

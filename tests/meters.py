@@ -123,3 +123,57 @@ class ModbusMeter:
             asyncio.run_coroutine_threadsafe(self.server.shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._t.join(5)
+
+
+class ModbusBus:
+    """A pymodbus RTU server answering for several unit ids on one serial port: meters on one RS485
+    bus. ``units`` maps a unit id to its holding registers (a list the test may change at any time);
+    a unit id in ``silent`` does not answer at all, as a meter that lost power."""
+
+    def __init__(self, units: dict[int, list[int]], *, serial_port: str, baudrate: int = 9600) -> None:
+        from pymodbus.simulator import DataType, SimData, SimDevice
+
+        self.units, self.silent = units, set()
+        self.requests: dict[int, int] = dict.fromkeys(units, 0)  # requests seen per unit id (answered or not)
+
+        def device(unit: int) -> SimDevice:
+            async def action(function_code, start_address, address, count, current_registers, set_values):
+                from pymodbus.exceptions import NoSuchIdException
+
+                self.requests[unit] += 1
+                if unit in self.silent:
+                    raise NoSuchIdException(f"unit {unit} is silent")  # with ignore_missing_devices: no answer
+                regs = self.units[unit]
+                for i in range(len(current_registers)):
+                    if start_address + i < len(regs):
+                        current_registers[i] = regs[start_address + i]
+                return None
+
+            bits = [SimData(0, count=16, values=False, datatype=DataType.BITS)]
+            n = len(units[unit])
+            return SimDevice(id=unit, simdata=(bits, list(bits), [SimData(0, count=n, values=0, datatype=DataType.REGISTERS)],
+                                               [SimData(0, count=n, values=0, datatype=DataType.REGISTERS)]), action=action)
+
+        self.devices = [device(u) for u in units]
+        self.serial_port, self.baudrate = serial_port, baudrate
+        self.loop = asyncio.new_event_loop()
+        self.server = None
+        self._t = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> ModbusBus:
+        from pymodbus.server import ModbusSerialServer
+
+        self._t.start()
+
+        async def make():
+            self.server = ModbusSerialServer(self.devices, port=self.serial_port, baudrate=self.baudrate, ignore_missing_devices=True)
+            await self.server.serve_forever(background=True)
+
+        asyncio.run_coroutine_threadsafe(make(), self.loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            asyncio.run_coroutine_threadsafe(self.server.shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._t.join(5)

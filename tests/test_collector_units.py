@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.collector.frames import FrameError, checksum, parse_frame
+from services.collector.frames import FrameError, ParsedFrame, checksum, parse_frame
 from services.collector.quality import range_flags
 from services.collector.registers import (
     MAX_REGISTERS_PER_READ,
@@ -22,7 +22,7 @@ from services.collector.registers import (
 )
 from services.collector.simulator import Simulator
 from services.collector.spool import Spool
-from shared.settings import FrameFormat, RangeLimits, RegisterSpec, Settings, SimEvent, SimulatorSettings
+from shared.settings import FrameFormat, ModbusSettings, RangeLimits, RegisterSpec, Settings, SimEvent, SimulatorSettings
 
 # --- registers ---------------------------------------------------------------------------------
 
@@ -55,6 +55,27 @@ def test_float32_and_int32_round_trip(byte_order, word_order):
 def test_float32_abcd_known_bytes():
     assert decode([0x42F6, 0xE979], "float32") == pytest.approx(123.456, rel=1e-6)  # ABCD
     assert decode([0xE979, 0x42F6], "float32", word_order="little") == pytest.approx(123.456, rel=1e-6)  # CDAB
+
+
+def test_scale_factor_registers_and_extra_values():
+    """A SunSpec-style map: values as integers with a power-of-ten factor in another register; the
+    factor registers are applied, not returned; any other name is an extra value."""
+    specs = [RegisterSpec(name=n, **kw) for n, kw in [
+        ("flow_rate", {"address": 0, "data_type": "uint16", "scale_register": "flow_sf"}),
+        ("flow_sf", {"address": 1, "data_type": "int16"}),
+        ("totalizer", {"address": 2, "data_type": "uint32", "scale_register": "tot_sf", "scale": 0.001}),
+        ("tot_sf", {"address": 4, "data_type": "int16"}),
+        ("battery", {"address": 5, "data_type": "uint16", "scale": 0.01}),
+    ]]
+    block = plan_reads(specs)
+    assert block == [ReadBlock(3, 0, 6)]
+    regs = [12345, encode(-2, "int16")[0], *encode(987654, "uint32"), 1, 361]
+    values = values_from_blocks(specs, {block[0]: regs})
+    assert values == {"flow_rate": pytest.approx(123.45), "totalizer": pytest.approx(9876.54), "battery": pytest.approx(3.61)}
+    # SunSpec's "not implemented" factor (0x8000) makes the value missing, not 10^-32768
+    regs[1] = 0x8000
+    assert values_from_blocks(specs, {block[0]: regs})["flow_rate"] is None
+    assert scaled(5, specs[0], factor=3) == 5000.0
 
 
 def test_decode_refuses_bad_input():
@@ -131,8 +152,17 @@ def test_frame_config_is_validated():
         FrameFormat(kind="regex", regex=r"(?P<a>\d+)", flow_rate={"group": "a"}, pressure={"group": "b"})
     with pytest.raises(ValueError, match="collector.serial.port"):
         Settings(collector={"source": "serial"})
-    with pytest.raises(ValueError, match="exactly one entry named 'pressure'"):
-        Settings(collector={"modbus": {"registers": [{"name": "flow_rate", "address": 0}]}})
+    with pytest.raises(ValueError, match="signal 'pressure' has no register"):
+        Settings(collector={"source": "modbus-tcp", "modbus": {"host": "10.0.0.7", "registers": [{"name": "flow_rate", "address": 0}]}})
+    # a flow-only meter needs no pressure register; an extra value is any other name, each named once
+    s = Settings(meters=[{"id": "inlet", "signals": ["flow_rate"]}],
+                 collector={"source": "modbus-tcp", "modbus": {"host": "10.0.0.7", "registers": [
+                     {"name": "flow_rate", "address": 0}, {"name": "totalizer", "address": 2, "data_type": "uint32"}]}})
+    assert [r.name for r in s.meter_source("inlet").cfg.registers] == ["flow_rate", "totalizer"]
+    with pytest.raises(ValueError, match="names 'flow_rate' twice"):
+        ModbusSettings(registers=[{"name": "flow_rate", "address": 0}, {"name": "flow_rate", "address": 2}])
+    with pytest.raises(ValueError, match="scale_register 'sf' is not another register"):
+        ModbusSettings(registers=[{"name": "flow_rate", "address": 0, "scale_register": "sf"}])
 
 
 def test_range_flags():
@@ -140,6 +170,9 @@ def test_range_flags():
     assert range_flags(10, 3, lim) == ()
     assert range_flags(-1, 99, lim) == ("flow_rate_out_of_range", "pressure_out_of_range")
     assert range_flags(math.nan, None, lim) == ("flow_rate_missing", "pressure_missing")
+    # a flow-only meter: its absent pressure is not missing, its flow still is
+    assert range_flags(math.nan, None, lim, ("flow_rate",)) == ("flow_rate_missing",)
+    assert range_flags(12.0, None, lim, ("flow_rate",)) == ()
 
 
 # --- simulator ---------------------------------------------------------------------------------
@@ -196,3 +229,72 @@ def test_spool_is_durable_ordered_and_bounded(tmp_path, caplog):
     assert len(again) == 98 and again.next_seq() == 130
     assert again.after(0, 1)[0].payload == b"32"
     again.close()
+
+
+# --- meters as a list ----------------------------------------------------------------------------
+
+
+def test_a_flow_only_serial_meter_has_no_pressure_field():
+    fmt = FrameFormat(pressure=None)
+    assert parse_frame(b"12.5\n", fmt) == ParsedFrame(12.5, None)
+    with pytest.raises(ValueError, match="both null"):
+        FrameFormat(flow_rate=None, pressure=None)
+    # the meter's signals must each have a field of the frame
+    s = Settings(meters=[{"id": "amr", "signals": ["flow_rate"], "source": "serial", "serial": {"port": "/dev/ttyUSB1", "frame": {"pressure": None}}}])
+    assert s.meter_source("amr").cfg.frame.pressure is None and s.meter_source("amr").cfg.port == "/dev/ttyUSB1"
+    with pytest.raises(ValueError, match=r"meters\[0\] \(amr\): signal 'pressure' has no field"):
+        Settings(meters=[{"id": "amr", "source": "serial", "serial": {"port": "/dev/ttyUSB1", "frame": {"pressure": None}}}])
+
+
+def test_meters_get_their_own_source_keys_merged_over_the_collectors():
+    s = Settings(collector={"source": "modbus-rtu", "modbus": {"port": "/dev/ttyUSB0", "baudrate": 19200}},
+                 meters=[{"id": "a", "modbus": {"unit_id": 1}}, {"id": "b", "modbus": {"unit_id": 2}},
+                         {"id": "c", "source": "modbus-tcp", "modbus": {"host": "10.0.0.7"}}, {"id": "sim", "source": "simulator"}])
+    a, b, c = (s.meter_source(m).cfg for m in "abc")
+    assert (a.unit_id, b.unit_id, a.port, b.port, b.baudrate) == (1, 2, "/dev/ttyUSB0", "/dev/ttyUSB0", 19200)
+    assert s.meter_source("c").kind == "modbus-tcp" and c.host == "10.0.0.7"
+    assert s.meter_source("sim").cfg.seed == s.collector.simulator.seed + 3  # its own stream
+    # errors name the meter and the key
+    with pytest.raises(ValueError, match=r"meters\[1\] \(b\): its modbus keys .* unit_id: Input should be less than or equal to 247"):
+        Settings(collector={"source": "modbus-rtu", "modbus": {"port": "/dev/ttyUSB0"}}, meters=[{"id": "a"}, {"id": "b", "modbus": {"unit_id": 300}}])
+    with pytest.raises(ValueError, match=r"meters\[0\] \(a\): source 'modbus-tcp' needs modbus.host"):
+        Settings(meters=[{"id": "a", "source": "modbus-tcp"}])
+
+
+def test_several_simulated_meters_have_their_own_streams():
+    from services.collector.sources import make_source
+
+    s = Settings(meters=[{"id": "a"}, {"id": "b"}, {"id": "c", "simulator": {"seed": 42, "mean_flow": 40}}],
+                 collector={"simulator": {"start": "2026-03-02T00:00:00Z"}})
+    srcs = {m: make_source(s, m) for m in s.meter_ids}
+    for src in srcs.values():
+        src.open()
+    first = {m: [src.read(0).flow_rate for _ in range(5)] for m, src in srcs.items()}
+    assert first["a"] != first["b"]  # seeds 42 and 43
+    assert sum(first["c"]) < sum(first["a"]) / 2  # the same seed as a, a third of the demand
+
+
+def test_meters_share_a_port_only_as_modbus_units_of_their_own():
+    rtu = {"source": "modbus-rtu", "modbus": {"port": "/dev/ttyUSB0"}}
+    with pytest.raises(ValueError, match=r"meters 'a' and 'b' are both unit 1 at /dev/ttyUSB0"):
+        Settings(collector=rtu, meters=[{"id": "a"}, {"id": "b"}])
+    with pytest.raises(ValueError, match=r"meters 'a' and 'b' both use serial port /dev/ttyUSB0"):
+        Settings(collector=rtu, meters=[{"id": "a"}, {"id": "b", "source": "serial", "serial": {"port": "/dev/ttyUSB0"}}])
+    with pytest.raises(ValueError, match=r"both unit 5 at 10.0.0.7:502"):
+        Settings(meters=[{"id": m, "source": "modbus-tcp", "modbus": {"host": "10.0.0.7", "unit_id": 5}} for m in "ab"])
+    Settings(collector=rtu, meters=[{"id": "a"}, {"id": "b", "modbus": {"unit_id": 2}},
+                                    {"id": "c", "source": "modbus-tcp", "modbus": {"host": "10.0.0.7"}}])
+
+
+def test_spool_keeps_each_meters_next_sequence_number(tmp_path):
+    """Each meter's sequence goes on across restarts; a meter new to the spool starts from the spool's
+    first key (a one-meter collector's spool: the meter that was there keeps counting up)."""
+    path = tmp_path / "spool.db"
+    sp = Spool(path, 100)
+    sp.put_many("t/a", [(0, 1, b"a0"), (1, 2, b"a1")], 2)  # the first meter: key next_seq
+    sp.put_many("t/b", [(0, 1, b"b0")], 1, "next_seq/b")
+    sp.close()
+    sp = Spool(path, 100)
+    assert (sp.next_seq(), sp.next_seq("next_seq/b"), sp.next_seq("next_seq/c")) == (2, 1, 2)
+    assert sp.remove_stored("t/b", [(0, 0, 1, 1)]) == 1 and len(sp) == 2  # receipts per meter's topic
+    sp.close()

@@ -34,14 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 T = Topics()
 SITE, METER = "site1", "meter1"
 KINDS = ("reading", "anomaly", "forecast", "thresholds/flow_rate", "thresholds/pressure", "model/flow_rate",
-         "model/pressure", "command", "stored", "export/alert", "export/server")
+         "model/pressure", "command", "stored", "export/alert", "export/server", "export/forecast")
 
 
 def meter_topic(kind: str) -> str:
     return T.meter(SITE, METER, kind)
 
 
-ALL_TOPICS = [meter_topic(k) for k in KINDS] + [T.status(u) for u in USERS] + [T.deadletter(u) for u in USERS]
+NOTIFIER = {T.notifier_command(), T.notifier_state()}  # acknowledgements and silences; those in force (retained)
+ALL_TOPICS = [meter_topic(k) for k in KINDS] + [T.status(u) for u in USERS] + [T.deadletter(u) for u in USERS] + sorted(NOTIFIER)
 
 
 def own(user: str) -> set[str]:
@@ -54,19 +55,21 @@ WRITE = {
     "detector": {meter_topic("anomaly"), meter_topic("thresholds/flow_rate"), meter_topic("thresholds/pressure"),
                  meter_topic("stored")} | own("detector"),
     "forecaster": {meter_topic("forecast")} | own("forecaster"),
-    "exporter": {meter_topic("export/alert"), meter_topic("export/server")} | own("exporter"),
+    "exporter": {meter_topic("export/alert"), meter_topic("export/server"), meter_topic("export/forecast")} | own("exporter"),
     "trainer": {meter_topic("model/flow_rate"), meter_topic("model/pressure")} | own("trainer"),
-    "device": own("device"),
-    "operator": {meter_topic("command")} | own("operator"),
+    "notifier": NOTIFIER | own("notifier"),
+    "device": {T.notifier_command()} | own("device"),
+    "operator": {meter_topic("command"), T.notifier_command()} | own("operator"),
     "healthcheck": own("healthcheck"),  # the broker's Docker healthcheck: no ACL entry of its own
 }
 READ = {
     "collector": {meter_topic("stored"), T.status("detector")},  # the detector's receipts (end-to-end delivery)
     "detector": {meter_topic(k) for k in ("reading", "forecast", "command")},
     "forecaster": {meter_topic(k) for k in ("reading", "model/flow_rate", "model/pressure")},
-    "exporter": {meter_topic(k) for k in ("reading", "anomaly", "forecast")},
+    "exporter": {meter_topic(k) for k in ("reading", "anomaly", "forecast")} | {T.notifier_state()},
+    "notifier": {meter_topic("anomaly"), T.notifier_command()} | {T.status(u) for u in USERS},
     "trainer": {meter_topic(k) for k in ("reading", "command")},
-    "device": {meter_topic("export/alert"), meter_topic("export/server")} | {T.status(u) for u in USERS},
+    "device": {meter_topic(k) for k in ("export/alert", "export/server", "export/forecast", "forecast")} | {T.status(u) for u in USERS},
     "operator": set(ALL_TOPICS),
     "healthcheck": set(),
 }
@@ -357,4 +360,16 @@ def test_secrets_init_writes_the_narrowed_acl(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     acl = (tmp_path / "s" / "mosquitto" / "acl").read_text()
     assert "topic write flowwatch/v1/plant7/inlet2/reading" in acl and "flowwatch/v1/+/+/reading\n" in acl  # readers keep +
+    assert "topic write flowwatch/v1/+/+/reading" not in acl
+
+
+def test_secrets_init_lets_the_collector_publish_for_every_listed_meter(tmp_path: Path) -> None:
+    cfg = tmp_path / "fw.yaml"
+    cfg.write_text(yaml.safe_dump({"site": "plant7", "meters": [{"id": "inlet"}, {"id": "outlet", "signals": ["flow_rate"]}]}))
+    r = subprocess.run([sys.executable, "-m", "app.cli", "secrets", "-c", str(cfg), "init", "--dir", str(tmp_path / "s")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    acl = (tmp_path / "s" / "mosquitto" / "acl").read_text()
+    for meter in ("inlet", "outlet"):
+        assert f"topic write flowwatch/v1/plant7/{meter}/reading" in acl
     assert "topic write flowwatch/v1/+/+/reading" not in acl

@@ -206,12 +206,16 @@ def test_one_dockerfile_for_the_five_services() -> None:
     kinds = [k for k, _ in steps]
     declared = [rest.split("=")[0] for k, rest in steps if k == "ARG"]
     assert sorted(declared) == sorted(BUILD_ARGS)
-    deps = next(i for i, (k, rest) in enumerate(steps) if k == "RUN" and "pip install -r" in rest)
+    deps = next(i for i, (k, rest) in enumerate(steps) if k == "RUN" and "pip install --require-hashes -r" in rest)
     source = steps.index(("COPY", "shared ./shared"))
     # dependencies in a layer before the source; only EXTRA is declared before it (the cache key)
     assert deps < source
     assert [rest for k, rest in steps[:deps] if k == "ARG"] == ["EXTRA"]
-    assert steps.index(("COPY", "pyproject.toml ./")) < deps
+    assert steps.index(("COPY", "requirements ./requirements")) < deps  # the locks: nothing else is needed
+    assert [rest for k, rest in steps[:deps] if k == "COPY"] == ["requirements ./requirements"]
+    # then the project from the checkout, without touching the locked dependencies
+    # (built with the locked setuptools: requirements/build.lock, installed in the dependency layer)
+    assert any(k == "RUN" and "pip install --no-deps --no-build-isolation ." in rest for k, rest in steps[source:])
     # the packages the image installs, the one of the `flowwatch` entry point among them (app/: the
     # image runs `flowwatch SERVICE`; its healthcheck, `python -m shared.health SERVICE`)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -252,16 +256,27 @@ def test_compose_builds_each_service_with_its_extra_and_uid(compose: dict, name:
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_the_dependency_layer_installs_only_the_service_extra(name: str, tmp_path: Path) -> None:
-    run = next(rest for k, rest in instructions() if k == "RUN" and "pip install -r" in rest)
-    req = tmp_path / "requirements.txt"
-    script = run.replace("pip install -r", "cat").replace("/tmp/requirements.txt", str(req))
-    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "EXTRA": name}
+    """The layer installs requirements/EXTRA.lock with hashes: the core and the service's own pins, not
+    another service's (tensorflow stays out of the collector's image); tests/test_lock.py checks the
+    locks against pyproject.toml."""
+    from tests.test_lock import lock_versions, project_pins
+
+    run = next(rest for k, rest in instructions() if k == "RUN" and "pip install --require-hashes -r" in rest)
+    script = run.replace("pip install --require-hashes -r", "echo")
+    env = {"PATH": "/usr/bin:/bin", "EXTRA": name}
     out = subprocess.run(["/bin/sh", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert out.stdout.split() == project["dependencies"] + project["optional-dependencies"][name]
-    # without the build arg the build stops
+    assert out.stdout.split() == [f"requirements/{name}.lock", "requirements/build.lock"]
+    locked = lock_versions(name)
+    own = project_pins(name)
+    assert set(own) <= set(locked)
+    stray = ({n for e in SERVICES for n in project_pins(e)} - set(own)) & set(locked)
+    assert not stray, f"{name}'s image would carry other services' dependencies: {sorted(stray)}"
+    # without the build arg, or for an extra without a lock, the build stops
     env.pop("EXTRA")
     assert subprocess.run(["/bin/sh", "-c", script], cwd=ROOT, env=env, capture_output=True).returncode != 0
+    env["EXTRA"] = "nosuchextra"
+    err = subprocess.run(["/bin/sh", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert err.returncode != 0 and "./flowwatch lock" in err.stderr
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -301,3 +316,88 @@ def test_compose_checks_each_service_with_the_cheap_probe(compose: dict, name: s
     hc = compose["services"][name]["healthcheck"]
     assert hc["test"] == ["CMD", "python", "-m", "shared.health", name]
     assert hc["interval"] == "15s" and hc["retries"] == 3
+
+
+ENV_EXAMPLE = ROOT / ".env.example"
+
+
+def env_examples() -> dict[str, dict[str, str]]:
+    """The meter examples of .env.example (``# example: NAME - ...`` then ``#KEY=VALUE`` lines), each
+    as the variables compose reads from .env once the lines are uncommented (single quotes: literal)."""
+    out: dict[str, dict[str, str]] = {}
+    current = None
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if m := re.match(r"# example: ([\w-]+)", line):
+            current = out.setdefault(m.group(1), {})
+        elif current is not None and (m := re.fullmatch(r"#([A-Z0-9_]+)=(.*)", line)):
+            value = m.group(2)
+            current[m.group(1)] = value[1:-1] if value[:1] == value[-1:] == "'" and len(value) > 1 else value
+        elif not line.startswith("#") or line.strip() == "#":
+            current = None
+    return out
+
+
+def render(value: str, dotenv: dict[str, str]) -> str:
+    """Compose variable interpolation with the values of a .env file."""
+    return VAR.sub(lambda m: dotenv.get(m.group(1)) or m.group(2) or "", value)
+
+
+def test_env_example_shows_serial_modbus_rtu_with_two_units_and_modbus_tcp() -> None:
+    ex = env_examples()
+    assert set(ex) >= {"serial", "modbus-rtu", "modbus-tcp"}
+    assert ex["serial"]["FLOWWATCH_METER_SOURCE"] == "serial" and ex["serial"]["FLOWWATCH_SERIAL_DEVICE"]
+    assert ex["modbus-rtu"]["FLOWWATCH_METER_SOURCE"] == "modbus-rtu"
+    units = [m["modbus"]["unit_id"] for m in json.loads(ex["modbus-rtu"]["FLOWWATCH_METERS"])]
+    assert len(units) == 2 and len(set(units)) == 2
+    assert ex["modbus-tcp"]["FLOWWATCH_METER_SOURCE"] == "modbus-tcp" and ex["modbus-tcp"]["FLOWWATCH_MODBUS_HOST"]
+
+
+@pytest.mark.parametrize("example", ["serial", "modbus-rtu", "modbus-tcp"])
+def test_the_meter_source_and_device_in_env_are_enough(compose: dict, example: str, tmp_path: Path) -> None:
+    """The compose config of the collector rendered with each .env.example meter: `flowwatch config
+    check` accepts it, the source reads the passed-through device (/dev/meter) or the TCP host, every
+    meter of the list is there, and the broker ACL the init service writes lets the collector publish
+    for each of them."""
+    from app.broker import render_acl
+    from shared.topics import Topics
+
+    dotenv = env_examples()[example]
+    coll = compose["services"]["collector"]
+    device = render(next(d for d in coll["devices"] if d.endswith(":/dev/meter")), dotenv).rsplit(":", 1)[0]
+    assert device == dotenv.get("FLOWWATCH_SERIAL_DEVICE", "/dev/null")
+    env = {k: render(str(v), dotenv) for k, v in coll["environment"].items()}
+    mounts = {render(v, dotenv).split(":")[1]: render(v, dotenv).split(":")[0] for v in coll["volumes"]}
+    config = ROOT / mounts[env.pop("FLOWWATCH_CONFIG")]
+    base = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    run_env = base | env
+    out = subprocess.run([sys.executable, "-m", "app.cli", "config", "check", str(config)], env=run_env,
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    effective = yaml.safe_load(out.stdout)
+    c = effective["collector"]
+    assert c["source"] == dotenv["FLOWWATCH_METER_SOURCE"]
+    if example == "serial":
+        assert c["serial"]["port"] == "/dev/meter"
+    elif example == "modbus-rtu":
+        assert c["modbus"]["port"] == "/dev/meter"
+    else:
+        assert c["modbus"]["host"] == dotenv["FLOWWATCH_MODBUS_HOST"]
+    listed = json.loads(dotenv.get("FLOWWATCH_METERS", "[]"))
+    meters = [m["id"] for m in effective["meters"]]
+    assert meters == ([m["id"] for m in listed] or [effective["meter"]])
+    # every other service validates the same meters with its own environment (a meter's own source
+    # needs its port or host there too)
+    for name in SERVICES:
+        svc_env = {k: render(str(v), dotenv) for k, v in compose["services"][name]["environment"].items()}
+        svc_env.pop("FLOWWATCH_CONFIG")
+        svc_env["FLOWWATCH_METERS"] = json.dumps([{**m, "source": dotenv["FLOWWATCH_METER_SOURCE"]} for m in listed] or [
+            {"id": "meter1", "source": dotenv["FLOWWATCH_METER_SOURCE"]}])  # each meter naming its source
+        out = subprocess.run([sys.executable, "-m", "app.cli", "config", "check", str(config)], env=base | svc_env,
+                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert out.returncode == 0, f"{name}: {out.stdout}{out.stderr}"
+    # the init service renders the ACL from the same variables (x-env): every meter may be published
+    init_env = {k: render(str(v), dotenv) for k, v in compose["services"]["init"]["environment"].items()}
+    assert init_env.get("FLOWWATCH_METERS", "") == dotenv.get("FLOWWATCH_METERS", "")
+    acl = render_acl([(effective["site"], m) for m in meters])
+    for m in meters:
+        assert f"topic write {Topics().reading(effective['site'], m)}" in acl

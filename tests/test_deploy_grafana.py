@@ -13,7 +13,7 @@ import pytest
 import requests
 import yaml
 
-from shared.messages import Anomaly, Band, Forecast, Reading, Thresholds
+from shared.messages import AlertAction, Anomaly, Band, Forecast, Reading, Thresholds
 from shared.store.base import NightFlow
 from shared.store.influx import InfluxStore
 
@@ -80,7 +80,7 @@ def seeded(influxd):
     start = now - timedelta(days=2)
     readings = [
         Reading(site=SITE, meter=METER, ts=start + timedelta(minutes=i), seq=i, flow_rate=100 + (i % 60), pressure=3.0 + (i % 7) / 10,
-                source="simulator", quality=("simulated",))
+                source="simulator", quality=("simulated",), extra={"totalizer": 1000.0 + i, "battery": 3.6} if i % 10 == 0 else None)
         for i in range(2 * 24 * 60)
     ]
     store.write_readings(readings)
@@ -101,6 +101,10 @@ def seeded(influxd):
         store.write_thresholds(Thresholds(site=SITE, meter=METER, signal=sig, computed_at=start, method="static",
                                           bands=(Band(hour=0, daytype="weekday", lower=0, upper=200),)))
     store.write_night_flow([NightFlow(SITE, METER, date.today() - timedelta(days=d), now - timedelta(days=d, hours=3), 12.0 + d) for d in range(2)])
+    store.write_alert_actions([  # flowwatch alerts ack / silence (the notifier)
+        AlertAction(id="a1", action="ack", ts=now - timedelta(hours=4), alert_id="0123456789", by="kim"),
+        AlertAction(id="s1", action="silence", ts=now - timedelta(hours=1), site=SITE, meter=METER, until=now + timedelta(hours=1)),
+    ])
     yield influxd, store.settings.database
     store.close()
 

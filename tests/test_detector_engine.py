@@ -141,7 +141,7 @@ def test_learned_bands_and_recalibration_at_a_quarter_boundary():
 
 
 def test_static_thresholds_are_retried_daily_until_learned():
-    e = engine(threshold_min_days=1)
+    e = engine(threshold_min_days=1, threshold_days=2, calibration_min_days=1)  # the steps are learned from a full window too
     df = frame(minutes=3 * 24 * 60)
     run(e, df)
     due = e.take_due()
@@ -150,6 +150,19 @@ def test_static_thresholds_are_retried_daily_until_learned():
     assert e.thresholds_method("s1", "m1", "flow_rate") == "learned"
     run(e, frame(start=df.index[-1] + timedelta(minutes=1), minutes=2 * 24 * 60, seed=5))
     assert e.take_due() == []  # learned: only the quarter boundary triggers now
+
+
+def test_step_thresholds_are_recalibrated_daily_while_the_history_is_short():
+    e = engine(threshold_min_days=1, threshold_days=28, calibration_min_days=1)
+    df = frame(minutes=3 * 24 * 60)
+    run(e, df)
+    at_ = e.take_due()[0][2]
+    e.recalibrate("s1", "m1", df, at_)
+    assert e.thresholds_method("s1", "m1", "flow_rate") == "learned"
+    cal = e.calibration("s1", "m1")
+    assert cal is not None and 1.5 < cal.days < 3 and all(x is not None for x in cal.flow_rel)
+    run(e, frame(start=df.index[-1] + timedelta(minutes=1), minutes=2 * 24 * 60, seed=5))
+    assert len(e.take_due()) == 1  # 2-3 of 28 days: still learning, so daily
 
 
 def test_next_boundary_matches_event_time_crossing():
@@ -211,6 +224,11 @@ def test_a_large_night_flow_rise_raises_leak_the_same_night_and_two_normal_night
     assert leak[0].start == nf[11].ts == leak[0].ts  # the first night at 9.0 raises it, the same night
     assert leak[0].signal == "flow_rate" and "leak suspected" in leak[0].message and "night_single_z" in leak[0].message
     assert leak[1].end == nf[16].ts  # the second normal night in a row closes it
+    # severity from the size: +4 m³/h on a night flow of ~5 is a large leak; the excess is stated
+    assert leak[0].severity == "critical" and "4.0" in leak[0].message.split("m³/h")[0] and "m³/day" in leak[0].message
+    small, _ = nights(engine(night_min_baseline_nights=7), [5.0] * 10 + [6.0])
+    (s,) = [a for a in kinds(small, "night_flow") if a.state == "open"]
+    assert s.severity == "warning" and "m³/day" in s.message  # +1 on 5: 20 %, under night_critical_pct
 
 
 def test_a_small_steady_night_flow_rise_adds_up_to_a_leak():

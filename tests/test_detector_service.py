@@ -276,6 +276,7 @@ def test_thresholds_recalibrate_cli_stores_prints_and_tells_the_running_detector
                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     assert f"{site}/m1 flow_rate: learned (15.0 days of data" in out.stdout and "weekday lower..upper" in out.stdout
+    assert f"{site}/m1 steps: learned from 15.0 days to detector.alarm_budget_per_30d" in out.stdout and "pressure_drop (bar)" in out.stdout
     at = df.index[-1].to_pydatetime() + timedelta(seconds=1)
     with SqliteStore(db) as st:
         th = st.latest_thresholds(site, "m1", "pressure")
@@ -488,4 +489,38 @@ def test_new_meters_past_the_cap_are_refused_and_known_ones_go_on(settings, stor
         watch.close(), pub.close()
     finally:
         svc.stop()
+        t.join(30)
+
+
+def test_step_thresholds_are_kept_over_a_restart(settings, store, tmp_path):
+    """The burst / pressure_drop thresholds learned at a recalibration are kept in data_dir and read back
+    at start (the back-fill replays 26 hours only: too short to relearn them)."""
+    s, site = unique(settings)
+    s = s.model_copy(update={"data_dir": tmp_path, "detector": s.detector.model_copy(update={"calibration_min_days": 2})})
+    store.write_reading_frame(site, "m1", frame(minutes=3 * 24 * 60))
+    path = tmp_path / "detector" / "calibration" / f"{site}.m1.json"
+    svc = DetectorService(s, store=store)
+    t = svc.start_in_thread()
+    assert svc.ready.wait(30)
+    learned = svc.engine.calibration(site, "m1")  # no thresholds stored yet: recalibrated at start
+    svc.stop()
+    t.join(30)
+    assert learned is not None and learned.days > 2 and all(x is not None for x in learned.pressure_drop)
+    assert path.exists()
+    again = DetectorService(s, store=store)
+    t = again.start_in_thread()
+    assert again.ready.wait(30)
+    try:
+        assert again.engine.calibration(site, "m1") == learned
+    finally:
+        again.stop()
+        t.join(30)
+    path.write_text("{not json")  # a damaged file: ignored, counted, the service still starts
+    third = DetectorService(s, store=store)
+    t = third.start_in_thread()
+    assert third.ready.wait(30)
+    try:
+        assert third.counters.get("calibration_errors") == 1
+    finally:
+        third.stop()
         t.join(30)

@@ -98,3 +98,58 @@ def test_simulate_then_evaluate_a_burst(tmp_path: Path):
     assert {"alerts", "false_alarms", "false_alarms_per_30_days", "precision"} <= set(m["alarms"])
     assert {"flow_rate", "pressure"} == set(m["forecast"])
     assert (out / "evaluation.png").stat().st_size > 10_000
+
+
+def test_evaluate_without_labels_reports_what_an_operator_lives_with(tmp_path: Path):
+    """No labels (real records): alerts per 30 days by kind and severity, and forecast skill against both baselines."""
+    pytest.importorskip("services.detector.engine")
+    sim = simulate(Scenario(days=9, seed=11, leaks=(Leak(start_day=8.3, size_pct=40, kind="burst", duration_days=0.2),)))
+    rp, _ = write(sim, tmp_path / "sim")
+    out = tmp_path / "eval"
+    run = subprocess.run([sys.executable, "-m", "app.cli", "evaluate", "--readings", str(rp), "--out", str(out), "--quiet",
+                          "--score-from-day", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "without labels, over 8.0 days" in run.stdout and "per 30 days" in run.stdout and "burst" in run.stdout
+    r = json.loads((out / "report.json").read_text())
+    assert r["per_30_days_by_kind"]["burst"]["critical"] > 0  # the 40 % burst, at 30 / 8 per 30 days
+    f = r["forecast"]["flow_rate"]
+    assert f["targets"] > 0 and f["persistence_wape"] > 0 and f["seasonal_naive_wape"] > 0 and f["skill_vs_persistence"] is not None
+    assert not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("network, inflow", [("Net2", 8.0), ("Net3", 120.0), ("ky4", 400.0)])
+def test_example_network_layouts_make_a_dma_with_a_burst_that_shows_at_the_meter(network, inflow):
+    sc = Scenario(days=2, seed=3, network=network, mean_inflow=inflow, leaks=(Leak(start_day=1.5, size_pct=30, kind="burst"),))
+    sim = simulate(sc)
+    r = sim.readings.set_index("timestamp")
+    assert sim.info["junctions"] > {"Net2": 30, "Net3": 90, "ky4": 900}[network]
+    assert sim.info["mean_inflow_m3h"] == pytest.approx(inflow, rel=0.1) and r["pressure"].between(2.5, 5.5).all()
+    at = sim.labels["start"].iloc[0]
+    before = r.loc[at - pd.Timedelta(minutes=5): at - pd.Timedelta(minutes=1)]
+    after = r.loc[at: at + pd.Timedelta(minutes=4)]
+    assert after["flow_rate"].mean() - before["flow_rate"].mean() > 0.2 * inflow
+    assert after["pressure"].mean() < before["pressure"].mean() - 0.03
+
+
+def test_an_unknown_network_is_named_in_the_error():
+    with pytest.raises(ValueError, match="network 'Net9': use grid or one of Net2, Net3, ky4"):
+        Scenario(network="Net9")
+
+
+def test_the_held_out_suite_is_valid_and_covers_networks_sizes_and_noise():
+    import yaml
+
+    from app.scenarios import scenario_from_dict
+
+    data = yaml.safe_load((ROOT / "bench" / "heldout.yaml").read_text())
+    scs = [scenario_from_dict(d) for d in data["scenarios"]]
+    assert len({s.name for s in scs}) == len(scs) == 12
+    assert {s.network for s in scs} == {"Net2", "Net3", "ky4"}
+    assert min(s.mean_inflow for s in scs) <= 10 and max(s.mean_inflow for s in scs) >= 400  # ~400 to ~20,000 customers
+    assert {s.minute_noise for s in scs} == {0.008, 0.04}
+    quiet = sum(s.days - data["train_days"] for s in scs if not s.leaks)
+    assert quiet >= 360
+    for s in scs:  # each leak starts after the learning days and after the one before was repaired
+        ends = [lk.start_day + (lk.duration_days or 0) for lk in s.leaks]
+        assert all(lk.start_day > data["train_days"] for lk in s.leaks)
+        assert all(b.start_day - e >= 3 for b, e in zip(s.leaks[3:], ends[2:], strict=False))

@@ -83,7 +83,7 @@ def test_line_format_crlf_tags_and_version():
         assert b"\n" not in data.replace(b"\r\n", b"")
         lines = data.split(b"\r\n")
         assert lines[-1] == b""
-        assert lines[0] in (b"FLOWWATCH,ALERT,%d" % protocol.PROTOCOL_VERSION, b"FLOWWATCH,SERVER,%d" % protocol.PROTOCOL_VERSION)
+        assert lines[0] in tuple(b"FLOWWATCH,%s,%d" % (k, protocol.PROTOCOL_VERSION) for k in (b"ALERT", b"SERVER", b"FORECAST"))
         assert lines[-2].startswith(b"CRC,")
         assert re.fullmatch(rb"CRC,\d+,[0-9A-F]{4}", lines[-2])
 
@@ -244,12 +244,111 @@ def test_the_c_reference_in_the_doc_compiles_and_agrees(tmp_path):
         "#include <stdio.h>\n"
         "int main(int argc, char **argv) { static uint8_t b[65536]; FILE *f = fopen(argv[1], \"rb\");\n"
         "  size_t n = fread(b, 1, sizeof b, f); fclose(f);\n"
-        "  printf(\"%04X %d\\n\", crc16_modbus((const uint8_t *)\"123456789\", 9), flowwatch_file_ok(b, n)); return 0; }\n"
+        "  printf(\"%04X %d %d\\n\", crc16_modbus((const uint8_t *)\"123456789\", 9), flowwatch_file_ok(b, n),"
+        " flowwatch_version(b, n)); return 0; }\n"
     )
     (tmp_path / "fw.c").write_text(code)
     subprocess.run([cc, "-std=c99", "-Wall", "-Werror", "-o", str(tmp_path / "fw"), str(tmp_path / "fw.c")], check=True)
     data = protocol.examples()["server"]
-    for name, content, expect in [("ok", data, "4B37 1"), ("torn", data[:-5], "4B37 0"), ("cut", data[:300], "4B37 0")]:
+    v = protocol.PROTOCOL_VERSION
+    lines = [ln + b"\r\n" for ln in protocol.examples()["forecast"].split(b"\r\n")[:-2]]
+    lines[0] = b"FLOWWATCH,FORECAST,%d\r\n" % (v - 1)
+    older = protocol._seal(lines)
+    assert verify(older)  # intact, but of the previous version: the device refuses it
+    cases = [("ok", data, f"4B37 1 {v}"), ("torn", data[:-5], f"4B37 0 {v}"), ("cut", data[:300], f"4B37 0 {v}"),
+             ("forecast", protocol.examples()["forecast"], f"4B37 1 {v}"), ("older", older, f"4B37 0 {v - 1}")]
+    for name, content, expect in cases:
         (tmp_path / name).write_bytes(content)
         out = subprocess.run([str(tmp_path / "fw"), str(tmp_path / name)], capture_output=True, text=True, check=True).stdout
         assert out.strip() == expect, name
+
+
+# --- protocol 3: forecast.txt, one-shot events held in alert.txt ---------------------------------
+def test_forecast_file_holds_every_step_of_the_latest_forecast():
+    ms = MeterState("s1", "m1", TZ)
+    assert ms.compose_forecast() is None  # no forecast yet: no file
+    ms.add_forecast(forecast(T10 - 60 * M, "flow_rate", [5.0] * 6))
+    ms.add_forecast(forecast(T10, "flow_rate", [1, 2, 3, 4, 5, 6]))
+    ms.add_forecast(forecast(T10, "pressure", [3.0, 3.1, 3.2, 3.3, 3.4, 1e12]))
+    ms.add_forecast(forecast(T10 - 60 * M, "pressure", [9.0] * 6))  # a late redelivery of an older one
+    issued, data = ms.compose_forecast()
+    assert issued == T10 and verify(data)
+    lines = protocol.check(data)
+    assert lines[0] == f"FLOWWATCH,FORECAST,{protocol.PROTOCOL_VERSION}"
+    assert lines[2] == "ISSUED,2026-03-01T10:00:00+09:00,6"
+    rows = [ln.split(",") for ln in lines if ln.startswith("ROW,")]
+    assert [r[1][11:16] for r in rows] == ["10:10", "10:20", "10:30", "10:40", "10:50", "11:00"]
+    assert [r[2] for r in rows] == ["1.000", "2.000", "3.000", "4.000", "5.000", "6.000"]
+    assert rows[0][3:] == ["3.000", "0"] and rows[5][3:] == ["NULL", "2"]  # beyond the format: withheld
+
+
+def test_flow_only_forecast_file_has_null_pressure_and_follows_the_step():
+    ms = MeterState("s1", "m1", TZ)
+    ms.add_forecast(forecast(T10, "flow_rate", [10.0, 11.0, 12.0, 13.0], step=15))
+    rows = [ln.split(",") for ln in protocol.check(ms.compose_forecast()[1]) if ln.startswith("ROW,")]
+    assert [r[1][11:16] for r in rows] == ["10:15", "10:30", "10:45", "11:00"]
+    assert all(r[3] == "NULL" and r[4] == "0" for r in rows)
+
+
+def _spike(start: datetime) -> Anomaly:
+    return Anomaly(site="s1", meter="m1", kind="spike", signal="flow_rate", severity="info", state="closed",
+                   start=start, end=start, ts=start, value=400.0, threshold=95.0)
+
+
+def test_a_one_shot_event_stays_in_alert_txt_for_the_hold_time():
+    ms = MeterState("s1", "m1", TZ, hold=10 * M)
+    ms.add_reading(reading(T10))
+    ms.add_anomaly(_spike(T10 + timedelta(seconds=30)))
+
+    def status() -> str:
+        return next(ln for ln in protocol.check(ms.compose_alert()) if ln.startswith("STATUS,"))
+
+    assert status() == "STATUS,INFO,1"
+    ms.add_reading(reading(T10 + 10 * M))  # 9.5 minutes after the spike: still held
+    assert status() == "STATUS,INFO,1"
+    ms.add_reading(reading(T10 + 11 * M))  # past the hold
+    assert status() == "STATUS,NONE,0"
+    closed = Anomaly(site="s1", meter="m1", kind="flatline", signal="pressure", severity="warning", state="closed",
+                     start=T10, end=T10 + 11 * M, ts=T10 + 11 * M)
+    ms.add_anomaly(closed)  # a state that closed is not held: only events are
+    assert status() == "STATUS,NONE,0"
+    no_hold = MeterState("s1", "m1", TZ)
+    no_hold.add_anomaly(_spike(T10))
+    assert b"STATUS,NONE,0" in no_hold.compose_alert()
+
+
+@pytest.mark.parametrize("interval_s, window, row", [(1, 10, 1), (60, 10, 1), (120, 10, 2), (300, 10, 5), (900, 60, 15),
+                                                     (1200, 60, 20), (3600, 60, 60), (420, 10, 10)])
+def test_server_rows_follow_the_meter_interval(interval_s, window, row):
+    assert protocol.server_layout(interval_s) == (window, row)
+
+
+def test_a_15_minute_meter_gets_an_hourly_server_file_of_four_rows():
+    ms, clock = MeterState("s1", "m1", TZ, interval_s=900), BoundaryClock(TZ)
+
+    def feed15(r: Reading) -> bytes | None:
+        crossed = clock.advance(r.ts, (ms.period,))
+        ms.add_reading(r)
+        return ms.compose_server(crossed[ms.period] - ms.window) if ms.period in crossed else None
+
+    ms.add_forecast(forecast(T10 - 60 * M, "flow_rate", [1.0, 2.0, 3.0, 42.0], step=15))
+    out = [feed15(reading(T10 + k * 15 * M + 20 * timedelta(seconds=1), flow=30.0 + k)) for k in range(5)]  # 10:00:20 .. 11:00:20
+    assert out[:4] == [None] * 4 and out[4] is not None
+    lines = protocol.check(out[4])
+    assert lines[2] == "WINDOW,2026-03-01T10:00:00+09:00,2026-03-01T11:00:00+09:00,4"
+    rows = rows_of(out[4])
+    assert [r[1][11:16] for r in rows] == ["10:00", "10:15", "10:30", "10:45"]
+    assert [r[2] for r in rows] == ["30.000", "31.000", "32.000", "33.000"]
+    assert rows[0][5] == "42.000" and rows[1][5] == "NULL"  # the hour row: the value targeted at 10:00
+
+
+def test_every_anomaly_kind_has_its_own_flag_bit():
+    """A kind added to the message contract without a bit would be written as 0 in server.txt."""
+    from typing import get_args
+
+    from shared.messages import AnomalyKind
+
+    kinds = set(get_args(AnomalyKind))
+    assert kinds == set(protocol.FLAG_BITS), f"kinds without a flag bit: {kinds - set(protocol.FLAG_BITS)}"
+    bits = list(protocol.FLAG_BITS.values())
+    assert len(set(bits)) == len(bits) and all(b & (b - 1) == 0 for b in bits)

@@ -89,3 +89,18 @@ def test_promotion_rule():
     ok, why = decide(0.05, 0.06, None, 0.0, False, 0.1, 1e-3)
     assert not ok and "parity" in why
     assert not decide(0.059, 0.06, None, 0.05, True, 0.0, 1e-3)[0]  # min_improvement
+
+
+def test_promotion_gate_includes_persistence_and_serves_the_better_baseline():
+    from services.trainer.training import serve_when_kept
+
+    ok, why = decide(0.05, 0.06, None, 0.0, True, 0.0, 1e-3, wape_persistence=0.04)
+    assert not ok and "does not beat persistence 0.0400" in why
+    ok, why = decide(0.03, 0.06, None, 0.0, True, 0.0, 1e-3, wape_persistence=0.04)
+    assert ok and "persistence 0.0400" in why
+    # not promoted: the better baseline is served, unless the current model beats both
+    assert serve_when_kept(0.04, 0.06, None, None) == "persistence"
+    assert serve_when_kept(0.07, 0.06, None, None) == "seasonal-naive"
+    assert serve_when_kept(0.04, 0.06, "v1", 0.03) is None  # keep v1
+    assert serve_when_kept(0.04, 0.06, "v1", 0.05) == "persistence"  # v1 loses to persistence: demoted
+    assert serve_when_kept(0.04, 0.06, "seasonal-naive", None) == "persistence"

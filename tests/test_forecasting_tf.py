@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from app.synthetic import START, diurnal_frame
+from services.trainer import training
 from shared import modelstore
 from shared.messages import SIGNALS, Command, Reading
 from shared.settings import Settings
@@ -65,7 +66,7 @@ def trained(tmp_path_factory):
 
 def test_training_exports_checks_parity_and_promotes(trained):
     s, results = trained
-    mdir = s.path(s.models.dir)
+    mdir = training.models_dir(s)
     for sig in SIGNALS:
         r = results[sig]
         assert r.promoted, r.reason
@@ -86,7 +87,7 @@ def test_worse_model_is_not_promoted(trained):
 
     s, results = trained
     worse = s.model_copy(update={"trainer": s.trainer.model_copy(update={"units": 2, "epochs": 1})})
-    mdir = s.path(s.models.dir)
+    mdir = training.models_dir(s)
     st = SqliteStore(s.path(s.store.sqlite.path))
     try:
         ends, values = training.load_series(st, worse)["flow_rate"]
@@ -158,7 +159,7 @@ def test_trainer_on_command_promotes_and_forecaster_hot_reloads(tmp_path, broker
         cmd = Command(site=s.site, meter=s.meter, action="train", requested_at=datetime.now(UTC))
         pub.publish(pub.topics.command(s.site, s.meter), cmd, qos=1).wait_for_publish(5)
         wait_for(lambda: all(fc.predictors[x].name != "seasonal-naive" for x in SIGNALS), 150, "hot reload of both models")
-        mdir = s.path(s.models.dir)
+        mdir = training.models_dir(s)
         versions = {x: modelstore.current_version(mdir, x) for x in SIGNALS}
         assert {x: fc.predictors[x].name for x in SIGNALS} == versions
 
@@ -169,6 +170,70 @@ def test_trainer_on_command_promotes_and_forecaster_hot_reloads(tmp_path, broker
         issued = df[df["issued_at"] == h3]
         assert {r.signal: r.model for r in issued.itertuples()} == versions
         assert tr.counters.get("models_promoted") == 2
+    finally:
+        st.close()
+        pub.close()
+        fc.stop()
+        tr.stop()
+
+
+def test_flow_only_meter_trains_flow_only_and_never_loses_to_persistence(tmp_path, broker, settings):
+    """A flow-only 15-minute meter beside the configured one: a train command for it trains its flow
+    model only (no pressure model, no failure); a model that does not beat persistence is not served,
+    persistence is (the forecast's ``model`` says so)."""
+    import numpy as np
+    import pandas as pd
+
+    from services.forecaster.service import ForecasterService
+    from services.trainer.service import TrainerService
+    from shared.bus import Bus
+
+    s = Settings(data_dir=tmp_path / "var", mqtt=settings.mqtt.model_dump(), models={"window_steps": 18},
+                 trainer={**SMALL, "first_training_days": 1000, "min_improvement": 0.9},
+                 meters=[{"id": "meter1"}, {"id": "rw", "signals": ["flow_rate"], "interval_s": 900}])
+    rng = np.random.default_rng(1)
+    n = DAYS * 96
+    idx = pd.date_range(START, periods=n, freq="900s", tz="UTC", name="ts")
+    walk = np.clip(300 + np.cumsum(rng.normal(0, 4, n)), 10, 1900)  # persistence beats seasonal naive
+    frame = pd.DataFrame({"seq": np.arange(n), "flow_rate": walk, "pressure": np.nan, "quality": "", "source": "test"}, index=idx)
+    st = SqliteStore(s.path(s.store.sqlite.path))
+    st.write_reading_frame(s.site, "rw", frame)
+    fc, tr = ForecasterService(s), TrainerService(s)
+    fc.start_in_thread()
+    tr.start_in_thread()
+    pub = Bus(s.mqtt, "test-pub", persistent=False)
+    assert pub.connect(10)
+    try:
+        assert fc.ready.wait(30) and tr.ready.wait(30)
+        assert (s.site, "rw") in fc.engines and fc.engines[(s.site, "rw")].step == 15
+        cmd = Command(site=s.site, meter="rw", action="train", requested_at=datetime.now(UTC))
+        pub.publish(pub.topics.command(s.site, "rw"), cmd, qos=1).wait_for_publish(5)
+        wait_for(lambda: tr.runs_done >= 1 or tr.counters.get("train_failures") > 0, 150, "the training run")
+        assert tr.counters.get("train_failures") == 0 and tr.counters.get("models_kept") == 1  # flow only, kept
+        mdir = training.models_dir(s, "rw")
+        assert modelstore.current_version(mdir, "flow_rate") == "persistence"
+        assert not (mdir / "pressure").exists() and not training.models_dir(s).exists()  # nothing for meter1
+        (vdir,) = [p for p in (mdir / "flow_rate").iterdir() if p.is_dir()]
+        m = json.loads((vdir / "metrics.json").read_text())
+        assert not m["promoted"] and "serving persistence" in m["reason"]
+        assert m["metrics"]["wape_persistence"] < m["metrics"]["wape_seasonal_naive"]
+        assert m["info"]["step_minutes"] == 15
+        rw = fc.engines[(s.site, "rw")]
+        wait_for(lambda: rw.predictors["flow_rate"].name == "persistence", 30, "the forecaster serving persistence")
+
+        h = START + timedelta(days=DAYS, hours=1)
+        for k in range(5):  # 01:15 .. 02:15 crosses 02:00
+            ts = h + timedelta(minutes=15 * (k + 1))
+            rd = Reading(site=s.site, meter="rw", ts=ts, seq=n + k, flow_rate=float(walk[-1]), pressure=None, source="test")
+            pub.publish(pub.topics.reading(s.site, "rw"), rd, qos=1).wait_for_publish(5)
+
+        def got():
+            d = st.read_forecasts(s.site, "rw", h, h + timedelta(hours=3))
+            return d if len(d) >= 4 else None
+
+        df = wait_for(got, 60, "the rw forecast")
+        assert set(df["model"]) == {"persistence"} and set(df["signal"]) == {"flow_rate"}
+        assert np.allclose(df["value"], walk[-1])
     finally:
         st.close()
         pub.close()

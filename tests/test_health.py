@@ -236,10 +236,10 @@ def test_a_collector_whose_meter_is_silent_is_unhealthy(tmp_path: Path) -> None:
     s = Settings(data_dir=tmp_path, collector={"interval_s": 60, "unhealthy_after_intervals": 3})
     svc = CollectorService(s, source=Meter())
     assert "meter" not in svc.failing()  # just started: not overdue
-    svc._last_reading_at = time.time() - 91  # 1.5 intervals without a reading
+    svc.channels[0].last_reading_at = time.time() - 91  # 1.5 intervals without a reading
     meter = svc.failing()["meter"]
     assert meter.limit_s == 180 and "no reading from test-meter" in meter.detail
-    svc._last_reading_at = time.time() - 181
+    svc.channels[0].last_reading_at = time.time() - 181
     svc.publish_status()
     ok, text = check(tmp_path, "collector")
     assert not ok and "meter silent for 181s (limit 180s" in text

@@ -16,7 +16,9 @@ from app.scoring import (
     bins,
     detection_metrics,
     forecast_metrics,
+    format_report,
     match,
+    operator_report,
     size_class,
 )
 
@@ -130,3 +132,20 @@ def test_forecast_metrics_vs_baselines_over_the_same_targets():
     assert forecast_metrics(fc, actual, 60, lab)["targets"] == 1
     early = pd.DataFrame({"issued_at": [idx[5]], "target_time": [idx[6]], "value": [1.0], "model": ["v1"]})
     assert forecast_metrics(early, actual, 60)["targets"] == 0
+
+
+def test_operator_report_counts_alerts_per_30_days_by_kind_and_severity_without_labels():
+    alerts = [AlertSpan(t(0), t(10), "burst", "both", "critical"), AlertSpan(t(100), None, "night_flow", "flow_rate", "warning"),
+              AlertSpan(t(200), t(201), "night_flow", "flow_rate", "critical"), AlertSpan(t(300), t(301), "spike", "flow_rate", "info")]
+    fc = {"flow_rate": {"targets": 10, "forecast": {"wape": 0.05}, "persistence": {"wape": 0.10}, "seasonal_naive": {"wape": 0.08},
+                        "wape_skill_vs_persistence": 0.5, "wape_skill_vs_seasonal_naive": 0.375},
+          "pressure": {"targets": 0}}
+    r = operator_report(alerts, 60.0, fc)
+    assert r["alerts"] == 4 and r["alerts_per_30_days"] == 2.0 and r["hydraulic_alerts_per_30_days"] == 1.5
+    assert r["per_30_days_by_kind"] == {"burst": {"critical": 0.5}, "night_flow": {"critical": 0.5, "warning": 0.5},
+                                        "spike": {"info": 0.5}}
+    assert r["per_30_days_by_severity"] == {"critical": 1.0, "info": 0.5, "warning": 0.5}
+    assert r["forecast"]["flow_rate"]["skill_vs_persistence"] == 0.5 and r["forecast"]["pressure"]["targets"] == 0
+    text = format_report(r)
+    assert "2.00 per 30 days" in text and "skill vs persistence +50%" in text and "no scorable targets" in text
+    assert operator_report([], 0.0, {})["alerts_per_30_days"] is None  # nothing scored: no rate, not zero

@@ -333,3 +333,20 @@ def test_open_store_passes_retries_and_retention(influxd):
     with open_store(settings.model_copy(update={"store": settings.store.model_copy(update={"retention_days": 400})})) as st:
         rp = {v[0]: v for s in st._select(f'SHOW RETENTION POLICIES ON "{db}"') for v in s["values"]}
         assert rp["autogen"][1] == "9600h0m0s"  # changed at the next start
+
+
+def test_extra_values_are_stored_with_their_reading(store):
+    """Reading.extra (a register map's totalizer, battery, status word...) is stored and read back per
+    name; a reading without extra values adds none; a redelivery keeps what is stored."""
+    rs = [Reading(site="s1", meter="m1", ts=T0 + timedelta(minutes=i), seq=i, flow_rate=10.0, pressure=None,
+                  extra={"totalizer": 1000.0 + i, "battery": 3.6} if i != 1 else None, source="modbus-rtu") for i in range(3)]
+    assert store.write_readings(rs) == WriteResult(inserted=3)
+    ex = store.read_extra("s1", "m1", T0, T0 + timedelta(minutes=3))
+    assert sorted(ex.columns) == ["battery", "totalizer"] and str(ex.index.tz) == "UTC"
+    assert ex.index.tolist() == [pd.Timestamp(T0), pd.Timestamp(T0 + timedelta(minutes=2))]
+    assert ex["totalizer"].tolist() == [1000.0, 1002.0] and ex["battery"].tolist() == [3.6, 3.6]
+    assert store.write_readings(rs[:1]) == WriteResult(identical=1)
+    assert store.read_extra("s1", "m1", T0, T0 + timedelta(minutes=3))["totalizer"].tolist() == [1000.0, 1002.0]
+    df = store.read_readings("s1", "m1", T0, T0 + timedelta(minutes=3))
+    assert df["flow_rate"].tolist() == [10.0] * 3 and df["pressure"].isna().all()
+    assert store.read_extra("s1", "other", T0, T0 + timedelta(minutes=3)).empty

@@ -117,19 +117,20 @@ def _parse(raw: bytes, fmt: FrameFormat) -> ParsedFrame:
     if "\x00" in text:
         raise FrameError("frame contains NUL bytes")
     text = verify_checksum(fmt, text)
+    names = [name for name in ("flow_rate", "pressure") if getattr(fmt, name) is not None]
     if fmt.kind == "regex":
         assert fmt.regex is not None  # settings validation guarantees it
         m = _compile(fmt.regex).fullmatch(text) or _compile(fmt.regex).search(text)
         if m is None:
             raise FrameError("frame does not match frame.regex")
-        fields = {name: m.group(getattr(fmt, name).group) or "" for name in ("flow_rate", "pressure")}
+        fields = {name: m.group(getattr(fmt, name).group) or "" for name in names}
     else:
         parts = text.split(fmt.delimiter)
-        need = max(fmt.flow_rate.index or 0, fmt.pressure.index or 0) + 1
+        need = max(getattr(fmt, name).index or 0 for name in names) + 1
         if len(parts) < need:
             raise FrameError(f"frame has {len(parts)} field(s) split on {fmt.delimiter!r}, needs at least {need}")
-        fields = {name: parts[getattr(fmt, name).index] for name in ("flow_rate", "pressure")}
-    return ParsedFrame(
-        flow_rate=_number(fields["flow_rate"], "flow_rate", fmt.flow_rate),
-        pressure=_number(fields["pressure"], "pressure", fmt.pressure),
+        fields = {name: parts[getattr(fmt, name).index] for name in names}
+    return ParsedFrame(  # a value the frame does not carry (frame.pressure: null) is None
+        flow_rate=_number(fields["flow_rate"], "flow_rate", fmt.flow_rate) if "flow_rate" in fields else None,
+        pressure=_number(fields["pressure"], "pressure", fmt.pressure) if "pressure" in fields else None,
     )

@@ -6,7 +6,8 @@
 - :func:`decode` turns one value's registers into a number: int16 (signed), uint16, int32,
   uint32, float32, with byte order inside each register and word order between the two registers
   of a 32-bit value;
-- :func:`scaled` applies ``raw * scale + offset``; a float32 NaN is a missing value (None).
+- :func:`scaled` applies ``raw * scale (* 10^factor) + offset``, the factor read from another
+  register when the map says so (SunSpec-style scale factors); a float32 NaN is a missing value (None).
 """
 
 from __future__ import annotations
@@ -80,23 +81,32 @@ def encode(value: int | float, data_type: str, byte_order: str = "big", word_ord
     return words
 
 
-def scaled(raw: int | float, spec: RegisterSpec) -> float | None:
+def scaled(raw: int | float, spec: RegisterSpec, factor: int | float | None = None) -> float | None:
+    """``raw * scale * 10^factor + offset`` (``factor``: the value of the spec's scale-factor register);
+    a NaN, or a result that is not finite, is a missing value (None)."""
     value = float(raw)
     if math.isnan(value):
         return None
-    value = value * spec.scale + spec.offset
+    value = value * spec.scale
+    if factor is not None:
+        if not -20 <= factor <= 20:  # SunSpec's "not implemented" 0x8000, or a garbled factor
+            return None
+        value *= 10.0 ** int(factor)
+    value += spec.offset
     return value if math.isfinite(value) else None
 
 
 def values_from_blocks(specs: Sequence[RegisterSpec], data: Mapping[ReadBlock, Sequence[int]]) -> dict[str, float | None]:
-    """Decode and scale every spec from the registers read per block."""
-    out: dict[str, float | None] = {}
+    """Decode and scale every spec from the registers read per block. A register that is another's
+    scale factor (``scale_register``) is applied to it and not returned itself."""
+    raws: dict[str, int | float] = {}
     for spec in specs:
         block = next((b for b in data if b.covers(spec)), None)
         if block is None:
             raise RegisterError(f"no read covers {spec.name} at address {spec.address}")
         regs = data[block]
         i = spec.address - block.address
-        raw = decode(regs[i : i + WIDTH[spec.data_type]], spec.data_type, spec.byte_order, spec.word_order)
-        out[spec.name] = scaled(raw, spec)
-    return out
+        raws[spec.name] = decode(regs[i : i + WIDTH[spec.data_type]], spec.data_type, spec.byte_order, spec.word_order)
+    factors = {s.scale_register for s in specs if s.scale_register}
+    return {s.name: scaled(raws[s.name], s, raws[s.scale_register] if s.scale_register else None)
+            for s in specs if s.name not in factors}

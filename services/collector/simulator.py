@@ -18,6 +18,7 @@ the noise of the readings after it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ def align(ts: datetime, interval_s: int) -> datetime:
     return datetime.fromtimestamp(epoch - epoch % interval_s, UTC)
 
 
+@functools.lru_cache(maxsize=16)  # one read-only array per amplitude, shared by every simulated meter
 def _profile(amplitude: float) -> np.ndarray:
     """Relative demand per minute of the local day: mean 1, night minimum 1 - amplitude."""
     h = np.arange(1440) / 60.0
@@ -77,7 +79,9 @@ def _profile(amplitude: float) -> np.ndarray:
 
     raw = 0.3 + 1.0 * bump(7.75, 1.6) + 0.45 * bump(12.5, 2.5) + 0.8 * bump(19.5, 2.2)
     dev = raw / raw.mean() - 1.0
-    return 1.0 + dev * (amplitude / -dev.min()) if amplitude > 0 else np.ones(1440)
+    out = 1.0 + dev * (amplitude / -dev.min()) if amplitude > 0 else np.ones(1440)
+    out.flags.writeable = False
+    return out
 
 
 class Simulator:

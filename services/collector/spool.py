@@ -6,7 +6,7 @@ is sent again on the next connection. Nothing lives in memory only: a reading su
 outage or crash, a collector crash and a power cut once ``put`` returned.
 
 The spool is bounded (``collector.spool_max_rows``): when full, the oldest readings are dropped,
-counted, and logged. The sequence number of the next reading is kept here too, so it keeps
+counted, and logged. The sequence number of each meter's next reading is kept here too, so it keeps
 increasing across restarts.
 """
 
@@ -53,16 +53,20 @@ class Spool:
     def __len__(self) -> int:
         return self._count
 
-    def next_seq(self) -> int:
+    def next_seq(self, seq_key: str = "next_seq") -> int:
+        """The next sequence number under ``seq_key`` (one per meter); a key not written yet starts
+        from the spool's first key, ``next_seq`` (a spool of a one-meter collector)."""
         with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (seq_key,)).fetchone()
+            if row is None:
+                row = self._db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
             return int(row[0]) if row else 0
 
     def put(self, topic: str, payload: bytes, next_seq: int, seq: int = -1, ts: int = 0) -> int:
         """Write one reading durably (and the next sequence number, atomically). Returns how many old rows were dropped."""
         return self.put_many(topic, [(seq, ts, payload)], next_seq)
 
-    def put_many(self, topic: str, payloads: list[tuple[int, int, bytes]], next_seq: int) -> int:
+    def put_many(self, topic: str, payloads: list[tuple[int, int, bytes]], next_seq: int, seq_key: str = "next_seq") -> int:
         """Write readings ``(seq, epoch seconds, payload)`` durably in one transaction (one fsync: a
         backlog from a replay), with the next sequence number. Returns how many old rows were dropped."""
         n = len(payloads)
@@ -76,7 +80,7 @@ class Spool:
                 if old:
                     self._db.execute("DELETE FROM spool WHERE id IN (SELECT id FROM spool ORDER BY id LIMIT ?)", (old,))
                 self._db.executemany("INSERT INTO spool (topic, seq, ts, payload) VALUES (?, ?, ?, ?)", [(topic, q, t, p) for q, t, p in keep])
-                self._db.execute("INSERT INTO meta (key, value) VALUES ('next_seq', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (next_seq,))
+                self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (seq_key, next_seq))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

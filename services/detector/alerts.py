@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 SEVERITY = {
     "invalid": "warning", "flatline": "warning", "spike": "info", "gap": "info", "silent": "warning",
     "threshold": "warning", "night_flow": "warning", "burst": "critical", "pressure_loss": "critical",
-    "forecast_deviation": "warning",
+    "forecast_deviation": "warning", "pressure_drop": "warning",
 }
 
 
@@ -36,7 +36,7 @@ def timing(kind: str, cfg: DetectorSettings) -> tuple[float, float]:
         return cfg.forecast_sustain_minutes * 60, cfg.clear_after_minutes * 60
     if kind in ("flatline", "night_flow", "silent"):  # the rule itself decides when it is over
         return 0.0, 0.0
-    return 0.0, cfg.clear_after_minutes * 60  # invalid, burst, pressure_loss: open at once
+    return 0.0, cfg.clear_after_minutes * 60  # invalid, burst, pressure_loss, pressure_drop: open at once
 
 
 class Condition(NamedTuple):
@@ -48,6 +48,7 @@ class Condition(NamedTuple):
     value: float | None = None
     threshold: float | None = None
     message: str = ""
+    severity: str | None = None  # the rule's own severity for an alert opening now (by size); None: the kind's
 
 
 class Event(NamedTuple):

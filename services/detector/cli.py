@@ -1,4 +1,5 @@
-"""``flowwatch thresholds recalibrate [--site S] [--meter M]``: learn the bands now from the store.
+"""``flowwatch thresholds recalibrate [--site S] [--meter M]``: learn the bands (and the step
+thresholds of burst / pressure_drop, to the alarm budget) now from the store.
 
 Computes them from the store (so it works with no detector running), stores them and prints them,
 then sends a ``recalibrate`` command per meter: a running detector recomputes the same bands from the
@@ -26,6 +27,7 @@ def main(argv: Sequence[str]) -> int:
     settings = settings_from_args(args)
 
     from services.detector.engine import DetectionEngine
+    from services.detector.rules.steps import format_steps
     from services.detector.rules.thresholds import format_bands
     from services.detector.service import read_columns
 
@@ -70,6 +72,9 @@ def main(argv: Sequence[str]) -> int:
                     bus.publish(bus.topics.command(site, meter), cmd).wait_for_publish(5)
         for th in results:
             print(format_bands(th))
+            print()
+        for site, meter in meters:
+            print(format_steps(site, meter, engine.calibration(site, meter)))
             print()
         return 0
     except StoreError as exc:

@@ -20,7 +20,16 @@ machine of ``alerts.py`` (minimum duration, clear time). Per reading, in event t
   the band of the local hour of day and day type), forecast_deviation (rules/forecast.py: sustained
   distance from the latest forecast, :meth:`on_forecast`);
 - pressure_loss (rules/pressure.py): pressure under ``pressure_loss_bar`` (critical);
-- burst (rules/burst.py): a flow jump and a pressure drop within ``burst_window_minutes`` (critical).
+- burst (rules/burst.py): a flow jump and a pressure drop within ``burst_window_minutes`` (critical),
+  the flow jump alone on a meter without pressure;
+- pressure_drop (rules/pressure.py): the pressure fell against its own recent level without a flow
+  jump (supply side; severity from the size).
+
+Each meter runs only the rules of the signals it has (``meter_spec``: ``Settings.meter_spec``), at
+its own interval; a signal it does not have is never "missing". The step thresholds (burst,
+pressure_drop) are calibrated from the meter's own history to ``alarm_budget_per_30d``
+(``rules/steps.py``) at each recalibration, daily while the history is shorter than
+``threshold_days``.
 
 Bands are learned when ``recalibrate_period`` is crossed in event time (daily while only static
 limits exist): the engine flags the meter in :meth:`take_due` and the caller, who owns the data,
@@ -31,7 +40,7 @@ meter (a redelivery, a replay) change nothing.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -42,8 +51,9 @@ from services.detector.rules.flatline import FlatLineRule
 from services.detector.rules.forecast import ForecastDeviationRule
 from services.detector.rules.liveness import GapRule, SilentRule
 from services.detector.rules.nightflow import NightAccumulator, NightLeakRule, parse_hhmm
-from services.detector.rules.pressure import PressureLossRule
+from services.detector.rules.pressure import PressureDropRule, PressureLossRule
 from services.detector.rules.spike import SpikeRule
+from services.detector.rules.steps import SHARE, StepCalibration, calibrate
 from services.detector.rules.thresholds import (
     BandTable,
     HourCells,
@@ -60,9 +70,10 @@ from shared.store.base import NightFlow, reading_columns
 if TYPE_CHECKING:  # frames are accepted (flowwatch evaluate) but pandas is never imported here
     import pandas as pd
 
-_TAINTING = ("burst", "pressure_loss")  # a forecast issued while one is open is not used for deviation
+_TAINTING = ("burst", "pressure_loss", "pressure_drop")  # a forecast issued while one is open is not used for deviation
 _NEVER = datetime.min.replace(tzinfo=UTC)  # static bands: any stored or learned ones are newer
 Key = tuple[str, str]
+MeterSpec = Callable[[str], tuple[Sequence[str], float]]  # meter id -> (its signals, its interval in s)
 
 
 def _dt(t: float) -> datetime:
@@ -84,29 +95,44 @@ class _SignalRules:
 class _Meter:
     """One meter's state: its last reading, its alerts by (kind, signal), and its rules."""
 
-    __slots__ = ("alerts", "burst", "last", "leak", "meter", "night", "recal", "sig", "site")
+    __slots__ = ("alerts", "burst", "cal", "flow", "gap", "interval", "last", "leak", "meter", "night", "pdrop", "pressure",
+                 "recal", "sig", "site")
 
     def __init__(self, site: str, meter: str, eng: DetectionEngine) -> None:
         cfg = eng.cfg
         self.site, self.meter = site, meter
+        signals, interval = eng.spec(meter)
+        self.interval = float(interval)
+        self.flow, self.pressure = "flow_rate" in signals, "pressure" in signals
         self.last: float | None = None
         self.alerts: dict[Key, AlertState] = {}
-        self.sig = {s: _SignalRules(site, meter, s, cfg, eng.interval) for s in SIGNALS}
-        self.night = NightAccumulator(eng._night_start, eng._night_end, eng.tz, eng.interval, cfg.night_min_coverage)
+        self.sig = {s: _SignalRules(site, meter, s, cfg, self.interval) for s in SIGNALS if s in signals}
+        self.night = NightAccumulator(eng._night_start, eng._night_end, eng.tz, self.interval, cfg.night_min_coverage)
         self.leak = NightLeakRule(cfg)
-        self.burst = BurstRule(cfg, eng.interval)
+        self.burst = BurstRule(cfg, self.interval, has_pressure=self.pressure)
+        self.pdrop = PressureDropRule(cfg, self.interval, has_flow=self.flow)
+        self.gap = GapRule(cfg, self.interval)
+        self.cal: StepCalibration | None = None
         self.recal = Recalibration(cfg.recalibrate_period, eng.tz, [r.threshold for r in self.sig.values()])
+
+    def set_calibration(self, cal: StepCalibration | None) -> None:
+        self.cal = self.burst.cal = self.pdrop.cal = cal
+        for sig, pct in (cal.forecast_pct if cal is not None else {}).items():
+            r = self.sig.get(sig)
+            if r is not None and r.forecast.learned_days is None:  # kept from before a restart
+                r.forecast.tol_pct, r.forecast.learned_days = pct, cal.days
 
 
 class DetectionEngine:
     """Per-meter detection state and rules. Thread-unsafe by design: one caller thread."""
 
     def __init__(self, cfg: DetectorSettings, tz: ZoneInfo | str = "Asia/Seoul", *,
-                 limits: RangeLimits | None = None, interval_s: float = 60.0) -> None:
+                 limits: RangeLimits | None = None, interval_s: float = 60.0, meter_spec: MeterSpec | None = None) -> None:
         self.cfg = cfg
         self.tz = ZoneInfo(tz) if isinstance(tz, str) else tz
         self.limits = limits or RangeLimits()
         self.interval = float(cfg.interval_s or interval_s)
+        self.spec: MeterSpec = meter_spec or (lambda _m: (SIGNALS, self.interval))
         self._night_start, self._night_end = parse_hhmm(cfg.night_start), parse_hhmm(cfg.night_end)
         self.late_readings = 0
         self._meters: dict[Key, _Meter] = {}
@@ -116,13 +142,17 @@ class DetectionEngine:
         # the stateless rules, shared by all meters
         self._cells = HourCells(self.tz)
         self._range = RangeRule(self.limits)
-        self._gap = GapRule(cfg, self.interval)
         self._silent = SilentRule(cfg, self.interval)
         self._pressure_loss = PressureLossRule(cfg)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DetectionEngine:
-        return cls(settings.detector, settings.tz, limits=settings.limits, interval_s=settings.collector.interval_s)
+        cfg = settings.detector
+
+        def spec(meter: str) -> tuple[Sequence[str], float]:
+            return settings.meter_spec(meter).signals, float(cfg.interval_s or settings.interval_of(meter))
+
+        return cls(cfg, settings.tz, limits=settings.limits, interval_s=settings.collector.interval_s, meter_spec=spec)
 
     # --- meters and alerts ------------------------------------------------------------------
     def last_time(self, site: str, meter: str) -> datetime | None:
@@ -138,7 +168,7 @@ class DetectionEngine:
     def _alert(self, m: _Meter, kind: str, signal: str) -> AlertState:
         a = m.alerts.get((kind, signal))
         if a is None:
-            a = m.alerts[(kind, signal)] = AlertState(kind, signal, SEVERITY[kind], *timing(kind, self.cfg), self.interval)
+            a = m.alerts[(kind, signal)] = AlertState(kind, signal, SEVERITY[kind], *timing(kind, self.cfg), m.interval)
         return a
 
     def _apply(self, m: _Meter, kind: str, signal: str, t: float, c: Condition | None, out: list[Anomaly]) -> Transition | None:
@@ -147,6 +177,8 @@ class DetectionEngine:
         if c is None:
             return None
         a = m.alerts.get((kind, signal)) or self._alert(m, kind, signal)
+        if c.severity is not None and c.active and not a.is_open:
+            a.severity = c.severity  # by size, for an alert opening now
         tr = a.update(t, c.active, c.value, c.threshold, c.message)
         self._emit(m, a, tr, out)
         return tr
@@ -187,7 +219,7 @@ class DetectionEngine:
         if last is None:
             m.recal.start(t)
         else:
-            ev = self._gap.check(last, t)
+            ev = m.gap.check(last, t)
             if ev is not None:
                 self._one_shot(m, "gap", "both", ev, out)
             due = m.recal.due(t)
@@ -195,26 +227,43 @@ class DetectionEngine:
                 self._due[(site, meter)] = due
         m.last = t
 
-        f = self._valid(m, "flow_rate", flow, t, out)
-        p = self._valid(m, "pressure", pressure, t, out)
+        f = self._valid(m, "flow_rate", flow, t, out) if m.flow else None
+        p = self._valid(m, "pressure", pressure, t, out) if m.pressure else None
 
-        done = m.night.add(t, f)
-        if done is not None:
-            self._night_done(m, *done, out)
+        if m.flow:
+            done = m.night.add(t, f)
+            if done is not None:
+                self._night_done(m, *done, out)
 
         cell = self._cells(t)
+        hour = cell >> 1
         if f is not None:
             self._signal_rules(m, "flow_rate", f, t, cell, out)
         if p is not None:
+            fl = m.alerts.get(("flatline", "pressure"))
+            if fl is not None and fl.is_open:  # a stuck sensor is no baseline for a pressure drop
+                m.pdrop.reset()
             self._signal_rules(m, "pressure", p, t, cell, out)
             c = self._pressure_loss.check(p, m.alerts.get(("pressure_loss", "pressure")))
             if c is not None:
                 self._apply(m, "pressure_loss", "pressure", t, c, out)
-        c = m.burst.check(t, f, p, m.alerts.get(("burst", "both")))
-        if c is not None:
-            tr = self._apply(m, "burst", "both", t, c, out)
-            if tr is not None and tr.state == "open":
-                m.burst.opened()
+        burst = None
+        if m.flow:
+            c = m.burst.check(t, f, p, burst := m.alerts.get(("burst", "both")), hour)
+            if c is not None:
+                tr = self._apply(m, "burst", "both", t, c, out)
+                if tr is not None and tr.state == "open":
+                    m.burst.opened()
+                burst = m.alerts.get(("burst", "both"))
+        if p is not None:
+            lj = m.burst.last_jump
+            # a flow rise of half a burst step or more explains a pressure fall: demand or a burst, not the supply
+            flow_step = (burst is not None and burst.is_open) or (lj is not None and t - lj <= m.burst.window_s) or m.burst.rise > 0.5
+            c = m.pdrop.check(t, p, m.alerts.get(("pressure_drop", "pressure")), hour, flow_step)
+            if c is not None:
+                tr = self._apply(m, "pressure_drop", "pressure", t, c, out)
+                if tr is not None and tr.state == "closed":
+                    m.pdrop.closed()
         return out
 
     def _valid(self, m: _Meter, sig: str, x: float | None, t: float, out: list[Anomaly]) -> float | None:
@@ -263,6 +312,8 @@ class DetectionEngine:
     # --- forecasts, thresholds, night flow output -------------------------------------------
     def on_forecast(self, fc: Forecast) -> None:
         m = self._meter(fc.site, fc.meter)
+        if fc.signal not in m.sig:  # a signal this meter does not have
+            return
         # made from readings of a burst / pressure loss, it would flag the recovery as a deviation
         tainted = any(a.is_open for (kind, _), a in m.alerts.items() if kind in _TAINTING)
         m.sig[fc.signal].forecast.offer(fc.issued_at.timestamp(), [d.timestamp() for d in fc.targets()],
@@ -270,10 +321,12 @@ class DetectionEngine:
 
     def set_thresholds(self, th: Thresholds) -> bool:
         """Install bands (from the store, a recalibration, a retained message); older ones are ignored."""
-        return self._meter(th.site, th.meter).sig[th.signal].threshold.install(th)
+        r = self._meter(th.site, th.meter).sig.get(th.signal)
+        return r is not None and r.threshold.install(th)
 
     def thresholds_method(self, site: str, meter: str, signal: str) -> str:
-        return self._meter(site, meter).sig[signal].threshold.bands.method
+        r = self._meter(site, meter).sig.get(signal)
+        return r.threshold.bands.method if r is not None else "none"
 
     def take_due(self) -> list[tuple[str, str, datetime]]:
         """Meters whose recalibration boundary was crossed: (site, meter, boundary). Clears the list."""
@@ -282,20 +335,51 @@ class DetectionEngine:
         return due
 
     def recalibrate(self, site: str, meter: str, data: pd.DataFrame | Sequence[Reading] | tuple, at: datetime) -> list[Thresholds]:
-        """Learn bands from ``data`` (a readings frame, Reading records, or (epoch, flow, pressure) columns; only
-        [at - threshold_days, at) is used),
-        install and return them."""
+        """Learn bands and step thresholds from ``data`` (a readings frame, Reading records, or (epoch,
+        flow, pressure) columns; only [at - threshold_days, at) is used); install them and return the
+        bands (the step thresholds: :meth:`calibration`)."""
         import numpy as np
 
+        m = self._meter(site, meter)
         ts, fl, pr = _columns(data)
         t = np.asarray(ts, dtype=np.float64)
         lo, hi = (at - timedelta(days=self.cfg.threshold_days)).timestamp(), at.timestamp()
         sel = (t >= lo) & (t < hi)
         values = {"flow_rate": np.asarray(fl, dtype=np.float64)[sel], "pressure": np.asarray(pr, dtype=np.float64)[sel]}
-        ths = learn_thresholds(site, meter, t[sel], values, at, self.cfg, self.tz, self.interval)
+        ths = [th for th in learn_thresholds(site, meter, t[sel], values, at, self.cfg, self.tz, m.interval) if th.signal in m.sig]
         for th in ths:
             self.set_thresholds(th)
+        self._calibrate(m, t[sel], values, at.timestamp())
         return ths
+
+    def _calibrate(self, m: _Meter, t: Any, values: dict[str, Any], at: float) -> None:
+        cfg = self.cfg
+        n = len(t)
+        if n and (n * m.interval / 86_400) >= cfg.calibration_min_days:
+            cal = calibrate(t, values["flow_rate"] if m.flow else None, values["pressure"] if m.pressure else None,
+                            interval_s=m.interval, tz=self.tz, budget_per_30d=cfg.alarm_budget_per_30d,
+                            flow_base_s=cfg.burst_baseline_minutes * 60, pressure_base_s=cfg.pressure_drop_baseline_minutes * 60,
+                            at=at, min_burst_drop=cfg.burst_pressure_drop)
+            # forecast deviation: from the distances to the forecasts seen, one test per sustain block
+            p = cfg.alarm_budget_per_30d * SHARE * cfg.forecast_sustain_minutes / (30 * 1440)
+            for sig, r in m.sig.items():
+                pct = r.forecast.learn(p, cfg.forecast_tolerance_pct)
+                if pct is not None:
+                    cal.forecast_pct[sig] = pct
+            m.set_calibration(cal)
+        m.recal.learning = m.cal is None or m.cal.days < cfg.threshold_days * 0.95
+
+    def calibration(self, site: str, meter: str) -> StepCalibration | None:
+        """The meter's step thresholds (None until calibrated), e.g. to keep them over a restart."""
+        m = self._meters.get((site, meter))
+        return m.cal if m is not None else None
+
+    def set_calibration(self, site: str, meter: str, cal: StepCalibration) -> None:
+        """Install step thresholds kept from before a restart (a newer one is kept)."""
+        m = self._meter(site, meter)
+        if m.cal is None or cal.computed_at >= m.cal.computed_at:
+            m.set_calibration(cal)
+            m.recal.learning = cal.days < self.cfg.threshold_days * 0.95
 
     def take_night_flows(self) -> list[NightFlow]:
         out, self._night_out = self._night_out, []

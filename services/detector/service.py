@@ -29,16 +29,20 @@ a reading dated years ahead cannot empty the store.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from services.detector.engine import DetectionEngine
+from services.detector.rules.steps import StepCalibration
 from shared.bus import Bus
 from shared.eventtime import BoundaryClock, floor
+from shared.fileio import atomic_write
 from shared.inbox import Delivery
 from shared.messages import SIGNALS, Anomaly, Command, Forecast, Reading, Stored, Thresholds, stored_ranges
 from shared.service import Service
@@ -135,6 +139,7 @@ class DetectorService(Service):
             self.counters.inc("anomalies_republished", len(latest))
         fcs = latest_forecasts(site, meter, st.read_forecast_points(site, meter, last - timedelta(hours=6), last + timedelta(days=8)))
         self.time_guard.seed((site, meter), last)
+        self._load_calibration(site, meter)
         n = self.engine.backfill(site, meter, recent, open_anomalies=anoms, nights=nights, thresholds=ths, forecasts=fcs)
         self.last_seen[(site, meter)] = time.time()
         # A recalibration that was due but did not happen (first start after an import, a crash at a boundary).
@@ -262,10 +267,37 @@ class DetectorService(Service):
         for th in ths:
             self.store.write_thresholds(th)
             self.bus.publish(self.topics.thresholds(site, meter, th.signal), th, retain=True)
+        self._save_calibration(site, meter)
         self.counters.inc("recalibrations")
         logger.info("thresholds of %s/%s recalibrated at %s: %s", site, meter, at.isoformat(),
                     ", ".join(f"{th.signal} {th.method} ({th.sample_days:.1f} days)" for th in ths))
         return ths
+
+    # --- step thresholds (burst, pressure_drop), kept over a restart in a small file per meter ----
+    def _calibration_path(self, site: str, meter: str) -> Path:
+        return self.settings.path(Path("detector")) / "calibration" / f"{site}.{meter}.json"
+
+    def _save_calibration(self, site: str, meter: str) -> None:
+        cal = self.engine.calibration(site, meter)
+        if cal is None:
+            return
+        path = self._calibration_path(site, meter)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, json.dumps(cal.to_dict()).encode())
+        except OSError as exc:
+            self.counters.inc("calibration_errors")
+            logger.error("could not keep the step thresholds of %s/%s in %s: %s (relearned at the next recalibration)", site, meter, path, exc)
+
+    def _load_calibration(self, site: str, meter: str) -> None:
+        path = self._calibration_path(site, meter)
+        if not path.exists():
+            return
+        try:
+            self.engine.set_calibration(site, meter, StepCalibration.from_dict(json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            self.counters.inc("calibration_errors")
+            logger.warning("ignoring the step thresholds in %s: %s (the defaults apply until the next recalibration)", path, exc)
 
     def _check_silent(self) -> None:
         out = self.engine.check_silent(datetime.now(UTC), self.last_seen)

@@ -16,7 +16,7 @@ from shared.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-def _child(settings: Settings, end: datetime | None, signals: Sequence[str], conn: Connection) -> None:
+def _child(settings: Settings, end: datetime | None, jobs: dict[str, list[str]], conn: Connection) -> None:
     from shared.service import setup_logging
     from shared.store import open_store
 
@@ -27,7 +27,7 @@ def _child(settings: Settings, end: datetime | None, signals: Sequence[str], con
         training.configure_runtime(settings)
         store = open_store(settings)
         try:
-            results = training.train_all(settings, store, end, signals)
+            results = training.train_meters(settings, store, jobs, end)
         finally:
             store.close()
         conn.send(("ok", [r.to_dict() for r in results]))
@@ -42,12 +42,13 @@ class JobFailed(RuntimeError):
     pass
 
 
-def run_in_child(settings: Settings, end: datetime | None, signals: Sequence[str],
+def run_in_child(settings: Settings, end: datetime | None, jobs: dict[str, Sequence[str]],
                  stop: threading.Event, poll_s: float = 0.5) -> list[dict]:
-    """Train in a spawned process; returns TrainResult dicts. Stops the child when ``stop`` is set."""
+    """Train ``jobs`` (meter -> signals) in a spawned process; returns TrainResult dicts. Stops the
+    child when ``stop`` is set."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(settings, end, list(signals), child), name="flowwatch-train", daemon=True)
+    proc = ctx.Process(target=_child, args=(settings, end, {m: list(v) for m, v in jobs.items()}, child), name="flowwatch-train", daemon=True)
     proc.start()
     child.close()
     try:

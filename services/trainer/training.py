@@ -1,4 +1,7 @@
-"""Training one LSTM per signal: data -> windows -> Keras -> LiteRT -> parity -> evaluation -> promotion.
+"""Training one LSTM per meter and signal: data -> windows -> Keras -> LiteRT -> parity -> evaluation -> promotion.
+
+Per meter: only the signals it has (``meters[].signals``), at the bin width that follows its
+interval (:func:`shared.features.resolution`), into its own folder ``models/<site>/<meter>/``.
 
 TensorFlow is imported inside the functions that need it, so importing this module stays cheap.
 Features come from :mod:`shared.features` (the module the forecaster uses too).
@@ -7,8 +10,10 @@ Split, in time order: ``train | validation (early stopping) | held-out (promotio
 held-out period is the last ``trainer.holdout_days`` (at most 30 % of the data); windows whose
 targets reach into it are never trained on. On the held-out windows the exported model, persistence,
 seasonal naive and the current model are scored with MAE and WAPE; the new model is promoted only if
-its WAPE beats seasonal naive and the current model by ``trainer.min_improvement`` and the LiteRT
-export matches the Keras model within ``trainer.parity_tolerance``.
+its WAPE beats persistence, seasonal naive and the current model by ``trainer.min_improvement`` and
+the LiteRT export matches the Keras model within ``trainer.parity_tolerance``. A forecast never
+loses to the obvious: where neither the new nor the current model beats both baselines, the better
+baseline is served (``current`` names it, and so does the forecast's ``model`` field).
 
 For speed the model is trained with a large batch; its weights are then copied into an unrolled
 batch-1 twin for export (a default Keras 3 LSTM converts to a WHILE loop LiteRT cannot run).
@@ -54,6 +59,8 @@ class TrainResult:
     reason: str
     metrics: dict[str, float] = field(default_factory=dict)
     path: str = ""
+    meter: str = ""
+    served: str = ""  # what the forecaster serves after this run: a version or a baseline name
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -67,8 +74,9 @@ class TrainResult:
         return cls(**d)
 
 
-def models_dir(settings: Settings) -> Path:
-    return settings.path(settings.models.dir)
+def models_dir(settings: Settings, meter: str | None = None) -> Path:
+    """The model folder of ``meter`` (the configured one by default): ``<models.dir>/<site>/<meter>``."""
+    return modelstore.meter_dir(settings.path(settings.models.dir), settings.site, meter or settings.meter)
 
 
 def configure_runtime(settings: Settings) -> None:
@@ -96,9 +104,11 @@ def configure_runtime(settings: Settings) -> None:
 
 
 # --- data ---------------------------------------------------------------------------------------
-def load_series(store: Store, settings: Settings, end: datetime | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Up to ``trainer.max_days`` of readings before ``end`` -> cleaned, resampled, gap-filled series."""
-    site, meter = settings.site, settings.meter
+def load_series(store: Store, settings: Settings, end: datetime | None = None,
+                meter: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Up to ``trainer.max_days`` of ``meter``'s readings before ``end`` -> cleaned, resampled,
+    gap-filled series of each signal it has."""
+    site, meter = settings.site, meter or settings.meter
     if end is None:
         last = store.last_reading_time(site, meter)
         if last is None:
@@ -106,9 +116,9 @@ def load_series(store: Store, settings: Settings, end: datetime | None = None) -
         end = last + timedelta(seconds=1)
     start = end - timedelta(days=settings.trainer.max_days)
     frame = store.read_readings(site, meter, start, end)
-    m = settings.models
-    gap = m.max_gap_minutes // m.step_minutes
-    out = {s: features.series_from_frame(frame, s, m.step_minutes, settings.limits, gap) for s in SIGNALS}
+    res = features.resolution(settings, meter)
+    out = {s: features.series_from_frame(frame, s, res.step_minutes, settings.limits, res.max_gap_steps)
+           for s in settings.meter_spec(meter).signals}
     logger.info("read %d readings %s .. %s for %s/%s", len(frame), start.isoformat(), end.isoformat(), site, meter)
     return out
 
@@ -178,8 +188,8 @@ def _baselines(values: np.ndarray, issues: np.ndarray, out: int, step_minutes: i
 def _score_current(mdir: Path, signal: str, values: np.ndarray, ends: np.ndarray, issues: np.ndarray,
                    out: int, sn: np.ndarray, step_minutes: int) -> tuple[str | None, np.ndarray | None, str]:
     cur = modelstore.current_version(mdir, signal)
-    if cur is None:
-        return None, None, "no current model"
+    if cur is None or modelstore.is_baseline(cur):
+        return cur, None, "no current model"
     try:
         m = modelstore.LiteRTModel(modelstore.version_dir(mdir, signal, cur))
     except modelstore.ModelError as exc:
@@ -198,38 +208,56 @@ def _score_current(mdir: Path, signal: str, values: np.ndarray, ends: np.ndarray
 
 
 def decide(wape_model: float, wape_sn: float, wape_current: float | None, min_improvement: float,
-           parity_ok: bool, parity_diff: float, tol: float) -> tuple[bool, str]:
-    """Promotion rule. Returns (promoted, reason)."""
+           parity_ok: bool, parity_diff: float, tol: float, wape_persistence: float = math.inf) -> tuple[bool, str]:
+    """Promotion rule: beat persistence, seasonal naive and the current model. Returns (promoted, reason)."""
     reasons = []
     if not parity_ok:
         reasons.append(f"LiteRT export differs from Keras by {parity_diff:.2g} > trainer.parity_tolerance={tol:g}")
     need = 1.0 - min_improvement
     if not (math.isfinite(wape_model) and wape_model < wape_sn * need):
         reasons.append(f"held-out WAPE {wape_model:.4f} does not beat seasonal naive {wape_sn:.4f}")
+    if math.isfinite(wape_persistence) and not (math.isfinite(wape_model) and wape_model < wape_persistence * need):
+        reasons.append(f"held-out WAPE {wape_model:.4f} does not beat persistence {wape_persistence:.4f}")
     if wape_current is not None and not wape_model < wape_current * need:
         reasons.append(f"held-out WAPE {wape_model:.4f} does not beat the current model {wape_current:.4f}")
     if reasons:
         return False, "; ".join(reasons)
     vs = f"current {wape_current:.4f}" if wape_current is not None else "no current model"
-    return True, f"held-out WAPE {wape_model:.4f} beats seasonal naive {wape_sn:.4f} and {vs}"
+    pers = f"persistence {wape_persistence:.4f}, " if math.isfinite(wape_persistence) else ""
+    return True, f"held-out WAPE {wape_model:.4f} beats {pers}seasonal naive {wape_sn:.4f} and {vs}"
+
+
+def serve_when_kept(wape_persistence: float, wape_sn: float, current: str | None, wape_current: float | None) -> str | None:
+    """What to serve when the new model is not promoted: the current model if it beats both
+    baselines (None: leave ``current`` as it is), else the better baseline."""
+    best, best_wape = (modelstore.PERSISTENCE, wape_persistence) if wape_persistence < wape_sn else \
+        (modelstore.SEASONAL_NAIVE, wape_sn)
+    if current is not None and not modelstore.is_baseline(current) and wape_current is not None and wape_current < best_wape:
+        return None
+    if current is not None and not modelstore.is_baseline(current) and wape_current is None:
+        return None  # the current model could not be scored (other resolution, unloadable): leave it to the operator
+    return best
 
 
 # --- training -----------------------------------------------------------------------------------
 def train_signal(settings: Settings, signal: str, ends: np.ndarray, values: np.ndarray,
-                 now: datetime | None = None) -> TrainResult:
+                 now: datetime | None = None, meter: str | None = None) -> TrainResult:
     import keras
 
     t0 = time.perf_counter()
-    tr, fc, ms = settings.trainer, settings.forecaster, settings.models
-    mdir = models_dir(settings)
-    step = ms.step_minutes
+    meter = meter or settings.meter
+    tr = settings.trainer
+    res = features.resolution(settings, meter)
+    mdir = models_dir(settings, meter)
+    step = res.step_minutes
     day_steps = 86_400 // (60 * step)
-    W = ms.window_steps
-    out = min(fc.horizon_minutes // step, tr.max_output_steps)
+    W = res.window_steps
+    out = min(res.horizon_steps, tr.max_output_steps)
+    signal_log = f"{settings.site}/{meter} {signal}"
     n = len(values)
     valid = np.isfinite(values)
     if n == 0 or valid.sum() < day_steps * 3:
-        raise NotEnoughData(f"{signal}: {int(valid.sum())} valid bins of {step} min; need at least 3 days")
+        raise NotEnoughData(f"{signal_log}: {int(valid.sum())} valid bins of {step} min; need at least 3 days")
     hold = int(min(tr.holdout_days * day_steps, 0.3 * n))
     h0 = n - hold  # first held-out bin
     scaler = Scaler.fit(values[:h0])
@@ -239,12 +267,12 @@ def train_signal(settings: Settings, signal: str, ends: np.ndarray, values: np.n
     Xf, Yf = X[fit_mask], Y[fit_mask]
     nval = max(1, int(len(Xf) * tr.validation_fraction))
     if len(Xf) - nval < MIN_TRAIN_WINDOWS or test_mask.sum() == 0:
-        raise NotEnoughData(f"{signal}: {len(Xf) - nval} training and {int(test_mask.sum())} held-out windows; "
+        raise NotEnoughData(f"{signal_log}: {len(Xf) - nval} training and {int(test_mask.sum())} held-out windows; "
                             f"need {MIN_TRAIN_WINDOWS}+ and 1+ (more data, or lower models.window_steps / trainer.holdout_days)")
     Xtr, Ytr, Xva, Yva = Xf[:-nval], Yf[:-nval], Xf[-nval:], Yf[-nval:]
     Xte, Yte, ite = X[test_mask], Y[test_mask], issue[test_mask]
     logger.info("%s: %d train, %d validation, %d held-out windows of %d x %d min -> %d steps",
-                signal, len(Xtr), len(Xva), len(Xte), W, step, out)
+                signal_log, len(Xtr), len(Xva), len(Xte), W, step, out)
 
     keras.utils.set_random_seed(tr.seed)
     model = build_model(W, out, tr.units)
@@ -252,7 +280,7 @@ def train_signal(settings: Settings, signal: str, ends: np.ndarray, values: np.n
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=tr.patience, restore_best_weights=True)
     batch = min(tr.batch_size, max(16, len(Xtr) // 64))  # small data: keep >= ~64 updates per epoch
     hist = model.fit(Xtr, Ytr, validation_data=(Xva, Yva), epochs=tr.epochs, batch_size=batch,
-                     shuffle=True, verbose=0, callbacks=[stop, _EpochLog.make(signal, tr.epochs)])
+                     shuffle=True, verbose=0, callbacks=[stop, _EpochLog.make(signal_log, tr.epochs)])
     fit_s = time.perf_counter() - t0
 
     now = now or datetime.now(UTC)
@@ -263,7 +291,7 @@ def train_signal(settings: Settings, signal: str, ends: np.ndarray, values: np.n
     (vdir / modelstore.MODEL_FILE).write_bytes(export_tflite(model, W, out, tr.units))
     meta = modelstore.ModelMeta(signal=signal, version=version, created_at=now.isoformat(), step_minutes=step,
                             window_steps=W, out_steps=out, timezone=settings.timezone,
-                            max_gap_steps=ms.max_gap_minutes // step, scaler=scaler)
+                            max_gap_steps=res.max_gap_steps, scaler=scaler)
     (vdir / modelstore.META_FILE).write_text(meta.to_json())
 
     # Parity and held-out predictions come from the exported model: what the forecaster serves.
@@ -291,24 +319,28 @@ def train_signal(settings: Settings, signal: str, ends: np.ndarray, values: np.n
         m["mae_current"], m["wape_current"] = features.mae(actual, cur_pred), features.wape(actual, cur_pred)
         wape_cur = m["wape_current"]
     promoted, reason = decide(m["wape_model"], m["wape_seasonal_naive"], wape_cur, tr.min_improvement,
-                              parity_ok, parity, tr.parity_tolerance)
-    if cur_note and cur is not None:
+                              parity_ok, parity, tr.parity_tolerance, m["wape_persistence"])
+    if cur_note and cur is not None and not modelstore.is_baseline(cur):
         reason += f" ({cur_note})"
+    served = version if promoted else serve_when_kept(m["wape_persistence"], m["wape_seasonal_naive"], cur, wape_cur)
+    if served is not None and not promoted:
+        reason += f"; serving {served}"
     m = {k: float(v) for k, v in m.items() if math.isfinite(v)}
     try:
         _report(vdir / modelstore.REPORT_FILE, signal, version, hist.history, ends, values, ite, pred, sn, out, step, m)
     except Exception:  # noqa: BLE001 - a plotting problem must not lose a trained model
         logger.exception("%s: report.png not written", signal)
-    info = {"current_before": cur, "data_start": _iso(ends[0]), "data_end": _iso(ends[-1]),
+    info = {"meter": meter, "current_before": cur, "data_start": _iso(ends[0]), "data_end": _iso(ends[-1]),
             "step_minutes": step, "window_steps": W, "out_steps": out, "units": tr.units}
     vm = modelstore.VersionMetrics(signal, version, now.isoformat(), promoted, reason, m, info)
     atomic_write(vdir / modelstore.METRICS_FILE, vm.to_json().encode())
-    if promoted:
-        modelstore.set_current(mdir, signal, version)
+    if served is not None and served != cur:
+        modelstore.set_current(mdir, signal, served)
     logger.info("%s: version %s %s: %s (model WAPE %.4f, persistence %.4f, seasonal naive %.4f) in %.1fs",
-                signal, version, "PROMOTED" if promoted else "kept, not promoted", reason, m.get("wape_model", float("nan")),
+                signal_log, version, "PROMOTED" if promoted else "kept, not promoted", reason, m.get("wape_model", float("nan")),
                 m.get("wape_persistence", float("nan")), m.get("wape_seasonal_naive", float("nan")), time.perf_counter() - t0)
-    return TrainResult(signal, version, now, promoted, reason, m, str(vdir))
+    return TrainResult(signal, version, now, promoted, reason, m, str(vdir), meter,
+                       modelstore.current_version(mdir, signal) or "")
 
 
 def _iso(epoch: int) -> str:
@@ -349,16 +381,35 @@ def _report(path: Path, signal: str, version: str, history: dict, ends: np.ndarr
 
 
 def train_all(settings: Settings, store: Store, end: datetime | None = None,
-              signals: Sequence[str] = SIGNALS) -> list[TrainResult]:
-    """Train, evaluate, export and (maybe) promote one model per signal. Raises NotEnoughData."""
-    series = load_series(store, settings, end)
+              signals: Sequence[str] = SIGNALS, meter: str | None = None) -> list[TrainResult]:
+    """Train, evaluate, export and (maybe) promote one model per signal of ``meter`` (the configured
+    one by default; signals it does not have are skipped). Raises NotEnoughData."""
+    meter = meter or settings.meter
+    series = load_series(store, settings, end, meter)
     results = []
     for s in signals:
+        if s not in series:
+            continue  # the meter does not have it: no model, no failure
         ends, values = series[s]
         try:
-            results.append(train_signal(settings, s, ends, values))
+            results.append(train_signal(settings, s, ends, values, meter=meter))
         except NotEnoughData as exc:
-            logger.warning("%s not trained: %s", s, exc)
+            logger.warning("%s/%s %s not trained: %s", settings.site, meter, s, exc)
     if not results:
-        raise NotEnoughData("no signal had enough data to train (see the log)")
+        raise NotEnoughData(f"{settings.site}/{meter}: no signal had enough data to train (see the log)")
+    return results
+
+
+def train_meters(settings: Settings, store: Store, jobs: dict[str, Sequence[str]],
+                 end: datetime | None = None) -> list[TrainResult]:
+    """One train job per meter and signal; a meter without enough data is logged and skipped.
+    Raises NotEnoughData when no meter trained anything."""
+    results: list[TrainResult] = []
+    for meter, signals in jobs.items():
+        try:
+            results.extend(train_all(settings, store, end, signals, meter))
+        except NotEnoughData as exc:
+            logger.warning("not trained: %s", exc)
+    if not results:
+        raise NotEnoughData(f"no meter of {', '.join(jobs)} had enough data to train (see the log)")
     return results

@@ -34,6 +34,7 @@ from shared.settings.limits import RangeLimits
 from shared.settings.meters import SIGNALS, MeterSettings
 from shared.settings.modelstore import ModelStoreSettings
 from shared.settings.mqtt import MqttSettings
+from shared.settings.notifier import NotifierSettings
 from shared.settings.root import CONFIG_ENV, ConfigFileError, Settings, format_errors, load_settings, read_config_file
 from shared.settings.store import InfluxSettings, SqliteSettings, StoreSettings
 from shared.settings.trainer import TrainerSettings
@@ -57,6 +58,7 @@ __all__ = [
     "ModbusSettings",
     "ModelStoreSettings",
     "MqttSettings",
+    "NotifierSettings",
     "RangeLimits",
     "RegisterSpec",
     "ReplaySettings",

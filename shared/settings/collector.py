@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from shared.messages import Ident
 from shared.settings.base import Section
 
 
@@ -38,14 +40,22 @@ class FrameFormat(Section):
     regex: str | None = Field(default=None, description="Regular expression with named groups (e.g. '^F=(?P<flow>[-0-9.]+);P=(?P<pres>[-0-9.]+)$'); regex frames only.")
     encoding: str = Field(default="ascii", description="Text encoding of a frame; bytes that do not decode reject the frame.")
     strip: str = Field(default="\r\n \x02\x03", description="Characters stripped from both ends of a frame (line end, STX/ETX).")
-    flow_rate: FrameField = Field(default_factory=lambda: FrameField(index=0), description="Where the flow rate is and how it is scaled to m³/h.")
-    pressure: FrameField = Field(default_factory=lambda: FrameField(index=1), description="Where the pressure is and how it is scaled to bar.")
+    flow_rate: FrameField | None = Field(
+        default_factory=lambda: FrameField(index=0), description="Where the flow rate is and how it is scaled to m³/h; null: the frame has none."
+    )
+    pressure: FrameField | None = Field(
+        default_factory=lambda: FrameField(index=1),
+        description="Where the pressure is and how it is scaled to bar; null: the frame has none (a flow-only meter).",
+    )
     checksum: ChecksumSettings = Field(default_factory=ChecksumSettings, description="Optional checksum at the end of the frame.")
     terminator: str = Field(default="\n", min_length=1, description="End of a frame (line end); '\\r\\n' frames end with '\\n' too.")
     max_bytes: int = Field(default=512, ge=8, le=65536, description="Longer lines are rejected as frames (a garbled line that never ends).")
 
     @model_validator(mode="after")
     def _consistent(self) -> FrameFormat:
+        names = [name for name in ("flow_rate", "pressure") if getattr(self, name) is not None]
+        if not names:
+            raise ValueError("frame.flow_rate and frame.pressure are both null; a frame needs at least one value")
         if self.kind == "regex":
             if not self.regex:
                 raise ValueError("frame.kind is 'regex' but frame.regex is not set; give a pattern with named groups")
@@ -53,14 +63,14 @@ class FrameFormat(Section):
                 pattern = re.compile(self.regex)
             except re.error as exc:
                 raise ValueError(f"frame.regex does not compile: {exc}") from None
-            for name in ("flow_rate", "pressure"):
+            for name in names:
                 group = getattr(self, name).group
                 if not group:
                     raise ValueError(f"frame.{name}.group is required with a regex frame")
                 if group not in pattern.groupindex:
                     raise ValueError(f"frame.{name}.group {group!r} is not a named group of frame.regex")
         else:
-            for name in ("flow_rate", "pressure"):
+            for name in names:
                 if getattr(self, name).index is None:
                     raise ValueError(f"frame.{name}.index is required with a delimited frame")
         return self
@@ -83,7 +93,10 @@ class SerialSettings(Section):
 class RegisterSpec(Section):
     """One value in the meter's Modbus register map."""
 
-    name: Literal["flow_rate", "pressure"] = Field(description="Which signal this register holds.")
+    name: Ident = Field(
+        description="What the register holds: flow_rate or pressure (the meter's signals), or any other name "
+        "(totalizer, battery, temperature, status, ...): an extra value, published and stored with the reading."
+    )
     address: int = Field(ge=0, le=65535, description="Zero-based register address (protocol address, not the 3xxxx/4xxxx label).")
     function: Literal[3, 4] = Field(default=3, description="3 = read holding registers, 4 = read input registers.")
     data_type: Literal["int16", "uint16", "int32", "uint32", "float32"] = Field(default="float32", description="Register data type.")
@@ -91,6 +104,14 @@ class RegisterSpec(Section):
     word_order: Literal["big", "little"] = Field(default="big", description="Order of the two registers of a 32-bit value (big = high word first, 'ABCD'; little = 'CDAB').")
     scale: float = Field(default=1.0, description="Canonical value = raw * scale + offset (m³/h or bar).")
     offset: float = Field(default=0.0, description="Added after scaling.")
+    scale_register: Ident | None = Field(
+        default=None,
+        description="Name of another register of the map holding a power-of-ten scale factor (SunSpec style, "
+        "an int16 such as -2): value = raw * scale * 10^factor + offset. A register used as a factor is not published itself.",
+    )
+
+
+MAX_REGISTERS = 32  # values in one map: the signals, the extra values (shared.messages.MAX_EXTRA) and their factors
 
 
 class ModbusSettings(Section):
@@ -109,17 +130,32 @@ class ModbusSettings(Section):
             RegisterSpec(name="flow_rate", address=0, function=4, data_type="float32"),
             RegisterSpec(name="pressure", address=2, function=4, data_type="float32"),
         ],
-        description="The register map: one entry for flow_rate and one for pressure (see docs/meters.md).",
+        max_length=MAX_REGISTERS,
+        description="The register map: one entry for each signal of the meter (flow_rate, pressure), plus any extra "
+        "values and scale-factor registers (see docs/meters.md).",
     )
 
     @field_validator("registers")
     @classmethod
-    def _both_signals(cls, v: list[RegisterSpec]) -> list[RegisterSpec]:
+    def _names(cls, v: list[RegisterSpec]) -> list[RegisterSpec]:
         names = [r.name for r in v]
-        for name in ("flow_rate", "pressure"):
-            if names.count(name) != 1:
-                raise ValueError(f"the register map needs exactly one entry named {name!r} (has {names.count(name)})")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"the register map names {twice[0]!r} twice; every register needs its own name")
+        by_name = {r.name: r for r in v}
+        for r in v:
+            if r.scale_register is None:
+                continue
+            factor = by_name.get(r.scale_register)
+            if factor is None or factor is r:
+                raise ValueError(f"register {r.name!r}: scale_register {r.scale_register!r} is not another register of the map")
+            if factor.data_type == "float32" or factor.scale_register is not None:
+                raise ValueError(f"register {r.name!r}: its scale_register {factor.name!r} must be a plain integer register (int16, uint16, int32, uint32)")
         return v
+
+    def factor_names(self) -> set[str]:
+        """Registers read as another's scale factor (not published themselves)."""
+        return {r.scale_register for r in self.registers if r.scale_register}
 
 
 class SimEvent(Section):
@@ -156,9 +192,9 @@ class ReplaySettings(Section):
 
 class CollectorSettings(Section):
     source: Literal["simulator", "serial", "modbus-rtu", "modbus-tcp", "replay"] = Field(
-        default="simulator", description="Where readings come from; the simulator when no meter is attached."
+        default="simulator", description="Where readings come from (of each meter without a source of its own); the simulator when no meter is attached."
     )
-    interval_s: int = Field(default=60, ge=1, le=3600, description="Seconds between readings (event time).")
+    interval_s: int = Field(default=60, ge=1, le=3600, description="Seconds between readings (event time) of each meter without an interval_s of its own.")
     speed: float = Field(
         default=1.0, ge=0, description="Event time runs this many times faster than wall time (simulator, replay); 0 = as fast as possible."
     )
@@ -168,8 +204,8 @@ class CollectorSettings(Section):
     reopen_max_s: float = Field(default=60.0, gt=0, description="Longest delay between reopen attempts (backoff cap).")
     unhealthy_after_intervals: float = Field(
         default=3.0, ge=2,
-        description="The collector is unhealthy when no reading has come from its meter for longer than this many "
-        "interval_s (wall clock; a meter that does not answer, a port that cannot be opened). Not after a replay ended.",
+        description="The collector is unhealthy when no reading has come from one of its meters for longer than this many "
+        "of the meter's intervals (wall clock; a meter that does not answer, a port that cannot be opened). Not after a replay ended.",
     )
     serial: SerialSettings = Field(default_factory=SerialSettings, description="Line-protocol meter on a serial port (source: serial).")
     modbus: ModbusSettings = Field(default_factory=ModbusSettings, description="Modbus meter (source: modbus-rtu or modbus-tcp).")
@@ -177,15 +213,56 @@ class CollectorSettings(Section):
     replay: ReplaySettings = Field(default_factory=ReplaySettings, description="CSV replay (source: replay).")
 
     @model_validator(mode="after")
-    def _source_needs(self) -> CollectorSettings:
-        if self.source == "serial" and not self.serial.port:
-            raise ValueError("collector.source is 'serial' but collector.serial.port is not set (e.g. /dev/ttyUSB0)")
-        if self.source == "modbus-rtu" and not self.modbus.port:
-            raise ValueError("collector.source is 'modbus-rtu' but collector.modbus.port is not set (e.g. /dev/ttyUSB0)")
-        if self.source == "modbus-tcp" and not self.modbus.host:
-            raise ValueError("collector.source is 'modbus-tcp' but collector.modbus.host is not set (the meter's IP address)")
-        if self.source == "replay" and self.replay.file is None:
-            raise ValueError("collector.source is 'replay' but collector.replay.file is not set (a timestamp,flow_rate,pressure CSV)")
+    def _reopen(self) -> CollectorSettings:
         if self.reopen_min_s > self.reopen_max_s:
             raise ValueError("collector.reopen_min_s must not exceed collector.reopen_max_s")
         return self
+
+
+SourceKind = Literal["simulator", "serial", "modbus-rtu", "modbus-tcp", "replay"]
+SECTION_OF: dict[str, str] = {"simulator": "simulator", "serial": "serial", "modbus-rtu": "modbus", "modbus-tcp": "modbus", "replay": "replay"}
+_NEEDS: dict[str, tuple[str, str, str]] = {  # source -> (section, key, example)
+    "serial": ("serial", "port", "e.g. /dev/ttyUSB0"),
+    "modbus-rtu": ("modbus", "port", "e.g. /dev/ttyUSB0"),
+    "modbus-tcp": ("modbus", "host", "the meter's IP address"),
+    "replay": ("replay", "file", "a timestamp,flow_rate,pressure CSV"),
+}
+
+
+@dataclass(frozen=True)
+class MeterSource:
+    """Where one meter is read: the source kind and its section (collector's, with the meter's keys merged over it)."""
+
+    kind: SourceKind
+    cfg: SerialSettings | ModbusSettings | SimulatorSettings | ReplaySettings
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def meter_source(c: CollectorSettings, kind: SourceKind, overrides: dict[str, Any] | None, where: str, index: int = 0) -> MeterSource:
+    """The source of one meter: ``collector.<section>`` with ``overrides`` merged over it, validated.
+
+    ``where`` names the meter in errors (e.g. ``meters[1] (outlet)``); ``index`` is its position, which
+    gives each simulated meter its own seed unless it sets one."""
+    name = SECTION_OF[kind]
+    section: Section = getattr(c, name)
+    over = dict(overrides or {})
+    if kind == "simulator" and index and "seed" not in over:
+        over["seed"] = c.simulator.seed + index
+    try:
+        cfg = type(section).model_validate(_merge(section.model_dump(), over)) if over else section
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(section)'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{where}: its {name} keys merged over collector.{name} are not valid: {problems}") from None
+    need = _NEEDS.get(kind)
+    if need is not None and not getattr(cfg, need[1]):
+        sec, key, example = need
+        if overrides is None and where == "collector":
+            raise ValueError(f"collector.source is {kind!r} but collector.{sec}.{key} is not set ({example})")
+        raise ValueError(f"{where}: source {kind!r} needs {sec}.{key}: set it in the meter's {sec} keys or in collector.{sec}.{key} ({example})")
+    return MeterSource(kind, cfg)

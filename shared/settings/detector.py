@@ -92,6 +92,9 @@ class DetectorSettings(Section):
     night_single_z: float = Field(
         default=3.5, gt=0, description="One night this many sigmas above the baseline raises 'night_flow' at once (a medium or large leak)."
     )
+    night_critical_pct: float = Field(
+        default=25.0, gt=0, description="A 'night_flow' whose excess is at least this % of the baseline night flow is critical (a large leak); smaller ones are warnings."
+    )
     # burst
     burst_baseline_minutes: float = Field(
         default=5, gt=0, description="Burst baseline = median of this many minutes before the level (the median of the last 3 readings); short, so a demand ramp is not a step."
@@ -103,6 +106,25 @@ class DetectorSettings(Section):
     burst_flow_jump_abs: float = Field(default=1.0, ge=0, description="...and by at least this much (m³/h).")
     burst_pressure_drop: float = Field(
         default=0.05, gt=0, description="A pressure step: the level falls below the baseline by this much (bar); the meter's noise is ~0.01."
+    )
+    # alarm budget and calibrated steps (burst, pressure_drop)
+    alarm_budget_per_30d: float = Field(
+        default=1.0, gt=0, le=100,
+        description="Tolerable false alarms per 30 days per meter: the calibrated rules (burst, pressure_drop) set their thresholds from the meter's own history so ordinary data would have raised at most this many (shared between them).",
+    )
+    calibration_min_days: float = Field(
+        default=7, gt=0,
+        description="Days of history needed before the step thresholds are calibrated (until then the fixed burst_* / pressure_drop_* defaults apply, and alerts say so).",
+    )
+    pressure_drop_bar: float = Field(
+        default=0.3, gt=0,
+        description="pressure_drop: a fall of the pressure level below its recent baseline by at least this much (bar); calibrated thresholds never go below it.",
+    )
+    pressure_drop_baseline_minutes: float = Field(
+        default=10, gt=0, description="pressure_drop: the baseline is the median pressure of this many minutes before the level (short: supply-side events are abrupt, and a demand ramp moves both)."
+    )
+    pressure_drop_critical_bar: float = Field(
+        default=1.0, gt=0, description="A pressure_drop at least this large (bar), or one ending under pressure_loss_bar, is critical; smaller ones are warnings."
     )
     # forecast deviation
     forecast_tolerance_pct: float = Field(default=30.0, gt=0, description="Readings further than this % from the forecast deviate...")

@@ -19,3 +19,8 @@ class ForecasterSettings(Section):
         default=60, ge=1, le=7 * 24 * 60, description="How far ahead to forecast (up to 7 days); a multiple of models.step_minutes."
     )
     threads: int = Field(default=1, ge=1, le=64, description="CPU threads of the LiteRT interpreter.")
+    max_loaded_models: int = Field(
+        default=64, ge=1, le=100_000,
+        description="Most model versions kept loaded (a LiteRT interpreter each; least recently used out, loaded again when "
+        "needed): bounds the forecaster's memory with many meters.",
+    )

@@ -8,7 +8,7 @@ signals at ``collector.interval_s``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -33,6 +33,22 @@ class MeterSettings(Section):
     )
     source: Literal["simulator", "serial", "modbus-rtu", "modbus-tcp", "replay"] | None = Field(
         default=None, description="Where this meter is read; collector.source when unset."
+    )
+    serial: dict[str, Any] | None = Field(
+        default=None, description="Keys of collector.serial that differ for this meter (e.g. {port: /dev/ttyUSB1}), merged over it."
+    )
+    modbus: dict[str, Any] | None = Field(
+        default=None,
+        description="Keys of collector.modbus that differ for this meter, merged over it: {unit_id: 2} for a second meter "
+        "on the same RS485 bus (one port, polled in turn), {host: 10.0.0.7} for another Modbus TCP meter.",
+    )
+    simulator: dict[str, Any] | None = Field(
+        default=None,
+        description="Keys of collector.simulator that differ for this meter (e.g. {seed: 7, mean_flow: 40}); without a "
+        "seed, the n-th meter (from 0) of the list gets collector.simulator.seed + n.",
+    )
+    replay: dict[str, Any] | None = Field(
+        default=None, description="Keys of collector.replay that differ for this meter (e.g. {file: inlet.csv})."
     )
 
     @field_validator("signals")

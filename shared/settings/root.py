@@ -8,14 +8,14 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from shared.messages import Ident
 from shared.settings.base import ENV_PREFIX
 from shared.settings.broker import BrokerSettings
 from shared.settings.central import CentralSettings
-from shared.settings.collector import CollectorSettings
+from shared.settings.collector import SECTION_OF, CollectorSettings, MeterSource, meter_source
 from shared.settings.detector import DetectorSettings
 from shared.settings.exporter import ExporterSettings
 from shared.settings.forecaster import ForecasterSettings
@@ -23,6 +23,7 @@ from shared.settings.limits import RangeLimits
 from shared.settings.meters import MeterSettings
 from shared.settings.modelstore import ModelStoreSettings
 from shared.settings.mqtt import MqttSettings
+from shared.settings.notifier import NotifierSettings
 from shared.settings.store import StoreSettings
 from shared.settings.trainer import TrainerSettings
 from shared.topics import LEVEL_MAX_LENGTH
@@ -35,7 +36,8 @@ class Settings(BaseSettings):
     """Top-level flowwatch configuration."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True,
+        env_ignore_empty=True,  # FLOWWATCH_X= (compose's ${VAR:-} when .env leaves it out) means unset
     )
 
     site: Ident = Field(default="site1", description=f"Site id of this installation: {_IDENT}.")
@@ -59,11 +61,14 @@ class Settings(BaseSettings):
     forecaster: ForecasterSettings = Field(default_factory=ForecasterSettings, description="Forecaster service.")
     exporter: ExporterSettings = Field(default_factory=ExporterSettings, description="Exporter service.")
     trainer: TrainerSettings = Field(default_factory=TrainerSettings, description="Trainer service.")
+    notifier: NotifierSettings = Field(default_factory=NotifierSettings, description="Notifier service: alerts to people.")
     models: ModelStoreSettings = Field(
         default_factory=ModelStoreSettings, description="Model store: written by the trainer, served by the forecaster."
     )
     broker: BrokerSettings = Field(default_factory=BrokerSettings, description="The box's broker under `flowwatch up`: TLS listener.")
     central: CentralSettings = Field(default_factory=CentralSettings, description="Bridge to the central broker (off by default).")
+
+    _sources: dict[str, MeterSource] = PrivateAttr(default_factory=dict)
 
     @field_validator("timezone")
     @classmethod
@@ -85,6 +90,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _meter_list(self) -> Settings:
+        listed = bool(self.meters)  # errors name meters[i] when the meters are listed, collector.* otherwise
         if not self.meters:
             self.__dict__["meters"] = [MeterSettings(id=self.meter)]
         ids = [m.id for m in self.meters]
@@ -94,7 +100,33 @@ class Settings(BaseSettings):
         if len(ids) > self.limits.max_meters_per_site:
             raise ValueError(f"meters: {len(ids)} meters exceed limits.max_meters_per_site ({self.limits.max_meters_per_site})")
         self.__dict__["meter"] = ids[0]
+        sources: dict[str, MeterSource] = {}
+        for i, m in enumerate(self.meters):
+            kind = m.source or self.collector.source
+            where = f"meters[{i}] ({m.id})" if listed else "collector"
+            src = meter_source(self.collector, kind, getattr(m, SECTION_OF[kind]), where, i)
+            if kind.startswith("modbus"):
+                have = {r.name for r in src.cfg.registers}
+                missing = [sig for sig in m.signals if sig not in have]
+                if missing:
+                    raise ValueError(
+                        f"{where}: signal {missing[0]!r} has no register in the Modbus map (modbus.registers); "
+                        f"add one named {missing[0]!r}" + (f" or drop it from meters[{i}].signals" if listed else " or list the meter under meters with its signals")
+                    )
+            if kind == "serial":
+                missing = [sig for sig in m.signals if getattr(src.cfg.frame, sig) is None]
+                if missing:
+                    raise ValueError(f"{where}: signal {missing[0]!r} has no field in the serial frame (serial.frame.{missing[0]} is null)")
+            sources[m.id] = src
+        _check_shared_ports(sources)
+        self._sources = sources
         return self
+
+    def meter_source(self, meter: str) -> MeterSource:
+        """Where the collector reads a meter: its source kind and section (collector's, with the
+        meter's own keys merged over it)."""
+        src = self._sources.get(meter)
+        return src if src is not None else meter_source(self.collector, self.collector.source, None, "collector")
 
     def meter_spec(self, meter: str) -> MeterSettings:
         """The configuration of one meter: its entry in `meters`, or the defaults for a meter not
@@ -135,6 +167,26 @@ class Settings(BaseSettings):
     def masked(self) -> dict[str, Any]:
         """The effective config as plain data, secrets shown as '**********'."""
         return self.model_dump(mode="json")  # SecretStr dumps masked in json mode
+
+
+def _check_shared_ports(sources: dict[str, MeterSource]) -> None:
+    """Meters may share a serial port only as Modbus RTU units with unit ids of their own (one RS485
+    bus, polled in turn), and a Modbus TCP address only with unit ids of their own (a gateway)."""
+    ports: dict[str, tuple[str, str]] = {}  # port -> (kind, first meter)
+    units: dict[tuple, str] = {}
+    for meter, src in sources.items():
+        cfg = src.cfg
+        if src.kind in ("serial", "modbus-rtu"):
+            first = ports.setdefault(cfg.port, (src.kind, meter))
+            if first[1] != meter and (src.kind == "serial" or first[0] == "serial"):
+                raise ValueError(f"meters {first[1]!r} and {meter!r} both use serial port {cfg.port}; only Modbus RTU "
+                                 "meters (each with its own modbus.unit_id) can share a port")
+        if src.kind.startswith("modbus"):
+            key = (cfg.port,) if src.kind == "modbus-rtu" else (cfg.host, cfg.tcp_port)
+            other = units.setdefault((*key, cfg.unit_id), meter)
+            if other != meter:
+                raise ValueError(f"meters {other!r} and {meter!r} are both unit {cfg.unit_id} at {':'.join(map(str, key))}; "
+                                 "give each its own modbus.unit_id")
 
 
 class ConfigFileError(ValueError):

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
-from shared.messages import Anomaly, Forecast, Reading, Thresholds
+from shared.messages import AlertAction, Anomaly, Forecast, Reading, Thresholds
 
 if TYPE_CHECKING:  # pandas is imported only where a frame is built: services that never ask for
     import numpy as np  # one (collector, detector, exporter) stay small in memory
@@ -189,6 +189,20 @@ def empty_readings() -> pd.DataFrame:
     return df
 
 
+def extra_frame(rows: Iterable[tuple[int, str, float]]) -> pd.DataFrame:
+    """A meter's extra values as a frame: UTC index ``ts``, one float column per name (NaN where a
+    reading lacks that value), from ``(epoch seconds, name, value)`` rows."""
+    import pandas as pd
+
+    rows = list(rows)
+    if not rows:
+        return pd.DataFrame(index=utc_index([]))
+    df = pd.DataFrame(rows, columns=["ts", "name", "value"]).pivot_table(index="ts", columns="name", values="value", aggfunc="last")
+    df.columns.name = None
+    df.index = utc_index(df.index.to_numpy())
+    return df.astype("float64")
+
+
 def readings_frame(ts: Sequence[int], seq, flow, pressure, quality, source) -> pd.DataFrame:
     import pandas as pd
 
@@ -274,6 +288,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def write_night_flow(self, items: Sequence[NightFlow]) -> int: ...
 
+    # --- alerts to people (the notifier, ``flowwatch alerts``): additive, read by Grafana too ---
+    @abc.abstractmethod
+    def write_alert_actions(self, actions: Sequence[AlertAction]) -> int:
+        """Store acknowledgements and silences (identity: the action's id; a rewrite overwrites itself)."""
+
+    @abc.abstractmethod
+    def read_alert_actions(self, since: datetime) -> list[AlertAction]:
+        """Actions taken at or after ``since`` (whole seconds), oldest first by their full ``ts``."""
+
+    @abc.abstractmethod
+    def write_service_status(self, items: Sequence[tuple[str, bool, datetime]]) -> int:
+        """(service, online, wall-clock time) points: the "service offline" alert rule reads them."""
+
     # --- reads: each adapter returns plain rows; frames and models are built here, once ---
     @abc.abstractmethod
     def _reading_rows(self, site: str, meter: str, start: datetime, end: datetime) -> list[tuple]:
@@ -293,6 +320,10 @@ class Store(abc.ABC):
         if not rows:
             return empty_readings()
         return readings_frame(*zip(*rows, strict=True))
+
+    def read_extra(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame:
+        """The extra values (``Reading.extra``) of readings with ts in [start, end): see :func:`extra_frame`."""
+        raise NotImplementedError(f"{type(self).__name__} does not store extra values")
 
     def read_reading_records(self, site: str, meter: str, start: datetime, end: datetime) -> list[Reading]:
         """The same readings as models, without pandas (for services back-filling their windows)."""

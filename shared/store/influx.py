@@ -9,12 +9,14 @@ Series layout (identity = measurement + tags + time, so a rewrite overwrites its
 
 | measurement | tags                         | time        | fields                                        |
 |-------------|------------------------------|-------------|-----------------------------------------------|
-| readings    | site, meter                  | ts          | flow_rate, pressure, seq, quality, source     |
+| readings    | site, meter                  | ts          | flow_rate, pressure, seq, quality, source, extra_<name> (Reading.extra) |
 | reading_conflicts | site, meter, variant   | ts          | flow_rate, pressure, quality, seq, source, stored_flow_rate, stored_pressure, stored_quality, seen_at |
 | anomalies   | site, meter, kind, signal    | start       | severity, state, end, ts, value, threshold, message |
 | forecasts   | site, meter, signal, lead    | target_time | value, model, issued_at   (lead = minutes)   |
 | thresholds  | site, meter, signal          | computed_at | method, payload (JSON)                        |
 | night_flow  | site, meter                  | night start | value, day                                    |
+| alert_actions | action, id                 | ts          | payload (JSON AlertAction), alert_id, site, meter, kind, until, by |
+| service_status | service                   | ts          | online (1/0)                                  |
 
 A point written again overwrites the stored one, so readings are never written blind: each batch
 first reads its time range back (one InfluxQL query per meter and batch), writes only the new
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
 
 import requests
 
-from shared.messages import Anomaly, Forecast, Reading, Thresholds
+from shared.messages import AlertAction, Anomaly, Forecast, Reading, Thresholds
 from shared.settings import InfluxSettings
 from shared.store.base import (
     NightFlow,
@@ -60,6 +62,7 @@ from shared.store.base import (
     WriteResult,
     conflict_variant,
     epoch,
+    extra_frame,
     from_epoch,
     reading_values,
     thresholds_from_payload,
@@ -76,6 +79,9 @@ def _tag(v: str) -> str:
 
 def _str_field(v: str) -> str:
     return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+EXTRA_PREFIX = "extra_"  # field name prefix of a reading's extra values (Reading.extra)
 
 
 def _fields(pairs: Iterable[tuple[str, object]]) -> str:
@@ -248,7 +254,10 @@ class InfluxStore(Store):
 
     # --- writes ---------------------------------------------------------------------------------
     def _reading_line(self, r: Reading) -> str:
-        fields = _fields([("flow_rate", r.flow_rate), ("pressure", r.pressure), ("seq", r.seq), ("quality", ",".join(r.quality)), ("source", r.source)])
+        pairs = [("flow_rate", r.flow_rate), ("pressure", r.pressure), ("seq", r.seq), ("quality", ",".join(r.quality)), ("source", r.source)]
+        if r.extra:  # extra values as float fields extra_<name> (names are topic levels: nothing to escape)
+            pairs += [(f"{EXTRA_PREFIX}{k}", float(v)) for k, v in r.extra.items()]
+        fields = _fields(pairs)
         return f"readings,meter={_tag(r.meter)},site={_tag(r.site)} {fields} {epoch(r.ts)}"
 
     def _stored_values(self, site: str, meter: str, lo: int, hi: int) -> dict[int, tuple]:
@@ -376,6 +385,24 @@ class InfluxStore(Store):
             for n in items
         ])
 
+    def write_alert_actions(self, actions: Sequence[AlertAction]) -> int:
+        lines = []
+        for a in actions:
+            fields = _fields([
+                ("payload", a.model_dump_json()), ("alert_id", a.alert_id), ("site", a.site), ("meter", a.meter),
+                ("kind", a.kind), ("until", epoch(a.until) if a.until else None), ("by", a.by),
+            ])
+            lines.append(f"alert_actions,action={_tag(a.action)},id={_tag(a.id)} {fields} {epoch(a.ts)}")
+        return self._write_lines(lines)
+
+    def read_alert_actions(self, since: datetime) -> list[AlertAction]:
+        series = self._select(f"SELECT payload FROM alert_actions WHERE time >= {_ql_time(since)}")
+        out = [AlertAction.model_validate_json(p) for _ts, p in self._rows(series, ["time", "payload"])]
+        return sorted(out, key=lambda a: (a.ts, a.id))
+
+    def write_service_status(self, items: Sequence[tuple[str, bool, datetime]]) -> int:
+        return self._write_lines([f"service_status,service={_tag(name)} online={int(online)}i {epoch(ts)}" for name, online, ts in items])
+
     # --- reads ----------------------------------------------------------------------------------
     def _where(self, site: str, meter: str, start: datetime | None = None, end: datetime | None = None) -> str:
         w = f"site = {_ql(site)} AND meter = {_ql(meter)}"
@@ -392,6 +419,16 @@ class InfluxStore(Store):
             idx = [s["columns"].index(c) if c in s["columns"] else None for c in columns]
             rows.extend([[v[i] if i is not None else None for i in idx] for v in s["values"]])
         return rows
+
+    def read_extra(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame:
+        series = self._select(f"SELECT /^{EXTRA_PREFIX}/ FROM readings WHERE {self._where(site, meter, start, end)}")
+        rows = []
+        for s in series:
+            cols = s["columns"]
+            for v in s["values"]:
+                t = int(v[0])  # epoch seconds (_select asks for them)
+                rows += [(t, c[len(EXTRA_PREFIX):], float(x)) for c, x in zip(cols[1:], v[1:], strict=True) if x is not None]
+        return extra_frame(rows)
 
     def _reading_rows(self, site: str, meter: str, start: datetime, end: datetime) -> list[tuple]:
         series = self._select(f"SELECT flow_rate, pressure, seq, quality, source FROM readings WHERE {self._where(site, meter, start, end)}")

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 
 from shared.fileio import restrict_db_file
-from shared.messages import Anomaly, Forecast, Reading, Thresholds
+from shared.messages import AlertAction, Anomaly, Forecast, Reading, Thresholds
 from shared.settings import SqliteSettings
 from shared.store.base import (
     NightFlow,
@@ -41,6 +41,7 @@ from shared.store.base import (
     anomaly_row,
     conflict_variant,
     epoch,
+    extra_frame,
     forecast_rows,
     from_epoch,
     reading_rows,
@@ -62,6 +63,11 @@ CREATE TABLE IF NOT EXISTS readings (
     mid INTEGER NOT NULL REFERENCES meters (id), ts INTEGER NOT NULL,
     seq INTEGER, flow_rate REAL, pressure REAL, quality TEXT NOT NULL DEFAULT '', source TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (mid, ts)
+) WITHOUT ROWID;
+-- a reading's extra values (Reading.extra: totalizer, battery, temperature, status...), one row per name
+CREATE TABLE IF NOT EXISTS readings_extra (
+    mid INTEGER NOT NULL REFERENCES meters (id), ts INTEGER NOT NULL, name TEXT NOT NULL, value REAL NOT NULL,
+    PRIMARY KEY (mid, ts, name)
 ) WITHOUT ROWID;
 CREATE VIEW IF NOT EXISTS readings_v AS
     SELECT m.site, m.meter, r.ts, r.seq, r.flow_rate, r.pressure, r.quality, r.source
@@ -94,6 +100,14 @@ CREATE TABLE IF NOT EXISTS reading_conflicts (
     flow_rate REAL, pressure REAL, quality TEXT NOT NULL, seq INTEGER, source TEXT NOT NULL,
     stored_flow_rate REAL, stored_pressure REAL, stored_quality TEXT NOT NULL, seen_at INTEGER NOT NULL,
     PRIMARY KEY (site, meter, ts, variant)
+) WITHOUT ROWID;
+-- acknowledgements and silences (shared.messages.AlertAction), and the services' online state
+CREATE TABLE IF NOT EXISTS alert_actions (
+    id TEXT PRIMARY KEY, action TEXT NOT NULL, ts INTEGER NOT NULL, payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alert_actions_ts ON alert_actions (ts);
+CREATE TABLE IF NOT EXISTS service_status (
+    service TEXT NOT NULL, ts INTEGER NOT NULL, online INTEGER NOT NULL, PRIMARY KEY (service, ts)
 ) WITHOUT ROWID;
 """
 
@@ -277,7 +291,18 @@ class SqliteStore(Store):
 
     def write_readings(self, readings: Sequence[Reading]) -> WriteResult:
         rows = [(self._mid(site, meter), *rest) for site, meter, *rest in reading_rows(readings)]
-        return self._write_readings(rows, "write readings")
+        result = self._write_readings(rows, "write readings")
+        extra = [(self._mid(r.site, r.meter), epoch(r.ts), k, v) for r in readings if r.extra for k, v in r.extra.items()]
+        if extra:  # a stored value is kept, like the reading it belongs to
+            self._write("INSERT OR IGNORE INTO readings_extra (mid, ts, name, value) VALUES (?, ?, ?, ?)", extra, "write extra values")
+        return result
+
+    def read_extra(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame:
+        mid = self._mid(site, meter, create=False)
+        if mid is None:
+            return extra_frame([])
+        return extra_frame(self._query(
+            "SELECT ts, name, value FROM readings_extra WHERE mid = ? AND ts >= ? AND ts < ? ORDER BY ts", (mid, epoch(start), epoch(end))))
 
     def write_reading_frame(self, site: str, meter: str, frame: pd.DataFrame) -> WriteResult:
         f = to_reading_frame(frame)
@@ -323,6 +348,22 @@ class SqliteStore(Store):
             "INSERT OR REPLACE INTO night_flow (site, meter, day, ts, value) VALUES (?, ?, ?, ?, ?)",
             [(n.site, n.meter, n.day.isoformat(), epoch(n.ts), n.value) for n in items],
             "write night flow",
+        )
+
+    def write_alert_actions(self, actions: Sequence[AlertAction]) -> int:
+        return self._write(
+            "INSERT OR REPLACE INTO alert_actions (id, action, ts, payload) VALUES (?, ?, ?, ?)",
+            [(a.id, a.action, epoch(a.ts), a.model_dump_json()) for a in actions], "write alert actions",
+        )
+
+    def read_alert_actions(self, since: datetime) -> list[AlertAction]:
+        rows = self._query("SELECT payload FROM alert_actions WHERE ts >= ? ORDER BY rowid", (epoch(since),))
+        return sorted((AlertAction.model_validate_json(p) for (p,) in rows), key=lambda a: a.ts)  # stable: written order within a time
+
+    def write_service_status(self, items: Sequence[tuple[str, bool, datetime]]) -> int:
+        return self._write(
+            "INSERT OR REPLACE INTO service_status (service, ts, online) VALUES (?, ?, ?)",
+            [(name, epoch(ts), int(online)) for name, online, ts in items], "write service status",
         )
 
     # --- reads ----------------------------------------------------------------------------------
@@ -397,6 +438,7 @@ class SqliteStore(Store):
         n = 0
         for (mid,) in self._query("SELECT id FROM meters", ()):  # each meter's range of the (mid, ts) key
             n += self._delete_batched("readings", "mid, ts", "mid = ? AND ts < ? ORDER BY ts", (mid, cut))
+            n += self._delete_batched("readings_extra", "mid, ts, name", "mid = ? AND ts < ? ORDER BY ts", (mid, cut))
         n += self._delete_batched("anomalies", "site, meter, kind, signal, start", "start < ?", (cut,))
         n += self._delete_batched("forecasts", "site, meter, signal, issued_at, target_time", "target_time < ?", (cut,))
         n += self._delete_batched("night_flow", "site, meter, day", "ts < ?", (cut,))

@@ -9,11 +9,15 @@ when a finite source (replay) is exhausted. Hardware libraries are imported wher
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 class SourceIOError(OSError):
@@ -33,6 +37,7 @@ class Sample:
     ts: datetime | None = None
     flags: tuple[str, ...] = ()
     raw: bytes = b""
+    extra: Mapping[str, float | None] | None = None  # other registers of the map, by name (Modbus)
 
 
 class Source(ABC):
@@ -55,22 +60,39 @@ class Source(ABC):
     def describe(self) -> str:
         return self.name
 
+    def group(self) -> object:
+        """Sources with the same group share one connection (Modbus meters on one RS485 port) and are
+        read in turn by one thread; by default each source is its own."""
+        return self
 
-def make_source(settings: Settings) -> Source:
-    """The source named by ``collector.source``."""
-    c = settings.collector
-    if c.source == "serial":
+
+def make_source(settings: Settings, meter: str | None = None, links: dict | None = None) -> Source:
+    """The source of ``meter`` (default: the first): ``collector.<section>`` with the meter's own keys
+    merged over it. Modbus meters on one serial port (RTU) or one host (TCP) share one client, kept
+    in ``links`` (pass one dict for all the meters of a collector)."""
+    src = settings.meter_source(meter or settings.meter)
+    kind, cfg = src.kind, src.cfg
+    if kind == "serial":
         from services.collector.sources.serial import SerialSource
 
-        return SerialSource(c.serial)
-    if c.source in ("modbus-rtu", "modbus-tcp"):
-        from services.collector.sources.modbus import ModbusSource
+        return SerialSource(cfg)
+    if kind in ("modbus-rtu", "modbus-tcp"):
+        from services.collector.sources.modbus import ModbusLink, ModbusSource
 
-        return ModbusSource(c.modbus, rtu=c.source == "modbus-rtu")
-    if c.source == "replay":
+        rtu = kind == "modbus-rtu"
+        links = {} if links is None else links
+        key = (kind, cfg.port if rtu else f"{cfg.host}:{cfg.tcp_port}")
+        link = links.get(key)
+        if link is None:
+            link = links[key] = ModbusLink(cfg, rtu=rtu)
+        elif rtu and link.line(cfg) != link.line(link.cfg):
+            logger.warning("meter %s: port %s is opened with the line settings of the first meter on it (%s), not %s",
+                           meter, cfg.port, link.line(link.cfg), link.line(cfg))
+        return ModbusSource(cfg, rtu=rtu, link=link)
+    if kind == "replay":
         from services.collector.sources.replay import ReplaySource
 
-        return ReplaySource(c.replay, settings.limits)
+        return ReplaySource(cfg, settings.limits)
     from services.collector.sources.simulator import SimulatorSource
 
-    return SimulatorSource(c.simulator, interval_s=c.interval_s, tz=settings.timezone)
+    return SimulatorSource(cfg, interval_s=settings.interval_of(meter or settings.meter), tz=settings.timezone)

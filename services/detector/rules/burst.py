@@ -1,10 +1,17 @@
 """burst: a flow step up together with a pressure step down, within ``burst_window_minutes`` (critical).
 
-A step compares the *level* (median of the last ``BURST_LEVEL_N`` readings: one noisy reading is not
-a step) with the *baseline* (median of the ``burst_baseline_minutes`` before them). The flow step is
-scaled by the mean flow of the last day, so a burst of a given size counts the same at the morning
-peak as at night; a slow diurnal ramp moves level and baseline together and is not a step. While a
-burst is open the baselines are frozen (the engine calls :meth:`BurstRule.opened` when it opens).
+A step compares the *level* (median of the last ``LEVEL_N`` readings: one noisy reading is not
+a step) with the *baseline* (median of the ``burst_baseline_minutes`` before them, at least 3
+readings). The flow step is scaled by the mean flow of the last day, so a burst of a given size
+counts the same at the morning peak as at night; a slow diurnal ramp moves level and baseline
+together and is not a step. While a burst is open the baselines are frozen (the engine calls
+:meth:`BurstRule.opened` when it opens).
+
+Thresholds: once the meter's history is calibrated (``rules/steps.py``), the flow step must pass
+the threshold of the local hour learned from the meter's own steps to the alarm budget, and the
+pressure step its own (a confirmation); until then the fixed ``burst_flow_jump_pct`` /
+``burst_pressure_drop`` apply. A meter without pressure decides on the flow step alone (before
+calibration, twice the fixed step).
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from services.detector.alerts import AlertState, Condition
 if TYPE_CHECKING:
     from shared.settings import DetectorSettings
 
-BURST_LEVEL_N = 3  # readings in the burst rule's "level" (median): one noisy reading is not a step
+from services.detector.rules.steps import LEVEL_N, StepCalibration, base_readings
+
+BURST_LEVEL_N = LEVEL_N
 
 
 class _DayMean:
@@ -60,13 +69,18 @@ class BurstRule:
     """One meter (both signals): the recent readings, the day's mean flow, when each step was last
     seen, and the baselines frozen while a burst is open."""
 
-    __slots__ = ("base_s", "cfg", "flow", "flow_mean", "frozen", "last_drop", "last_jump", "level_s", "pressure", "seen", "window_s")
+    __slots__ = ("cal", "cfg", "rise", "flow", "flow_mean", "frozen", "has_pressure", "keep_s", "last_drop", "last_jump", "pressure", "seen",
+                 "window_s")
 
     kind = "burst"
 
-    def __init__(self, cfg: DetectorSettings, interval_s: float) -> None:
+    def __init__(self, cfg: DetectorSettings, interval_s: float, has_pressure: bool = True) -> None:
         self.cfg = cfg
-        self.base_s, self.level_s = cfg.burst_baseline_minutes * 60, BURST_LEVEL_N * interval_s
+        self.has_pressure = has_pressure
+        self.cal: StepCalibration | None = None
+        self.rise = 0.0  # the last flow step as a share of its threshold (0 when unknown): does flow explain a pressure fall?
+        # level + baseline readings kept (a window in time: at least 3 baseline readings at any interval)
+        self.keep_s = (base_readings(cfg.burst_baseline_minutes * 60, interval_s) + LEVEL_N) * interval_s - interval_s / 2
         self.window_s = cfg.burst_window_minutes * 60
         self.flow: deque[tuple[float, float]] = deque()  # level + baseline readings (ts, value)
         self.pressure: deque[tuple[float, float]] = deque()
@@ -76,7 +90,7 @@ class BurstRule:
         self.frozen: tuple[float | None, float | None, float | None] = (None, None, None)
         self.seen: tuple[float | None, float | None, float | None] = (None, None, None)
 
-    def check(self, t: float, f: float | None, p: float | None, alert: AlertState | None) -> Condition | None:
+    def check(self, t: float, f: float | None, p: float | None, alert: AlertState | None, hour: int = 0) -> Condition | None:
         cfg = self.cfg
         fq, pq = self.flow, self.pressure
         if f is not None:
@@ -84,7 +98,7 @@ class BurstRule:
             self.flow_mean.add(t, f)
         if p is not None:
             pq.append((t, p))
-        horizon = t - self.base_s - self.level_s
+        horizon = t - self.keep_s
         while fq and fq[0][0] <= horizon:
             fq.popleft()
         while pq and pq[0][0] <= horizon:
@@ -96,15 +110,25 @@ class BurstRule:
             bf, bp, ref = self.frozen
         else:
             ref = self.flow_mean.value
-        jump_thr = None if bf is None or ref is None else bf + max(abs(ref) * cfg.burst_flow_jump_pct / 100.0, cfg.burst_flow_jump_abs)
+        cal = self.cal
+        rel = cal.flow_rel[hour] if cal is not None else None
+        pdrop = cal.burst_pressure[hour] if cal is not None else None
+        if rel is None:  # not calibrated (yet): the fixed step, twice it on flow alone
+            rel = cfg.burst_flow_jump_pct / 100.0 * (1 if self.has_pressure else 2)
+        if pdrop is None:
+            pdrop = cfg.burst_pressure_drop
+        jump_thr = None if bf is None or ref is None else bf + max(abs(ref) * rel, cfg.burst_flow_jump_abs)
         jump = lf is not None and jump_thr is not None and lf > jump_thr
-        drop = lp is not None and bp is not None and bp - lp > cfg.burst_pressure_drop
+        self.rise = 0.0 if jump_thr is None or lf is None or bf is None or jump_thr <= bf else (lf - bf) / (jump_thr - bf)
+        drop = lp is not None and bp is not None and bp - lp > pdrop
         if jump:
             self.last_jump = t
         if drop:
             self.last_drop = t
         if is_open:
             active = jump or drop
+        elif not self.has_pressure:
+            active = jump
         else:
             w = self.window_s
             active = (jump and self.last_drop is not None and t - self.last_drop <= w) or (
@@ -113,10 +137,16 @@ class BurstRule:
             return None
         msg = ""
         if active and not is_open:
-            msg = (f"burst suspected: flow {_num(lf)} m³/h over the baseline {_num(bf)} "
-                   f"(step > {cfg.burst_flow_jump_pct:g} % of the day's mean flow {_num(ref)}) and pressure "
-                   f"{_num(lp)} bar under the baseline {_num(bp)} (step > {cfg.burst_pressure_drop:g} bar) "
-                   f"within {cfg.burst_window_minutes:g} min")
+            how = (f"thresholds of hour {hour:02d} {cal.learned_from(cfg.threshold_days)}"
+                   if cal is not None and cal.flow_rel[hour] is not None else
+                   "fixed defaults: the meter's history is still too short to calibrate (detector.calibration_min_days)")
+            size = "" if lf is None or bf is None or not ref else f" (+{(lf - bf) / ref:.0%} of the day's mean flow {_num(ref)} m³/h)"
+            if self.has_pressure:
+                msg = (f"burst suspected: flow {_num(lf)} m³/h over the baseline {_num(bf)}{size} and pressure "
+                       f"{_num(lp)} bar under the baseline {_num(bp)} (step > {pdrop:.3g} bar) within "
+                       f"{cfg.burst_window_minutes:g} min; {how}")
+            else:
+                msg = f"burst suspected (flow only): flow {_num(lf)} m³/h over the baseline {_num(bf)}{size}; {how}"
         self.seen = (bf, bp, ref)
         return Condition(active, lf, jump_thr, msg)
 

@@ -5,11 +5,20 @@ linearly between its steps; a reading further from it than ``forecast_tolerance_
 forecast value (at least ``forecast_tolerance_abs``) counts, and the alert opens once that has lasted
 ``forecast_sustain_minutes``. A forecast issued while a burst or a pressure loss was open is not
 used (made from the anomaly, it would flag the recovery): the engine says so with ``tainted``.
+
+Calibrated to the alarm budget: the rule keeps, per ``forecast_sustain_minutes`` block, the smallest
+relative distance from the forecast in it (a block whose smallest distance is over the tolerance is
+one the alert would have opened in), for the last ``threshold_days``; at each recalibration
+(:meth:`learn`) the tolerance becomes the distance those blocks would exceed at most at the rule's
+share of the budget (the exponential-tail fit of ``rules/steps.py``), never under
+``forecast_tolerance_pct``. So a district whose demand the serving model follows loosely gets a
+wider band, one it follows closely keeps the configured one.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from typing import TYPE_CHECKING
 
 from services.detector.alerts import AlertState, Condition
@@ -21,7 +30,7 @@ if TYPE_CHECKING:
 class ForecastDeviationRule:
     """One signal of one meter: the latest usable forecast (issued, target epochs, values)."""
 
-    __slots__ = ("forecast", "minutes", "sig", "tol_abs", "tol_pct")
+    __slots__ = ("block", "block_s", "blocks", "forecast", "learned_days", "minutes", "sig", "tol_abs", "tol_pct")
 
     kind = "forecast_deviation"
 
@@ -30,6 +39,34 @@ class ForecastDeviationRule:
         self.tol_pct, self.tol_abs = cfg.forecast_tolerance_pct, cfg.forecast_tolerance_abs.get(sig, 0.0)
         self.minutes = cfg.forecast_sustain_minutes
         self.forecast: tuple[float, list[float], list[float]] | None = None
+        self.block_s = max(cfg.forecast_sustain_minutes, 1.0) * 60
+        self.blocks: deque[float] = deque(maxlen=max(10, int(cfg.threshold_days * 86400 / self.block_s)))
+        self.block: tuple[int, float] | None = None  # (block number, smallest relative distance so far)
+        self.learned_days: float | None = None
+
+    def learn(self, p: float, floor_pct: float) -> float | None:
+        """Set the tolerance from the recorded blocks so ordinary data exceeds it with probability ``p``
+        per block; returns the learned % (None: too few blocks yet, the configured one stays)."""
+        import numpy as np
+
+        from services.detector.rules.steps import tail_threshold
+
+        thr = tail_threshold(np.asarray(self.blocks, dtype=np.float64), p) if len(self.blocks) else None
+        if thr is None:
+            return None
+        self.tol_pct = max(floor_pct, round(100.0 * thr, 3))
+        self.learned_days = round(len(self.blocks) * self.block_s / 86400, 1)
+        return self.tol_pct
+
+    def _record(self, t: float, rel: float) -> None:
+        k = int(t // self.block_s)
+        b = self.block
+        if b is None or b[0] != k:
+            if b is not None:
+                self.blocks.append(b[1])
+            self.block = (k, rel)
+        elif rel < b[1]:
+            self.block = (k, rel)
 
     def offer(self, issued: float, targets: list[float], values: list[float], tainted: bool) -> None:
         """A new forecast: replaces the current one unless older; a tainted one drops the current one."""
@@ -51,9 +88,13 @@ class ForecastDeviationRule:
         else:
             t0, t1 = targets[j - 1], targets[j]
             fv = values[j - 1] + (values[j] - values[j - 1]) * (t - t0) / (t1 - t0)
+        if fv:
+            self._record(t, abs(x - fv) / abs(fv))
         tol = max(abs(fv) * self.tol_pct / 100.0, self.tol_abs)
         dev = abs(x - fv) > tol
         if dev or (alert is not None and (alert.is_open or alert.first_true is not None)):
-            return Condition(dev, x, fv, f"{self.sig} {x:.3f} vs forecast {fv:.3f} (tolerance {tol:.3f}) "
+            how = (f"{self.tol_pct:g} % learned from {self.learned_days:g} days to detector.alarm_budget_per_30d"
+                   if self.learned_days is not None else "detector.forecast_tolerance_pct/abs")
+            return Condition(dev, x, fv, f"{self.sig} {x:.3f} vs forecast {fv:.3f} (tolerance {tol:.3f}: {how}) "
                                          f"for {self.minutes:g} min or more")
         return None

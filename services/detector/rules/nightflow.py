@@ -175,6 +175,9 @@ class NightLeakRule:
         if active and not is_open:
             why = (f"one night {z:.1f} sigma above it (detector.night_single_z)" if z > cfg.night_single_z
                    else f"the excess over recent nights adds up to {self.cusum:.1f} sigma (detector.night_cusum_limit={lim:g})")
-            msg = (f"leak suspected: minimum night flow {value:.3f} m³/h against a baseline of {base:.3f} "
+            excess = value - base
+            msg = (f"leak suspected: about {excess:.2f} m³/h more than usual at night ({excess * 24:.0f} m³/day if it runs all day): "
+                   f"minimum night flow {value:.3f} m³/h against a baseline of {base:.3f} "
                    f"(median of earlier nights, sigma {sigma:.3f}): {why}")
-        return Condition(active, value, base + lim * sigma, msg)
+        severity = "critical" if active and base > 0 and (value - base) >= base * cfg.night_critical_pct / 100.0 else None
+        return Condition(active, value, base + lim * sigma, msg, severity)

@@ -187,12 +187,14 @@ def next_boundary(t: float, period: str, tz: ZoneInfo) -> float:
 
 class Recalibration:
     """When one meter's bands are due to be learned again, in event time: at each ``period``
-    boundary, and at each local midnight while any of its signals still has static limits."""
+    boundary, and at each local midnight while any of its signals still has static limits or its
+    step thresholds are still learning (``learning``, set by the engine)."""
 
-    __slots__ = ("next_day", "next_period", "period", "rules", "tz")
+    __slots__ = ("learning", "next_day", "next_period", "period", "rules", "tz")
 
     def __init__(self, period: str, tz: ZoneInfo, rules: Sequence[ThresholdRule]) -> None:
         self.period, self.tz, self.rules = period, tz, rules
+        self.learning = True
         self.next_period = self.next_day = math.inf
 
     def start(self, t: float) -> None:
@@ -207,7 +209,7 @@ class Recalibration:
             at = floor(datetime.fromtimestamp(t, UTC), self.period, self.tz).timestamp()
             self.next_period = next_boundary(t, self.period, self.tz)
         if t >= self.next_day:
-            if any(r.bands.method == "static" for r in self.rules):
+            if self.learning or any(r.bands.method == "static" for r in self.rules):
                 at = floor(datetime.fromtimestamp(t, UTC), "day", self.tz).timestamp()
             self.next_day = next_boundary(t, "day", self.tz)
         return at

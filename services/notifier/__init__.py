@@ -1,0 +1,1 @@
+"""The notifier: anomalies to people (e-mail, webhook, apprise) through a durable outbox."""

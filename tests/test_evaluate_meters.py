@@ -1,0 +1,78 @@
+"""``flowwatch evaluate`` on a meter's own kind of file: flow only, hourly readings (issue 15)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shared.readings_csv import CsvFormatError, read_all
+
+ROOT = Path(__file__).resolve().parents[1]
+START = datetime(2026, 1, 5, tzinfo=UTC)
+
+
+def hourly_flow_csv(path: Path, days: int) -> None:
+    rng = np.random.default_rng(5)
+    hours = np.arange(days * 24)
+    flow = 100 + 30 * np.sin(2 * np.pi * hours / 24) + rng.normal(0, 2, len(hours))
+    with path.open("w") as f:
+        f.write("timestamp,flow_rate\n")
+        for h, q in zip(hours, flow, strict=True):
+            f.write(f"{START + timedelta(hours=int(h)):%Y-%m-%dT%H:%M:%SZ},{q:.3f}\n")
+
+
+def test_a_file_without_a_signal_column_reads_that_signal_as_absent_not_flagged(tmp_path):
+    p = tmp_path / "r.csv"
+    p.write_text("timestamp,flow_rate\n2026-01-05T00:00:00Z,10.5\n2026-01-05T01:00:00Z,\n")
+    frame, rejects = read_all(p)
+    assert not rejects and len(frame) == 2
+    assert frame["pressure"].isna().all()
+    assert frame["quality"].tolist() == ["", "flow_rate_missing"]  # an empty flow is missing; pressure is not flagged
+    p.write_text("timestamp,temperature\n2026-01-05T00:00:00Z,10.5\n")
+    with pytest.raises(CsvFormatError, match="missing column"):
+        read_all(p)
+
+
+def test_evaluate_scores_the_flow_forecast_of_a_flow_only_hourly_file(tmp_path):
+    readings, labels, out = tmp_path / "hourly.csv", tmp_path / "labels.csv", tmp_path / "out"
+    hourly_flow_csv(readings, 21)
+    labels.write_text("start,end,kind,size_pct\n")
+    cfg = tmp_path / "flowwatch.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'var'}\n")
+    r = subprocess.run([sys.executable, "-m", "app.cli", "evaluate", "-c", str(cfg), "--readings", str(readings),
+                        "--labels", str(labels), "--score-from-day", "8", "--out", str(out), "--quiet"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    fc = pd.read_csv(out / "forecasts.csv", parse_dates=["issued_at", "target_time"])
+    assert set(fc["signal"]) == {"flow_rate"}  # no pressure forecast for a meter without pressure
+    assert ((fc["target_time"] - fc["issued_at"]) == pd.Timedelta(hours=1)).all()  # hourly bins: one step per hour
+    assert len(fc) >= 20 * 24 - 2
+    m = json.loads((out / "metrics.json").read_text())
+    flow = m["forecast"]["flow_rate"]
+    assert flow["targets"] >= 12 * 24
+    assert 0 < flow["forecast"]["wape"] < 0.1  # seasonal naive on a clean daily cycle
+    assert m["forecast"]["pressure"] == {"targets": 0}
+    assert m["run"]["models"] == {"flow_rate": "seasonal-naive"}
+
+
+def test_evaluate_of_an_hourly_flow_only_file_raises_no_alert_about_its_interval_or_absent_pressure(tmp_path):
+    """Hourly readings are the meter's interval, not a gap every hour; no pressure alert for a meter without pressure."""
+    readings, out = tmp_path / "hourly.csv", tmp_path / "out"
+    hourly_flow_csv(readings, 14)
+    cfg = tmp_path / "flowwatch.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'var'}\n")
+    r = subprocess.run([sys.executable, "-m", "app.cli", "evaluate", "-c", str(cfg), "--readings", str(readings),
+                        "--score-from-day", "8", "--out", str(out), "--quiet"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    alerts = pd.read_csv(out / "anomalies.csv")
+    assert "gap" not in set(alerts["kind"]), alerts["kind"].value_counts().to_dict()
+    assert "pressure" not in set(alerts["signal"]) and "both" not in set(alerts["signal"])
+    assert alerts.empty, f"alerts on a clean daily cycle: {alerts.to_dict('records')}"
