@@ -206,7 +206,7 @@ def main(argv: Sequence[str]) -> int:
     init.add_argument("--dir", type=Path, required=True, help="central folder (the central compose profile: its secrets volume)")
     init.add_argument("--sites", nargs="+", default=None, help="site ids (default: FLOWWATCH_CENTRAL_SITES, space separated)")
     init.add_argument("--name", action="append", default=[], help="the central broker's host name or address, as boxes "
-                      "connect to it (repeatable); goes into its certificate")
+                      "connect to it (repeatable; default: FLOWWATCH_CENTRAL_NAMES); goes into its certificate")
     init.add_argument("--docker", action="store_true", help="as root: set the owners the central containers need")
     args = p.parse_args(argv)
     settings = settings_from_args(args)
@@ -216,7 +216,8 @@ def main(argv: Sequence[str]) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        files = init_central(args.dir, sites, args.name, prefix=settings.mqtt.topic_prefix)
+        names = args.name or os.environ.get("FLOWWATCH_CENTRAL_NAMES", "").split()
+        files = init_central(args.dir, sites, names, prefix=settings.mqtt.topic_prefix)
     except TopicError as exc:
         print(f"flowwatch central init: {exc}")
         return 2

@@ -277,3 +277,20 @@ def test_up_adds_the_bridge_and_keeps_the_broker_config_private(tmp_path: Path):
     b = MosquittoProcess(tmp_path / "m", extra_conf=box_bridge(s))
     assert "connection central-siteA" in b.conf.read_text()
     assert oct(b.conf.stat().st_mode & 0o777) == "0o600"  # it holds the site's central password
+
+
+def test_central_init_command_takes_sites_and_names_from_the_environment(tmp_path: Path):
+    from cryptography import x509
+
+    env = {**os.environ, "FLOWWATCH_CENTRAL_SITES": "a b", "FLOWWATCH_CENTRAL_NAMES": "central.example.org 10.0.0.5"}
+    r = subprocess.run([sys.executable, "-m", "app.cli", "central", "init", "--dir", str(tmp_path / "c")], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    f = init_central(tmp_path / "c", ["a", "b"])
+    assert f.sites() == ["a", "b"]
+    san = x509.load_pem_x509_certificate(f.tls.server_cert.read_bytes()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    assert "central.example.org" in san.get_values_for_type(x509.DNSName)
+    r = subprocess.run([sys.executable, "-m", "app.cli", "central", "init", "--dir", str(tmp_path / "d")], cwd=ROOT,
+                       env={k: v for k, v in env.items() if k != "FLOWWATCH_CENTRAL_SITES"}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no sites" in r.stdout
