@@ -132,7 +132,8 @@ def test_two_modbus_meters_and_a_flow_only_meter_in_one_stack(tmp_path: Path, fr
             stack.start(name)
         assert wait_for(lambda: all(f"{n} ready" in stack.log(n) for n in ("detector", "forecaster", "exporter")), 90), stack.all_logs()
         now = datetime.now(UTC).timestamp()
-        stack.start("collector", clock_offset_s=(now - now % 3600) - LEAD_S - now)  # LEAD_S before the last hour
+        hour = now - now % 3600
+        stack.start("collector", clock_offset_s=hour - LEAD_S - now)  # LEAD_S before the last hour
         # the replay to its end, and a baseline of the outlet for the burst rule (30 s and more)
         assert wait_for(lambda: (c := counts()) and c["amr"] == N_AMR and c["outlet"] >= 40 and c["inlet"] >= 40, 120), (
             counts(), stack.all_logs())
@@ -153,6 +154,13 @@ def test_two_modbus_meters_and_a_flow_only_meter_in_one_stack(tmp_path: Path, fr
 
         want = {"inlet": {"flow_rate", "pressure"}, "outlet": {"flow_rate"}, "amr": {"flow_rate"}}
         assert wait_for(lambda: forecast_signals() == want, 90, every=0.5), (forecast_signals(), stack.all_logs())
+        for m in ("inlet", "outlet"):  # issued at the hour the live meters crossed, 10-minute bins
+            f = forecasts(m)
+            assert set(f["issued_at"]) == {datetime.fromtimestamp(hour, UTC)}, f
+            assert sorted(set(f["target_time"] - f["issued_at"])) == [timedelta(minutes=10 * k) for k in range(1, 7)]
+        amr_f = forecasts("amr")  # a day replayed: 15-minute bins, an hour ahead
+        assert len(set(amr_f["issued_at"])) >= 20 and sorted(set(amr_f["target_time"] - amr_f["issued_at"])) == [
+            timedelta(minutes=15 * k) for k in range(1, 5)]
         out = stack.data / "exports" / SITE
         files = [out / m / f for m in want for f in ("server.txt", "forecast.txt")]
         assert wait_for(lambda: all(p.exists() for p in files), 30), [p for p in files if not p.exists()]
