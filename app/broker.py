@@ -35,7 +35,7 @@ PROJECT_ACL = PROJECT_DIR / "acl"
 # Lines of the project config that name things of the container; set per machine here.
 LOCAL_KEYS = frozenset({
     "listener", "protocol", "password_file", "acl_file", "persistence_location", "log_dest", "user",
-    "cafile", "capath", "certfile", "keyfile", "tls_version", "require_certificate",
+    "cafile", "capath", "certfile", "keyfile", "tls_version", "require_certificate", "include_dir",
 })
 TEST_OVERRIDES = {"autosave_interval": "1"}
 
@@ -59,13 +59,33 @@ def project_setting(key: str, conf: Path = PROJECT_CONF) -> str | None:
     return next((v for k, v in project_settings(conf) if k == key), None)
 
 
+@dataclass(frozen=True)
+class TlsListener:
+    """A TLS listener: the LAN side of the box's broker (or the central broker's only listener)."""
+
+    host: str
+    port: int
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+
+    def lines(self) -> list[str]:
+        return [f"listener {self.port} {self.host}", f"cafile {self.cafile}", f"certfile {self.certfile}",
+                f"keyfile {self.keyfile}", "tls_version tlsv1.2"]
+
+
 def render_config(
     *, host: str, port: int, password_file: Path, data_dir: Path, log_file: Path,
     acl_file: Path | None = None, overrides: dict[str, str] | None = None, conf: Path = PROJECT_CONF,
+    tls: TlsListener | None = None,
 ) -> str:
-    """The project's mosquitto.conf with this machine's listener, files and folders."""
+    """The project's mosquitto.conf with this machine's listener, files and folders.
+
+    ``host``/``port``: the plain listener (loopback for ``flowwatch up``); ``tls``: the listener
+    for everything off the box."""
     overrides = dict(overrides or {})
-    lines = [f"listener {port} {host}", f"password_file {password_file}"]
+    lines = [f"listener {port} {host}", *(tls.lines() if tls is not None else [])]
+    lines.append(f"password_file {password_file}")
     if acl_file is not None:
         lines.append(f"acl_file {acl_file}")
     # Started as root, mosquitto drops to user 'mosquitto', which cannot read our files: stay us.
@@ -149,6 +169,7 @@ class MosquittoProcess:
     overrides: dict[str, str] = field(default_factory=lambda: dict(TEST_OVERRIDES))
     password_file: Path | None = None
     host: str = "127.0.0.1"
+    tls: TlsListener | None = None
     proc: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
@@ -163,13 +184,14 @@ class MosquittoProcess:
         if self.password_file is None:
             self.password_file = self.workdir / "passwd"
             write_password_file(self.password_file, self.users)
-        self.conf.write_text(
+        # 0600: a bridge section (extra_conf) holds the site's password for the central broker.
+        atomic_write(self.conf, (
             render_config(
                 host=self.host, port=self.port, password_file=self.password_file, data_dir=self.workdir / "data",
-                log_file=self.log, acl_file=self.acl_file, overrides=self.overrides,
+                log_file=self.log, acl_file=self.acl_file, overrides=self.overrides, tls=self.tls,
             )
             + self.extra_conf
-        )
+        ).encode(), mode=0o600)
 
     @property
     def username(self) -> str:
@@ -184,7 +206,7 @@ class MosquittoProcess:
         if not os.path.exists(exe):
             raise RuntimeError("mosquitto not found; install it (apt-get install mosquitto)")
         self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if not wait_port(self.host, self.port, timeout):
+        if not wait_port(self.host, self.port, timeout) or (self.tls and not wait_port(_probe_host(self.tls.host), self.tls.port, 5)):
             err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else ""
             self.stop()
             raise RuntimeError(f"mosquitto did not start on port {self.port}: {err or self.log.read_text()[-2000:]}")
@@ -214,6 +236,10 @@ class MosquittoProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _probe_host(bind: str) -> str:
+    return "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
 
 
 def mqtt_settings(broker: MosquittoProcess) -> MqttSettings:

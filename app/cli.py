@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "forecaster": ("services.forecaster.__main__:main", "run the forecaster service (hourly forecast)"),
     "exporter": ("services.exporter.__main__:main", "run the exporter service (alert.txt / server.txt / forecast.txt)"),
     "trainer": ("services.trainer.__main__:main", "run the trainer service (retrains the models)"),
+    "recorder": ("services.recorder.__main__:main", "run the central tier's recorder (store what the sites send)"),
+    "central": ("app.central:main", "central init: the central broker's CA, site users and ACL"),
     "notifier": ("services.notifier.__main__:main", "run the notifier service (alerts to e-mail, webhook, apprise)"),
     "config": ("app.config_cmd:main", "config check [FILE]: validate a config file"),
     "import": ("app.import_csv:main", "bulk-load historical readings from a CSV file"),

@@ -13,6 +13,8 @@ Layout of the folder (``data_dir/secrets`` for ``flowwatch up``; the ``secrets``
     influxdb/token               InfluxDB API token            -> store.influxdb.token_file
     influxdb/admin-password      InfluxDB 2.x admin user (setup mode)
     grafana/admin-password       Grafana admin user
+    tls/ca.crt, server.crt/.key  CA and broker certificate of the TLS listener (app/tls.py; ca.key kept to reissue)
+    mosquitto/conf.d/            bridge.conf + central-ca.crt when central.enabled (app/central.py)
 
 ``flowwatch secrets init --dir DIR [--docker]`` is the compose ``init`` service; with ``--docker``
 (run as root) each file is owned by the uid of the one container that reads it.
@@ -105,6 +107,16 @@ class Secrets:
     def grafana_admin_password_file(self) -> Path:
         return self.folder / "grafana" / "admin-password"
 
+    @property
+    def tls_folder(self) -> Path:
+        """CA and server certificate of the broker's TLS listener (app/tls.py)."""
+        return self.folder / "tls"
+
+    @property
+    def conf_d(self) -> Path:
+        """Extra broker config included by mosquitto.conf (the bridge to the central broker)."""
+        return self.folder / "mosquitto" / "conf.d"
+
     def users(self) -> dict[str, str]:
         return {u: self.mqtt_password(u) for u in USERS}
 
@@ -177,6 +189,16 @@ def set_docker_owners(s: Secrets) -> None:
     own(s.influx_token_file, 0, GID_FLOWWATCH, 0o440)
     own(s.influx_admin_password_file, 0, GID_FLOWWATCH, 0o440)
     own(s.grafana_admin_password_file, UID_GRAFANA, 0, 0o400)
+    tls = s.tls_folder
+    if tls.exists():
+        own(tls / "server.key", UID_MOSQUITTO, 0, 0o400)
+        own(tls / "ca.key", 0, 0, 0o400)
+        for name in ("ca.crt", "server.crt"):
+            own(tls / name, 0, 0, 0o444)
+    if s.conf_d.exists():  # include_dir: Mosquitto lists the folder
+        own(s.conf_d, UID_MOSQUITTO, 0, 0o500)
+        for f in s.conf_d.glob("*"):
+            own(f, UID_MOSQUITTO, 0, 0o400)
 
 
 def prepare_data_dirs(paths: Sequence[Path]) -> None:
@@ -204,6 +226,12 @@ def main(argv: Sequence[str]) -> int:
     from app.broker import write_acl  # the broker's ACL, narrowed to the configured meters (not secret)
 
     write_acl(s.acl_file, [(settings.site, m) for m in settings.meter_ids])
+    from app.central import write_box_bridge
+    from app.tls import ensure_tls
+
+    ensure_tls(s.tls_folder, settings.broker.cert_names)  # the broker's TLS listener (mosquitto/mosquitto.conf)
+    s.conf_d.mkdir(parents=True, exist_ok=True)  # include_dir of mosquitto.conf: must exist
+    write_box_bridge(settings, s.conf_d)
     if args.docker:
         if os.geteuid() != 0:
             print("flowwatch secrets init --docker must run as root (it sets file owners)")

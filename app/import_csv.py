@@ -67,9 +67,10 @@ def main(argv: Sequence[str]) -> int:
         p.error("--meter and --meter-from-name exclude each other")
     if args.rejects and len(args.files) > 1:
         p.error("--rejects names the rejects file of one input file; with several, each has its own FILE.rejects.csv")
-    # --site / --meter go through the settings: the same id rule as the config file and every message
+    # --site / --meter go through the settings: the same id rule as the config file and every message.
+    # --meter is taken as given: with a `meters` list, settings.meter is the first configured meter.
     settings = settings_from_args(args, **{k: v for k, v in (("site", args.site), ("meter", args.meter)) if v})
-    meters = [settings.meter] * len(args.files)
+    meters = [args.meter or settings.meter] * len(args.files)
     if args.meter_from_name:
         meters = [f.stem for f in args.files]
         bad = [m for m in meters if not _valid_id(m)]

@@ -244,12 +244,14 @@ def broker_conf(settings: Settings, layout: Layout) -> str:
     """The project's mosquitto.conf for this box: loopback listener, files under the data folder, log
     to stdout (the journal). ``user``: started as root, mosquitto switches to the flowwatch user (under
     systemd it is started as that user already, and the line is ignored)."""
-    from app.broker import render_config
+    from app.broker import TlsListener, render_config
 
+    b, tls_dir = settings.broker, layout.secrets / "tls"  # TLS off the box (app/tls.py; written by install below)
+    tls = TlsListener(b.tls_bind, b.tls_port, tls_dir / "ca.crt", tls_dir / "server.crt", tls_dir / "server.key") if b.tls else None
     text = render_config(
         host="127.0.0.1", port=settings.mqtt.port, password_file=layout.secrets / "mosquitto" / "passwd",
         data_dir=layout.data_dir / "mosquitto", log_file=Path("/dev/null"), acl_file=layout.secrets / "mosquitto" / "acl",
-        overrides={},
+        overrides={}, tls=tls,
     )
     if not any(line.startswith("user ") for line in text.splitlines()):
         text = f"user {layout.user}\n{text}"
@@ -316,6 +318,9 @@ def install(settings: Settings, layout: Layout, config_text: str, devices: Seque
             d.chmod(0o750)
         secrets = ensure_secrets(under(prefix, layout.secrets))
         from app.broker import write_acl
+        from app.tls import ensure_tls
+
+        ensure_tls(secrets.tls_folder, settings.broker.cert_names)
 
         write_acl(secrets.acl_file, [(settings.site, m) for m in settings.meter_ids])
         print(f"  secrets ready in {secrets.folder}", file=out)

@@ -118,6 +118,28 @@ def available(name: str) -> bool:
         return False
 
 
+def box_tls_listener(settings: Settings, secrets):  # noqa: ANN001, ANN201 - app.credentials.Secrets -> app.broker.TlsListener
+    """The LAN listener (TLS, generated CA and certificate) unless ``broker.tls`` is off."""
+    from app.broker import TlsListener, free_port
+    from app.tls import ensure_tls
+
+    b = settings.broker
+    if not b.tls:
+        return None
+    t = ensure_tls(secrets.folder / "tls", b.cert_names)
+    port = b.tls_port if port_free(b.tls_bind, b.tls_port) else free_port()  # as for the plain port; printed at start
+    return TlsListener(b.tls_bind, port, t.ca_cert, t.server_cert, t.server_key)
+
+
+def box_bridge(settings: Settings) -> str:
+    """The bridge section to the central broker when ``central.enabled`` (app/central.py)."""
+    if not settings.central.enabled:
+        return ""
+    from app.central import render_bridge
+
+    return render_bridge(settings)
+
+
 def mosquitto_exe() -> str | None:
     exe = shutil.which("mosquitto")
     if exe:
@@ -223,6 +245,10 @@ class Stack:
         self.say(f"flowwatch up: site {s.site}, {meters}, source {', '.join(sources)}"
                  f"{f', speed {self.speed:g}x' if self.speed else ''}")
         self.say(f"  broker   mqtt://{host}:{port} (users and passwords in {secrets.folder.resolve()})")
+        if (tls := self.broker.tls) is not None:
+            self.say(f"  LAN      mqtts://{tls.host}:{tls.port} (TLS; clients trust {tls.cafile.resolve()})")
+        if s.central.enabled:
+            self.say(f"  central  bridge to {s.central.host}:{s.central.port} as {s.central.username or s.site}")
         self.say(f"  store    {store}")
         self.say(f"  exports  {s.path(s.exporter.out_dir).resolve()}")
         self.say(f"  logs     {(s.data_dir / 'logs').resolve()}")
@@ -233,13 +259,17 @@ class Stack:
         if mosquitto_exe() is None:
             raise SystemExit("flowwatch up: mosquitto is not installed. Install it (apt-get install mosquitto; "
                              "./flowwatch up does this on Debian/Ubuntu) and run again.")
-        host = self.settings.mqtt.host if self.settings.mqtt.host in ("127.0.0.1", "localhost", "0.0.0.0") else "127.0.0.1"
-        port = self.settings.mqtt.port
+        s = self.settings
+        # Plain MQTT on loopback only while the TLS listener serves the LAN (broker.tls, the default).
+        plain_hosts = ("127.0.0.1", "localhost") if s.broker.tls else ("127.0.0.1", "localhost", "0.0.0.0")
+        host = s.mqtt.host if s.mqtt.host in plain_hosts else "127.0.0.1"
+        port = s.mqtt.port
         if not port_free(host, port):
             port = free_port()
-        acl = write_acl(secrets.acl_file, [(self.settings.site, m) for m in self.settings.meter_ids])
-        self.broker = MosquittoProcess(self.settings.data_dir / "mosquitto", port=port, host=host, users=secrets.users(),
-                                       password_file=secrets.mosquitto_passwd, acl_file=acl, overrides={})
+        acl = write_acl(secrets.acl_file, [(s.site, m) for m in s.meter_ids])
+        self.broker = MosquittoProcess(s.data_dir / "mosquitto", port=port, host=host, users=secrets.users(),
+                                       password_file=secrets.mosquitto_passwd, acl_file=acl, overrides={},
+                                       tls=box_tls_listener(s, secrets), extra_conf=box_bridge(s))
         self.broker.start()
         return host, port
 

@@ -29,6 +29,7 @@ BENCHES = [
     ("train", "Training on one year of minute data, both signals"),
     ("services", "Memory of each service at steady state, cold start to ready"),
     ("health", "Health check: CPU per probe"),
+    ("central", "Central tier: sites into one central broker and store"),
 ]
 
 HEADER = """# Benchmarks

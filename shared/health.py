@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="flowwatch health", description="Is the service working? From its heartbeat file "
                                 "(exit 0 healthy, 1 not).")
-    p.add_argument("service", choices=SERVICES)
+    p.add_argument("service", choices=(*SERVICES, "recorder"))  # recorder: the central tier (services/recorder)
     p.add_argument("-c", "--config", metavar="FILE", default=None,
                    help="YAML config file, for its data_dir (default: $FLOWWATCH_CONFIG); FLOWWATCH_DATA_DIR wins")
     p.add_argument("--data-dir", metavar="DIR", type=Path, default=None, help="data folder (default: as the services)")

@@ -69,6 +69,20 @@ class Stack:
         self.config.write_text(yaml.safe_dump(cfg))
         self.procs: dict[str, subprocess.Popen] = {}
 
+    def config_for(self, name: str) -> Path:
+        """The shared config, or, on a broker with a user per service (the generated users and the
+        ACL, as `flowwatch up` runs it), a copy that logs in as the service's own user."""
+        if name not in self.broker.users or self.broker.username == name:
+            return self.config
+        cfg = yaml.safe_load(self.config.read_text())
+        pw = self.work / f"mqtt-password-{name}"
+        pw.write_text(self.broker.users[name])
+        pw.chmod(0o600)
+        cfg["mqtt"].update(username=name, password_file=str(pw))
+        path = self.work / f"flowwatch-{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
     def start(self, name: str, clock_offset_s: float = 0.0) -> subprocess.Popen:
         """Start a service. ``clock_offset_s`` shifts the process's ``time.time()`` (what a live
         meter's readings are stamped with) by that many seconds, so a test can put a live stream
@@ -76,7 +90,7 @@ class Stack:
         log = (self.logs / f"{name}.log").open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("FLOWWATCH_CONFIG", None)
-        cmd = [sys.executable, "-m", "app.cli", name, "-c", str(self.config)]
+        cmd = [sys.executable, "-m", "app.cli", name, "-c", str(self.config_for(name))]
         if clock_offset_s:
             cmd[1:3] = ["-c", CLOCK_SHIFT.format(offset=float(clock_offset_s)), "app.cli"]
         p = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)

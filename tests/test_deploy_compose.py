@@ -18,7 +18,7 @@ from shared.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
-ONE_SHOT = {"init"}  # runs to completion; the others wait for service_completed_successfully
+ONE_SHOT = {"init", "central-init"}  # run to completion; the others wait for service_completed_successfully
 VAR = re.compile(r"\$\{([A-Z0-9_]+)(?::?-([^}]*))?\}")
 
 

@@ -33,6 +33,9 @@ def test_up_runs_the_whole_stack(tmp_path: Path) -> None:
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((data / "logs").glob("*.log")))
     assert r.returncode == 0, r.stdout + r.stderr + logs
     assert f"exports  {(data / 'exports').resolve()}" in r.stdout
+    # TLS by default: the LAN listener with the CA generated on first start, plain MQTT on loopback
+    assert "LAN      mqtts://0.0.0.0:" in r.stdout and (data / "secrets" / "tls" / "ca.crt").is_file(), r.stdout
+    assert "broker   mqtt://127.0.0.1:" in r.stdout, r.stdout
     assert "restarting" not in r.stdout, r.stdout + logs  # no service died
 
     with SqliteStore(data / "flowwatch.db") as store:

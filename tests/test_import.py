@@ -207,3 +207,17 @@ def test_several_meters_in_one_run(tmp_path):
     (tmp_path / "bad name.csv").write_text(good)
     r = subprocess.run([*cmd, str(tmp_path / "bad name.csv")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "'bad name' cannot be a meter id" in r.stderr
+
+
+def test_meter_option_wins_over_a_configured_meters_list(tmp_path):
+    # with `meters` configured, settings.meter is the first meter: --meter must still name the file's meter
+    (tmp_path / "r.csv").write_text("timestamp,flow_rate,pressure\n" + "".join(f"2026-03-01T00:{m:02d}:00Z,{m}.5,3.0\n" for m in range(10)))
+    cfg = tmp_path / "fw.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'var'}\nsite: s1\nmeters:\n  - id: inlet\n  - id: outlet\n")
+    r = subprocess.run([sys.executable, "-m", "app.cli", "import", "-c", str(cfg), "--quiet", "--meter", "outlet", str(tmp_path / "r.csv")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "for s1/outlet" in r.stdout
+    store = SqliteStore(tmp_path / "var" / "flowwatch.db")
+    span = (datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
+    assert len(store.read_readings("s1", "outlet", *span)) == 10 and store.read_readings("s1", "inlet", *span).empty

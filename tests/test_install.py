@@ -109,7 +109,7 @@ def test_each_service_unit_is_restarted_logged_and_sandboxed(tmp_path: Path) -> 
     target = unit(prefix, "flowwatch.target")
     assert set(target["Wants"][0].split()) == set(UNITS) - {"flowwatch.target"}
     assert target["WantedBy"] == ["multi-user.target"]
-    # secrets generated at install, private; the broker logs to the journal and stays on loopback
+    # secrets generated at install, private; the broker logs to the journal, plain on loopback, TLS for the LAN
     secrets = prefix / str(data).lstrip("/") / "secrets"
     for f in [*(secrets / "mqtt").glob("*.password"), secrets / "mosquitto" / "passwd"]:
         assert f.stat().st_mode & 0o077 == 0, f
@@ -117,6 +117,7 @@ def test_each_service_unit_is_restarted_logged_and_sandboxed(tmp_path: Path) -> 
     conf = (prefix / "etc/flowwatch/mosquitto.conf").read_text().splitlines()
     assert "log_dest stdout" in conf and [ln for ln in conf if ln.startswith("user ")] == ["user fw"]
     assert "listener 1883 127.0.0.1" in conf and "allow_anonymous false" in conf
+    assert "listener 8883 0.0.0.0" in conf and any(line.startswith("keyfile ") and line.endswith("/tls/server.key") for line in conf)
 
 
 def test_an_export_folder_outside_the_data_dir_is_writable_too(tmp_path: Path) -> None:
@@ -158,7 +159,7 @@ def test_the_stack_runs_from_the_units_commands(tmp_path: Path) -> None:
     user, without systemd's sandbox): readings reach the store, and SIGTERM (systemd's stop) ends each
     one with exit code 0."""
     port = free_port()
-    prefix, data = run_install(tmp_path, {"site": "s1", "meter": "m1", "mqtt": {"port": port},
+    prefix, data = run_install(tmp_path, {"site": "s1", "meter": "m1", "mqtt": {"port": port}, "broker": {"tls_port": free_port()},
                                           "collector": {"speed": 600.0}}, "--user", pwd.getpwuid(os.geteuid()).pw_name)
     # the broker's files were written under the prefix; the unit's paths name the data folder itself
     shutil.copytree(prefix / str(data).lstrip("/"), data, dirs_exist_ok=True)

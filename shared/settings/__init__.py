@@ -13,6 +13,8 @@ Import from here: ``from shared.settings import Settings, MqttSettings``.
 """
 
 from shared.settings.base import ENV_PREFIX, PLACEHOLDER_SECRETS, Section, check_secret, env_name, read_secret
+from shared.settings.broker import BrokerSettings
+from shared.settings.central import CentralSettings
 from shared.settings.collector import (
     ChecksumSettings,
     CollectorSettings,
@@ -41,6 +43,8 @@ __all__ = [
     "CONFIG_ENV",
     "ENV_PREFIX",
     "PLACEHOLDER_SECRETS",
+    "BrokerSettings",
+    "CentralSettings",
     "ChecksumSettings",
     "CollectorSettings",
     "ConfigFileError",

@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from shared.messages import Ident
 from shared.settings.base import ENV_PREFIX
+from shared.settings.broker import BrokerSettings
+from shared.settings.central import CentralSettings
 from shared.settings.collector import SECTION_OF, CollectorSettings, MeterSource, meter_source
 from shared.settings.detector import DetectorSettings
 from shared.settings.exporter import ExporterSettings
@@ -63,6 +65,8 @@ class Settings(BaseSettings):
     models: ModelStoreSettings = Field(
         default_factory=ModelStoreSettings, description="Model store: written by the trainer, served by the forecaster."
     )
+    broker: BrokerSettings = Field(default_factory=BrokerSettings, description="The box's broker under `flowwatch up`: TLS listener.")
+    central: CentralSettings = Field(default_factory=CentralSettings, description="Bridge to the central broker (off by default).")
 
     _sources: dict[str, MeterSource] = PrivateAttr(default_factory=dict)
 
