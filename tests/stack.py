@@ -22,6 +22,9 @@ from app.broker import MosquittoProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 START = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
+# python -c: shift time.time() (datetime.now() is left alone), then run ``python -m app.cli ...``
+CLOCK_SHIFT = ("import runpy, sys, time; _t = time.time; time.time = lambda: _t() + {offset!r}; "
+               "sys.argv = sys.argv[1:]; runpy.run_module('app.cli', run_name='__main__', alter_sys=True)")
 
 
 def write_readings_csv(path: Path, n: int, start: datetime = START) -> list[datetime]:
@@ -80,12 +83,17 @@ class Stack:
         path.write_text(yaml.safe_dump(cfg))
         return path
 
-    def start(self, name: str) -> subprocess.Popen:
+    def start(self, name: str, clock_offset_s: float = 0.0) -> subprocess.Popen:
+        """Start a service. ``clock_offset_s`` shifts the process's ``time.time()`` (what a live
+        meter's readings are stamped with) by that many seconds, so a test can put a live stream
+        just before an hour boundary in event time; only a past offset is plausible to the others."""
         log = (self.logs / f"{name}.log").open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("FLOWWATCH_CONFIG", None)
-        p = subprocess.Popen([sys.executable, "-m", "app.cli", name, "-c", str(self.config_for(name))], cwd=ROOT,
-                             stdout=log, stderr=subprocess.STDOUT, env=env)
+        cmd = [sys.executable, "-m", "app.cli", name, "-c", str(self.config_for(name))]
+        if clock_offset_s:
+            cmd[1:3] = ["-c", CLOCK_SHIFT.format(offset=float(clock_offset_s)), "app.cli"]
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.procs[name] = p
         return p
 

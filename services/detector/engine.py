@@ -97,7 +97,7 @@ class _Meter:
     """One meter's state: its last reading, its alerts by (kind, signal), and its rules."""
 
     __slots__ = ("alerts", "all", "burst", "cal", "flow", "gap", "interval", "last", "leak", "meter", "night", "pdrop", "pressure",
-                 "recal", "sig", "site")
+                 "recal", "sig", "silent", "site")
 
     def __init__(self, site: str, meter: str, eng: DetectionEngine) -> None:
         cfg = eng.cfg
@@ -115,6 +115,7 @@ class _Meter:
         self.burst = BurstRule(cfg, self.interval, has_pressure=self.pressure)
         self.pdrop = PressureDropRule(cfg, self.interval, has_flow=self.flow)
         self.gap = GapRule(cfg, self.interval)
+        self.silent = SilentRule(cfg, self.interval)  # silent after silent_intervals of *this* meter's interval
         self.cal: StepCalibration | None = None
         self.recal = Recalibration(cfg.recalibrate_period, eng.tz, [r.threshold for r in self.sig.values()])
 
@@ -145,7 +146,6 @@ class DetectionEngine:
         # the stateless rules, shared by all meters
         self._cells = HourCells(self.tz)
         self._range = RangeRule(self.limits)
-        self._silent = SilentRule(cfg, self.interval)
         self._pressure_loss = PressureLossRule(cfg)
 
     @classmethod
@@ -313,7 +313,7 @@ class DetectionEngine:
             m = self._meters.get(key)
             if m is None or m.last is None:
                 continue
-            self._apply(m, "silent", m.all, m.last, self._silent.check(nowt, seen, m.alerts.get(("silent", m.all))), out)
+            self._apply(m, "silent", m.all, m.last, m.silent.check(nowt, seen, m.alerts.get(("silent", m.all))), out)
         return out
 
     # --- forecasts, thresholds, night flow output -------------------------------------------
