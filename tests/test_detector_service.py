@@ -524,3 +524,55 @@ def test_step_thresholds_are_kept_over_a_restart(settings, store, tmp_path):
     finally:
         third.stop()
         t.join(30)
+
+
+def test_day_boundary_recalibration_runs_off_the_inbox_worker(settings, tmp_path):
+    """Issue 15 (throughput): while the recalibration at a local midnight reads its weeks of history,
+    the inbox worker goes on storing readings; then the new bands are installed and stored, dated at
+    the boundary, and the readings after it are all there, in order, none lost."""
+    from shared.store.sqlite import SqliteStore
+
+    s, site = unique(settings)
+    store = SqliteStore(tmp_path / "r.db")
+    df = frame(start=LOCAL_DAY0, minutes=3 * 1440 - 5)  # learning (< threshold_days): recalibrated every day
+    store.write_reading_frame(site, "m1", df)
+    real_read, gate, entered, release = store.read_reading_records, threading.Event(), threading.Event(), threading.Event()
+
+    def slow_read(*args, **kwargs):  # the history read of a recalibration, held until the test lets go
+        if gate.is_set() and threading.current_thread().name == "detector-maintenance":
+            entered.set()
+            assert release.wait(120)
+        return real_read(*args, **kwargs)
+
+    store.read_reading_records = slow_read
+    svc = DetectorService(s, store=store)
+    t = svc.start_in_thread()
+    try:
+        assert svc.ready.wait(60)
+        assert svc.maintenance_idle(60)
+        recals = svc.counters.get("recalibrations")
+        gate.set()
+        pub = client(s, "pub-recal-off-worker")
+        boundary = LOCAL_DAY0 + 3 * DAY
+        after = readings(frame(start=boundary, minutes=30), site=site)
+        pub.publish(topics.reading(site, "m1"), after[0])  # crosses local midnight
+        assert entered.wait(60), svc.counters.snapshot()
+        for r in after[1:]:
+            pub.publish(topics.reading(site, "m1"), r)
+        # The recalibration is held in its history read; the worker stores every reading meanwhile.
+        assert wait_for(lambda: svc.counters.get("readings_stored") >= 30, 60), svc.counters.snapshot()
+        assert svc.counters.get("recalibrations") == recals
+        release.set()
+        assert svc.maintenance_idle(60)
+        assert svc.counters.get("recalibrations") == recals + 1
+        for sig in ("flow_rate", "pressure"):
+            assert store.latest_thresholds(site, "m1", sig).computed_at == boundary
+        got = store.read_readings(site, "m1", boundary, boundary + DAY)
+        assert list(got.index) == [pd.Timestamp(r.ts) for r in after]
+        assert svc.counters.get("dead_lettered") == 0
+        pub.close()
+    finally:
+        release.set()
+        svc.stop()
+        t.join(30)
+        store.close()

@@ -25,12 +25,27 @@ day minus ``store.retention_days`` is purged (``Store.purge``; InfluxDB's retent
 there too). The day clock is seeded at back-fill; a purge that fails is counted (``purge_errors``)
 and the next day's purge covers it. The cutoff never passes wall-clock now minus the retention, so
 a reading dated years ahead cannot empty the store.
+
+The day-boundary work runs off the inbox worker, on a thread of its own (``detector-maintenance``),
+so readings keep flowing while it reads weeks of history (a backlog of minute readings crosses a
+day every 1,440 of them). The worker queues it after the batch that crossed the boundary is stored,
+so the history read holds every reading before the boundary. A recalibration reads the store
+outside any lock, then installs the new bands and step thresholds in one step under the engine
+lock, which the worker holds while it runs a batch through the rules: a batch sees the old
+calibration or the new one, never half of each. Readings handled meanwhile are judged with the old
+one, as the rest of the batch that crossed the boundary always was. Per meter the queue keeps the
+latest boundary only (a newer one due before the older one started supersedes it:
+``recalibrations_superseded``), and one purge, for the latest day. A recalibration command goes
+through the same queue (so the bands installed never go back in time). Work still queued at a stop
+is not lost: the back-fill at the next start recalibrates a meter whose bands are older than its
+boundary, and the next day's purge covers a missed one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -97,6 +112,15 @@ class DetectorService(Service):
         self._logged_open: set[tuple] = set()  # alerts whose opening was logged (one line each)
         self.retention_clock = BoundaryClock(settings.tz)  # one key, "retention": the purge is store-wide
         self.tick_s = self.cfg.silent_check_s
+        # The day-boundary work, off the inbox worker (module doc); the engine lock is held by whoever
+        # runs readings through the rules or installs a calibration.
+        self._engine_lock = threading.Lock()
+        self._jobs = threading.Condition()
+        self._recal_due: dict[tuple[str, str], datetime] = {}  # per meter, the latest boundary queued
+        self._purge_due: datetime | None = None
+        self._busy = False  # a job taken and not finished
+        self._maint_stop = threading.Event()
+        self._maint_thread: threading.Thread | None = None
         # Subscribe before connecting: a persistent session's queued messages arrive right after CONNACK.
         t = self.topics
         for kind, model in (("reading", Reading), ("forecast", Forecast), ("command", Command)):
@@ -113,6 +137,8 @@ class DetectorService(Service):
         for site, meter in meters:
             n += self._backfill(site, meter)
         logger.info("back-filled %d readings of %d meter(s) from %s in %.2fs", n, len(meters), self.store.name, time.perf_counter() - t0)
+        self._maint_thread = threading.Thread(target=self._maintenance_loop, name="detector-maintenance", daemon=True)
+        self._maint_thread.start()
 
     def _backfill(self, site: str, meter: str) -> int:
         st = self.store
@@ -158,7 +184,8 @@ class DetectorService(Service):
 
     # --- the inbox worker --------------------------------------------------------------------
     def tick(self) -> None:
-        self._check_silent()
+        with self._engine_lock:
+            self._check_silent()
 
     def _handle(self, batch: list[Delivery]) -> None:
         """Detect (each message guarded), write (retried), publish; the inbox then acknowledges."""
@@ -168,18 +195,10 @@ class DetectorService(Service):
         commands: list[Command] = []
         receipts: dict[tuple[str, str], list[Reading]] = {}
         late0 = eng.late_readings
-        for d in batch:
-            obj = d.obj
-            if isinstance(obj, Reading):
-                receipts.setdefault((obj.site, obj.meter), []).append(obj)  # stored or dead-lettered: done
-                if self.inbox.guard(d, lambda r=obj: (self.admit(r), anomalies.extend(eng.process(r)))):
-                    readings.append(obj)
-                    self.last_seen[(obj.site, obj.meter)] = now
-            elif isinstance(obj, Forecast):
-                self.inbox.guard(d, lambda f=obj: eng.on_forecast(f))
-            else:
-                commands.append(obj)
-        nights = eng.take_night_flows()
+        with self._engine_lock:  # a calibration is installed between batches, never inside one
+            self._run_rules(batch, readings, anomalies, commands, receipts, now)
+            nights = eng.take_night_flows()
+            due = eng.take_due()
         self.retry(lambda: self._write(anomalies, nights, readings), "detector store write")
         for a in anomalies:
             self.bus.publish(self.topics.anomaly(a.site, a.meter), a)
@@ -197,19 +216,34 @@ class DetectorService(Service):
         if eng.late_readings != late0:
             c.inc("late_readings", eng.late_readings - late0)
         c.inc("batches")
-        for site, meter, at in eng.take_due():
-            self._safe_recalibrate(site, meter, at)
+        for site, meter, at in due:  # the readings before the boundary are stored: off to the maintenance thread
+            self._queue_recalibration(site, meter, at)
         day = None
         for r in readings:
             day = self.retention_clock.advance(r.ts, ("day",), "retention").get("day", day)
         if day is not None:
-            self.purge(day)
+            self._queue_purge(day)
         for cmd in commands:
             if cmd.action == "recalibrate":
                 last = eng.last_time(cmd.site, cmd.meter) or self.store.last_reading_time(cmd.site, cmd.meter)
                 at = last + timedelta(seconds=1) if last else datetime.now(UTC).replace(microsecond=0)
                 logger.info("recalibration of %s/%s requested (%s)", cmd.site, cmd.meter, cmd.requested_at.isoformat())
-                self._safe_recalibrate(cmd.site, cmd.meter, at)
+                self._queue_recalibration(cmd.site, cmd.meter, at)
+
+    def _run_rules(self, batch: list[Delivery], readings: list[Reading], anomalies: list[Anomaly], commands: list[Command],
+                   receipts: dict[tuple[str, str], list[Reading]], now: float) -> None:
+        eng = self.engine
+        for d in batch:
+            obj = d.obj
+            if isinstance(obj, Reading):
+                receipts.setdefault((obj.site, obj.meter), []).append(obj)  # stored or dead-lettered: done
+                if self.inbox.guard(d, lambda r=obj: (self.admit(r), anomalies.extend(eng.process(r)))):
+                    readings.append(obj)
+                    self.last_seen[(obj.site, obj.meter)] = now
+            elif isinstance(obj, Forecast):
+                self.inbox.guard(d, lambda f=obj: eng.on_forecast(f))
+            else:
+                commands.append(obj)
 
     def _write(self, anomalies: list[Anomaly], nights: list, readings: list[Reading]) -> None:
         if anomalies:
@@ -240,6 +274,73 @@ class DetectorService(Service):
         else:
             logger.debug("anomaly update: %s, %s: %s", where, a.severity, a.message)
 
+    # --- the day-boundary work, on its own thread ----------------------------------------------
+    def _queue_recalibration(self, site: str, meter: str, at: datetime) -> None:
+        with self._jobs:
+            old = self._recal_due.get((site, meter))
+            if old is not None:
+                self.counters.inc("recalibrations_superseded")
+            self._recal_due[(site, meter)] = at if old is None else max(old, at)
+            self._jobs.notify_all()
+
+    def _queue_purge(self, day: datetime) -> None:
+        with self._jobs:
+            self._purge_due = day if self._purge_due is None else max(self._purge_due, day)
+            self._jobs.notify_all()
+
+    def _next_job(self) -> tuple[str, Any] | None:
+        """The next queued job (recalibrations first, in the order queued); None at a stop."""
+        with self._jobs:
+            while not (self._recal_due or self._purge_due) and not self._maint_stop.is_set():
+                self._jobs.wait(0.5)
+            if self._maint_stop.is_set():
+                return None
+            self._busy = True
+            if self._recal_due:
+                key = next(iter(self._recal_due))
+                return "recalibrate", (*key, self._recal_due.pop(key))
+            day, self._purge_due = self._purge_due, None
+            return "purge", day
+
+    def _maintenance_loop(self) -> None:
+        while (job := self._next_job()) is not None:
+            kind, arg = job
+            try:
+                if kind == "recalibrate":
+                    self._safe_recalibrate(*arg)
+                else:
+                    self.purge(arg)
+            except Exception:  # noqa: BLE001 - the thread must outlive a bug; the next boundary or start redoes the work
+                self.counters.inc("maintenance_errors")
+                logger.exception("%s at a day boundary failed (the next boundary or start redoes it)", kind)
+            finally:
+                with self._jobs:
+                    self._busy = False
+                    self._jobs.notify_all()
+
+    def maintenance_idle(self, timeout: float) -> bool:
+        """Wait until no day-boundary work is queued or running (tests); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._jobs:
+            while self._recal_due or self._purge_due is not None or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._jobs.wait(min(left, 0.5))
+        return True
+
+    def _stop_maintenance(self) -> None:
+        """Finish the job at hand; what is still queued is left to the next start (module doc)."""
+        self._maint_stop.set()
+        with self._jobs:
+            left = len(self._recal_due) + (self._purge_due is not None)
+            self._jobs.notify_all()
+        t, self._maint_thread = self._maint_thread, None
+        if t is not None:
+            t.join(60)
+        if left:
+            logger.info("%d day-boundary job(s) left at stop; the next start recalibrates what is due", left)
+
     def _safe_recalibrate(self, site: str, meter: str, at: datetime) -> None:
         try:
             self.recalibrate(site, meter, at)
@@ -262,12 +363,15 @@ class DetectorService(Service):
         logger.info("retention: removed %d record(s) older than %s (store.retention_days=%d)", n, before.isoformat(), keep.days)
 
     def recalibrate(self, site: str, meter: str, at: datetime) -> list[Thresholds]:
-        """Learn bands from the store, install, store and publish them (retained)."""
-        ths = self.engine.recalibrate(site, meter, read_columns(self.store, site, meter, at - timedelta(days=self.cfg.threshold_days), at), at)
+        """Learn bands from the store, install them (under the engine lock), store and publish them (retained)."""
+        data = read_columns(self.store, site, meter, at - timedelta(days=self.cfg.threshold_days), at)  # the slow part: no lock
+        with self._engine_lock:
+            ths = self.engine.recalibrate(site, meter, data, at)
+            cal = self.engine.calibration(site, meter)
         for th in ths:
             self.store.write_thresholds(th)
             self.bus.publish(self.topics.thresholds(site, meter, th.signal), th, retain=True)
-        self._save_calibration(site, meter)
+        self._save_calibration(site, meter, cal)
         self.counters.inc("recalibrations")
         logger.info("thresholds of %s/%s recalibrated at %s: %s", site, meter, at.isoformat(),
                     ", ".join(f"{th.signal} {th.method} ({th.sample_days:.1f} days)" for th in ths))
@@ -277,8 +381,7 @@ class DetectorService(Service):
     def _calibration_path(self, site: str, meter: str) -> Path:
         return self.settings.path(Path("detector")) / "calibration" / f"{site}.{meter}.json"
 
-    def _save_calibration(self, site: str, meter: str) -> None:
-        cal = self.engine.calibration(site, meter)
+    def _save_calibration(self, site: str, meter: str, cal: StepCalibration | None) -> None:
         if cal is None:
             return
         path = self._calibration_path(site, meter)
@@ -313,5 +416,6 @@ class DetectorService(Service):
         self.counters.inc("anomalies", len(out))
 
     def teardown(self) -> None:
+        self._stop_maintenance()
         if self.store is not None and self._own_store:
             self.store.close()
