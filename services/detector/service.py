@@ -63,7 +63,6 @@ from shared.messages import SIGNALS, Anomaly, Command, Forecast, Reading, Stored
 from shared.service import Service
 from shared.settings import Settings
 from shared.store import Store, StoreError, open_store
-from shared.store.base import reading_columns
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ def read_columns(store: Store, site: str, meter: str, start: datetime, end: date
     parts = []
     t = start
     while t < end:
-        parts.append(reading_columns(store.read_reading_records(site, meter, t, min(t + chunk, end)))[:3])
+        parts.append(store.read_reading_columns(site, meter, t, min(t + chunk, end)))
         t += chunk
     if not parts:
         return np.asarray([]), np.asarray([]), np.asarray([])
