@@ -536,7 +536,7 @@ def test_day_boundary_recalibration_runs_off_the_inbox_worker(settings, tmp_path
     store = SqliteStore(tmp_path / "r.db")
     df = frame(start=LOCAL_DAY0, minutes=3 * 1440 - 5)  # learning (< threshold_days): recalibrated every day
     store.write_reading_frame(site, "m1", df)
-    real_read, gate, entered, release = store.read_reading_records, threading.Event(), threading.Event(), threading.Event()
+    real_read, gate, entered, release = store.read_reading_columns, threading.Event(), threading.Event(), threading.Event()
 
     def slow_read(*args, **kwargs):  # the history read of a recalibration, held until the test lets go
         if gate.is_set() and threading.current_thread().name == "detector-maintenance":
@@ -544,7 +544,7 @@ def test_day_boundary_recalibration_runs_off_the_inbox_worker(settings, tmp_path
             assert release.wait(120)
         return real_read(*args, **kwargs)
 
-    store.read_reading_records = slow_read
+    store.read_reading_columns = slow_read
     svc = DetectorService(s, store=store)
     t = svc.start_in_thread()
     try:
