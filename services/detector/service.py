@@ -29,9 +29,9 @@ a reading dated years ahead cannot empty the store.
 The day-boundary work runs off the inbox worker, on a thread of its own (``detector-maintenance``),
 so readings keep flowing while it reads weeks of history (a backlog of minute readings crosses a
 day every 1,440 of them). The worker queues it after the batch that crossed the boundary is stored,
-so the history read holds every reading before the boundary. A recalibration reads the store
-outside any lock, then installs the new bands and step thresholds in one step under the engine
-lock, which the worker holds while it runs a batch through the rules: a batch sees the old
+so the history read holds every reading before the boundary. A recalibration reads the store and
+learns outside any lock (``DetectionEngine.learn_calibration``), then installs the new bands and
+step thresholds in one step (``install_calibration``) under the engine lock, which the worker holds while it runs a batch through the rules: a batch sees the old
 calibration or the new one, never half of each. Readings handled meanwhile are judged with the old
 one, as the rest of the batch that crossed the boundary always was. Per meter the queue keeps the
 latest boundary only (a newer one due before the older one started supersedes it:
@@ -363,9 +363,10 @@ class DetectorService(Service):
 
     def recalibrate(self, site: str, meter: str, at: datetime) -> list[Thresholds]:
         """Learn bands from the store, install them (under the engine lock), store and publish them (retained)."""
-        data = read_columns(self.store, site, meter, at - timedelta(days=self.cfg.threshold_days), at)  # the slow part: no lock
+        data = read_columns(self.store, site, meter, at - timedelta(days=self.cfg.threshold_days), at)
+        learned = self.engine.learn_calibration(site, meter, data, at)  # the slow part, reading and learning: no lock
         with self._engine_lock:
-            ths = self.engine.recalibrate(site, meter, data, at)
+            ths = self.engine.install_calibration(learned)
             cal = self.engine.calibration(site, meter)
         for th in ths:
             self.store.write_thresholds(th)
