@@ -34,8 +34,9 @@ learns outside any lock (``DetectionEngine.learn_calibration``), then installs t
 step thresholds in one step (``install_calibration``) under the engine lock, which the worker holds while it runs a batch through the rules: a batch sees the old
 calibration or the new one, never half of each. Readings handled meanwhile are judged with the old
 one, as the rest of the batch that crossed the boundary always was. Per meter the queue keeps the
-latest boundary only (a newer one due before the older one started supersedes it:
-``recalibrations_superseded``), and one purge, for the latest day. A recalibration command goes
+latest boundary only, and one purge, for the latest day; a job starts ``SETTLE_S`` (2 s) after it
+was queued, so while a backlog drains through many days in a second each meter is recalibrated at
+most about once per 2 s, at its latest boundary (the ones it skipped: ``recalibrations_superseded``). A recalibration command goes
 through the same queue (so the bands installed never go back in time). Work still queued at a stop
 is not lost: the back-fill at the next start recalibrates a meter whose bands are older than its
 boundary, and the next day's purge covers a missed one.
@@ -65,6 +66,11 @@ from shared.settings import Settings
 from shared.store import Store, StoreError, open_store
 
 logger = logging.getLogger(__name__)
+
+# Day-boundary work waits this long (wall clock) before it starts, so a backlog draining through many
+# local days at once (a day of minute readings every fraction of a second) recalibrates each meter
+# about once per SETTLE_S, at the latest boundary, not once per day crossed; live, it is a 2 s delay.
+SETTLE_S = 2.0
 
 
 def latest_forecasts(site: str, meter: str, points: list[tuple]) -> list[Forecast]:
@@ -115,8 +121,10 @@ class DetectorService(Service):
         # runs readings through the rules or installs a calibration.
         self._engine_lock = threading.Lock()
         self._jobs = threading.Condition()
-        self._recal_due: dict[tuple[str, str], datetime] = {}  # per meter, the latest boundary queued
-        self._purge_due: datetime | None = None
+        # per meter, the latest boundary queued and when (monotonic) the first still waiting was queued
+        self._recal_due: dict[tuple[str, str], tuple[datetime, float]] = {}
+        self._purge_due: tuple[datetime, float] | None = None
+        self.settle_s = SETTLE_S
         self._busy = False  # a job taken and not finished
         self._maint_stop = threading.Event()
         self._maint_thread: threading.Thread | None = None
@@ -279,26 +287,33 @@ class DetectorService(Service):
             old = self._recal_due.get((site, meter))
             if old is not None:
                 self.counters.inc("recalibrations_superseded")
-            self._recal_due[(site, meter)] = at if old is None else max(old, at)
+            self._recal_due[(site, meter)] = (at, time.monotonic()) if old is None else (max(old[0], at), old[1])
             self._jobs.notify_all()
 
     def _queue_purge(self, day: datetime) -> None:
         with self._jobs:
-            self._purge_due = day if self._purge_due is None else max(self._purge_due, day)
+            old = self._purge_due
+            self._purge_due = (day, time.monotonic()) if old is None else (max(old[0], day), old[1])
             self._jobs.notify_all()
 
     def _next_job(self) -> tuple[str, Any] | None:
-        """The next queued job (recalibrations first, in the order queued); None at a stop."""
+        """The next queued job that has waited ``settle_s`` (recalibrations first, in the order queued);
+        None at a stop."""
         with self._jobs:
-            while not (self._recal_due or self._purge_due) and not self._maint_stop.is_set():
-                self._jobs.wait(0.5)
-            if self._maint_stop.is_set():
+            while not self._maint_stop.is_set():
+                queued = [q for _, q in self._recal_due.values()] + ([self._purge_due[1]] if self._purge_due else [])
+                wait = min(queued) + self.settle_s - time.monotonic() if queued else 0.5
+                if queued and wait <= 0:
+                    break
+                self._jobs.wait(min(max(wait, 0.01), 0.5))
+            else:
                 return None
             self._busy = True
-            if self._recal_due:
-                key = next(iter(self._recal_due))
-                return "recalibrate", (*key, self._recal_due.pop(key))
-            day, self._purge_due = self._purge_due, None
+            for key, (at, q) in self._recal_due.items():
+                if q + self.settle_s <= time.monotonic():
+                    del self._recal_due[key]
+                    return "recalibrate", (*key, at)
+            day, self._purge_due = self._purge_due[0], None
             return "purge", day
 
     def _maintenance_loop(self) -> None:
