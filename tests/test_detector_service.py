@@ -576,3 +576,38 @@ def test_day_boundary_recalibration_runs_off_the_inbox_worker(settings, tmp_path
         svc.stop()
         t.join(30)
         store.close()
+
+
+def test_a_backlog_crossing_several_days_recalibrates_once_at_the_latest_boundary(settings, tmp_path):
+    """Day-boundary work waits ``settle_s``: boundaries crossed meanwhile supersede the queued one, so a
+    draining backlog recalibrates each meter once, at its latest boundary, and purges once."""
+    from shared.store.sqlite import SqliteStore
+
+    s, site = unique(settings)
+    store = SqliteStore(tmp_path / "r.db")
+    store.write_reading_frame(site, "m1", frame(start=LOCAL_DAY0, minutes=3 * 1440 - 5))  # learning: due every day
+    svc = DetectorService(s, store=store)
+    t = svc.start_in_thread()
+    try:
+        assert svc.ready.wait(60)
+        assert svc.maintenance_idle(60)
+        recals, purges = svc.counters.get("recalibrations"), svc.counters.get("purges")
+        svc.settle_s = 3600.0  # held until the test lets go
+        pub = client(s, "pub-recal-settle")
+        days = [LOCAL_DAY0 + k * DAY for k in (3, 4, 5)]
+        for k, day in enumerate(days, 1):  # three local midnights, a reading each, in batches of their own
+            pub.publish(topics.reading(site, "m1"), readings(frame(start=day, minutes=1), site=site)[0])
+            assert wait_for(lambda k=k: svc.counters.get("readings_stored") >= k, 60), svc.counters.snapshot()
+        assert svc.counters.get("recalibrations_superseded") == 2
+        assert svc.counters.get("recalibrations") == recals and svc.counters.get("purges") == purges
+        svc.settle_s = 0.0
+        assert svc.maintenance_idle(60)
+        assert svc.counters.get("recalibrations") == recals + 1, svc.counters.snapshot()
+        assert svc.counters.get("purges") == purges + 1
+        for sig in ("flow_rate", "pressure"):
+            assert store.latest_thresholds(site, "m1", sig).computed_at == days[-1]
+        pub.close()
+    finally:
+        svc.stop()
+        t.join(30)
+        store.close()
