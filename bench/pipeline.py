@@ -16,8 +16,10 @@ process, bench/mqtt_publisher.py) and the same payloads (N readings round-robin 
    stored), zero loss verified the same way. One meter, so this is the chain's speed for a
    backlog (a spool draining after an outage), not many meters at once. Twice: readings 1 s apart
    (N s of event time, like the phases above: 100 meters x N/100 minutes) and 1 min apart (N
-   minutes: the detector also recalibrates and purges at each of the ~N/1440 day boundaries,
-   in its one inbox worker, work the other phases never reach).
+   minutes: the detector also recalibrates and purges at the ~N/1440 day boundaries, on its
+   day-boundary thread, work the other phases never reach). Readings 1 s apart put 60 readings
+   in each minute of the detector's time windows (burst baselines), so that run is heavier per
+   reading for the detector than the meter's real interval would be.
 
 The ratio detector / raw of each run is reported, with the median over runs. Both phases are
 limited by the one publisher (a single paho client, QoS 1): a ratio near 100 % means the detector

@@ -130,3 +130,20 @@ def test_wrong_password_is_reported(mqtt, caplog):
     assert b.counters.get("mqtt_connect_refused") >= 1
     assert any("refused" in r.message for r in caplog.records)
     b.client.loop_stop()
+
+
+def test_connections_send_small_packets_at_once_nodelay(mqtt):
+    """TCP_NODELAY on the bus's socket, after a reconnect too: with Nagle's algorithm each small PUBACK
+    or receipt waited for the peer's delayed ACK, and the collector -> detector chain ran at a third
+    of its speed (issue 15)."""
+    import socket
+
+    b = make(mqtt, "nodelay")
+    try:
+        assert wait_for(lambda: b.connected, 10)
+        assert b.client.socket().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        b.client.reconnect()
+        assert wait_for(lambda: b.connected and b.client.socket() is not None, 20)
+        assert b.client.socket().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        b.close()

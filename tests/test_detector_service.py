@@ -524,3 +524,90 @@ def test_step_thresholds_are_kept_over_a_restart(settings, store, tmp_path):
     finally:
         third.stop()
         t.join(30)
+
+
+def test_day_boundary_recalibration_runs_off_the_inbox_worker(settings, tmp_path):
+    """Issue 15 (throughput): while the recalibration at a local midnight reads its weeks of history,
+    the inbox worker goes on storing readings; then the new bands are installed and stored, dated at
+    the boundary, and the readings after it are all there, in order, none lost."""
+    from shared.store.sqlite import SqliteStore
+
+    s, site = unique(settings)
+    store = SqliteStore(tmp_path / "r.db")
+    df = frame(start=LOCAL_DAY0, minutes=3 * 1440 - 5)  # learning (< threshold_days): recalibrated every day
+    store.write_reading_frame(site, "m1", df)
+    real_read, gate, entered, release = store.read_reading_columns, threading.Event(), threading.Event(), threading.Event()
+
+    def slow_read(*args, **kwargs):  # the history read of a recalibration, held until the test lets go
+        if gate.is_set() and threading.current_thread().name == "detector-maintenance":
+            entered.set()
+            assert release.wait(120)
+        return real_read(*args, **kwargs)
+
+    store.read_reading_columns = slow_read
+    svc = DetectorService(s, store=store)
+    t = svc.start_in_thread()
+    try:
+        assert svc.ready.wait(60)
+        assert svc.maintenance_idle(60)
+        recals = svc.counters.get("recalibrations")
+        gate.set()
+        pub = client(s, "pub-recal-off-worker")
+        boundary = LOCAL_DAY0 + 3 * DAY
+        after = readings(frame(start=boundary, minutes=30), site=site)
+        pub.publish(topics.reading(site, "m1"), after[0])  # crosses local midnight
+        assert entered.wait(60), svc.counters.snapshot()
+        for r in after[1:]:
+            pub.publish(topics.reading(site, "m1"), r)
+        # The recalibration is held in its history read; the worker stores every reading meanwhile.
+        assert wait_for(lambda: svc.counters.get("readings_stored") >= 30, 60), svc.counters.snapshot()
+        assert svc.counters.get("recalibrations") == recals
+        release.set()
+        assert svc.maintenance_idle(60)
+        assert svc.counters.get("recalibrations") == recals + 1
+        for sig in ("flow_rate", "pressure"):
+            assert store.latest_thresholds(site, "m1", sig).computed_at == boundary
+        got = store.read_readings(site, "m1", boundary, boundary + DAY)
+        assert list(got.index) == [pd.Timestamp(r.ts) for r in after]
+        assert svc.counters.get("dead_lettered") == 0
+        pub.close()
+    finally:
+        release.set()
+        svc.stop()
+        t.join(30)
+        store.close()
+
+
+def test_a_backlog_crossing_several_days_recalibrates_once_at_the_latest_boundary(settings, tmp_path):
+    """Day-boundary work waits ``settle_s``: boundaries crossed meanwhile supersede the queued one, so a
+    draining backlog recalibrates each meter once, at its latest boundary, and purges once."""
+    from shared.store.sqlite import SqliteStore
+
+    s, site = unique(settings)
+    store = SqliteStore(tmp_path / "r.db")
+    store.write_reading_frame(site, "m1", frame(start=LOCAL_DAY0, minutes=3 * 1440 - 5))  # learning: due every day
+    svc = DetectorService(s, store=store)
+    t = svc.start_in_thread()
+    try:
+        assert svc.ready.wait(60)
+        assert svc.maintenance_idle(60)
+        recals, purges = svc.counters.get("recalibrations"), svc.counters.get("purges")
+        svc.settle_s = 3600.0  # held until the test lets go
+        pub = client(s, "pub-recal-settle")
+        days = [LOCAL_DAY0 + k * DAY for k in (3, 4, 5)]
+        for k, day in enumerate(days, 1):  # three local midnights, a reading each, in batches of their own
+            pub.publish(topics.reading(site, "m1"), readings(frame(start=day, minutes=1), site=site)[0])
+            assert wait_for(lambda k=k: svc.counters.get("readings_stored") >= k, 60), svc.counters.snapshot()
+        assert svc.counters.get("recalibrations_superseded") == 2
+        assert svc.counters.get("recalibrations") == recals and svc.counters.get("purges") == purges
+        svc.settle_s = 0.0
+        assert svc.maintenance_idle(60)
+        assert svc.counters.get("recalibrations") == recals + 1, svc.counters.snapshot()
+        assert svc.counters.get("purges") == purges + 1
+        for sig in ("flow_rate", "pressure"):
+            assert store.latest_thresholds(site, "m1", sig).computed_at == days[-1]
+        pub.close()
+    finally:
+        svc.stop()
+        t.join(30)
+        store.close()

@@ -119,6 +119,25 @@ def test_missing_values_round_trip(store):
     assert np.isnan(df["flow_rate"].iloc[0]) and df["pressure"].iloc[0] == 2.5
 
 
+def test_reading_columns_are_the_records_columns(store):
+    """The detector's recalibration reads numpy columns straight from the rows: the same values as the
+    records path, NaN where missing, [start, end), and empty arrays for a meter with none."""
+    from shared.store.base import reading_columns
+
+    rs = readings(30)
+    rs[3] = rs[3].model_copy(update={"flow_rate": None})
+    rs[7] = rs[7].model_copy(update={"pressure": None})
+    store.write_readings(rs)
+    lo, hi = T0 + timedelta(minutes=2), T0 + timedelta(minutes=20)
+    got = store.read_reading_columns("s1", "m1", lo, hi)
+    want = reading_columns(store.read_reading_records("s1", "m1", lo, hi))[:3]
+    assert len(got[0]) == 18 and got[0][0] == lo.timestamp()
+    assert np.isnan(got[1][1]) and np.isnan(got[2][5])
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == np.float64 and np.array_equal(g, w, equal_nan=True)
+    assert [len(c) for c in store.read_reading_columns("s1", "nope", lo, hi)] == [0, 0, 0]
+
+
 def test_meters_are_separate(store):
     store.write_readings(readings(3, meter="m1") + readings(4, meter="m2"))
     assert len(store.read_readings("s1", "m2", T0, T0 + timedelta(days=1))) == 4

@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from services.detector.alerts import SEVERITY, AlertState, Condition, Event, Transition, timing
@@ -91,6 +91,15 @@ class _SignalRules:
         self.spike = SpikeRule(sig, cfg)
         self.threshold = ThresholdRule(sig, cfg, BandTable(static_thresholds(site, meter, sig, cfg, _NEVER)))
         self.forecast = ForecastDeviationRule(sig, cfg)
+
+
+class LearnedCalibration(NamedTuple):
+    """Bands and step thresholds learned for one meter, not yet installed (:meth:`DetectionEngine.learn_calibration`)."""
+
+    site: str
+    meter: str
+    thresholds: list[Thresholds]
+    cal: StepCalibration | None
 
 
 class _Meter:
@@ -345,28 +354,41 @@ class DetectionEngine:
         """Learn bands and step thresholds from ``data`` (a readings frame, Reading records, or (epoch,
         flow, pressure) columns; only [at - threshold_days, at) is used); install them and return the
         bands (the step thresholds: :meth:`calibration`)."""
+        return self.install_calibration(self.learn_calibration(site, meter, data, at))
+
+    def learn_calibration(self, site: str, meter: str, data: pd.DataFrame | Sequence[Reading] | tuple, at: datetime) -> LearnedCalibration:
+        """The learning half of :meth:`recalibrate`, nothing installed: it reads only the meter's spec,
+        never state that handling readings changes, so it may run on another thread than the one that
+        handles them (the detector service's day-boundary thread); :meth:`install_calibration` then
+        installs the result in one step."""
         import numpy as np
 
-        m = self._meter(site, meter)
+        signals, interval = self.spec(meter)
+        interval = float(interval)
         ts, fl, pr = _columns(data)
         t = np.asarray(ts, dtype=np.float64)
         lo, hi = (at - timedelta(days=self.cfg.threshold_days)).timestamp(), at.timestamp()
         sel = (t >= lo) & (t < hi)
+        t = t[sel]
         values = {"flow_rate": np.asarray(fl, dtype=np.float64)[sel], "pressure": np.asarray(pr, dtype=np.float64)[sel]}
-        ths = [th for th in learn_thresholds(site, meter, t[sel], values, at, self.cfg, self.tz, m.interval) if th.signal in m.sig]
-        for th in ths:
-            self.set_thresholds(th)
-        self._calibrate(m, t[sel], values, at.timestamp())
-        return ths
-
-    def _calibrate(self, m: _Meter, t: Any, values: dict[str, Any], at: float) -> None:
-        cfg = self.cfg
-        n = len(t)
-        if n and (n * m.interval / 86_400) >= cfg.calibration_min_days:
-            cal = calibrate(t, values["flow_rate"] if m.flow else None, values["pressure"] if m.pressure else None,
-                            interval_s=m.interval, tz=self.tz, budget_per_30d=cfg.alarm_budget_per_30d,
+        ths = [th for th in learn_thresholds(site, meter, t, values, at, self.cfg, self.tz, interval) if th.signal in signals]
+        cfg, cal = self.cfg, None
+        if len(t) and (len(t) * interval / 86_400) >= cfg.calibration_min_days:
+            cal = calibrate(t, values["flow_rate"] if "flow_rate" in signals else None, values["pressure"] if "pressure" in signals else None,
+                            interval_s=interval, tz=self.tz, budget_per_30d=cfg.alarm_budget_per_30d,
                             flow_base_s=cfg.burst_baseline_minutes * 60, pressure_base_s=cfg.pressure_drop_baseline_minutes * 60,
-                            at=at, min_burst_drop=cfg.burst_pressure_drop)
+                            at=at.timestamp(), min_burst_drop=cfg.burst_pressure_drop)
+        return LearnedCalibration(site, meter, ths, cal)
+
+    def install_calibration(self, learned: LearnedCalibration) -> list[Thresholds]:
+        """Install what :meth:`learn_calibration` learned (bands, step thresholds, the forecast tolerance
+        from the distances seen so far); returns the bands."""
+        cfg = self.cfg
+        m = self._meter(learned.site, learned.meter)
+        for th in learned.thresholds:
+            self.set_thresholds(th)
+        cal = learned.cal
+        if cal is not None:
             # forecast deviation: from the distances to the forecasts seen, one test per sustain block
             p = cfg.alarm_budget_per_30d * SHARE * cfg.forecast_sustain_minutes / (30 * 1440)
             for sig, r in m.sig.items():
@@ -375,6 +397,7 @@ class DetectionEngine:
                     cal.forecast_pct[sig] = pct
             m.set_calibration(cal)
         m.recal.learning = m.cal is None or m.cal.days < cfg.threshold_days * 0.95
+        return list(learned.thresholds)
 
     def calibration(self, site: str, meter: str) -> StepCalibration | None:
         """The meter's step thresholds (None until calibrated), e.g. to keep them over a restart."""

@@ -25,12 +25,28 @@ day minus ``store.retention_days`` is purged (``Store.purge``; InfluxDB's retent
 there too). The day clock is seeded at back-fill; a purge that fails is counted (``purge_errors``)
 and the next day's purge covers it. The cutoff never passes wall-clock now minus the retention, so
 a reading dated years ahead cannot empty the store.
+
+The day-boundary work runs off the inbox worker, on a thread of its own (``detector-maintenance``),
+so readings keep flowing while it reads weeks of history (a backlog of minute readings crosses a
+day every 1,440 of them). The worker queues it after the batch that crossed the boundary is stored,
+so the history read holds every reading before the boundary. A recalibration reads the store and
+learns outside any lock (``DetectionEngine.learn_calibration``), then installs the new bands and
+step thresholds in one step (``install_calibration``) under the engine lock, which the worker holds while it runs a batch through the rules: a batch sees the old
+calibration or the new one, never half of each. Readings handled meanwhile are judged with the old
+one, as the rest of the batch that crossed the boundary always was. Per meter the queue keeps the
+latest boundary only, and one purge, for the latest day; a job starts ``SETTLE_S`` (2 s) after it
+was queued, so while a backlog drains through many days in a second each meter is recalibrated at
+most about once per 2 s, at its latest boundary (the ones it skipped: ``recalibrations_superseded``). A recalibration command goes
+through the same queue (so the bands installed never go back in time). Work still queued at a stop
+is not lost: the back-fill at the next start recalibrates a meter whose bands are older than its
+boundary, and the next day's purge covers a missed one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,9 +64,13 @@ from shared.messages import SIGNALS, Anomaly, Command, Forecast, Reading, Stored
 from shared.service import Service
 from shared.settings import Settings
 from shared.store import Store, StoreError, open_store
-from shared.store.base import reading_columns
 
 logger = logging.getLogger(__name__)
+
+# Day-boundary work waits this long (wall clock) before it starts, so a backlog draining through many
+# local days at once (a day of minute readings every fraction of a second) recalibrates each meter
+# about once per SETTLE_S, at the latest boundary, not once per day crossed; live, it is a 2 s delay.
+SETTLE_S = 2.0
 
 
 def latest_forecasts(site: str, meter: str, points: list[tuple]) -> list[Forecast]:
@@ -77,7 +97,7 @@ def read_columns(store: Store, site: str, meter: str, start: datetime, end: date
     parts = []
     t = start
     while t < end:
-        parts.append(reading_columns(store.read_reading_records(site, meter, t, min(t + chunk, end)))[:3])
+        parts.append(store.read_reading_columns(site, meter, t, min(t + chunk, end)))
         t += chunk
     if not parts:
         return np.asarray([]), np.asarray([]), np.asarray([])
@@ -97,6 +117,17 @@ class DetectorService(Service):
         self._logged_open: set[tuple] = set()  # alerts whose opening was logged (one line each)
         self.retention_clock = BoundaryClock(settings.tz)  # one key, "retention": the purge is store-wide
         self.tick_s = self.cfg.silent_check_s
+        # The day-boundary work, off the inbox worker (module doc); the engine lock is held by whoever
+        # runs readings through the rules or installs a calibration.
+        self._engine_lock = threading.Lock()
+        self._jobs = threading.Condition()
+        # per meter, the latest boundary queued and when (monotonic) the first still waiting was queued
+        self._recal_due: dict[tuple[str, str], tuple[datetime, float]] = {}
+        self._purge_due: tuple[datetime, float] | None = None
+        self.settle_s = SETTLE_S
+        self._busy = False  # a job taken and not finished
+        self._maint_stop = threading.Event()
+        self._maint_thread: threading.Thread | None = None
         # Subscribe before connecting: a persistent session's queued messages arrive right after CONNACK.
         t = self.topics
         for kind, model in (("reading", Reading), ("forecast", Forecast), ("command", Command)):
@@ -113,6 +144,8 @@ class DetectorService(Service):
         for site, meter in meters:
             n += self._backfill(site, meter)
         logger.info("back-filled %d readings of %d meter(s) from %s in %.2fs", n, len(meters), self.store.name, time.perf_counter() - t0)
+        self._maint_thread = threading.Thread(target=self._maintenance_loop, name="detector-maintenance", daemon=True)
+        self._maint_thread.start()
 
     def _backfill(self, site: str, meter: str) -> int:
         st = self.store
@@ -158,7 +191,8 @@ class DetectorService(Service):
 
     # --- the inbox worker --------------------------------------------------------------------
     def tick(self) -> None:
-        self._check_silent()
+        with self._engine_lock:
+            self._check_silent()
 
     def _handle(self, batch: list[Delivery]) -> None:
         """Detect (each message guarded), write (retried), publish; the inbox then acknowledges."""
@@ -168,18 +202,10 @@ class DetectorService(Service):
         commands: list[Command] = []
         receipts: dict[tuple[str, str], list[Reading]] = {}
         late0 = eng.late_readings
-        for d in batch:
-            obj = d.obj
-            if isinstance(obj, Reading):
-                receipts.setdefault((obj.site, obj.meter), []).append(obj)  # stored or dead-lettered: done
-                if self.inbox.guard(d, lambda r=obj: (self.admit(r), anomalies.extend(eng.process(r)))):
-                    readings.append(obj)
-                    self.last_seen[(obj.site, obj.meter)] = now
-            elif isinstance(obj, Forecast):
-                self.inbox.guard(d, lambda f=obj: eng.on_forecast(f))
-            else:
-                commands.append(obj)
-        nights = eng.take_night_flows()
+        with self._engine_lock:  # a calibration is installed between batches, never inside one
+            self._run_rules(batch, readings, anomalies, commands, receipts, now)
+            nights = eng.take_night_flows()
+            due = eng.take_due()
         self.retry(lambda: self._write(anomalies, nights, readings), "detector store write")
         for a in anomalies:
             self.bus.publish(self.topics.anomaly(a.site, a.meter), a)
@@ -197,19 +223,34 @@ class DetectorService(Service):
         if eng.late_readings != late0:
             c.inc("late_readings", eng.late_readings - late0)
         c.inc("batches")
-        for site, meter, at in eng.take_due():
-            self._safe_recalibrate(site, meter, at)
+        for site, meter, at in due:  # the readings before the boundary are stored: off to the maintenance thread
+            self._queue_recalibration(site, meter, at)
         day = None
         for r in readings:
             day = self.retention_clock.advance(r.ts, ("day",), "retention").get("day", day)
         if day is not None:
-            self.purge(day)
+            self._queue_purge(day)
         for cmd in commands:
             if cmd.action == "recalibrate":
                 last = eng.last_time(cmd.site, cmd.meter) or self.store.last_reading_time(cmd.site, cmd.meter)
                 at = last + timedelta(seconds=1) if last else datetime.now(UTC).replace(microsecond=0)
                 logger.info("recalibration of %s/%s requested (%s)", cmd.site, cmd.meter, cmd.requested_at.isoformat())
-                self._safe_recalibrate(cmd.site, cmd.meter, at)
+                self._queue_recalibration(cmd.site, cmd.meter, at)
+
+    def _run_rules(self, batch: list[Delivery], readings: list[Reading], anomalies: list[Anomaly], commands: list[Command],
+                   receipts: dict[tuple[str, str], list[Reading]], now: float) -> None:
+        eng = self.engine
+        for d in batch:
+            obj = d.obj
+            if isinstance(obj, Reading):
+                receipts.setdefault((obj.site, obj.meter), []).append(obj)  # stored or dead-lettered: done
+                if self.inbox.guard(d, lambda r=obj: (self.admit(r), anomalies.extend(eng.process(r)))):
+                    readings.append(obj)
+                    self.last_seen[(obj.site, obj.meter)] = now
+            elif isinstance(obj, Forecast):
+                self.inbox.guard(d, lambda f=obj: eng.on_forecast(f))
+            else:
+                commands.append(obj)
 
     def _write(self, anomalies: list[Anomaly], nights: list, readings: list[Reading]) -> None:
         if anomalies:
@@ -240,6 +281,80 @@ class DetectorService(Service):
         else:
             logger.debug("anomaly update: %s, %s: %s", where, a.severity, a.message)
 
+    # --- the day-boundary work, on its own thread ----------------------------------------------
+    def _queue_recalibration(self, site: str, meter: str, at: datetime) -> None:
+        with self._jobs:
+            old = self._recal_due.get((site, meter))
+            if old is not None:
+                self.counters.inc("recalibrations_superseded")
+            self._recal_due[(site, meter)] = (at, time.monotonic()) if old is None else (max(old[0], at), old[1])
+            self._jobs.notify_all()
+
+    def _queue_purge(self, day: datetime) -> None:
+        with self._jobs:
+            old = self._purge_due
+            self._purge_due = (day, time.monotonic()) if old is None else (max(old[0], day), old[1])
+            self._jobs.notify_all()
+
+    def _next_job(self) -> tuple[str, Any] | None:
+        """The next queued job that has waited ``settle_s`` (recalibrations first, in the order queued);
+        None at a stop."""
+        with self._jobs:
+            while not self._maint_stop.is_set():
+                queued = [q for _, q in self._recal_due.values()] + ([self._purge_due[1]] if self._purge_due else [])
+                wait = min(queued) + self.settle_s - time.monotonic() if queued else 0.5
+                if queued and wait <= 0:
+                    break
+                self._jobs.wait(min(max(wait, 0.01), 0.5))
+            else:
+                return None
+            self._busy = True
+            for key, (at, q) in self._recal_due.items():
+                if q + self.settle_s <= time.monotonic():
+                    del self._recal_due[key]
+                    return "recalibrate", (*key, at)
+            day, self._purge_due = self._purge_due[0], None
+            return "purge", day
+
+    def _maintenance_loop(self) -> None:
+        while (job := self._next_job()) is not None:
+            kind, arg = job
+            try:
+                if kind == "recalibrate":
+                    self._safe_recalibrate(*arg)
+                else:
+                    self.purge(arg)
+            except Exception:  # noqa: BLE001 - the thread must outlive a bug; the next boundary or start redoes the work
+                self.counters.inc("maintenance_errors")
+                logger.exception("%s at a day boundary failed (the next boundary or start redoes it)", kind)
+            finally:
+                with self._jobs:
+                    self._busy = False
+                    self._jobs.notify_all()
+
+    def maintenance_idle(self, timeout: float) -> bool:
+        """Wait until no day-boundary work is queued or running (tests); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._jobs:
+            while self._recal_due or self._purge_due is not None or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._jobs.wait(min(left, 0.5))
+        return True
+
+    def _stop_maintenance(self) -> None:
+        """Finish the job at hand; what is still queued is left to the next start (module doc)."""
+        self._maint_stop.set()
+        with self._jobs:
+            left = len(self._recal_due) + (self._purge_due is not None)
+            self._jobs.notify_all()
+        t, self._maint_thread = self._maint_thread, None
+        if t is not None:
+            t.join(60)
+        if left:
+            logger.info("%d day-boundary job(s) left at stop; the next start recalibrates what is due", left)
+
     def _safe_recalibrate(self, site: str, meter: str, at: datetime) -> None:
         try:
             self.recalibrate(site, meter, at)
@@ -262,12 +377,16 @@ class DetectorService(Service):
         logger.info("retention: removed %d record(s) older than %s (store.retention_days=%d)", n, before.isoformat(), keep.days)
 
     def recalibrate(self, site: str, meter: str, at: datetime) -> list[Thresholds]:
-        """Learn bands from the store, install, store and publish them (retained)."""
-        ths = self.engine.recalibrate(site, meter, read_columns(self.store, site, meter, at - timedelta(days=self.cfg.threshold_days), at), at)
+        """Learn bands from the store, install them (under the engine lock), store and publish them (retained)."""
+        data = read_columns(self.store, site, meter, at - timedelta(days=self.cfg.threshold_days), at)
+        learned = self.engine.learn_calibration(site, meter, data, at)  # the slow part, reading and learning: no lock
+        with self._engine_lock:
+            ths = self.engine.install_calibration(learned)
+            cal = self.engine.calibration(site, meter)
         for th in ths:
             self.store.write_thresholds(th)
             self.bus.publish(self.topics.thresholds(site, meter, th.signal), th, retain=True)
-        self._save_calibration(site, meter)
+        self._save_calibration(site, meter, cal)
         self.counters.inc("recalibrations")
         logger.info("thresholds of %s/%s recalibrated at %s: %s", site, meter, at.isoformat(),
                     ", ".join(f"{th.signal} {th.method} ({th.sample_days:.1f} days)" for th in ths))
@@ -277,8 +396,7 @@ class DetectorService(Service):
     def _calibration_path(self, site: str, meter: str) -> Path:
         return self.settings.path(Path("detector")) / "calibration" / f"{site}.{meter}.json"
 
-    def _save_calibration(self, site: str, meter: str) -> None:
-        cal = self.engine.calibration(site, meter)
+    def _save_calibration(self, site: str, meter: str, cal: StepCalibration | None) -> None:
         if cal is None:
             return
         path = self._calibration_path(site, meter)
@@ -313,5 +431,6 @@ class DetectorService(Service):
         self.counters.inc("anomalies", len(out))
 
     def teardown(self) -> None:
+        self._stop_maintenance()
         if self.store is not None and self._own_store:
             self.store.close()

@@ -336,6 +336,17 @@ class Store(abc.ABC):
             ))
         return out
 
+    def read_reading_columns(self, site: str, meter: str, start: datetime, end: datetime) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(epoch seconds, flow, pressure) numpy columns of the readings in [start, end), NaN where missing:
+        no model or frame per reading (a recalibration reads weeks of them)."""
+        import numpy as np
+
+        rows = self._reading_rows(site, meter, start, end)
+        if not rows:
+            return np.asarray([], dtype="float64"), np.asarray([], dtype="float64"), np.asarray([], dtype="float64")
+        ts, _, flow, pres, _, _ = zip(*rows, strict=True)
+        return np.array(ts, dtype="float64"), np.array(flow, dtype="float64"), np.array(pres, dtype="float64")
+
     def read_anomalies(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame:
         """Anomalies whose start is in [start, end); columns ANOMALY_COLUMNS (times as UTC datetimes)."""
         import pandas as pd
