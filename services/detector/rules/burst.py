@@ -23,8 +23,6 @@ day there is none, and no burst is decided.
 from __future__ import annotations
 
 import math
-import statistics
-from collections import deque
 from typing import TYPE_CHECKING
 
 from services.detector.alerts import AlertState, Condition
@@ -32,7 +30,7 @@ from services.detector.alerts import AlertState, Condition
 if TYPE_CHECKING:
     from shared.settings import DetectorSettings
 
-from services.detector.rules.steps import LEVEL_N, DayBefore, StepCalibration, base_readings, stretched
+from services.detector.rules.steps import LEVEL_N, DayBefore, StepCalibration, StepWindow, base_readings, stretched
 
 BURST_LEVEL_N = LEVEL_N
 
@@ -63,14 +61,6 @@ def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def _level_and_base(q: deque[tuple[float, float]], n: int) -> tuple[float | None, float | None]:
-    """(median of the last ``n`` values, median of the ones before them) of a burst deque."""
-    if len(q) < n + 3:
-        return None, None
-    vals = [v for _, v in q]
-    return statistics.median(vals[-n:]), statistics.median(vals[:-n])
-
-
 class BurstRule:
     """One meter (both signals): the recent readings, the day's mean flow, when each step was last
     seen, and the baselines frozen while a burst is open."""
@@ -88,8 +78,8 @@ class BurstRule:
         # level + baseline readings kept (a window in time: at least 3 baseline readings at any interval)
         self.keep_s = (base_readings(cfg.burst_baseline_minutes * 60, interval_s) + LEVEL_N) * interval_s - interval_s / 2
         self.window_s = max(cfg.burst_window_minutes * 60, interval_s)  # at least the next reading
-        self.flow: deque[tuple[float, float]] = deque()  # level + baseline readings (ts, value)
-        self.pressure: deque[tuple[float, float]] = deque()
+        self.flow = StepWindow(BURST_LEVEL_N)  # level + baseline readings
+        self.pressure = StepWindow(BURST_LEVEL_N)
         self.flow_mean = _DayMean()
         self.last_jump: float | None = None
         self.last_drop: float | None = None
@@ -103,17 +93,15 @@ class BurstRule:
         cfg = self.cfg
         fq, pq = self.flow, self.pressure
         if f is not None:
-            fq.append((t, f))
+            fq.append(t, f)
             self.flow_mean.add(t, f)
         if p is not None:
-            pq.append((t, p))
+            pq.append(t, p)
         horizon = t - self.keep_s
-        while fq and fq[0][0] <= horizon:
-            fq.popleft()
-        while pq and pq[0][0] <= horizon:
-            pq.popleft()
-        lf, bf = _level_and_base(fq, BURST_LEVEL_N) if f is not None else (None, None)
-        lp, bp = _level_and_base(pq, BURST_LEVEL_N) if p is not None else (None, None)
+        fq.evict(horizon)
+        pq.evict(horizon)
+        lf, bf = fq.medians() if f is not None else (None, None)
+        lp, bp = pq.medians() if p is not None else (None, None)
         is_open = alert is not None and alert.is_open
         ref = self.flow_mean.value
         # the live steps (flow relative to the day's mean, pressure fall in bar), and the ones a day earlier

@@ -16,12 +16,10 @@
 
 from __future__ import annotations
 
-import statistics
-from collections import deque
 from typing import TYPE_CHECKING
 
 from services.detector.alerts import AlertState, Condition
-from services.detector.rules.steps import LEVEL_N, DayBefore, StepCalibration, base_readings, stretched
+from services.detector.rules.steps import LEVEL_N, DayBefore, StepCalibration, StepWindow, base_readings, stretched
 
 if TYPE_CHECKING:
     from shared.settings import DetectorSettings
@@ -53,7 +51,7 @@ class PressureDropRule:
         self.cfg, self.has_flow = cfg, has_flow
         self.cal: StepCalibration | None = None
         self.keep_s = (base_readings(cfg.pressure_drop_baseline_minutes * 60, interval_s) + LEVEL_N) * interval_s - interval_s / 2
-        self.q: deque[tuple[float, float]] = deque()
+        self.q = StepWindow(LEVEL_N)  # level + baseline readings
         self.frozen: tuple[float, float] | None = None  # (baseline, threshold) while open
         base_s = cfg.pressure_drop_baseline_minutes * 60
         self.day_before = DayBefore(interval_s) if stretched(base_s, interval_s) else None  # the falls of the last day
@@ -61,16 +59,12 @@ class PressureDropRule:
     def check(self, t: float, p: float, alert: AlertState | None, hour: int, flow_step: bool) -> Condition | None:
         """``flow_step``: a flow step up was seen within the burst window (then it is not supply-side)."""
         q = self.q
-        q.append((t, p))
-        horizon = t - self.keep_s
-        while q and q[0][0] <= horizon:
-            q.popleft()
+        q.append(t, p)
+        q.evict(t - self.keep_s)
         is_open = alert is not None and alert.is_open
-        if len(q) < LEVEL_N + 3:
+        level, live = q.medians()
+        if level is None or live is None:
             return Condition(False) if is_open or (alert is not None and alert.first_true is not None) else None
-        vals = [v for _, v in q]
-        level = statistics.median(vals[-LEVEL_N:])
-        live = statistics.median(vals[:-LEVEL_N])
         before = self.day_before.add(t, live - level) if self.day_before is not None else None
         cfg = self.cfg
         if is_open and self.frozen is not None:
