@@ -173,7 +173,7 @@ def test_notifications_reach_people_once(tmp_path: Path, fresh_broker) -> None:
                          "to": ["ops@example.org"], "ca_file": str(rx.cert), "timeout_s": 5},
                 "hook": {"type": "webhook", "url": f"http://127.0.0.1:{rx.http_port}/alerts", "timeout_s": 5},
             },
-            "routes": [{"channels": ["mail", "hook"], "severities": ["critical"]}],
+            "routes": [{"channels": ["mail", "hook"], "severities": ["critical"], "kinds": ["pressure_loss"]}],  # the fall also opens a pressure_drop: routed by kind
             "retry_min_s": 1.0, "retry_max_s": 4.0, "escalate_after_minutes": 0.25, "command_poll_s": 1.0,
         },
     }
