@@ -122,6 +122,15 @@ class Service:
         """Run ``fn`` until the store/disk lets it through (a handler's I/O; see :meth:`Inbox.retry`)."""
         return self.inbox.retry(fn, what)
 
+    def store_readings(self, readings: list) -> None:
+        """Write readings to this service's store, counting the ones it already held (identical: a
+        redelivery) and the conflicting ones (kept in reading_conflicts)."""
+        result = self.store.write_readings(readings)
+        if result.identical:
+            self.counters.inc("readings_identical", result.identical)
+        if result.conflicting:
+            self.counters.inc("reading_conflicts", result.conflicting)
+
     # --- status -----------------------------------------------------------------------------
     def failing(self) -> dict[FailureKind, Failing]:
         """The failure states that hold now, each with since when and how long it may last (the

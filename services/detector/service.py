@@ -258,11 +258,7 @@ class DetectorService(Service):
         if nights:
             self.store.write_night_flow(nights)
         if readings:
-            result = self.store.write_readings(readings)
-            if result.identical:
-                self.counters.inc("readings_identical", result.identical)
-            if result.conflicting:
-                self.counters.inc("reading_conflicts", result.conflicting)
+            self.store_readings(readings)
 
     def _log_anomaly(self, a: Anomaly) -> None:
         """One log line when an alert opens (warning) and when it closes (info); updates go to debug."""

@@ -73,11 +73,7 @@ class RecorderService(Service):
 
     def _write(self, readings: list[Reading], anomalies: list[Anomaly], forecasts: list[Forecast]) -> None:
         if readings:
-            result = self.store.write_readings(readings)
-            if result.identical:
-                self.counters.inc("readings_identical", result.identical)
-            if result.conflicting:
-                self.counters.inc("reading_conflicts", result.conflicting)
+            self.store_readings(readings)
         if anomalies:
             self.store.write_anomalies(anomalies)
         for f in forecasts:
