@@ -1,5 +1,6 @@
 """``flowwatch plot [--since 24h] -o FILE.png``: flow and pressure with forecasts, thresholds and
-anomalies, read from the store — what a person looks at first.
+anomalies, read from the store — what a person looks at first. One panel per signal the meter has
+(a flow-only meter: flow only), then one per extra value it reports (totalizer, battery, ...).
 
 The time window ends at the newest stored reading (event time, so a replayed or simulated week
 plots the same as a live one), or at ``--until``.
@@ -19,6 +20,7 @@ from shared.runner import base_parser, settings_from_args
 logger = logging.getLogger(__name__)
 
 SIGNALS = (("flow_rate", "Flow rate (m³/h)"), ("pressure", "Pressure (bar)"))
+MAX_EXTRA_PANELS = 4  # extra values beyond these are named in the title, not drawn
 SEVERITY_COLORS = {"info": "tab:blue", "warning": "tab:orange", "critical": "tab:red"}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([mhdw])$")
 
@@ -31,8 +33,12 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(**{{"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[unit]: n})
 
 
-def plot(store, site: str, meter: str, start: datetime, end: datetime, out: Path, tz) -> dict[str, int]:
-    """Draw the figure into ``out``; return what was drawn (counts), for the caller and tests."""
+def plot(store, site: str, meter: str, start: datetime, end: datetime, out: Path, tz,
+         signals: Sequence[str] = ("flow_rate", "pressure")) -> dict[str, int]:
+    """Draw the figure into ``out``; return what was drawn (counts), for the caller and tests.
+
+    ``signals``: the meter's signals (``Settings.meter_spec``); one of them with no reading in the
+    window and no forecast is left out, and so is a signal outside them that has no reading."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,10 +51,27 @@ def plot(store, site: str, meter: str, start: datetime, end: datetime, out: Path
     if not anomalies.empty:
         ends = anomalies["end"].fillna(end)
         anomalies = anomalies[ends >= start]
-    counts = {"readings": len(readings), "forecasts": len(forecasts), "anomalies": len(anomalies), "thresholds": 0}
+    try:
+        extra = store.read_extra(site, meter, start, end)
+    except NotImplementedError:
+        extra = None
+    extra_names = list(extra.columns) if extra is not None else []
+    counts = {"readings": len(readings), "forecasts": len(forecasts), "anomalies": len(anomalies), "thresholds": 0,
+              "extra": len(extra_names)}
 
-    fig, axes = plt.subplots(2, 1, figsize=(13, 7.5), sharex=True, constrained_layout=True)
-    for ax, (sig, label) in zip(axes, SIGNALS, strict=True):
+    def has_data(sig: str) -> bool:
+        return bool(len(readings) and readings[sig].notna().any()) or bool(
+            not forecasts.empty and (forecasts["signal"] == sig).any())
+
+    panels = [(sig, label) for sig, label in SIGNALS if has_data(sig)] or [
+        (sig, label) for sig, label in SIGNALS if sig in signals]
+    counts["signals"] = [sig for sig, _ in panels]
+    shown_extra = extra_names[:MAX_EXTRA_PANELS]
+    n = len(panels) + len(shown_extra)
+    fig, axes = plt.subplots(n, 1, figsize=(13, 3.75 * len(panels) + 2.2 * len(shown_extra)), sharex=True,
+                             constrained_layout=True, squeeze=False)
+    axes = list(axes[:, 0])
+    for ax, (sig, label) in zip(axes, panels, strict=False):
         local = readings.index.tz_convert(tz) if len(readings) else readings.index
         ax.plot(local, readings[sig], lw=0.8, color="tab:blue", label="reading")
         f = forecasts[forecasts["signal"] == sig] if not forecasts.empty else forecasts
@@ -77,13 +100,22 @@ def plot(store, site: str, meter: str, start: datetime, end: datetime, out: Path
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
         ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8)  # outside: never over the data
+    for ax, name in zip(axes[len(panels):], shown_extra, strict=True):
+        col = extra[name].dropna()
+        ax.plot(col.index.tz_convert(tz), col.to_numpy(), lw=0.8, color="tab:purple", drawstyle="steps-post", label=name)
+        _fit_y(ax, col.to_numpy())
+        ax.set_ylabel(name)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8)
     axes[-1].xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=tz))
     # Start at the first reading when the store holds less than the window (a fresh install).
     first = readings.index.min() if len(readings) else start
     axes[-1].set_xlim(max(start, first).astimezone(tz), (end + timedelta(hours=1)).astimezone(tz))
     axes[-1].set_xlabel(f"local time ({tz.key})")
+    more = extra_names[MAX_EXTRA_PANELS:]
     fig.suptitle(f"{site}/{meter}: {start.astimezone(tz):%Y-%m-%d %H:%M} – {end.astimezone(tz):%Y-%m-%d %H:%M}  "
-                 f"({counts['readings']} readings, {counts['anomalies']} anomalies)")
+                 f"({counts['readings']} readings, {counts['anomalies']} anomalies)"
+                 + (f"; not drawn: {', '.join(more)}" if more else ""))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -145,7 +177,7 @@ def main(argv: Sequence[str]) -> int:
                       "(check site / meter / store settings, or run `flowwatch up` first)", file=sys.stderr)
                 return 1
             end = last + timedelta(minutes=1)
-        counts = plot(store, site, meter, end - span, end, args.output, settings.tz)
-    print(f"wrote {args.output}: {counts['readings']} readings, {counts['forecasts']} forecast points, "
-          f"{counts['anomalies']} anomalies, thresholds for {counts['thresholds']} signal(s)")
+        counts = plot(store, site, meter, end - span, end, args.output, settings.tz, settings.meter_spec(meter).signals)
+    print(f"wrote {args.output}: {counts['readings']} readings ({', '.join(counts['signals'])}), {counts['forecasts']} forecast points, "
+          f"{counts['anomalies']} anomalies, thresholds for {counts['thresholds']} signal(s), {counts['extra']} extra value(s)")
     return 0

@@ -60,7 +60,7 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 0, r.stderr
-    assert "720 readings" in r.stdout and "1 anomalies" in r.stdout and "thresholds for 2 signal(s)" in r.stdout
+    assert "720 readings (flow_rate, pressure)" in r.stdout and "1 anomalies" in r.stdout and "thresholds for 2 signal(s)" in r.stdout
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
 
 
@@ -79,3 +79,25 @@ def test_parse_duration() -> None:
     assert parse_duration("7d") == timedelta(days=7)
     with pytest.raises(ValueError, match="--since"):
         parse_duration("yesterday")
+
+
+def test_plot_of_a_flow_only_meter_draws_flow_and_its_extra_values(tmp_path: Path) -> None:
+    # a flow-only 15-minute meter with a totalizer and a battery: no empty pressure panel, one panel per extra value
+    data = tmp_path / "var"
+    data.mkdir()
+    start = datetime(2026, 3, 2, tzinfo=UTC)
+    with SqliteStore(data / "flowwatch.db") as s:
+        s.write_readings([
+            Reading(site="site1", meter="amr", ts=start + timedelta(minutes=15 * i), seq=i, flow_rate=100.0 + i % 7,
+                    pressure=None, extra={"totalizer_m3": 1000.0 + 25 * i, "battery_v": 3.6}, source="replay") for i in range(96)
+        ])
+    cfg = tmp_path / "fw.yaml"
+    cfg.write_text(f"data_dir: {data}\nmeters:\n  - id: amr\n    signals: [flow_rate]\n    interval_s: 900\n")
+    out = tmp_path / "amr.png"
+    r = subprocess.run(
+        [sys.executable, "-m", "app.cli", "plot", "-c", str(cfg), "--since", "1d", "-o", str(out)],
+        cwd=ROOT, env={"PATH": "/usr/bin:/bin", "MPLCONFIGDIR": str(tmp_path)}, capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "(flow_rate)" in r.stdout and "2 extra value(s)" in r.stdout, r.stdout
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
