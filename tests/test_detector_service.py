@@ -99,6 +99,39 @@ def test_burst_is_critical_within_two_readings(running, store):
     watch.close(), pub.close()
 
 
+@pytest.mark.parametrize(("model", "judged"), [("seasonal-naive", False), ("v7", True)])
+def test_the_day_after_a_burst_its_seasonal_naive_echo_raises_no_forecast_deviation(running, store, model, judged):
+    # Through the broker and the store: a burst on day 1, then on day 2 the forecaster's seasonal
+    # naive (yesterday's 10-minute means, the burst in them) and ordinary readings. Seasonal naive
+    # copied the burst: no forecast_deviation. A model's forecast is judged (the test can fail).
+    from shared.messages import Forecast
+
+    svc, s, site = running
+    pub = client(s, f"pub-echo-{model}")
+    df = frame(minutes=1440 + 120)
+    df.iloc[60:100, 0] += 60.0
+    df.iloc[60:100, 1] -= 1.0
+    rs = readings(df, site=site)
+    issue = 1440 + 49
+    for r in rs[:issue + 1]:
+        pub.publish(topics.reading(site, "m1"), r)
+    assert wait_for(lambda: svc.counters.get("readings_stored") >= issue + 1, timeout=60)
+    flow = df["flow_rate"].to_numpy()
+    values = tuple(float(flow[issue - 1440 + 10 * k + 1: issue - 1440 + 10 * (k + 1) + 1].mean()) for k in range(6))
+    assert max(values) > 1.3 * flow[issue]  # the echo is in the forecast
+    pub.publish(topics.forecast(site, "m1"), Forecast(site=site, meter="m1", signal="flow_rate", issued_at=rs[issue].ts,
+                                                     step_minutes=10, values=values, model=model))
+    assert wait_for(lambda: svc.counters.get("handled") >= issue + 2)
+    for r in rs[issue + 1:]:
+        pub.publish(topics.reading(site, "m1"), r)
+    assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs), timeout=60)
+    stored = store.read_anomalies(site, "m1", T0, T0 + timedelta(days=3))
+    assert (stored["kind"] == "burst").sum() == 1
+    assert bool((stored["kind"] == "forecast_deviation").any()) is judged
+    assert len(store.read_readings(site, "m1", T0, T0 + timedelta(days=3))) == len(rs)
+    pub.close()
+
+
 def test_redelivered_reading_duplicates_nothing(running, store):
     svc, s, site = running
     watch = client(s, "watch-dup")

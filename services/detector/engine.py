@@ -72,6 +72,8 @@ if TYPE_CHECKING:  # frames are accepted (flowwatch evaluate) but pandas is neve
     import pandas as pd
 
 _TAINTING = ("burst", "pressure_loss", "pressure_drop")  # a forecast issued while one is open is not used for deviation
+_DAY_S, _WEEK_S = 86_400.0, 7 * 86_400.0
+SEASONAL_NAIVE = "seasonal-naive"  # shared.modelstore.SEASONAL_NAIVE (not imported: the detector stays small)
 _NEVER = datetime.min.replace(tzinfo=UTC)  # static bands: any stored or learned ones are newer
 Key = tuple[str, str]
 MeterSpec = Callable[[str], tuple[Sequence[str], float]]  # meter id -> (its signals, its interval in s)
@@ -105,8 +107,8 @@ class LearnedCalibration(NamedTuple):
 class _Meter:
     """One meter's state: its last reading, its alerts by (kind, signal), and its rules."""
 
-    __slots__ = ("alerts", "all", "burst", "cal", "flow", "gap", "interval", "last", "leak", "meter", "night", "pdrop", "pressure",
-                 "recal", "sig", "silent", "site")
+    __slots__ = ("alerts", "all", "burst", "cal", "first", "flow", "gap", "interval", "last", "leak", "meter", "night", "pdrop",
+                 "pressure", "recal", "sig", "silent", "site", "taints")
 
     def __init__(self, site: str, meter: str, eng: DetectionEngine) -> None:
         cfg = eng.cfg
@@ -117,6 +119,8 @@ class _Meter:
         # the signal label of the alerts about the whole reading (gap, silent, burst): "both", or the meter's one signal
         self.all = "both" if self.flow and self.pressure else ("flow_rate" if self.flow else "pressure")
         self.last: float | None = None
+        self.first: float | None = None  # the oldest reading this engine saw (the back-fill's, after a restart)
+        self.taints: dict[float, float | None] = {}  # burst / pressure loss / pressure drop of the last week: start -> end (None: open)
         self.alerts: dict[Key, AlertState] = {}
         self.sig = {s: _SignalRules(site, meter, s, cfg, self.interval) for s in SIGNALS if s in signals}
         self.night = NightAccumulator(eng._night_start, eng._night_end, eng.tz, self.interval, cfg.night_min_coverage)
@@ -192,8 +196,32 @@ class DetectionEngine:
         if c.severity is not None and c.active and not a.is_open:
             a.severity = c.severity  # by size, for an alert opening now
         tr = a.update(t, c.active, c.value, c.threshold, c.message)
+        if tr is not None and kind in _TAINTING:
+            self._taint(m, tr.start, tr.end if tr.state == "closed" else None)
         self._emit(m, a, tr, out)
         return tr
+
+    @staticmethod
+    def _taint(m: _Meter, start: float, end: float | None) -> None:
+        """Remember a burst / pressure loss / drop for a week: a seasonal-naive forecast made from it
+        (the same time a day or a week later) is not a reference for forecast_deviation."""
+        m.taints[start] = end
+        if len(m.taints) > 64:
+            horizon = max(m.taints) - _WEEK_S - _DAY_S
+            for k in [k for k, e in m.taints.items() if e is not None and e < horizon]:
+                del m.taints[k]
+
+    @staticmethod
+    def _unreferenced(m: _Meter, target: float, step: float) -> bool:
+        """Whether a seasonal-naive forecast's value for the bin ending at ``target`` copies no ordinary
+        reading: it is persistence (no reading a day before it yet: the meter's first day), or the same
+        bin a week or a day earlier (the forecaster's reference, whichever it had) was in a burst,
+        pressure loss or pressure drop (yesterday's burst forecast again today)."""
+        first = m.first
+        if first is None or first > target - _DAY_S - step:
+            return True
+        return any(start <= ref and (end is None or end > ref - step)
+                   for ref in (target - _DAY_S, target - _WEEK_S) for start, end in m.taints.items())
 
     def _emit(self, m: _Meter, a: AlertState, tr: Transition | None, out: list[Anomaly]) -> None:
         if tr is None or self._replay:
@@ -230,6 +258,8 @@ class DetectionEngine:
             self._emit(m, a, a.force_close(t), out)
         if last is None:
             m.recal.start(t)
+            if m.first is None:
+                m.first = t
         else:
             ev = m.gap.check(last, t)
             if ev is not None:
@@ -332,8 +362,12 @@ class DetectionEngine:
             return
         # made from readings of a burst / pressure loss, it would flag the recovery as a deviation
         tainted = any(a.is_open for (kind, _), a in m.alerts.items() if kind in _TAINTING)
-        m.sig[fc.signal].forecast.offer(fc.issued_at.timestamp(), [d.timestamp() for d in fc.targets()],
-                                        [float(v) for v in fc.values], tainted)
+        targets = [d.timestamp() for d in fc.targets()]
+        values = [float(v) for v in fc.values]
+        if fc.model == SEASONAL_NAIVE and not tainted:  # steps that copy no ordinary reading are not judged
+            step = 60.0 * fc.step_minutes
+            values = [math.nan if self._unreferenced(m, t, step) else v for t, v in zip(targets, values, strict=True)]
+        m.sig[fc.signal].forecast.offer(fc.issued_at.timestamp(), targets, values, tainted)
 
     def set_thresholds(self, th: Thresholds) -> bool:
         """Install bands (from the store, a recalibration, a retained message); older ones are ignored."""
@@ -426,17 +460,27 @@ class DetectionEngine:
                 out += r
         return out
 
-    def backfill(self, site: str, meter: str, frame: pd.DataFrame | Sequence[Reading], *, open_anomalies: Iterable[Anomaly] = (),
+    def backfill(self, site: str, meter: str, frame: pd.DataFrame | Sequence[Reading], *, anomalies: Iterable[Anomaly] = (),
                  nights: Iterable[NightFlow] = (), thresholds: Iterable[Thresholds] = (),
                  forecasts: Iterable[Forecast] = ()) -> int:
         """Rebuild a meter's state after a restart, emitting nothing; returns the readings replayed.
 
         ``frame``: recent stored readings (``backfill_hours``); ``nights``: the stored night-flow
-        table (oldest first); ``open_anomalies``: alerts stored as open, continued with their start.
+        table (oldest first); ``anomalies``: the stored ones of the last week or more; those stored as
+        open are continued with their start, and the bursts, pressure losses and drops are remembered
+        (a seasonal-naive forecast copies them).
         """
         m = self._meter(site, meter)
         for th in thresholds:
             self.set_thresholds(th)
+        ts = _columns(frame)[0]
+        first = ts[0] if len(ts) else math.inf
+        if m.first is None and len(ts):
+            m.first = float(first)
+        anomalies = list(anomalies)
+        for an in anomalies:  # the week's bursts, pressure losses and drops: seasonal naive copies them
+            if an.kind in _TAINTING:
+                self._taint(m, an.start.timestamp(), an.end.timestamp() if an.state == "closed" and an.end is not None else None)
         for fc in forecasts:
             self.on_forecast(fc)
         self._replay = True
@@ -444,9 +488,7 @@ class DetectionEngine:
             sink: list[Anomaly] = []
             for n in sorted(nights, key=lambda n: n.day):
                 self._judge_night(m, n.day, n.ts.timestamp(), n.value, sink)
-            ts = _columns(frame)[0]
-            first = ts[0] if len(ts) else math.inf
-            for an in open_anomalies:
+            for an in anomalies:
                 if an.state == "open" and an.kind in SEVERITY and an.kind not in ("night_flow", "gap", "spike") \
                         and an.start.timestamp() < first:
                     self._alert(m, an.kind, an.signal).seed_open(an.start.timestamp(), an.value, an.threshold, an.message)

@@ -161,7 +161,7 @@ class DetectorService(Service):
         local_day = last.astimezone(self.settings.tz).date()
         nights = st.read_night_flow(site, meter, local_day - timedelta(days=keep), local_day + timedelta(days=1))
         stored = st.read_anomaly_records(site, meter, last - timedelta(days=120), end)
-        anoms = [a for a in stored if a.state == "open"]
+        anoms = [a for a in stored if a.state == "open" or a.start >= last - timedelta(days=8)]  # open ones, and the week's
         # A stop between storing a batch's alerts and publishing them (kill -9, power cut) would leave
         # them unpublished: the redelivered readings decide nothing new. Publish the latest updates
         # again; subscribers keep one state per alert identity, so a repeat is harmless.
@@ -173,7 +173,7 @@ class DetectorService(Service):
         fcs = latest_forecasts(site, meter, st.read_forecast_points(site, meter, last - timedelta(hours=6), last + timedelta(days=8)))
         self.time_guard.seed((site, meter), last)
         self._load_calibration(site, meter)
-        n = self.engine.backfill(site, meter, recent, open_anomalies=anoms, nights=nights, thresholds=ths, forecasts=fcs)
+        n = self.engine.backfill(site, meter, recent, anomalies=anoms, nights=nights, thresholds=ths, forecasts=fcs)
         self.last_seen[(site, meter)] = time.time()
         # A recalibration that was due but did not happen (first start after an import, a crash at a boundary).
         if {th.signal for th in ths} != set(SIGNALS):

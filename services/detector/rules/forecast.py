@@ -4,7 +4,10 @@ The forecast of a signal (from the forecaster, :meth:`ForecastDeviationRule.offe
 linearly between its steps; a reading further from it than ``forecast_tolerance_pct`` of the
 forecast value (at least ``forecast_tolerance_abs``) counts, and the alert opens once that has lasted
 ``forecast_sustain_minutes``. A forecast issued while a burst or a pressure loss was open is not
-used (made from the anomaly, it would flag the recovery): the engine says so with ``tainted``.
+used (made from the anomaly, it would flag the recovery): the engine says so with ``tainted``. Nor
+is a seasonal-naive step that copies no ordinary reading: the same time a day or a week after a
+burst, pressure loss or drop (the echo of yesterday's burst), or persistence on the meter's first
+day (a morning rise against the night's last value); the engine gives those steps as NaN.
 
 Calibrated to the alarm budget: the rule keeps, per ``forecast_sustain_minutes`` block, the smallest
 relative distance from the forecast in it (a block whose smallest distance is over the tolerance is
@@ -88,6 +91,8 @@ class ForecastDeviationRule:
         else:
             t0, t1 = targets[j - 1], targets[j]
             fv = values[j - 1] + (values[j] - values[j - 1]) * (t - t0) / (t1 - t0)
+        if fv != fv:  # NaN: a step the engine does not judge (copied from a burst, or persistence on a meter's first day)
+            return None
         if fv:
             self._record(t, abs(x - fv) / abs(fv))
         tol = max(abs(fv) * self.tol_pct / 100.0, self.tol_abs)
