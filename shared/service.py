@@ -201,7 +201,9 @@ class Service:
         its queued messages right after the connect, and each must find its handler and a
         back-filled window.
         """
-        logger.info("%s starting (site=%s meter=%s)", self.name, self.settings.site, self.settings.meter)
+        ids = self.settings.meter_ids
+        meters = ",".join(ids[:5]) + (f",... ({len(ids)} meters)" if len(ids) > 5 else "")
+        logger.info("%s starting (site=%s meters=%s)", self.name, self.settings.site, meters)
         try:
             self.setup()
             if self.stop_event.is_set():
