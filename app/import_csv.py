@@ -115,7 +115,7 @@ def _import_file(store, settings, path: Path, meter: str, args) -> int:  # noqa:
     rej_file = None
     try:
         with _progress(path, args.quiet) as bar:
-            for chunk in import_chunks(path, settings.limits, args.naive_tz, parse_ahead=store.parse_ahead):
+            for chunk in import_chunks(path, settings.limits_of(meter), args.naive_tz, parse_ahead=store.parse_ahead):
                 result = result + store.write_reading_frame(site, meter, chunk.frame)
                 if chunk.rejects:
                     if rej_file is None:
