@@ -3,8 +3,9 @@
 Bad rows are reported with their line numbers and reasons and written to a rejects file; good rows
 are imported. Several files in one run (``--meter-from-name``: one meter per file, named by the
 file) pay the process start once; each file's values are flagged against its meter's ranges
-(``Settings.limits_of``: meters[].limits over limits). Exit code: 0 all imported, 1 some rows rejected (the rest
-imported), 2 a file (or all) could not be done (bad file, bad config); the other files are imported.
+(``Settings.limits_of``: meters[].limits over limits). Exit code: 0 all imported, 1 some rows
+rejected (the rest imported), 2 a file (or all) could not be done (bad file, bad config); the other
+files are imported.
 """
 
 from __future__ import annotations
