@@ -59,3 +59,48 @@ def test_a_meter_limit_must_be_a_number():
     with pytest.raises(ValueError) as err:
         Settings(meters=[{"id": "a", "limits": {"flow_rate_max": "lots"}}])
     assert any(line.startswith("meters.0.limits.flow_rate_max:") for line in format_errors(err.value))
+
+
+# --- the services judge a meter's readings against its own range ----------------------------------
+def two_meters(tmp_path) -> Settings:
+    return Settings(data_dir=tmp_path / "var", meters=[{"id": "amr", "limits": {"flow_rate_max": 50}}, {"id": "inlet"}])
+
+
+def test_forecaster_and_trainer_leave_out_only_what_is_outside_the_meters_range(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    import numpy as np
+    import pandas as pd
+
+    from services.forecaster.engine import ForecastEngine
+    from services.trainer.training import load_series
+    from shared.store.sqlite import SqliteStore
+
+    s = two_meters(tmp_path)
+    t0 = datetime(2026, 3, 2, tzinfo=UTC)
+    idx = pd.date_range(t0, periods=120, freq="1min", tz="UTC", name="ts")
+    flow = np.full(120, 20.0)
+    flow[60] = 60.0
+    frame = pd.DataFrame({"flow_rate": flow, "pressure": np.full(120, 3.0)}, index=idx)
+    store = SqliteStore(tmp_path / "store.db")
+    try:
+        for m in ("amr", "inlet"):
+            store.write_reading_frame(s.site, m, frame)
+        series = {m: load_series(store, s, t0 + timedelta(hours=2), meter=m)["flow_rate"][1] for m in ("amr", "inlet")}
+    finally:
+        store.close()
+    assert np.nanmax(series["amr"]) == 20.0 and np.nanmax(series["inlet"]) > 20.0
+    for m in ("amr", "inlet"):
+        assert ForecastEngine(s, s.site, m).window.limits is s.limits_of(m)
+
+
+def test_collector_channels_and_replay_take_the_meters_range(tmp_path):
+    from services.collector.quality import range_flags
+    from services.collector.service import CollectorService
+    from services.collector.sources import make_source
+
+    s = two_meters(tmp_path)
+    ch = {c.meter: c for c in CollectorService(s).channels}  # nothing opened before it runs
+    assert range_flags(60.0, 3.0, ch["amr"].limits) == ("flow_rate_out_of_range",) and range_flags(60.0, 3.0, ch["inlet"].limits) == ()
+    replay = Settings(collector={"source": "replay", "replay": {"file": "x.csv"}}, meters=s.model_dump()["meters"])
+    assert make_source(replay, "amr").limits.flow_rate_max == 50 and make_source(replay, "inlet").limits is replay.limits
