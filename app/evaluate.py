@@ -303,7 +303,7 @@ def main(argv: Sequence[str]) -> int:
     from app.scenarios import read_labels
 
     try:
-        frame, rejects = read_all(args.readings, settings.limits, source="replay")
+        frame, rejects = read_all(args.readings, settings.limits_of(settings.meter), source="replay")
         labels = read_labels(args.labels) if args.labels else None
     except (CsvFormatError, ValueError, OSError) as exc:
         print(f"flowwatch evaluate: {exc}", file=sys.stderr)

@@ -2,8 +2,10 @@
 
 Bad rows are reported with their line numbers and reasons and written to a rejects file; good rows
 are imported. Several files in one run (``--meter-from-name``: one meter per file, named by the
-file) pay the process start once. Exit code: 0 all imported, 1 some rows rejected (the rest
-imported), 2 a file (or all) could not be done (bad file, bad config); the other files are imported.
+file) pay the process start once; each file's values are flagged against its meter's ranges
+(``Settings.limits_of``: meters[].limits over limits). Exit code: 0 all imported, 1 some rows
+rejected (the rest imported), 2 a file (or all) could not be done (bad file, bad config); the other
+files are imported.
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def _import_file(store, settings, path: Path, meter: str, args) -> int:  # noqa:
     rej_file = None
     try:
         with _progress(path, args.quiet) as bar:
-            for chunk in import_chunks(path, settings.limits, args.naive_tz, parse_ahead=store.parse_ahead):
+            for chunk in import_chunks(path, settings.limits_of(meter), args.naive_tz, parse_ahead=store.parse_ahead):
                 result = result + store.write_reading_frame(site, meter, chunk.frame)
                 if chunk.rejects:
                     if rej_file is None:

@@ -12,7 +12,7 @@ from services.detector.engine import DetectionEngine
 from services.detector.rules.nightflow import night_window, parse_hhmm
 from services.detector.rules.thresholds import next_boundary
 from shared.messages import Forecast
-from shared.settings import DetectorSettings
+from shared.settings import DetectorSettings, Settings
 from tests.detector_synth import at, frame, minutes
 
 TZ = "Asia/Seoul"
@@ -45,6 +45,20 @@ def test_invalid_opens_at_once_and_closes_after_clear_time(value, sig, word):
     assert [a.state for a in out] == ["open", "closed"]
     assert out[0].start == at(df, 30) and out[0].signal == sig and word in out[0].message
     assert out[1].end == at(df, 31) and out[1].ts == at(df, 33)  # clear for 3 readings
+
+
+def test_each_meter_is_judged_against_its_own_range():
+    # meters[].limits: the small meter's flow_rate_max 50 makes 60 m³/h invalid there, not on the other meter
+    s = Settings(timezone=TZ, detector={"clear_after_minutes": 3},
+                 meters=[{"id": "amr", "limits": {"flow_rate_max": 50}}, {"id": "inlet"}])
+    e = DetectionEngine.from_settings(s)
+    df = frame(minutes=60, base=20.0)  # at most 28 m³/h
+    df.iloc[30, df.columns.get_loc("flow_rate")] = 60.0
+    amr, inlet = kinds(run(e, df, meter="amr"), "invalid"), kinds(run(e, df, meter="inlet"), "invalid")
+    assert [(a.state, a.signal, a.threshold) for a in amr] == [("open", "flow_rate", 50.0), ("closed", "flow_rate", 50.0)]
+    assert "[0, 50] (meters[].limits.flow_rate_min/max)" in amr[0].message
+    assert inlet == []
+    assert e.range_rule("inlet") is e.range_rule("unknown")  # the box's ranges: one rule shared
 
 
 # --- sensor faults --------------------------------------------------------------------------

@@ -221,3 +221,22 @@ def test_meter_option_wins_over_a_configured_meters_list(tmp_path):
     store = SqliteStore(tmp_path / "var" / "flowwatch.db")
     span = (datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
     assert len(store.read_readings("s1", "outlet", *span)) == 10 and store.read_readings("s1", "inlet", *span).empty
+
+
+def test_each_files_meter_is_judged_against_its_own_range(tmp_path):
+    # --meter-from-name: each file's rows against its meter's limits (meters[].limits over limits)
+    rows = "timestamp,flow_rate,pressure\n" + "".join(f"2026-03-01T00:{m:02d}:00Z,{60 if m == 5 else 20}.0,3.0\n" for m in range(10))
+    for name in ("amr", "inlet"):
+        (tmp_path / f"{name}.csv").write_text(rows)
+    cfg = tmp_path / "fw.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'var'}\nsite: s1\nmeters:\n  - id: inlet\n  - id: amr\n    limits: {{flow_rate_max: 50}}\n")
+    r = subprocess.run([sys.executable, "-m", "app.cli", "import", "-c", str(cfg), "--quiet", "--meter-from-name",
+                        str(tmp_path / "amr.csv"), str(tmp_path / "inlet.csv")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr  # out of range is flagged, not rejected
+    store = SqliteStore(tmp_path / "var" / "flowwatch.db")
+    span = (datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
+    amr, inlet = store.read_readings("s1", "amr", *span), store.read_readings("s1", "inlet", *span)
+    assert len(amr) == len(inlet) == 10
+    at = pd.Timestamp("2026-03-01T00:05:00Z")
+    assert amr.loc[at, "quality"] == "flow_rate_out_of_range" and inlet.loc[at, "quality"] == ""
+    assert (amr.drop(at)["quality"] == "").all() and (inlet["quality"] == "").all()

@@ -15,7 +15,7 @@ spool when the detector reports it stored (end-to-end delivery, see forwarder.py
   each interval, later ones are counted as ``superseded``); simulator and replay carry their own
   event time and are paced by ``collector.speed`` (0 = as fast as possible);
 - every reading gets a sequence number (kept in the spool across restarts) and quality flags;
-  out-of-range values are flagged, not dropped;
+  out-of-range values (the meter's ranges: ``Settings.limits_of``) are flagged, not dropped;
 - a frame that does not parse is counted, dead-lettered with its raw bytes and the reason, and
   reading goes on; a port that fails is closed and reopened with backoff; I/O errors never end
   the service.
@@ -39,7 +39,7 @@ from services.collector.spool import Spool
 from shared.bus import Bus
 from shared.messages import SIGNALS, Failing, FailureKind, Reading, ServiceStatus, Stored
 from shared.service import Service, failing_state
-from shared.settings import Settings
+from shared.settings import RangeLimits, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class Channel:
     topic: str
     interval_s: int
     signals: tuple[str, ...] = SIGNALS
+    limits: RangeLimits = field(default_factory=RangeLimits)  # the meter's physical ranges (Settings.limits_of)
     seq_key: str = "next_seq"
     seq: int = 0
     last_ts: datetime | None = None  # event time of the last reading (or the last slot asked)
@@ -81,7 +82,7 @@ class CollectorService(Service):
             src = source if source is not None and i == 0 else make_source(settings, meter, links)
             self.channels.append(Channel(
                 meter=meter, source=src, topic=self.topics.reading(settings.site, meter), interval_s=settings.interval_of(meter),
-                signals=tuple(spec.signals), seq_key="next_seq" if i == 0 else f"next_seq/{meter}",
+                signals=tuple(spec.signals), limits=settings.limits_of(meter), seq_key="next_seq" if i == 0 else f"next_seq/{meter}",
             ))
             if source is not None:
                 break  # a source given by the caller (tests): that one meter
@@ -424,7 +425,7 @@ class CollectorService(Service):
         self.counters.inc("frames_read")
         flow = sample.flow_rate if "flow_rate" in ch.signals else None
         pressure = sample.pressure if "pressure" in ch.signals else None
-        flags = (*sample.flags, *range_flags(flow, pressure, self.settings.limits, ch.signals))
+        flags = (*sample.flags, *range_flags(flow, pressure, ch.limits, ch.signals))
         extra = {k: v for k, v in sample.extra.items() if v is not None} if sample.extra else None
         try:
             reading = Reading(

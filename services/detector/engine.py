@@ -12,8 +12,9 @@ machine of ``alerts.py`` (minimum duration, clear time). Per reading, in event t
 - silent (rules/liveness.py): an open one closes, the meter spoke again; it is opened by
   :meth:`check_silent`, the only rule that looks at a clock (the caller passes ``now``);
 - gap (rules/liveness.py): a step between readings longer than ``gap_factor`` intervals;
-- invalid (rules/validity.py): missing / NaN, negative flow, outside the physical range
-  (``limits``); an invalid value goes to no other rule;
+- invalid (rules/validity.py): missing / NaN, negative flow, outside the meter's physical range
+  (``limits``, with the meter's own ``meters[].limits`` merged over it); an invalid value goes to no
+  other rule;
 - night_flow (rules/nightflow.py): when a night window completes, its minimum flow against the
   baseline of earlier nights (leak suspected);
 - per signal: flatline (rules/flatline.py), spike (rules/spike.py), threshold (rules/thresholds.py:
@@ -108,7 +109,7 @@ class _Meter:
     """One meter's state: its last reading, its alerts by (kind, signal), and its rules."""
 
     __slots__ = ("alerts", "all", "burst", "cal", "first", "flow", "gap", "interval", "last", "leak", "meter", "night", "pdrop",
-                 "pressure", "recal", "sig", "silent", "site", "taints")
+                 "pressure", "range", "recal", "sig", "silent", "site", "taints")
 
     def __init__(self, site: str, meter: str, eng: DetectionEngine) -> None:
         cfg = eng.cfg
@@ -123,6 +124,7 @@ class _Meter:
         self.taints: dict[float, float | None] = {}  # burst / pressure loss / pressure drop of the last week: start -> end (None: open)
         self.alerts: dict[Key, AlertState] = {}
         self.sig = {s: _SignalRules(site, meter, s, cfg, self.interval) for s in SIGNALS if s in signals}
+        self.range = eng.range_rule(meter)
         self.night = NightAccumulator(eng._night_start, eng._night_end, eng.tz, self.interval, cfg.night_min_coverage)
         self.leak = NightLeakRule(cfg)
         self.burst = BurstRule(cfg, self.interval, has_pressure=self.pressure)
@@ -144,10 +146,12 @@ class DetectionEngine:
     """Per-meter detection state and rules. Thread-unsafe by design: one caller thread."""
 
     def __init__(self, cfg: DetectorSettings, tz: ZoneInfo | str = "Asia/Seoul", *,
-                 limits: RangeLimits | None = None, interval_s: float = 60.0, meter_spec: MeterSpec | None = None) -> None:
+                 limits: RangeLimits | None = None, interval_s: float = 60.0, meter_spec: MeterSpec | None = None,
+                 meter_limits: Callable[[str], RangeLimits] | None = None) -> None:
         self.cfg = cfg
         self.tz = ZoneInfo(tz) if isinstance(tz, str) else tz
         self.limits = limits or RangeLimits()
+        self.meter_limits = meter_limits  # meter id -> its ranges (Settings.limits_of); `limits` for every meter when None
         self.interval = float(cfg.interval_s or interval_s)
         self.spec: MeterSpec = meter_spec or (lambda _m: (SIGNALS, self.interval))
         self._night_start, self._night_end = parse_hhmm(cfg.night_start), parse_hhmm(cfg.night_end)
@@ -158,7 +162,7 @@ class DetectionEngine:
         self._replay = False
         # the stateless rules, shared by all meters
         self._cells = HourCells(self.tz)
-        self._range = RangeRule(self.limits)
+        self._range = RangeRule(self.limits)  # of the meters with the box's ranges
         self._pressure_loss = PressureLossRule(cfg)
 
     @classmethod
@@ -168,7 +172,13 @@ class DetectionEngine:
         def spec(meter: str) -> tuple[Sequence[str], float]:
             return settings.meter_spec(meter).signals, float(cfg.interval_s or settings.interval_of(meter))
 
-        return cls(cfg, settings.tz, limits=settings.limits, interval_s=settings.collector.interval_s, meter_spec=spec)
+        return cls(cfg, settings.tz, limits=settings.limits, interval_s=settings.collector.interval_s, meter_spec=spec,
+                   meter_limits=settings.limits_of)
+
+    def range_rule(self, meter: str) -> RangeRule:
+        """The invalid rule of ``meter``: its own physical ranges, or the box's (one rule shared by those meters)."""
+        lim = self.meter_limits(meter) if self.meter_limits is not None else self.limits
+        return self._range if lim == self.limits else RangeRule(lim, box=self.limits)
 
     # --- meters and alerts ------------------------------------------------------------------
     def last_time(self, site: str, meter: str) -> datetime | None:
@@ -313,7 +323,7 @@ class DetectionEngine:
         return out
 
     def _valid(self, m: _Meter, sig: str, x: float | None, t: float, out: list[Anomaly]) -> float | None:
-        x, c = self._range.check(sig, x, m.alerts.get(("invalid", sig)))
+        x, c = m.range.check(sig, x, m.alerts.get(("invalid", sig)))
         if c is not None:
             self._apply(m, "invalid", sig, t, c, out)
         return x

@@ -53,7 +53,7 @@ class ForecastEngine:
         self.steps = res.horizon_steps
         self.cache = cache if cache is not None else ModelCache(settings.forecaster.max_loaded_models, settings.forecaster.threads)
         self.window = ReadingWindow(self.step, features.history_steps(self.step, res.window_steps), res.max_gap_steps,
-                                    settings.limits, self.signals)
+                                    settings.limits_of(meter), self.signals)
         self.clock = BoundaryClock(settings.tz)
         self.naive = BASELINE_PREDICTORS[SEASONAL_NAIVE]
         self.predictors: dict[str, Predictor] = {s: self.naive for s in self.signals}

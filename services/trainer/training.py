@@ -117,7 +117,7 @@ def load_series(store: Store, settings: Settings, end: datetime | None = None,
     start = end - timedelta(days=settings.trainer.max_days)
     frame = store.read_readings(site, meter, start, end)
     res = features.resolution(settings, meter)
-    out = {s: features.series_from_frame(frame, s, res.step_minutes, settings.limits, res.max_gap_steps)
+    out = {s: features.series_from_frame(frame, s, res.step_minutes, settings.limits_of(meter), res.max_gap_steps)
            for s in settings.meter_spec(meter).signals}
     logger.info("read %d readings %s .. %s for %s/%s", len(frame), start.isoformat(), end.isoformat(), site, meter)
     return out

@@ -1,5 +1,9 @@
 """``limits``: the physically valid range of each signal and the plausible window of a reading's time
-(collector, services, import, features)."""
+(collector, services, import, features).
+
+A meter may set its own ranges (``meters[].limits``, merged over these: a DN300 inlet and a small AMR
+meter have different physical ranges); the time windows and ``max_meters_per_site`` are the box's.
+Services ask :meth:`shared.settings.Settings.limits_of` for a meter's ranges."""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from shared.settings.base import Section
 
 
 class RangeLimits(Section):
+    """Physical ranges of the signals (a meter's own: meters[].limits) and the plausible time of a reading (per box)."""
+
     flow_rate_min: float = Field(default=0.0, description="Lowest physically valid flow rate (m³/h).")
     flow_rate_max: float = Field(default=2000.0, description="Highest physically valid flow rate (m³/h).")
     pressure_min: float = Field(default=0.0, description="Lowest physically valid pressure (bar).")

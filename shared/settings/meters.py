@@ -1,9 +1,10 @@
 """``meters``: the meters of this box, each with its signals and interval (and, for the collector,
 where it is read: see :mod:`shared.settings.collector`).
 
-Every service asks the settings about a meter through :meth:`shared.settings.Settings.meter_spec`;
-a meter seen on the bus but not configured (another box's, a replay's) gets the defaults: both
-signals at ``collector.interval_s``.
+Every service asks the settings about a meter through :meth:`shared.settings.Settings.meter_spec`
+(and its physical ranges through :meth:`~shared.settings.Settings.limits_of`); a meter seen on the
+bus but not configured (another box's, a replay's) gets the defaults: both signals at
+``collector.interval_s``, the box's ``limits``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from shared.messages import Ident, Signal
 from shared.settings.base import Section
 
 SIGNALS: tuple[Signal, ...] = ("flow_rate", "pressure")
+#: The keys of ``limits`` a meter may set for itself (meters[].limits): the physical ranges of its signals.
+METER_LIMITS: tuple[str, ...] = ("flow_rate_min", "flow_rate_max", "pressure_min", "pressure_max")
 
 
 class MeterSettings(Section):
@@ -49,6 +52,12 @@ class MeterSettings(Section):
     )
     replay: dict[str, Any] | None = Field(
         default=None, description="Keys of collector.replay that differ for this meter (e.g. {file: inlet.csv})."
+    )
+    limits: dict[str, float] | None = Field(
+        default=None,
+        description="Keys of limits that differ for this meter, merged over it: its physical ranges (e.g. {flow_rate_max: 50} "
+        "for a small meter, {flow_rate_max: 3000} for a DN300 inlet). Only " + ", ".join(METER_LIMITS) + "; the time windows "
+        "and max_meters_per_site are per box.",
     )
 
     @field_validator("signals")

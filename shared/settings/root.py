@@ -8,7 +8,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from shared.messages import Ident
@@ -20,7 +20,7 @@ from shared.settings.detector import DetectorSettings
 from shared.settings.exporter import ExporterSettings
 from shared.settings.forecaster import ForecasterSettings
 from shared.settings.limits import RangeLimits
-from shared.settings.meters import MeterSettings
+from shared.settings.meters import METER_LIMITS, MeterSettings
 from shared.settings.modelstore import ModelStoreSettings
 from shared.settings.mqtt import MqttSettings
 from shared.settings.notifier import NotifierSettings
@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     central: CentralSettings = Field(default_factory=CentralSettings, description="Bridge to the central broker (off by default).")
 
     _sources: dict[str, MeterSource] = PrivateAttr(default_factory=dict)
+    _limits: dict[str, RangeLimits] = PrivateAttr(default_factory=dict)  # meters with limits of their own
 
     @field_validator("timezone")
     @classmethod
@@ -120,6 +121,8 @@ class Settings(BaseSettings):
             sources[m.id] = src
         _check_shared_ports(sources)
         self._sources = sources
+        self._limits = {m.id: _meter_limits(self.limits, m.limits, f"meters[{i}] ({m.id})", i)
+                        for i, m in enumerate(self.meters) if m.limits}
         return self
 
     def meter_source(self, meter: str) -> MeterSource:
@@ -135,6 +138,11 @@ class Settings(BaseSettings):
             if m.id == meter:
                 return m
         return MeterSettings(id=meter)
+
+    def limits_of(self, meter: str) -> RangeLimits:
+        """The physical ranges a reading of ``meter`` is judged against: `limits` with the meter's own
+        keys (meters[].limits) merged over it; `limits` for a meter without any or not configured here."""
+        return self._limits.get(meter, self.limits)
 
     def interval_of(self, meter: str) -> int:
         """Seconds between a meter's readings."""
@@ -167,6 +175,20 @@ class Settings(BaseSettings):
     def masked(self) -> dict[str, Any]:
         """The effective config as plain data, secrets shown as '**********'."""
         return self.model_dump(mode="json")  # SecretStr dumps masked in json mode
+
+
+def _meter_limits(box: RangeLimits, own: dict[str, float], where: str, index: int) -> RangeLimits:
+    """``limits`` with a meter's own range keys merged over it, validated. Only the signal ranges may
+    differ per meter: the time windows and max_meters_per_site are the box's."""
+    for key in own:
+        if key not in METER_LIMITS:
+            what = "is box-wide: set it under limits" if key in RangeLimits.model_fields else "is not a key of limits"
+            raise ValueError(f"meters[{index}].limits.{key} {what}; a meter may set only {', '.join(METER_LIMITS)}")
+    try:
+        return RangeLimits.model_validate({**box.model_dump(), **own})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(section)'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{where}: its limits keys merged over limits are not valid: {problems}") from None
 
 
 def _check_shared_ports(sources: dict[str, MeterSource]) -> None:

@@ -92,7 +92,7 @@ def make_source(settings: Settings, meter: str | None = None, links: dict | None
     if kind == "replay":
         from services.collector.sources.replay import ReplaySource
 
-        return ReplaySource(cfg, settings.limits)
+        return ReplaySource(cfg, settings.limits_of(meter or settings.meter))
     from services.collector.sources.simulator import SimulatorSource
 
     return SimulatorSource(cfg, interval_s=settings.interval_of(meter or settings.meter), tz=settings.timezone)

@@ -19,17 +19,19 @@ _CLEAR = Condition(False)
 
 
 class RangeRule:
-    """The physical range of each signal, from ``limits``."""
+    """The physical range of each signal, from ``limits`` (a meter's own, when ``box`` is the box's
+    that they differ from: the alert then names meters[].limits)."""
 
     __slots__ = ("ranges",)
 
     kind = "invalid"
 
-    def __init__(self, limits: RangeLimits) -> None:
-        self.ranges = {
-            "flow_rate": (limits.flow_rate_min, limits.flow_rate_max, "limits.flow_rate_min/max"),
-            "pressure": (limits.pressure_min, limits.pressure_max, "limits.pressure_min/max"),
-        }
+    def __init__(self, limits: RangeLimits, box: RangeLimits | None = None) -> None:
+        self.ranges: dict[str, tuple[float, float, str]] = {}
+        for sig in ("flow_rate", "pressure"):
+            lo, hi = getattr(limits, f"{sig}_min"), getattr(limits, f"{sig}_max")
+            own = box is not None and (lo, hi) != (getattr(box, f"{sig}_min"), getattr(box, f"{sig}_max"))
+            self.ranges[sig] = (lo, hi, f"{'meters[].' if own else ''}limits.{sig}_min/max")
 
     def check(self, sig: str, x: float | None, alert: AlertState | None) -> tuple[float | None, Condition | None]:
         """(the value if valid else None, the condition for the signal's "invalid" alert or None when
