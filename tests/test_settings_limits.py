@@ -1,6 +1,7 @@
 """Per-meter range limits (issue 15): meters[].limits merged over the box's `limits`."""
 
 import pytest
+from pydantic import ValidationError
 
 from shared.settings import RangeLimits, Settings, format_errors, load_settings
 
@@ -104,3 +105,11 @@ def test_collector_channels_and_replay_take_the_meters_range(tmp_path):
     assert range_flags(60.0, 3.0, ch["amr"].limits) == ("flow_rate_out_of_range",) and range_flags(60.0, 3.0, ch["inlet"].limits) == ()
     replay = Settings(collector={"source": "replay", "replay": {"file": "x.csv"}}, meters=s.model_dump()["meters"])
     assert make_source(replay, "amr").limits.flow_rate_max == 50 and make_source(replay, "inlet").limits is replay.limits
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_limit_that_is_not_a_finite_number_is_refused(value):
+    with pytest.raises(ValidationError, match="flow_rate_max must be a finite number"):
+        Settings(meters=[{"id": "m1", "limits": {"flow_rate_max": value}}])
+    with pytest.raises(ValidationError, match="pressure_min must be a finite number"):
+        Settings(limits={"pressure_min": value})

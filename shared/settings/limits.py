@@ -7,6 +7,7 @@ Services ask :meth:`shared.settings.Settings.limits_of` for a meter's ranges."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 from pydantic import Field, model_validator
@@ -40,6 +41,9 @@ class RangeLimits(Section):
 
     @model_validator(mode="after")
     def _ordered(self) -> RangeLimits:
+        for key in ("flow_rate_min", "flow_rate_max", "pressure_min", "pressure_max"):
+            if not math.isfinite(getattr(self, key)):  # NaN would pass every comparison below and flag every value
+                raise ValueError(f"{key} must be a finite number")
         if self.flow_rate_min >= self.flow_rate_max:
             raise ValueError("flow_rate_min must be below flow_rate_max")
         if self.pressure_min >= self.pressure_max:
