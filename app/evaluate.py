@@ -185,8 +185,9 @@ def score(readings: pd.DataFrame, labels: pd.DataFrame, anomalies: pd.DataFrame,
     from app import scoring
 
     data_end = readings.index[-1].to_pydatetime()
-    labs = [scoring.Label(r.start.to_pydatetime(), r.end.to_pydatetime(), r.kind, float(r.size_pct))
-            for r in labels.itertuples() if r.start >= score_from]
+    scored = labels[labels["start"] >= score_from] if len(labels) else labels
+    labs = [scoring.Label(r.start.to_pydatetime(), r.end.to_pydatetime(), r.kind, float(r.size_pct)) for r in scored.itertuples()]
+    seen = scored["inflow_pct"].tolist() if "inflow_pct" in scored else [np.nan] * len(labs)  # at the meter (simulate writes it)
     alerts = [scoring.AlertSpan(a.start, None if pd.isna(a.end) else a.end, a.kind, a.signal, a.severity)
               for a in anomalies.itertuples() if a.start >= score_from]
     results, explained = scoring.match(labs, alerts, data_end)
@@ -197,8 +198,9 @@ def score(readings: pd.DataFrame, labels: pd.DataFrame, anomalies: pd.DataFrame,
         "alarms": scoring.alarm_metrics(alerts, explained, days),
         "forecast": {},
         "labels": [{"start": iso(r.label.start), "end": iso(r.label.end), "kind": r.label.kind,
-                    "size_pct": None if np.isnan(r.label.size_pct) else r.label.size_pct, "detected": r.detected,
-                    "delay_min": None if r.delay is None else r.delay.total_seconds() / 60} for r in results],
+                    "size_pct": None if np.isnan(r.label.size_pct) else r.label.size_pct,
+                    "inflow_pct": None if np.isnan(x) else float(x), "detected": r.detected,
+                    "delay_min": None if r.delay is None else r.delay.total_seconds() / 60} for r, x in zip(results, seen, strict=True)],
     }
     all_labels = [scoring.Label(r.start.to_pydatetime(), r.end.to_pydatetime(), r.kind, float(r.size_pct)) for r in labels.itertuples()]
     for s in SIGNALS:

@@ -43,6 +43,11 @@ import pandas as pd
 
 BAR_PER_M = 0.0980665  # pressure head of water: 1 m = 9.80665 kPa
 LABEL_COLUMNS = ("start", "end", "kind", "size_pct")
+# Optional: the share of the mean inflow a leak added *at the meter* (``size_pct`` is the leak's own
+# flow; where the network cannot hold pressure, e.g. a lumpy peak under pressure-dependent demand,
+# much of it is taken from customers instead and the meter sees less): over a burst's first hour,
+# over a growing leak's whole span.
+INFLOW_COLUMN = "inflow_pct"
 READING_COLUMNS = ("timestamp", "flow_rate", "pressure")
 HEADLOSS_MEAN_M = 4.4  # head loss of the inlet main at mean flow (m), by its sizing below
 
@@ -126,7 +131,7 @@ def scenario_from_dict(d: dict[str, Any]) -> Scenario:
 @dataclass
 class Simulated:
     readings: pd.DataFrame  # columns timestamp (UTC), flow_rate, pressure (NaN = missing value)
-    labels: pd.DataFrame  # columns start, end, kind, size_pct
+    labels: pd.DataFrame  # columns start, end, kind, size_pct, inflow_pct
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -311,6 +316,7 @@ def simulate(sc: Scenario) -> Simulated:
         leak_min = np.zeros(n_min)
         leak_step = np.zeros(n_steps)
         per_leak_step = []
+        per_leak_min = []
         for lk, node in zip(sc.leaks, leak_nodes, strict=True):
             p0 = np.clip(base.node["pressure"][node].to_numpy()[:n_steps], 0.0, None)
             shape = np.sqrt(p0) / max(np.sqrt(p0).mean(), 1e-9)
@@ -318,6 +324,7 @@ def simulate(sc: Scenario) -> Simulated:
             full_min = np.interp(minutes, step_min, full_step)
             g_min, g_step = _growth(lk, minutes), _growth(lk, step_min)
             leak_min += g_min * full_min
+            per_leak_min.append(g_min * full_min)
             q_step = g_step * full_step
             leak_step += q_step
             per_leak_step.append((node, q_step))
@@ -352,11 +359,15 @@ def simulate(sc: Scenario) -> Simulated:
     keep = np.ones(n_min, dtype=bool)
     labels = []
     end_all = t0 + timedelta(minutes=n_min - 1)
-    for lk in sc.leaks:
+    r_min = np.interp(minutes, step_min, r_flow)  # the inlet's response per m³/h of leak
+    for lk, q_min in zip(sc.leaks, per_leak_min, strict=True):
         m0, m1 = _leak_minutes(lk)
         s = t0 + timedelta(minutes=m0)
         e = min(t0 + timedelta(minutes=m1 - 1), end_all) if math.isfinite(m1) else end_all
-        labels.append((s, e, lk.kind, lk.size_pct))
+        i0 = int(m0)
+        i1 = min(int(m1) if math.isfinite(m1) else n_min, n_min, i0 + 60 if lk.kind == "burst" else n_min)
+        seen = float(np.mean(r_min[i0:i1] * q_min[i0:i1])) / mean_inflow * 100 if i1 > i0 and mean_inflow > 0 else math.nan
+        labels.append((s, e, lk.kind, lk.size_pct, round(seen, 2)))
     for f in sc.faults:
         i0 = int(round(f.start_day * 1440))
         i1 = min(i0 + int(round(f.minutes)), n_min)
@@ -374,10 +385,10 @@ def simulate(sc: Scenario) -> Simulated:
             i0, i1 = int(at[0]), int(at[-1]) + 1
         elif f.kind == "gap":
             keep[i0:i1] = False
-        labels.append((ts[i0], ts[i1 - 1] if i1 > i0 else ts[i0], "sensor_fault", math.nan))
+        labels.append((ts[i0], ts[i1 - 1] if i1 > i0 else ts[i0], "sensor_fault", math.nan, math.nan))
 
     readings = pd.DataFrame({"timestamp": ts[keep], "flow_rate": flow[keep], "pressure": pres[keep]})
-    lab = pd.DataFrame(labels, columns=list(LABEL_COLUMNS))
+    lab = pd.DataFrame(labels, columns=[*LABEL_COLUMNS, INFLOW_COLUMN])
     if len(lab):
         lab["start"] = pd.to_datetime(lab["start"], utc=True)
         lab["end"] = pd.to_datetime(lab["end"], utc=True)
@@ -439,12 +450,14 @@ def write(sim: Simulated, out_dir: Path) -> tuple[Path, Path]:
         "kind": lab["kind"].to_numpy(),
         "size_pct": [("" if pd.isna(x) else f"{x:g}") for x in lab["size_pct"]],
     })
+    if INFLOW_COLUMN in lab:
+        labels[INFLOW_COLUMN] = [("" if pd.isna(x) else f"{x:g}") for x in lab[INFLOW_COLUMN]]
     labels.to_csv(lp, index=False, lineterminator="\n")
     return rp, lp
 
 
 def read_labels(path: Path) -> pd.DataFrame:
-    """Read ``labels.csv`` (start,end,kind,size_pct); raises ValueError naming the problem."""
+    """Read ``labels.csv`` (start,end,kind,size_pct[,inflow_pct]); raises ValueError naming the problem."""
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -459,6 +472,8 @@ def read_labels(path: Path) -> pd.DataFrame:
         "kind": df["kind"].str.strip(),
         "size_pct": pd.to_numeric(df["size_pct"].replace("", np.nan), errors="raise"),
     })
+    if INFLOW_COLUMN in df:  # optional (flowwatch simulate writes it)
+        out[INFLOW_COLUMN] = pd.to_numeric(df[INFLOW_COLUMN].replace("", np.nan), errors="raise")
     if (out["end"] < out["start"]).any():
         raise ValueError(f"{path}: a label ends before it starts")
     return out

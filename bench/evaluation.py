@@ -146,6 +146,13 @@ def main() -> None:
     print(f"\nflowwatch evaluation suite: {len(names)} scenario(s) ({', '.join(names)}); "
           f"training: {f'first {train} days' if train else 'none (seasonal naive)'}; {machine()}")
     print(table(["goal", "events", "recall / rate", "median delay", "p90 delay", "status"], rows))
+    bursts = [[n, lab["start"][:16], f"{lab['size_pct']:g} %", "-" if lab.get("inflow_pct") is None else f"{lab['inflow_pct']:.1f} %",
+               "no" if not lab["detected"] else f"{lab['delay_min']:.0f} min"]
+              for n, m in results.items() for lab in m["labels"] if lab["kind"] == "burst"]
+    if bursts:
+        print("\nEach burst: its own size, and the inflow it added at the meter over its first hour (inflow_pct: less where "
+              "the network\ncould not hold pressure and customers lost supply instead), detected after:")
+        print(table(["scenario", "start (UTC)", "size", "at the meter", "detected"], bursts))
     print()
     print(table(["next-hour forecast", "targets", "WAPE", "persistence", "seasonal naive", "skill vs s. naive", "goal (≥ 30 %, < persistence)"], frows))
     print()

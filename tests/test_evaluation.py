@@ -36,6 +36,9 @@ def test_simulation_is_deterministic_and_labels_match_the_hydraulics():
     mean_inflow = a.info["mean_inflow_m3h"]
     assert 0.2 * mean_inflow < jump < 0.45 * mean_inflow  # 30 % of mean inflow, give or take demand noise/pressure
     assert after["pressure"].mean() < before["pressure"].mean() - 0.05  # the inlet main loses more head
+    # the inflow it added at the meter (its first hour), on a network that holds pressure: about its size
+    assert burst["inflow_pct"] == pytest.approx(100 * jump / mean_inflow, abs=8)
+    assert 20 < burst["inflow_pct"] <= 32
     gap = a.labels[a.labels["kind"] == "sensor_fault"].iloc[0]
     assert r.loc[gap["start"]: gap["end"]].empty
 
@@ -50,6 +53,16 @@ def test_incipient_leak_reaches_its_size():
     full = extra.iloc[2 * 1440:].mean()  # fully grown from day 2
     assert abs(day1) < 0.01 * base.info["mean_inflow_m3h"]
     assert full == pytest.approx(0.10 * base.info["mean_inflow_m3h"], rel=0.15)
+    # inflow_pct: the leak's mean over its span (from day 1, growing for a day), as the readings show
+    seen = leaky.labels["inflow_pct"].iloc[0]
+    assert seen == pytest.approx(100 * extra.iloc[1440:].mean() / base.info["mean_inflow_m3h"], rel=0.15)
+
+
+def test_labels_without_inflow_column_still_read(tmp_path: Path):
+    p = tmp_path / "labels.csv"
+    p.write_text("start,end,kind,size_pct\n2026-01-05T03:00:00Z,2026-01-05T04:00:00Z,burst,25\n")
+    lab = read_labels(p)
+    assert list(lab.columns) == ["start", "end", "kind", "size_pct"] and lab["size_pct"].iloc[0] == 25
 
 
 def test_files_round_trip(tmp_path: Path):
@@ -57,7 +70,7 @@ def test_files_round_trip(tmp_path: Path):
     rp, lp = write(sim, tmp_path)
     assert rp.read_text().splitlines()[0] == "timestamp,flow_rate,pressure"
     assert rp.read_text().splitlines()[1].startswith("2026-01-04T15:00:00Z,")
-    assert lp.read_text().splitlines() == ["start,end,kind,size_pct", "2026-01-05T03:00:00Z,2026-01-05T03:29:00Z,sensor_fault,"]
+    assert lp.read_text().splitlines() == ["start,end,kind,size_pct,inflow_pct", "2026-01-05T03:00:00Z,2026-01-05T03:29:00Z,sensor_fault,,"]
     lab = read_labels(lp)
     assert list(lab["kind"]) == ["sensor_fault"] and np.isnan(lab["size_pct"].iloc[0])
     flat = sim.readings.set_index("timestamp").loc[lab["start"].iloc[0]: lab["end"].iloc[0], "pressure"]
