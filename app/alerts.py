@@ -9,7 +9,6 @@ marks them. A device may send the same as JSON on the notifier's command topic
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import uuid
 from collections.abc import Sequence
@@ -17,20 +16,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from shared.messages import AlertAction, alert_id
-from shared.runner import base_parser, settings_from_args
+from shared.runner import base_parser, parse_duration, settings_from_args
 from shared.store import StoreError, open_store
 
 LIST_DAYS = 30
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([mhd])$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """``30m``, ``2h``, ``1.5d``."""
-    m = _DURATION.match(text.strip())
-    if not m:
-        raise ValueError(f"--for {text!r}: give a number and m, h or d, e.g. 30m, 2h, 1d")
-    n, unit = float(m.group(1)), m.group(2)
-    return timedelta(minutes=n) if unit == "m" else timedelta(hours=n) if unit == "h" else timedelta(days=n)
 
 
 def recent_alerts(store, settings, days: int = LIST_DAYS) -> list[tuple[str, object]]:  # noqa: ANN001
@@ -151,7 +140,7 @@ def _run(args, settings, store) -> int:  # noqa: ANN001
                 if (args.duration is None) == (args.until is None):
                     print("flowwatch alerts silence: give either --for (e.g. 2h) or --until", file=sys.stderr)
                     return 2
-                until = now + parse_duration(args.duration) if args.duration else datetime.fromisoformat(args.until)
+                until = now + parse_duration(args.duration, "--for") if args.duration else datetime.fromisoformat(args.until)
                 if until.tzinfo is None:
                     print("flowwatch alerts silence: --until needs a zone (e.g. +09:00 or Z)", file=sys.stderr)
                     return 2

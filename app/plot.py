@@ -9,28 +9,18 @@ plots the same as a live one), or at ``--until``.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from shared.runner import base_parser, settings_from_args
+from shared.runner import base_parser, parse_duration, settings_from_args
 
 logger = logging.getLogger(__name__)
 
 SIGNALS = (("flow_rate", "Flow rate (m³/h)"), ("pressure", "Pressure (bar)"))
 MAX_EXTRA_PANELS = 4  # extra values beyond these are named in the title, not drawn
 SEVERITY_COLORS = {"info": "tab:blue", "warning": "tab:orange", "critical": "tab:red"}
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([mhdw])$")
-
-
-def parse_duration(text: str) -> timedelta:
-    m = _DURATION.match(text.strip())
-    if not m:
-        raise ValueError(f"--since {text!r}: use a number and a unit m, h, d or w (e.g. 90m, 24h, 7d)")
-    n, unit = float(m.group(1)), m.group(2)
-    return timedelta(**{{"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[unit]: n})
 
 
 def plot(store, site: str, meter: str, start: datetime, end: datetime, out: Path, tz,

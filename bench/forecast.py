@@ -20,7 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import ROOT, train_small_models
+
 TARGET_MS, TARGET_MB = 20.0, 150.0
 
 CHILD = r"""
@@ -58,28 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     reps = 1 if args.quick else 5
 
     from app.broker import MosquittoProcess, mqtt_settings
-    from app.synthetic import diurnal_frame
     from shared.settings import Settings
-    from shared.store.sqlite import SqliteStore
 
     with tempfile.TemporaryDirectory() as tmp:
         broker = MosquittoProcess(Path(tmp) / "mosquitto").start()
         try:
             s = Settings(data_dir=Path(tmp) / "var", mqtt=mqtt_settings(broker).model_dump(),
                          trainer={"epochs": 2, "holdout_days": 2, "nice": 0, "min_improvement": 0.0})
-            st = SqliteStore(s.path(s.store.sqlite.path))
-            st.write_reading_frame(s.site, s.meter, diurnal_frame(16))
-            st.close()
-            cfg = Path(tmp) / "fw.json"
-            cfg.write_text(s.model_dump_json())
             # a model to serve (trained and exported in its own process, not measured); promote it
             # whatever its score, so the benchmark measures the LiteRT path
-            train = ("import sys; from shared.settings import Settings; from services.trainer import training; "
-                     "from shared.store.sqlite import SqliteStore; from shared import modelstore; "
-                     "s = Settings.model_validate_json(open(sys.argv[1]).read()); training.configure_runtime(s); "
-                     "st = SqliteStore(s.path(s.store.sqlite.path)); "
-                     "[modelstore.set_current(training.models_dir(s), r.signal, r.version) for r in training.train_all(s, st)]")
-            subprocess.run([sys.executable, "-c", train, str(cfg)], cwd=ROOT, check=True, capture_output=True)
+            train_small_models(s, Path(tmp), promote=True)
+            cfg = Path(tmp) / "fw.json"
+            cfg.write_text(s.model_dump_json())
             results = []
             for _ in range(reps):
                 r = subprocess.run([sys.executable, "-c", CHILD, cfg.read_text(), str(runs)], cwd=ROOT,

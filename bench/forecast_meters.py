@@ -20,7 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import ROOT, train_small_models
+
 TARGET_S, TARGET_MB = 60.0, 500.0
 
 CHILD = r"""
@@ -72,28 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(x) for x in args.meters.split(",")]
 
     from app.broker import MosquittoProcess, mqtt_settings
-    from app.synthetic import diurnal_frame
     from shared import modelstore
     from shared.settings import Settings
-    from shared.store.sqlite import SqliteStore
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         broker = MosquittoProcess(Path(tmp) / "mosquitto").start()
         try:
             train_s = Settings(data_dir=Path(tmp) / "train", trainer={"epochs": 2, "holdout_days": 2, "nice": 0})
-            st = SqliteStore(train_s.path(train_s.store.sqlite.path))
-            st.write_reading_frame(train_s.site, train_s.meter, diurnal_frame(16))
-            st.close()
-            cfg = Path(tmp) / "train.json"
-            cfg.write_text(train_s.model_dump_json())
-            train = ("import sys; from shared.settings import Settings; from services.trainer import training; "
-                     "from shared.store.sqlite import SqliteStore; "
-                     "s = Settings.model_validate_json(open(sys.argv[1]).read()); training.configure_runtime(s); "
-                     "st = SqliteStore(s.path(s.store.sqlite.path)); "
-                     "print('|'.join(r.signal + '=' + r.path for r in training.train_all(s, st)))")
-            out = subprocess.run([sys.executable, "-c", train, str(cfg)], cwd=ROOT, check=True, capture_output=True, text=True)
-            trained = dict(x.split("=", 1) for x in out.stdout.strip().splitlines()[-1].split("|"))
+            trained = train_small_models(train_s, Path(tmp))
             for n in sizes:
                 ids = [f"m{i:04d}" for i in range(n)]
                 s = Settings(data_dir=Path(tmp) / f"var{n}", mqtt=mqtt_settings(broker).model_dump(),

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -33,6 +35,18 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
         help="data folder: store, spool, models, exports, secrets, logs (default: data_dir of the config, ./var)",
     )
     return p
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([mhdw])$")
+
+
+def parse_duration(text: str, option: str = "--since") -> timedelta:
+    """A span given on the command line: ``90m``, ``24h``, ``1.5d``, ``2w``; the error names ``option``."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise ValueError(f"{option} {text!r}: use a number and a unit m, h, d or w (e.g. 30m, 2h, 1d)")
+    n, unit = float(m.group(1)), m.group(2)
+    return timedelta(**{{"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[unit]: n})
 
 
 def settings_from_args(args: argparse.Namespace, **overrides: object) -> Settings:

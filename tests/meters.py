@@ -73,7 +73,33 @@ class PtyBridge:
         self.b.close()
 
 
-class ModbusMeter:
+class _Served:
+    """A pymodbus server run on an event loop of its own thread (the tests' meters)."""
+
+    server = None
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def _serve(self, make_server) -> None:  # noqa: ANN001 - a callable returning a pymodbus server
+        self.loop = asyncio.new_event_loop()
+        self._t = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._t.start()
+
+        async def make():
+            self.server = make_server()
+            await self.server.serve_forever(background=True)
+
+        asyncio.run_coroutine_threadsafe(make(), self.loop).result(10)
+
+    def stop(self) -> None:
+        if self.loop is None:  # never started
+            return
+        if self.server is not None:
+            asyncio.run_coroutine_threadsafe(self.server.shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._t.join(5)
+
+
+class ModbusMeter(_Served):
     """A pymodbus server (TCP on loopback, or RTU on a serial port) holding a flow meter's registers.
 
     ``holding`` and ``input`` are lists of 16-bit values the test may change at any time.
@@ -99,33 +125,18 @@ class ModbusMeter:
             action=action,
         )
         self.tcp_port, self.serial_port, self.baudrate = tcp_port, serial_port, baudrate
-        self.loop = asyncio.new_event_loop()
-        self.server = None
-        self._t = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def start(self) -> ModbusMeter:
         from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
-        self._t.start()
-
-        async def make():
-            if self.tcp_port:
-                self.server = ModbusTcpServer(self.device, address=("127.0.0.1", self.tcp_port))
-            else:
-                self.server = ModbusSerialServer(self.device, port=self.serial_port, baudrate=self.baudrate)
-            await self.server.serve_forever(background=True)
-
-        asyncio.run_coroutine_threadsafe(make(), self.loop).result(10)
+        if self.tcp_port:
+            self._serve(lambda: ModbusTcpServer(self.device, address=("127.0.0.1", self.tcp_port)))
+        else:
+            self._serve(lambda: ModbusSerialServer(self.device, port=self.serial_port, baudrate=self.baudrate))
         return self
 
-    def stop(self) -> None:
-        if self.server is not None:
-            asyncio.run_coroutine_threadsafe(self.server.shutdown(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._t.join(5)
 
-
-class ModbusBus:
+class ModbusBus(_Served):
     """A pymodbus RTU server answering for several unit ids on one serial port: meters on one RS485
     bus. ``units`` maps a unit id to its holding registers (a list the test may change at any time);
     a unit id in ``silent`` does not answer at all, as a meter that lost power."""
@@ -156,24 +167,9 @@ class ModbusBus:
 
         self.devices = [device(u) for u in units]
         self.serial_port, self.baudrate = serial_port, baudrate
-        self.loop = asyncio.new_event_loop()
-        self.server = None
-        self._t = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def start(self) -> ModbusBus:
         from pymodbus.server import ModbusSerialServer
 
-        self._t.start()
-
-        async def make():
-            self.server = ModbusSerialServer(self.devices, port=self.serial_port, baudrate=self.baudrate, ignore_missing_devices=True)
-            await self.server.serve_forever(background=True)
-
-        asyncio.run_coroutine_threadsafe(make(), self.loop).result(10)
+        self._serve(lambda: ModbusSerialServer(self.devices, port=self.serial_port, baudrate=self.baudrate, ignore_missing_devices=True))
         return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            asyncio.run_coroutine_threadsafe(self.server.shutdown(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._t.join(5)
