@@ -559,6 +559,27 @@ def test_step_thresholds_are_kept_over_a_restart(settings, store, tmp_path):
         t.join(30)
 
 
+def test_a_flow_only_meter_is_recalibrated_at_start_once_not_at_every_start(settings, store, tmp_path):
+    # its bands are stored for flow only: a restart must not take the missing pressure bands as a
+    # recalibration still due (it read weeks of history at every start)
+    from shared.settings import MeterSettings
+
+    s, site = unique(settings)
+    s = s.model_copy(update={"data_dir": tmp_path, "meters": [MeterSettings(id="m1", signals=["flow_rate"])]})
+    store.write_reading_frame(site, "m1", frame(minutes=3 * 24 * 60).assign(pressure=float("nan")))
+    counts = []
+    for _ in range(2):
+        svc = DetectorService(s, store=store)
+        t = svc.start_in_thread()
+        assert svc.ready.wait(30)
+        counts.append(svc.counters.get("recalibrations"))
+        svc.stop()
+        t.join(30)
+    assert counts == [1, 0]
+    assert store.latest_thresholds(site, "m1", "flow_rate") is not None
+    assert store.latest_thresholds(site, "m1", "pressure") is None
+
+
 def test_day_boundary_recalibration_runs_off_the_inbox_worker(settings, tmp_path):
     """Issue 15 (throughput): while the recalibration at a local midnight reads its weeks of history,
     the inbox worker goes on storing readings; then the new bands are installed and stored, dated at

@@ -156,7 +156,8 @@ class DetectorService(Service):
         if (seen := self.retention_clock.last("retention")) is None or last > seen:
             self.retention_clock.seed(last, "retention")
         recent = st.read_reading_records(site, meter, last - timedelta(hours=self.cfg.backfill_hours), end)
-        ths = [th for s in SIGNALS if (th := st.latest_thresholds(site, meter, s)) is not None]
+        signals = set(self.engine.spec(meter)[0])  # the meter's own: a flow-only meter has no pressure bands to wait for
+        ths = [th for s in signals if (th := st.latest_thresholds(site, meter, s)) is not None]
         keep = self.cfg.night_baseline_nights * 3 + 2
         local_day = last.astimezone(self.settings.tz).date()
         nights = st.read_night_flow(site, meter, local_day - timedelta(days=keep), local_day + timedelta(days=1))
@@ -176,7 +177,7 @@ class DetectorService(Service):
         n = self.engine.backfill(site, meter, recent, anomalies=anoms, nights=nights, thresholds=ths, forecasts=fcs)
         self.last_seen[(site, meter)] = time.time()
         # A recalibration that was due but did not happen (first start after an import, a crash at a boundary).
-        if {th.signal for th in ths} != set(SIGNALS):
+        if {th.signal for th in ths} != signals:
             self.recalibrate(site, meter, end)
         else:
             due = floor(last, self.cfg.recalibrate_period, self.settings.tz)
