@@ -180,49 +180,61 @@ def train_first(settings, frame: pd.DataFrame, days: float, work: Path) -> Path:
 # --- scoring and output -------------------------------------------------------------------------
 
 
+def _alert_spans(anomalies: pd.DataFrame, score_from: datetime) -> list:
+    from app import scoring
+
+    return [scoring.AlertSpan(a.start, None if pd.isna(a.end) else a.end, a.kind, a.signal, a.severity)
+            for a in anomalies.itertuples() if a.start >= score_from]
+
+
+def _forecast_scores(readings: pd.DataFrame, forecasts: pd.DataFrame, score_from: datetime, step_minutes: int,
+                     labels: Sequence = ()) -> dict[str, dict]:
+    """Per signal: the forecasts after ``score_from`` against the readings and both baselines."""
+    from app import scoring
+
+    out = {}
+    for s in SIGNALS:
+        actual = scoring.bins(readings.index, readings[s].to_numpy(dtype="float64", na_value=np.nan), step_minutes)
+        f = forecasts[(forecasts["signal"] == s) & (forecasts["target_time"] > score_from)] if len(forecasts) else forecasts
+        out[s] = scoring.forecast_metrics(f, actual, step_minutes, labels)
+    return out
+
+
+def _scored_days(readings: pd.DataFrame, score_from: datetime) -> tuple[datetime, float]:
+    data_end = readings.index[-1].to_pydatetime()
+    return data_end, max((data_end - score_from).total_seconds() / 86400, 0.0)
+
+
 def score(readings: pd.DataFrame, labels: pd.DataFrame, anomalies: pd.DataFrame, forecasts: pd.DataFrame,
           score_from: datetime, step_minutes: int) -> dict:
     from app import scoring
 
-    data_end = readings.index[-1].to_pydatetime()
+    data_end, days = _scored_days(readings, score_from)
     scored = labels[labels["start"] >= score_from] if len(labels) else labels
     labs = [scoring.Label(r.start.to_pydatetime(), r.end.to_pydatetime(), r.kind, float(r.size_pct)) for r in scored.itertuples()]
     seen = scored["inflow_pct"].tolist() if "inflow_pct" in scored else [np.nan] * len(labs)  # at the meter (simulate writes it)
-    alerts = [scoring.AlertSpan(a.start, None if pd.isna(a.end) else a.end, a.kind, a.signal, a.severity)
-              for a in anomalies.itertuples() if a.start >= score_from]
+    alerts = _alert_spans(anomalies, score_from)
     results, explained = scoring.match(labs, alerts, data_end)
-    days = max((data_end - score_from).total_seconds() / 86400, 0.0)
-    out = {
+    all_labels = [scoring.Label(r.start.to_pydatetime(), r.end.to_pydatetime(), r.kind, float(r.size_pct)) for r in labels.itertuples()]
+    return {
         "scored_from": iso(score_from), "scored_to": iso(data_end),
         "detection": scoring.detection_metrics(results),
         "alarms": scoring.alarm_metrics(alerts, explained, days),
-        "forecast": {},
+        "forecast": _forecast_scores(readings, forecasts, score_from, step_minutes, all_labels),
         "labels": [{"start": iso(r.label.start), "end": iso(r.label.end), "kind": r.label.kind,
                     "size_pct": None if np.isnan(r.label.size_pct) else r.label.size_pct,
                     "inflow_pct": None if np.isnan(x) else float(x), "detected": r.detected,
                     "delay_min": None if r.delay is None else r.delay.total_seconds() / 60} for r, x in zip(results, seen, strict=True)],
     }
-    all_labels = [scoring.Label(r.start.to_pydatetime(), r.end.to_pydatetime(), r.kind, float(r.size_pct)) for r in labels.itertuples()]
-    for s in SIGNALS:
-        actual = scoring.bins(readings.index, readings[s].to_numpy(dtype="float64", na_value=np.nan), step_minutes)
-        f = forecasts[(forecasts["signal"] == s) & (forecasts["target_time"] > score_from)] if len(forecasts) else forecasts
-        out["forecast"][s] = scoring.forecast_metrics(f, actual, step_minutes, all_labels)
-    return out
 
 
 def report(readings: pd.DataFrame, anomalies: pd.DataFrame, forecasts: pd.DataFrame, score_from: datetime, step_minutes: int) -> dict:
     """What an operator lives with, no labels needed (app/scoring.py: operator_report)."""
     from app import scoring
 
-    data_end = readings.index[-1].to_pydatetime()
-    alerts = [scoring.AlertSpan(a.start, None if pd.isna(a.end) else a.end, a.kind, a.signal, a.severity)
-              for a in anomalies.itertuples() if a.start >= score_from]
-    fc = {}
-    for s in SIGNALS:
-        actual = scoring.bins(readings.index, readings[s].to_numpy(dtype="float64", na_value=np.nan), step_minutes)
-        f = forecasts[(forecasts["signal"] == s) & (forecasts["target_time"] > score_from)] if len(forecasts) else forecasts
-        fc[s] = scoring.forecast_metrics(f, actual, step_minutes)
-    out = scoring.operator_report(alerts, max((data_end - score_from).total_seconds() / 86400, 0.0), fc)
+    data_end, days = _scored_days(readings, score_from)
+    out = scoring.operator_report(_alert_spans(anomalies, score_from), days,
+                                  _forecast_scores(readings, forecasts, score_from, step_minutes))
     out["scored_from"], out["scored_to"] = iso(score_from), iso(data_end)
     return out
 

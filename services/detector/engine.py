@@ -50,7 +50,7 @@ from zoneinfo import ZoneInfo
 from services.detector.alerts import SEVERITY, AlertState, Condition, Event, Transition, timing
 from services.detector.rules.burst import BurstRule
 from services.detector.rules.flatline import FlatLineRule
-from services.detector.rules.forecast import ForecastDeviationRule
+from services.detector.rules.forecast import SEASONAL_NAIVE, ForecastDeviationRule, SeasonalEchoes
 from services.detector.rules.liveness import GapRule, SilentRule
 from services.detector.rules.nightflow import NightAccumulator, NightLeakRule, parse_hhmm
 from services.detector.rules.pressure import PressureDropRule, PressureLossRule
@@ -73,8 +73,6 @@ if TYPE_CHECKING:  # frames are accepted (flowwatch evaluate) but pandas is neve
     import pandas as pd
 
 _TAINTING = ("burst", "pressure_loss", "pressure_drop")  # a forecast issued while one is open is not used for deviation
-_DAY_S, _WEEK_S = 86_400.0, 7 * 86_400.0
-SEASONAL_NAIVE = "seasonal-naive"  # shared.modelstore.SEASONAL_NAIVE (not imported: the detector stays small)
 _NEVER = datetime.min.replace(tzinfo=UTC)  # static bands: any stored or learned ones are newer
 Key = tuple[str, str]
 MeterSpec = Callable[[str], tuple[Sequence[str], float]]  # meter id -> (its signals, its interval in s)
@@ -108,8 +106,8 @@ class LearnedCalibration(NamedTuple):
 class _Meter:
     """One meter's state: its last reading, its alerts by (kind, signal), and its rules."""
 
-    __slots__ = ("alerts", "all", "burst", "cal", "first", "flow", "gap", "interval", "last", "leak", "meter", "night", "pdrop",
-                 "pressure", "range", "recal", "sig", "silent", "site", "taints")
+    __slots__ = ("alerts", "all", "burst", "cal", "echoes", "flow", "gap", "interval", "last", "leak", "meter", "night", "pdrop",
+                 "pressure", "range", "recal", "sig", "silent", "site")
 
     def __init__(self, site: str, meter: str, eng: DetectionEngine) -> None:
         cfg = eng.cfg
@@ -120,8 +118,7 @@ class _Meter:
         # the signal label of the alerts about the whole reading (gap, silent, burst): "both", or the meter's one signal
         self.all = "both" if self.flow and self.pressure else ("flow_rate" if self.flow else "pressure")
         self.last: float | None = None
-        self.first: float | None = None  # the oldest reading this engine saw (the back-fill's, after a restart)
-        self.taints: dict[float, float | None] = {}  # burst / pressure loss / pressure drop of the last week: start -> end (None: open)
+        self.echoes = SeasonalEchoes()  # what a seasonal-naive forecast of this meter copied
         self.alerts: dict[Key, AlertState] = {}
         self.sig = {s: _SignalRules(site, meter, s, cfg, self.interval) for s in SIGNALS if s in signals}
         self.range = eng.range_rule(meter)
@@ -207,31 +204,9 @@ class DetectionEngine:
             a.severity = c.severity  # by size, for an alert opening now
         tr = a.update(t, c.active, c.value, c.threshold, c.message)
         if tr is not None and kind in _TAINTING:
-            self._taint(m, tr.start, tr.end if tr.state == "closed" else None)
+            m.echoes.note(tr.start, tr.end if tr.state == "closed" else None)
         self._emit(m, a, tr, out)
         return tr
-
-    @staticmethod
-    def _taint(m: _Meter, start: float, end: float | None) -> None:
-        """Remember a burst / pressure loss / drop for a week: a seasonal-naive forecast made from it
-        (the same time a day or a week later) is not a reference for forecast_deviation."""
-        m.taints[start] = end
-        if len(m.taints) > 64:
-            horizon = max(m.taints) - _WEEK_S - _DAY_S
-            for k in [k for k, e in m.taints.items() if e is not None and e < horizon]:
-                del m.taints[k]
-
-    @staticmethod
-    def _unreferenced(m: _Meter, target: float, step: float) -> bool:
-        """Whether a seasonal-naive forecast's value for the bin ending at ``target`` copies no ordinary
-        reading: it is persistence (no reading a day before it yet: the meter's first day), or the same
-        bin a week or a day earlier (the forecaster's reference, whichever it had) was in a burst,
-        pressure loss or pressure drop (yesterday's burst forecast again today)."""
-        first = m.first
-        if first is None or first > target - _DAY_S - step:
-            return True
-        return any(start <= ref and (end is None or end > ref - step)
-                   for ref in (target - _DAY_S, target - _WEEK_S) for start, end in m.taints.items())
 
     def _emit(self, m: _Meter, a: AlertState, tr: Transition | None, out: list[Anomaly]) -> None:
         if tr is None or self._replay:
@@ -268,8 +243,7 @@ class DetectionEngine:
             self._emit(m, a, a.force_close(t), out)
         if last is None:
             m.recal.start(t)
-            if m.first is None:
-                m.first = t
+            m.echoes.seen(t)
         else:
             ev = m.gap.check(last, t)
             if ev is not None:
@@ -375,8 +349,7 @@ class DetectionEngine:
         targets = [d.timestamp() for d in fc.targets()]
         values = [float(v) for v in fc.values]
         if fc.model == SEASONAL_NAIVE and not tainted:  # steps that copy no ordinary reading are not judged
-            step = 60.0 * fc.step_minutes
-            values = [math.nan if self._unreferenced(m, t, step) else v for t, v in zip(targets, values, strict=True)]
+            values = m.echoes.mask(targets, values, 60.0 * fc.step_minutes)
         m.sig[fc.signal].forecast.offer(fc.issued_at.timestamp(), targets, values, tainted)
 
     def set_thresholds(self, th: Thresholds) -> bool:
@@ -485,12 +458,12 @@ class DetectionEngine:
             self.set_thresholds(th)
         ts = _columns(frame)[0]
         first = ts[0] if len(ts) else math.inf
-        if m.first is None and len(ts):
-            m.first = float(first)
+        if len(ts):
+            m.echoes.seen(float(first))
         anomalies = list(anomalies)
         for an in anomalies:  # the week's bursts, pressure losses and drops: seasonal naive copies them
             if an.kind in _TAINTING:
-                self._taint(m, an.start.timestamp(), an.end.timestamp() if an.state == "closed" and an.end is not None else None)
+                m.echoes.note(an.start.timestamp(), an.end.timestamp() if an.state == "closed" and an.end is not None else None)
         for fc in forecasts:
             self.on_forecast(fc)
         self._replay = True

@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 
 from services.detector.rules.steps import LEVEL_N, DayBefore, StepCalibration, StepWindow, base_readings, stretched
 
-BURST_LEVEL_N = LEVEL_N
-
 
 class _DayMean:
     """Exponentially weighted mean over about a day (time constant 24 h), bias-corrected: the plain
@@ -65,21 +63,22 @@ class BurstRule:
     """One meter (both signals): the recent readings, the day's mean flow, when each step was last
     seen, and the baselines frozen while a burst is open."""
 
-    __slots__ = ("cal", "cfg", "day_before", "rise", "flow", "flow_mean", "frozen", "has_pressure", "keep_s", "last_drop", "last_jump",
-                 "pressure", "seen", "window_s")
+    __slots__ = ("cal", "cfg", "day_before", "rise", "flow", "flow_mean", "frozen", "has_pressure", "keep_s", "fixed_rel", "last_drop",
+                 "last_jump", "pressure", "seen", "window_s")
 
     kind = "burst"
 
     def __init__(self, cfg: DetectorSettings, interval_s: float, has_pressure: bool = True) -> None:
         self.cfg = cfg
         self.has_pressure = has_pressure
+        self.fixed_rel = cfg.burst_flow_jump_pct / 100.0 * (1 if has_pressure else 2)  # before calibration: twice the step on flow alone
         self.cal: StepCalibration | None = None
         self.rise = 0.0  # the last flow step as a share of its threshold (0 when unknown): does flow explain a pressure fall?
         # level + baseline readings kept (a window in time: at least 3 baseline readings at any interval)
         self.keep_s = (base_readings(cfg.burst_baseline_minutes * 60, interval_s) + LEVEL_N) * interval_s - interval_s / 2
         self.window_s = max(cfg.burst_window_minutes * 60, interval_s)  # at least the next reading
-        self.flow = StepWindow(BURST_LEVEL_N)  # level + baseline readings
-        self.pressure = StepWindow(BURST_LEVEL_N)
+        self.flow = StepWindow(LEVEL_N)  # level + baseline readings
+        self.pressure = StepWindow(LEVEL_N)
         self.flow_mean = _DayMean()
         self.last_jump: float | None = None
         self.last_drop: float | None = None
@@ -116,8 +115,8 @@ class BurstRule:
         rel = cal.flow_rel[hour] if cal is not None else None
         pdrop = cal.burst_pressure[hour] if cal is not None else None
         fixed_f, fixed_p = rel is None, pdrop is None
-        if rel is None:  # not calibrated (yet): the fixed step, twice it on flow alone
-            rel = cfg.burst_flow_jump_pct / 100.0 * (1 if self.has_pressure else 2)
+        if rel is None:  # not calibrated (yet)
+            rel = self.fixed_rel
         if pdrop is None:
             pdrop = cfg.burst_pressure_drop
         jump_thr = None if bf is None or ref is None else bf + max(abs(ref) * rel, cfg.burst_flow_jump_abs)

@@ -7,7 +7,7 @@ forecast value (at least ``forecast_tolerance_abs``) counts, and the alert opens
 used (made from the anomaly, it would flag the recovery): the engine says so with ``tainted``. Nor
 is a seasonal-naive step that copies no ordinary reading: the same time a day or a week after a
 burst, pressure loss or drop (the echo of yesterday's burst), or persistence on the meter's first
-day (a morning rise against the night's last value); the engine gives those steps as NaN.
+day (a morning rise against the night's last value); :class:`SeasonalEchoes` gives those steps as NaN.
 
 Calibrated to the alarm budget: the rule keeps, per ``forecast_sustain_minutes`` block, the smallest
 relative distance from the forecast in it (a block whose smallest distance is over the tolerance is
@@ -21,6 +21,7 @@ wider band, one it follows closely keeps the configured one.
 from __future__ import annotations
 
 import bisect
+import math
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,47 @@ from services.detector.alerts import AlertState, Condition
 
 if TYPE_CHECKING:
     from shared.settings import DetectorSettings
+
+
+DAY_S, WEEK_S = 86_400.0, 7 * 86_400.0
+SEASONAL_NAIVE = "seasonal-naive"  # shared.modelstore.SEASONAL_NAIVE (not imported: the detector stays small)
+
+
+class SeasonalEchoes:
+    """One meter: what a seasonal-naive forecast copied. It forecasts the same time a week earlier (a
+    day earlier with less history), so the day or week after a burst, pressure loss or drop it forecasts
+    that event again; and on the meter's first day it is the last value repeated. Those steps are no
+    reference for forecast_deviation: :meth:`mask` gives them as NaN."""
+
+    __slots__ = ("first", "events")
+
+    def __init__(self) -> None:
+        self.first: float | None = None  # the oldest reading seen (the back-fill's, after a restart)
+        self.events: dict[float, float | None] = {}  # the week's bursts, pressure losses, drops: start -> end (None: open)
+
+    def seen(self, t: float) -> None:
+        """A reading at ``t`` (the first one counts)."""
+        if self.first is None:
+            self.first = t
+
+    def note(self, start: float, end: float | None) -> None:
+        """An event opened (``end`` None) or closed; kept for a week."""
+        self.events[start] = end
+        if len(self.events) > 64:
+            horizon = max(self.events) - WEEK_S - DAY_S
+            for k in [k for k, e in self.events.items() if e is not None and e < horizon]:
+                del self.events[k]
+
+    def _copied_nothing_ordinary(self, target: float, step: float) -> bool:
+        first = self.first
+        if first is None or first > target - DAY_S - step:
+            return True
+        return any(start <= ref and (end is None or end > ref - step)
+                   for ref in (target - DAY_S, target - WEEK_S) for start, end in self.events.items())
+
+    def mask(self, targets: list[float], values: list[float], step: float) -> list[float]:
+        """``values`` with NaN for the steps (bins of ``step`` s ending at ``targets``) that copy no ordinary reading."""
+        return [math.nan if self._copied_nothing_ordinary(t, step) else v for t, v in zip(targets, values, strict=True)]
 
 
 class ForecastDeviationRule:
@@ -91,7 +133,7 @@ class ForecastDeviationRule:
         else:
             t0, t1 = targets[j - 1], targets[j]
             fv = values[j - 1] + (values[j] - values[j - 1]) * (t - t0) / (t1 - t0)
-        if fv != fv:  # NaN: a step the engine does not judge (copied from a burst, or persistence on a meter's first day)
+        if fv != fv:  # NaN: a step that copied no ordinary reading (SeasonalEchoes.mask)
             return None
         if fv:
             self._record(t, abs(x - fv) / abs(fv))

@@ -38,6 +38,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from services.detector.rules.thresholds import local_cells
+
 LEVEL_N = 3  # readings in a "level" (median): one noisy reading is not a step
 SHARE = 0.25  # each calibrated rule's share of the meter's alarm budget (the rest: threshold, night_flow, forecast)
 CONFIRM = 10.0  # the burst's pressure confirmation may be crossed this many times more often than a step alone
@@ -230,15 +232,6 @@ def _per_hour(hour: np.ndarray, s: np.ndarray, p: float, floor: float, over_cent
     return out
 
 
-def local_hours(ts: np.ndarray, tz: ZoneInfo) -> np.ndarray:
-    """Local hour of each epoch second (zone offsets are multiples of 15 minutes)."""
-    from datetime import datetime
-
-    keys, inv = np.unique(ts.astype(np.int64) // 900, return_inverse=True)
-    hrs = np.array([datetime.fromtimestamp(int(k) * 900, tz).hour for k in keys.tolist()], dtype=np.int64)
-    return hrs[inv]
-
-
 def calibrate(ts: np.ndarray, flow: np.ndarray | None, pressure: np.ndarray | None, *, interval_s: float, tz: ZoneInfo,
               budget_per_30d: float, flow_base_s: float, pressure_base_s: float, at: float,
               min_burst_drop: float) -> StepCalibration:
@@ -248,7 +241,7 @@ def calibrate(ts: np.ndarray, flow: np.ndarray | None, pressure: np.ndarray | No
         return cal
     ts = np.asarray(ts, dtype=np.float64)
     grid_t = ts[0] + np.arange(int(np.rint((ts[-1] - ts[0]) / interval_s)) + 1) * interval_s
-    hour = local_hours(grid_t, tz)
+    hour = local_cells(grid_t, tz) >> 1  # local hour (cell = hour * 2 + weekend)
     # independent tests in one local hour over 30 days: one per LEVEL_N readings at a minute, where the
     # readings' noise is correlated; one per reading on a coarse meter, whose steps a reading apart
     # are nearly independent (lag-1 correlation ~0.1 on an hourly daily cycle)
