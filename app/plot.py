@@ -41,11 +41,8 @@ def plot(store, site: str, meter: str, start: datetime, end: datetime, out: Path
     if not anomalies.empty:
         ends = anomalies["end"].fillna(end)
         anomalies = anomalies[ends >= start]
-    try:
-        extra = store.read_extra(site, meter, start, end)
-    except NotImplementedError:
-        extra = None
-    extra_names = list(extra.columns) if extra is not None else []
+    extra = store.read_extra(site, meter, start, end)
+    extra_names = list(extra.columns)
     counts = {"readings": len(readings), "forecasts": len(forecasts), "anomalies": len(anomalies), "thresholds": 0,
               "extra": len(extra_names)}
 

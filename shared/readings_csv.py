@@ -31,10 +31,11 @@ import numpy as np
 import pandas as pd
 
 from shared.eventtime import implausible
+from shared.messages import SIGNALS
 from shared.settings import RangeLimits
 
 REQUIRED = ("timestamp", "flow_rate", "pressure")  # timestamp and at least one signal column
-SIGNAL_COLUMNS = ("flow_rate", "pressure")
+SIGNAL_COLUMNS = SIGNALS  # the value columns a readings file may have
 CHUNK_ROWS = 100_000
 RAW_MAX_CHARS = 1000  # a rejected line is quoted in the rejects file up to this length
 _SKIPPED = re.compile(r"Skipping line (\d+): expected (\d+) fields, saw (\d+)")

@@ -87,8 +87,6 @@ class CollectorService(Service):
             if source is not None:
                 break  # a source given by the caller (tests): that one meter
         self.by_topic = {ch.topic: ch for ch in self.channels}
-        self.source = self.channels[0].source
-        self.topic = self.channels[0].topic
         self.spool: Spool | None = None
         self.forwarder: Forwarder | None = None
         self._emit_lock = threading.Lock()  # sequence numbers, the time guard and the spool, across reader threads

@@ -13,6 +13,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from shared.messages import Ident
 from shared.settings.base import Section
 
+SourceKind = Literal["simulator", "serial", "modbus-rtu", "modbus-tcp", "replay"]  # where a meter is read
+
 
 class FrameField(Section):
     """Where one value sits in a serial frame and how it becomes a canonical unit."""
@@ -153,10 +155,6 @@ class ModbusSettings(Section):
                 raise ValueError(f"register {r.name!r}: its scale_register {factor.name!r} must be a plain integer register (int16, uint16, int32, uint32)")
         return v
 
-    def factor_names(self) -> set[str]:
-        """Registers read as another's scale factor (not published themselves)."""
-        return {r.scale_register for r in self.registers if r.scale_register}
-
 
 class SimEvent(Section):
     """An event injected into the simulated stream."""
@@ -191,7 +189,7 @@ class ReplaySettings(Section):
 
 
 class CollectorSettings(Section):
-    source: Literal["simulator", "serial", "modbus-rtu", "modbus-tcp", "replay"] = Field(
+    source: SourceKind = Field(
         default="simulator", description="Where readings come from (of each meter without a source of its own); the simulator when no meter is attached."
     )
     interval_s: int = Field(default=60, ge=1, le=3600, description="Seconds between readings (event time) of each meter without an interval_s of its own.")
@@ -219,7 +217,6 @@ class CollectorSettings(Section):
         return self
 
 
-SourceKind = Literal["simulator", "serial", "modbus-rtu", "modbus-tcp", "replay"]
 SECTION_OF: dict[str, str] = {"simulator": "simulator", "serial": "serial", "modbus-rtu": "modbus", "modbus-tcp": "modbus", "replay": "replay"}
 _NEEDS: dict[str, tuple[str, str, str]] = {  # source -> (section, key, example)
     "serial": ("serial", "port", "e.g. /dev/ttyUSB0"),

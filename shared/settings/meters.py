@@ -9,14 +9,14 @@ bus but not configured (another box's, a replay's) gets the defaults: both signa
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator
 
-from shared.messages import Ident, Signal
+from shared.messages import SIGNALS, Ident, Signal
 from shared.settings.base import Section
+from shared.settings.collector import SourceKind
 
-SIGNALS: tuple[Signal, ...] = ("flow_rate", "pressure")
 #: The keys of ``limits`` a meter may set for itself (meters[].limits): the physical ranges of its signals.
 METER_LIMITS: tuple[str, ...] = ("flow_rate_min", "flow_rate_max", "pressure_min", "pressure_max")
 
@@ -34,7 +34,7 @@ class MeterSettings(Section):
         default=None, ge=1, le=3600,
         description="Seconds between this meter's readings (1 s to 1 h); collector.interval_s when unset.",
     )
-    source: Literal["simulator", "serial", "modbus-rtu", "modbus-tcp", "replay"] | None = Field(
+    source: SourceKind | None = Field(
         default=None, description="Where this meter is read; collector.source when unset."
     )
     serial: dict[str, Any] | None = Field(

@@ -321,9 +321,9 @@ class Store(abc.ABC):
             return empty_readings()
         return readings_frame(*zip(*rows, strict=True))
 
+    @abc.abstractmethod
     def read_extra(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame:
         """The extra values (``Reading.extra``) of readings with ts in [start, end): see :func:`extra_frame`."""
-        raise NotImplementedError(f"{type(self).__name__} does not store extra values")
 
     def read_reading_records(self, site: str, meter: str, start: datetime, end: datetime) -> list[Reading]:
         """The same readings as models, without pandas (for services back-filling their windows)."""
