@@ -184,8 +184,8 @@ def compose_alert(site: str, meter: str, as_of: datetime, anomalies: Iterable[An
         fields, withheld = numbers(a.value, a.threshold)
         lines.append(_line("ALERT", a.kind, a.signal, a.severity, fmt_time(a.start, tz), *fields, withheld))
     if state is not None:
-        acked = set(state.acked)
-        for a in active:
+        acked = set(state.acked) if active and state.acked else ()  # per reading: built only when there is one to look up
+        for a in active if acked else ():
             if alert_id(a.site, a.meter, a.kind, a.signal, a.start) in acked:
                 lines.append(_line("ACK", a.kind, a.signal, fmt_time(a.start, tz)))
         for s in state.silences:
