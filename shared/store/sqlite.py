@@ -114,6 +114,7 @@ CREATE TABLE IF NOT EXISTS service_status (
 _INSERT_READING = (
     "INSERT OR IGNORE INTO readings (mid, ts, seq, flow_rate, pressure, quality, source) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+_INSERT_EXTRA = "INSERT OR IGNORE INTO readings_extra (mid, ts, name, value) VALUES (?, ?, ?, ?)"
 _INSERT_CONFLICT = (
     "INSERT OR REPLACE INTO reading_conflicts (site, meter, ts, variant, flow_rate, pressure, quality, seq, source, "
     "stored_flow_rate, stored_pressure, stored_quality, seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -227,12 +228,14 @@ class SqliteStore(Store):
 
     # --- writes ---------------------------------------------------------------------------------
     def _write_readings(self, rows: list[tuple] | Callable[[], Iterable[tuple]], what: str, n: int | None = None,
-                        insert: tuple[str, Callable[[], Iterable[tuple]]] | None = None) -> WriteResult:
+                        insert: tuple[str, Callable[[], Iterable[tuple]]] | None = None, extra: Sequence[tuple] = ()) -> WriteResult:
         """Insert (mid, ts, seq, flow_rate, pressure, quality, source) rows; never replace a stored one.
 
         ``rows`` is a list, or for a bulk import a function giving them again (``n`` of them) and
         ``insert`` the statement and rows that insert them faster (constants in the SQL): the rows
         stream into ``executemany`` and are built in full only when some were stored already.
+        ``extra``: (mid, ts, name, value) of the readings' extra values, in the same transaction (a
+        stored value is kept, like the reading it belongs to).
         """
         if callable(rows):
             again = rows
@@ -257,6 +260,8 @@ class SqliteStore(Store):
                              c.stored_flow_rate, c.stored_pressure, c.stored_quality, epoch(c.seen_at))
                             for c in conflicts
                         ])
+                    if extra:
+                        self._db.executemany(_INSERT_EXTRA, extra)
                 except BaseException:
                     self._db.execute("ROLLBACK")
                     raise
@@ -308,11 +313,8 @@ class SqliteStore(Store):
 
     def write_readings(self, readings: Sequence[Reading]) -> WriteResult:
         rows = [(self._mid(site, meter), *rest) for site, meter, *rest in reading_rows(readings)]
-        result = self._write_readings(rows, "write readings")
-        extra = [(self._mid(r.site, r.meter), epoch(r.ts), k, v) for r in readings if r.extra for k, v in r.extra.items()]
-        if extra:  # a stored value is kept, like the reading it belongs to
-            self._write("INSERT OR IGNORE INTO readings_extra (mid, ts, name, value) VALUES (?, ?, ?, ?)", extra, "write extra values")
-        return result
+        extra = [(row[0], row[1], k, v) for row, r in zip(rows, readings, strict=True) if r.extra for k, v in r.extra.items()]
+        return self._write_readings(rows, "write readings", extra=extra)
 
     def read_extra(self, site: str, meter: str, start: datetime, end: datetime) -> pd.DataFrame:
         mid = self._mid(site, meter, create=False)
