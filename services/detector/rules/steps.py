@@ -159,18 +159,31 @@ def day_mean(g: np.ndarray, interval_s: float, tau_s: float = 86_400.0) -> np.nd
     return out
 
 
+def _fit(s: np.ndarray) -> tuple[float, float | None]:
+    """The exponential tail of ``s`` over its 95th percentile ``u``: (u, beta = median excess / ln 2),
+    beta None when nothing exceeds u."""
+    u = float(np.quantile(s, _TAIL_Q))
+    exc = s[s > u] - u
+    return u, (max(float(np.median(exc)) / math.log(2), 1e-12) if len(exc) else None)
+
+
+def _exceeded(u: float, beta: float | None, p: float) -> float:
+    """The value the fitted tail exceeds with probability ``p``."""
+    return u if beta is None else u + beta * math.log((1 - _TAIL_Q) / max(p, 1e-12))
+
+
+def _outlier(u: float, beta: float | None, n: int) -> float:
+    """Beyond this, the largest of ``n`` draws is an outlier even of the fitted tail."""
+    return u + (beta if beta is not None else 1e-12) * math.log((1 - _TAIL_Q) * n * 10)
+
+
 def tail_threshold(s: np.ndarray, p: float) -> float | None:
     """The value exceeded with probability ``p`` by draws like ``s`` (exponential tail over the 95th
     percentile; None with fewer than ``_MIN_SAMPLES``)."""
     s = s[np.isfinite(s)]
     if len(s) < _MIN_SAMPLES:
         return None
-    u = float(np.quantile(s, _TAIL_Q))
-    exc = s[s > u] - u
-    if len(exc) == 0:
-        return u
-    beta = max(float(np.median(exc)) / math.log(2), 1e-12)
-    return u + beta * math.log((1 - _TAIL_Q) / max(p, 1e-12))
+    return _exceeded(*_fit(s), p)
 
 
 def _per_hour(hour: np.ndarray, s: np.ndarray, p: float, floor: float, over_centre: bool = False) -> list[float | None]:
@@ -180,19 +193,19 @@ def _per_hour(hour: np.ndarray, s: np.ndarray, p: float, floor: float, over_cent
     with probability ``p``; at least the hour's largest step unless that one is an outlier of the tail."""
     ok = np.isfinite(s)
     hour, s = hour[ok], s[ok]
+    near = [(hour == h) | (hour == (h + 1) % 24) | (hour == (h - 1) % 24) for h in range(24)]  # each hour and its neighbours
     centre, scale = np.full(24, np.nan), np.full(24, np.nan)
     for h in range(24):
-        x = s[(hour == h) | (hour == (h + 1) % 24) | (hour == (h - 1) % 24)]  # the hour and its neighbours
+        x = s[near[h]]
         if len(x) >= _MIN_PER_HOUR:
             own = s[hour == h]
             # the hour's own centre where it has a few steps: at an hourly interval the neighbours' ordinary
             # steps differ (a ramp's steepest hour is steeper than the ones beside it), only their spread is pooled
             centre[h] = np.median(own) if len(own) >= _MIN_OWN_CENTRE else np.median(x)
     for h in range(24):
-        near = (hour == h) | (hour == (h + 1) % 24) | (hour == (h - 1) % 24)
-        if np.isfinite(centre[h]) and near.sum() >= _MIN_PER_HOUR:
-            c = centre[hour[near]]
-            r = s[near] - np.where(np.isfinite(c), c, centre[h])  # each step from its own hour's centre
+        if np.isfinite(centre[h]) and near[h].sum() >= _MIN_PER_HOUR:
+            c = centre[hour[near[h]]]
+            r = s[near[h]] - np.where(np.isfinite(c), c, centre[h])  # each step from its own hour's centre
             scale[h] = max(1.4826 * float(np.median(np.abs(r))), 1e-9)
     if not np.isfinite(scale).any():
         return [None] * 24
@@ -202,21 +215,20 @@ def _per_hour(hour: np.ndarray, s: np.ndarray, p: float, floor: float, over_cent
     scale = np.fmax(scale, float(np.nanmedian(scale)))
     known = np.isfinite(scale[hour])
     z = (s[known] - centre[hour[known]]) / scale[hour[known]]
-    zt = tail_threshold(z, p)
-    if zt is None:
+    zf = z[np.isfinite(z)]  # an hour without a centre (too few steps around it) has no z
+    if len(zf) < _MIN_SAMPLES:
         return [None] * 24
-    u = float(np.quantile(z, _TAIL_Q))
-    beta = max(float(np.median(z[z > u] - u)) / math.log(2), 1e-12) if (z > u).any() else 1e-12
-    outlier = u + beta * math.log((1 - _TAIL_Q) * len(z) * 10)
+    u, beta = _fit(zf)
+    zt = _exceeded(u, beta, p)
+    # with such hours no step counts as within the tail (their z is unknown): the tail's threshold holds
+    outlier = _outlier(u, beta, len(z)) if len(zf) == len(z) else math.nan
     out: list[float | None] = []
     for h in range(24):
-        x = s[(hour == h) | (hour == (h + 1) % 24) | (hour == (h - 1) % 24)]
-        own = tail_threshold(x, p)
-        if own is not None:  # enough steps for a tail of the hour's own (1-minute meters)
-            u_h = float(np.quantile(x, _TAIL_Q))
-            b_h = max(float(np.median(x[x > u_h] - u_h)) / math.log(2), 1e-12) if (x > u_h).any() else 1e-12
-            top = float(x.max())
-            thr = max(own, top) if top <= u_h + b_h * math.log((1 - _TAIL_Q) * len(x) * 10) else own
+        x = s[near[h]]
+        if len(x) >= _MIN_SAMPLES:  # enough steps for a tail of the hour's own (1-minute meters)
+            u_h, b_h = _fit(x)
+            own, top = _exceeded(u_h, b_h, p), float(x.max())
+            thr = max(own, top) if top <= _outlier(u_h, b_h, len(x)) else own
             out.append(round(max(thr, floor), 6))
             continue
         if not np.isfinite(scale[h]):
