@@ -413,7 +413,7 @@ class DetectionEngine:
                 if pct is not None:
                     cal.forecast_pct[sig] = pct
             m.set_calibration(cal)
-        m.recal.learning = m.cal is None or m.cal.days < cfg.threshold_days * 0.95
+        m.recal.learning = m.cal is None or m.cal.learning(cfg.threshold_days)
         return list(learned.thresholds)
 
     def calibration(self, site: str, meter: str) -> StepCalibration | None:
@@ -426,7 +426,7 @@ class DetectionEngine:
         m = self._meter(site, meter)
         if m.cal is None or cal.computed_at >= m.cal.computed_at:
             m.set_calibration(cal)
-            m.recal.learning = cal.days < self.cfg.threshold_days * 0.95
+            m.recal.learning = cal.learning(self.cfg.threshold_days)
 
     def take_night_flows(self) -> list[NightFlow]:
         out, self._night_out = self._night_out, []

@@ -61,9 +61,13 @@ class StepCalibration:
     pressure_drop: list[float | None] = field(default_factory=lambda: [None] * 24)  # pressure_drop (bar)
     forecast_pct: dict[str, float] = field(default_factory=dict)  # forecast_deviation tolerance per signal (%)
 
+    def learning(self, full_days: float) -> bool:
+        """Whether the history it was learned from is still short of ``full_days`` (detector.threshold_days)."""
+        return self.days < full_days * 0.95
+
     def learned_from(self, full_days: float) -> str:
         """How the alert names its thresholds: the days learned from, and whether that is still short."""
-        short = f", still learning: {self.days:.1f} of {full_days:g} days" if self.days < full_days * 0.95 else ""
+        short = f", still learning: {self.days:.1f} of {full_days:g} days" if self.learning(full_days) else ""
         return f"learned from {self.days:.1f} days to detector.alarm_budget_per_30d{short}"
 
     def to_dict(self) -> dict:
