@@ -21,11 +21,16 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app import credentials
 from shared.fileio import atomic_write
 from shared.settings import MqttSettings
 from shared.topics import Topics
+
+if TYPE_CHECKING:
+    from app.tls import TlsFiles
+    from shared.settings.broker import BrokerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +77,15 @@ class TlsListener:
     def lines(self) -> list[str]:
         return [f"listener {self.port} {self.host}", f"cafile {self.cafile}", f"certfile {self.certfile}",
                 f"keyfile {self.keyfile}", "tls_version tlsv1.2"]
+
+
+def box_tls_listener(broker: BrokerSettings, tls_files: TlsFiles, port: int | None = None) -> TlsListener | None:
+    """The box's LAN listener on ``broker.tls_bind`` (``port``, default ``broker.tls_port``) with the
+    certificate in ``tls_files``; None when ``broker.tls`` is off."""
+    if not broker.tls:
+        return None
+    return TlsListener(broker.tls_bind, broker.tls_port if port is None else port,
+                       tls_files.ca_cert, tls_files.server_cert, tls_files.server_key)
 
 
 def render_config(

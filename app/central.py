@@ -147,18 +147,14 @@ def init_central(folder: Path, sites: Sequence[str], names: Sequence[str] = (), 
     for s in sites:
         check_site(s)
     files = CentralFiles(folder)
-    s = credentials.ensure_secrets(folder, users=CENTRAL_USERS)  # mqtt/<user>.password, mosquitto/passwd
-    ensure_tls(folder / "tls", names, ca_name="flowwatch central CA")
-    for site in sites:
-        f = files.site_password_file(site)
-        if not f.exists() or not f.read_text().strip():
-            credentials.write_private(f, credentials._new_secret())
     listed = set(sites)
     for f in (folder / "sites").glob("*.password"):
         if f.stem not in listed:
             f.unlink()  # a site not listed any more: its user goes from the password file below
-    users = {u: s.mqtt_password(u) for u in CENTRAL_USERS} | {site: files.site_password(site) for site in sites}
-    credentials.write_password_file(s.mosquitto_passwd, users)
+    # mqtt/<user>.password, sites/<site>.password, mosquitto/passwd with both (rewritten when they change)
+    s = credentials.ensure_secrets(folder, users=CENTRAL_USERS,
+                                   extra={site: files.site_password_file(site) for site in sites})
+    ensure_tls(files.tls.folder, names, ca_name="flowwatch central CA")
     credentials.write_private(s.acl_file, render_central_acl(prefix), mode=0o644)
     (folder / "mosquitto" / "conf.d").mkdir(parents=True, exist_ok=True)
     return files

@@ -27,10 +27,11 @@ import hashlib
 import logging
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.tls import TlsFiles
 from shared.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -125,22 +126,26 @@ def _new_secret() -> str:
     return secrets.token_urlsafe(24)
 
 
-def ensure_secrets(folder: Path, users: Sequence[str] = USERS) -> Secrets:
-    """Generate every missing secret under ``folder``; keep the ones that exist."""
+def ensure_secrets(folder: Path, users: Sequence[str] = USERS, extra: Mapping[str, Path] | None = None) -> Secrets:
+    """Generate every missing secret under ``folder``; keep the ones that exist.
+
+    ``extra``: more users of the Mosquitto password file, user -> its password file (outside ``mqtt/``,
+    e.g. the central broker's ``sites/<site>.password``), generated like the others when missing.
+    """
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     s = Secrets(folder)
+    extra = dict(extra or {})
     created = []
-    for user in users:
-        f = s.mqtt_password_file(user)
+    for user, f in [*((u, s.mqtt_password_file(u)) for u in users), *extra.items()]:
         if not f.exists() or not f.read_text().strip():
             write_private(f, _new_secret())
-            created.append(f"mqtt/{user}")
+            created.append(f"mqtt/{user}" if user not in extra else str(f))
     for f in (s.influx_token_file, s.influx_admin_password_file, s.grafana_admin_password_file):
         if not f.exists() or not f.read_text().strip():
             write_private(f, _new_secret())
             created.append(str(f.relative_to(folder)))
     # The password file is derived from the passwords: rewrite it when a user is new or missing.
-    current = {u: s.mqtt_password(u) for u in users}
+    current = {u: s.mqtt_password(u) for u in users} | {u: f.read_text().strip() for u, f in extra.items()}
     if created or not _passwd_matches(s.mosquitto_passwd, current):
         write_password_file(s.mosquitto_passwd, current)
         created.append("mosquitto/passwd")
@@ -189,12 +194,12 @@ def set_docker_owners(s: Secrets) -> None:
     own(s.influx_token_file, 0, GID_FLOWWATCH, 0o440)
     own(s.influx_admin_password_file, 0, GID_FLOWWATCH, 0o440)
     own(s.grafana_admin_password_file, UID_GRAFANA, 0, 0o400)
-    tls = s.tls_folder
-    if tls.exists():
-        own(tls / "server.key", UID_MOSQUITTO, 0, 0o400)
-        own(tls / "ca.key", 0, 0, 0o400)
-        for name in ("ca.crt", "server.crt"):
-            own(tls / name, 0, 0, 0o444)
+    tls = TlsFiles(s.tls_folder)
+    if tls.folder.exists():
+        own(tls.server_key, UID_MOSQUITTO, 0, 0o400)
+        own(tls.ca_key, 0, 0, 0o400)
+        for f in (tls.ca_cert, tls.server_cert):
+            own(f, 0, 0, 0o444)
     if s.conf_d.exists():  # include_dir: Mosquitto lists the folder
         own(s.conf_d, UID_MOSQUITTO, 0, 0o500)
         for f in s.conf_d.glob("*"):

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import yaml
 
-from app.credentials import SERVICES, ensure_secrets
+from app.credentials import SERVICES, Secrets, ensure_secrets
+from shared.fileio import atomic_write
 from shared.runner import base_parser, settings_from_args
 from shared.settings import Settings
 
@@ -144,7 +145,7 @@ def writable_paths(settings: Settings, layout: Layout) -> list[Path]:
 def service_unit(name: str, settings: Settings, layout: Layout, devices: Sequence[str]) -> str:
     from app.cli import COMMANDS
 
-    password_file = layout.secrets / "mqtt" / f"{name}.password"
+    password_file = Secrets(layout.secrets).mqtt_password_file(name)
     env = {
         "FLOWWATCH_MQTT__HOST": "127.0.0.1",
         "FLOWWATCH_MQTT__PORT": str(settings.mqtt.port),
@@ -244,13 +245,14 @@ def broker_conf(settings: Settings, layout: Layout) -> str:
     """The project's mosquitto.conf for this box: loopback listener, files under the data folder, log
     to stdout (the journal). ``user``: started as root, mosquitto switches to the flowwatch user (under
     systemd it is started as that user already, and the line is ignored)."""
-    from app.broker import TlsListener, render_config
+    from app.broker import box_tls_listener, render_config
+    from app.tls import TlsFiles
 
-    b, tls_dir = settings.broker, layout.secrets / "tls"  # TLS off the box (app/tls.py; written by install below)
-    tls = TlsListener(b.tls_bind, b.tls_port, tls_dir / "ca.crt", tls_dir / "server.crt", tls_dir / "server.key") if b.tls else None
+    s = Secrets(layout.secrets)
+    tls = box_tls_listener(settings.broker, TlsFiles(s.tls_folder))  # TLS off the box (app/tls.py; written by install below)
     text = render_config(
-        host="127.0.0.1", port=settings.mqtt.port, password_file=layout.secrets / "mosquitto" / "passwd",
-        data_dir=layout.data_dir / "mosquitto", log_file=Path("/dev/null"), acl_file=layout.secrets / "mosquitto" / "acl",
+        host="127.0.0.1", port=settings.mqtt.port, password_file=s.mosquitto_passwd,
+        data_dir=layout.data_dir / "mosquitto", log_file=Path("/dev/null"), acl_file=s.acl_file,
         overrides={}, tls=tls,
     )
     if not any(line.startswith("user ") for line in text.splitlines()):
@@ -308,9 +310,7 @@ def install(settings: Settings, layout: Layout, config_text: str, devices: Seque
             if path == layout.config and target.exists():
                 print(f"  kept {target} (exists)", file=out)
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
-            target.chmod(mode)
+            atomic_write(target, text.encode(), mode=mode)
             print(f"  wrote {target}", file=out)
         data = under(prefix, layout.data_dir)
         for d in (data, data / "mosquitto"):

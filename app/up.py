@@ -120,15 +120,15 @@ def available(name: str) -> bool:
 
 def box_tls_listener(settings: Settings, secrets):  # noqa: ANN001, ANN201 - app.credentials.Secrets -> app.broker.TlsListener
     """The LAN listener (TLS, generated CA and certificate) unless ``broker.tls`` is off."""
-    from app.broker import TlsListener, free_port
+    from app import broker
     from app.tls import ensure_tls
 
     b = settings.broker
     if not b.tls:
         return None
-    t = ensure_tls(secrets.folder / "tls", b.cert_names)
-    port = b.tls_port if port_free(b.tls_bind, b.tls_port) else free_port()  # as for the plain port; printed at start
-    return TlsListener(b.tls_bind, port, t.ca_cert, t.server_cert, t.server_key)
+    t = ensure_tls(secrets.tls_folder, b.cert_names)
+    port = b.tls_port if port_free(b.tls_bind, b.tls_port) else broker.free_port()  # as for the plain port; printed at start
+    return broker.box_tls_listener(b, t, port)
 
 
 def box_bridge(settings: Settings) -> str:
@@ -403,10 +403,13 @@ def main(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     if args.speed is not None and args.speed <= 0:
         p.error("--speed must be positive")
-    if args.log_max_mb <= 0 or args.log_files < 2:
+    try:  # a positive size under one byte is one byte; LogLimits rejects the rest
+        max_bytes = max(1, int(args.log_max_mb * 1024 * 1024)) if args.log_max_mb > 0 else 0
+        log_limits = LogLimits(max_bytes, args.log_files)
+    except ValueError:
         p.error("--log-max-mb must be positive and --log-files at least 2 (the current file and an older one)")
     settings = settings_from_args(args)
-    stack = Stack(settings, args.speed, log_limits=LogLimits(max(1, int(args.log_max_mb * 1024 * 1024)), args.log_files))
+    stack = Stack(settings, args.speed, log_limits=log_limits)
 
     def on_signal(signum: int, frame: object) -> None:
         stack.stop_event.set()
