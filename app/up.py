@@ -403,13 +403,10 @@ def main(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     if args.speed is not None and args.speed <= 0:
         p.error("--speed must be positive")
-    try:  # a positive size under one byte is one byte; LogLimits rejects the rest
-        max_bytes = max(1, int(args.log_max_mb * 1024 * 1024)) if args.log_max_mb > 0 else 0
-        log_limits = LogLimits(max_bytes, args.log_files)
-    except ValueError:
+    if args.log_max_mb <= 0 or args.log_files < 2:
         p.error("--log-max-mb must be positive and --log-files at least 2 (the current file and an older one)")
     settings = settings_from_args(args)
-    stack = Stack(settings, args.speed, log_limits=log_limits)
+    stack = Stack(settings, args.speed, log_limits=LogLimits(max(1, int(args.log_max_mb * 1024 * 1024)), args.log_files))
 
     def on_signal(signum: int, frame: object) -> None:
         stack.stop_event.set()
