@@ -102,8 +102,11 @@ def _print_outbox(settings) -> None:  # noqa: ANN001
 
 def _run(args, settings, store) -> int:  # noqa: ANN001
     now = datetime.now(UTC)  # microseconds kept: a silence and its unsilence in one second stay in order
-    actions = store.read_alert_actions(now - timedelta(days=90))
     if args.action == "list":
+        from services.notifier.service import ACTIONS_LOOKBACK
+
+        actions = store.read_alert_actions(now - ACTIONS_LOOKBACK)
+        # the latest ack of each alert is shown (Actions below keeps the first; it is used for the silences)
         acked = {a.alert_id: a for a in actions if a.action == "ack"}
         rows = open_alerts(store, settings)
         if not rows:

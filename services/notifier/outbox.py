@@ -99,18 +99,31 @@ class Outbox:
             except sqlite3.Error as exc:
                 raise OutboxError(f"notifier outbox {self.path}: {what} failed: {exc}") from exc
 
+    def _query(self, fn, what: str):  # noqa: ANN001, ANN202
+        """A read: the same lock and error wrapping as ``_run``, without a write transaction."""
+        with self._lock:
+            try:
+                return fn(self._db)
+            except sqlite3.Error as exc:
+                raise OutboxError(f"notifier outbox {self.path}: {what} failed: {exc}") from exc
+
     # --- alerts -------------------------------------------------------------------------------
     def alert(self, aid: str) -> dict | None:
         def q(db: sqlite3.Connection) -> dict | None:
             r = db.execute("SELECT state, severity, notified_at, escalations, anomaly FROM alerts WHERE alert_id = ?", (aid,)).fetchone()
             return None if r is None else {"state": r[0], "severity": r[1], "notified_at": r[2], "escalations": r[3], "anomaly": r[4]}
-        return self._run(q, "read alert")
+        return self._query(q, "read alert")
 
-    def open_alerts(self) -> list[dict]:
+    def open_alerts(self, due_before: float, max_escalations: int) -> list[dict]:
+        """Open critical alerts last notified at or before ``due_before`` with fewer than
+        ``max_escalations`` escalations: the ones due for an escalation."""
         def q(db: sqlite3.Connection) -> list[dict]:
-            rows = db.execute("SELECT alert_id, severity, notified_at, escalations, anomaly FROM alerts WHERE state = 'open'").fetchall()
+            rows = db.execute(
+                "SELECT alert_id, severity, notified_at, escalations, anomaly FROM alerts "
+                "WHERE state = 'open' AND severity = 'critical' AND notified_at <= ? AND escalations < ?",
+                (due_before, max_escalations)).fetchall()
             return [{"alert_id": r[0], "severity": r[1], "notified_at": r[2], "escalations": r[3], "anomaly": r[4]} for r in rows]
-        return self._run(q, "read open alerts")
+        return self._query(q, "read open alerts")
 
     def record(self, aid: str, anomaly_json: str, a_fields: tuple, notifications: list[tuple[Notification, float, str]],
                *, notified_at: float, escalations: int | None = None) -> int:
@@ -145,7 +158,7 @@ class Outbox:
             return db.execute(
                 "SELECT COUNT(*) FROM outbox WHERE site = ? AND meter = ? AND kind = ? AND channel = ? AND created >= ? "
                 "AND transition != 'summary' AND state != 'silenced'", (site, meter, kind, channel, since)).fetchone()[0]
-        return self._run(q, "count recent")
+        return self._query(q, "count recent")
 
     def hold_back(self, summary: Notification, due: float, now: float) -> int:
         """Count one more notification into the pending flapping summary of its meter, kind and
@@ -177,7 +190,7 @@ class Outbox:
                 "SELECT key, channel, transition, site, meter, kind, severity, subject, body, data, created, attempts FROM outbox "
                 "WHERE state = 'pending' AND due <= ? ORDER BY due, created LIMIT ?", (now, limit)).fetchall()
             return [Row(*r[:9], json.loads(r[9]), r[10], r[11]) for r in rows]
-        return self._run(q, "read due")
+        return self._query(q, "read due")
 
     def mark(self, key: str, state: str, now: float, error: str = "") -> None:
         self._run(lambda db: db.execute("UPDATE outbox SET state = ?, sent_at = ?, last_error = ? WHERE key = ?",
@@ -195,7 +208,7 @@ class Outbox:
         return self._run(tx, "purge")
 
     def counts(self) -> dict[str, int]:
-        return dict(self._run(lambda db: db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall(), "count"))
+        return dict(self._query(lambda db: db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall(), "count"))
 
     def rows(self) -> list[dict]:
         """Every row, oldest first (``flowwatch alerts list --outbox``, tests)."""
@@ -203,4 +216,4 @@ class Outbox:
             cur = db.execute("SELECT key, channel, transition, state, attempts, created, due, sent_at, last_error FROM outbox ORDER BY created")
             cols = [c[0] for c in cur.description]
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
-        return self._run(q, "list")
+        return self._query(q, "list")

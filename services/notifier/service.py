@@ -29,7 +29,7 @@ from services.notifier import channels
 from services.notifier.outbox import Outbox
 from services.notifier.policy import Actions, backoff_s, compose, compose_summary, quiet_until, route, transition_of
 from shared.bus import Bus
-from shared.messages import SEVERITY_RANK, AlertAction, AlertState, Anomaly, ServiceStatus, alert_id
+from shared.messages import AlertAction, AlertState, Anomaly, ServiceStatus, alert_id
 from shared.service import Service
 from shared.settings import Settings
 from shared.store import Store, StoreError, open_store
@@ -222,10 +222,7 @@ class NotifierService(Service):
         assert self.outbox is not None
         now = time.time()
         after = self.cfg.escalate_after_minutes * 60
-        for al in self.outbox.open_alerts():
-            if (SEVERITY_RANK[al["severity"]] < SEVERITY_RANK["critical"] or now - al["notified_at"] < after
-                    or al["escalations"] >= self.cfg.escalate_max):
-                continue
+        for al in self.outbox.open_alerts(now - after, self.cfg.escalate_max):
             if al["alert_id"] in self.actions.acked:
                 if al["alert_id"] not in self._ack_held:  # counted once: the escalation an ack held back
                     self._ack_held.add(al["alert_id"])

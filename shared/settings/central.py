@@ -38,7 +38,7 @@ class CentralSettings(Section):
     @field_validator("kinds")
     @classmethod
     def _known_kinds(cls, v: list[str]) -> list[str]:
-        known = {k for k in METER_KINDS if "/" not in k} | {"thresholds/+", "model/+", "export/#", *METER_KINDS}
+        known = {"thresholds/+", "model/+", "export/#", *METER_KINDS}
         bad = [k for k in v if k not in known]
         if bad:
             raise ValueError(f"unknown topic kind {bad[0]!r}; known: {', '.join(sorted(known))}")

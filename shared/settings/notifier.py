@@ -12,9 +12,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from shared.messages import Severity
 from shared.settings.base import Section
 
-SEVERITIES = ("info", "warning", "critical")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
@@ -56,7 +56,7 @@ class RouteSettings(Section):
     """One routing rule: an alert matching every given filter goes to ``channels``. Empty filter: any."""
 
     channels: list[str] = Field(min_length=1, description="Names of channels (keys of notifier.channels).")
-    severities: list[Literal["info", "warning", "critical"]] = Field(default_factory=list, description="Severities matched; empty: all.")
+    severities: list[Severity] = Field(default_factory=list, description="Severities matched; empty: all.")
     kinds: list[str] = Field(default_factory=list, description="Anomaly kinds matched (burst, night_flow, silent, ...); empty: all.")
     sites: list[str] = Field(default_factory=list, description="Sites matched; empty: all.")
     meters: list[str] = Field(default_factory=list, description="Meters matched; empty: all.")
@@ -82,7 +82,7 @@ class NotifierSettings(Section):
     enabled: bool = Field(default=True, description="Run the notifier in `flowwatch up` (it sends nothing until a route names a channel).")
     channels: dict[str, Channel] = Field(default_factory=dict, description="Named channels: email, webhook or apprise.")
     routes: list[RouteSettings] = Field(default_factory=list, description="Routing rules; an alert goes to the union of the channels of every matching route.")
-    min_severity: Literal["info", "warning", "critical"] = Field(default="warning", description="Alerts below this severity are never sent.")
+    min_severity: Severity = Field(default="warning", description="Alerts below this severity are never sent.")
     grafana_url: str = Field(default="http://localhost:3000", description="Grafana base URL used for the dashboard link in every message.")
     dashboard_uid: str = Field(default="flowwatch-overview", description="Dashboard the link opens (uid).")
     outbox: Path = Field(default=Path("notifier/outbox.sqlite"), description="The durable outbox (SQLite); relative to data_dir.")
