@@ -263,6 +263,7 @@ def broker_conf(settings: Settings, layout: Layout) -> str:
         if key == "user":
             line = f"user {layout.user}"
         lines.append("log_dest stdout" if key == "log_dest" else line)
+    lines.append(f"include_dir {s.conf_d}")  # the bridge to the central broker, when central.enabled (written by install)
     return "# Written by `flowwatch install` from mosquitto/mosquitto.conf; run it again instead of editing.\n" \
         + "\n".join(lines) + "\n"
 
@@ -321,6 +322,11 @@ def install(settings: Settings, layout: Layout, config_text: str, devices: Seque
         from app.tls import ensure_tls
 
         ensure_tls(secrets.tls_folder, settings.broker.cert_names)
+        from app.central import write_box_bridge
+
+        secrets.conf_d.mkdir(parents=True, exist_ok=True)  # include_dir of the broker config: must exist
+        if write_box_bridge(settings, secrets.conf_d):  # 0600, the site's password for the central broker
+            print(f"  bridge to the central broker {settings.central.host}:{settings.central.port} in {secrets.conf_d}", file=out)
 
         write_acl(secrets.acl_file, [(settings.site, m) for m in settings.meter_ids])
         print(f"  secrets ready in {secrets.folder}", file=out)

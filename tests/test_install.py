@@ -242,3 +242,27 @@ def test_the_collector_may_open_every_meters_serial_port() -> None:
                  meters=[{"id": "a"}, {"id": "b", "modbus": {"unit_id": 2}},
                          {"id": "c", "source": "serial", "serial": {"port": "/dev/ttyUSB1"}}])
     assert serial_devices(s, ["/dev/ttyACM0"]) == ["/dev/ttyUSB0", "/dev/ttyUSB1", "/dev/ttyACM0"]
+
+
+def test_a_box_with_central_enabled_gets_its_bridge(tmp_path: Path) -> None:
+    """`flowwatch install` writes the bridge to the central broker (as `flowwatch up` and compose do):
+    the broker config includes the folder, the bridge file is private; without central, none."""
+    from app.central import init_central
+
+    central = init_central(tmp_path / "central", ["s1"])
+    prefix, data = run_install(tmp_path, {"site": "s1", "meter": "m1", "central": {
+        "enabled": True, "host": "central.example", "ca_file": str(central.tls.ca_cert),
+        "password_file": str(central.site_password_file("s1"))}})
+    from app.credentials import Secrets
+
+    rel = Secrets(data / "secrets").conf_d.relative_to(data)
+    conf_d = prefix / str(data).lstrip("/") / rel
+    assert f"include_dir {data / rel}" in (prefix / "etc/flowwatch/mosquitto.conf").read_text().splitlines()
+    bridge = conf_d / "bridge.conf"
+    assert "connection central-s1" in bridge.read_text() and "address central.example:8883" in bridge.read_text()
+    assert bridge.stat().st_mode & 0o777 == 0o600
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    prefix, data = run_install(alone, {"site": "s1", "meter": "m1"})
+    assert (prefix / str(data).lstrip("/") / rel).is_dir()
+    assert not (prefix / str(data).lstrip("/") / rel / "bridge.conf").exists()
