@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from services.detector.engine import DetectionEngine
-from services.detector.rules.nightflow import night_window, parse_hhmm
+from services.detector.rules.nightflow import NightLeakRule, night_window, parse_hhmm
 from services.detector.rules.thresholds import next_boundary
 from shared.messages import Forecast
 from shared.settings import DetectorSettings, Settings
@@ -468,3 +468,32 @@ def test_backfill_makes_a_restart_change_no_decision():
                        nights=[n for n in nights if n.ts < df.index[cut]])
     after = run(restarted, df.iloc[cut:])
     assert before + after == expected
+
+
+def _judge_nights(rule, lows, day0=date(2026, 3, 2)):
+    """Feed night minimums straight to a NightLeakRule; the days whose night raised night_flow."""
+    raised, is_open = [], False
+    for i, low in enumerate(lows):
+        judged = rule.judge(day0 + timedelta(days=i), 0.0, low)
+        if judged is None or judged[1] is None:
+            continue
+        active = rule.alarm(judged[0], is_open)
+        if active and not is_open:
+            raised.append(i)
+        is_open = active
+    return raised
+
+
+def test_a_quiet_stretch_does_not_narrow_the_night_spread_into_false_leaks():
+    # 8 weeks of nights with an 8 % spread, then three quiet weeks (1 %): the MAD of the last 28
+    # nights falls to ~3 %, and ordinary nights of the old spread (+15 %, +10 %) looked like a leak
+    rng = np.random.default_rng(11)
+    noisy = list(40 * (1 + rng.normal(0, 0.08, 56)))
+    quiet = list(40 * (1 + rng.normal(0, 0.01, 21)))
+    ordinary = [46.0, 40.0, 44.0, 40.0, 40.0]  # +15 %, +10 %: within the district's long-run spread
+    lows = noisy + quiet + ordinary
+    cfg = DetectorSettings(night_sigma_long_nights=10**6)
+    assert [i for i in _judge_nights(NightLeakRule(cfg), lows) if i >= 77]  # recent MAD alone: a false leak
+    assert [i for i in _judge_nights(NightLeakRule(DetectorSettings()), lows) if i >= 77] == []
+    # a leak of a fifth of the night flow is still raised the night it starts
+    assert _judge_nights(NightLeakRule(DetectorSettings()), noisy + quiet + [48.0, 48.0]) == [77]

@@ -84,6 +84,10 @@ class DetectorSettings(Section):
     night_sigma_min_pct: float = Field(
         default=3.0, gt=0, description="Smallest night-to-night spread (sigma) as % of the baseline, so a very steady meter is not over-alerted."
     )
+    night_sigma_long_nights: int = Field(
+        default=28, ge=3,
+        description="Once this many ordinary nights are kept, sigma is at least their spread over all kept nights (up to 3 x night_baseline_nights), not only the recent ones: a quiet few weeks do not narrow it.",
+    )
     night_cusum_slack: float = Field(
         default=0.75, ge=0, description="CUSUM slack (sigmas): the excess per night that counts towards a leak is z minus this."
     )

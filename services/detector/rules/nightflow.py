@@ -11,7 +11,8 @@ against the earlier nights:
   1.4826 x the median absolute deviation of every recent night from its own day type's median (pooled,
   so two weekend nights a week still give a stable sigma), at least ``night_sigma_min_pct`` % of the
   baseline: night minimums vary from night to night (weather) by several per cent. Until two nights of
-  each type are known, all nights form one baseline;
+  each type are known, all nights form one baseline. Once ``night_sigma_long_nights`` nights are
+  kept, sigma is at least the same spread over all the kept ones (up to three baselines' worth);
 - z = (night - baseline) / sigma; a one-sided CUSUM accumulates the excess, night after night:
   ``S = min(max(0, S + z - night_cusum_slack), 2 x night_cusum_limit)``. A leak adds a steady flow
   every night, so S grows; ordinary nights pull it back to 0.
@@ -106,25 +107,33 @@ class NightLeakRule:
         With ``night_by_daytype`` and ``weekend`` given, the median is that of the recent nights of
         the same day type (weekday / weekend: night flow differs between them), and sigma is pooled
         over all recent nights, each taken against the median of its own day type. While fewer than
-        two nights of that type are known, all recent nights count together."""
-        recent = [(v, wk) for v, suspect, wk in self.nights.values() if not suspect][-self.cfg.night_baseline_nights :]
+        two nights of that type are known, all recent nights count together. Once
+        ``night_sigma_long_nights`` non-suspect nights are kept, sigma is at least the same spread
+        over all of them (up to three baselines' worth): the MAD of a few weeks of nights swings
+        with the sample, and a quiet stretch that narrows it made ordinary nights look like leaks."""
+        kept = [(v, wk) for v, suspect, wk in self.nights.values() if not suspect]
+        recent = kept[-self.cfg.night_baseline_nights :]
         if len(recent) < self.cfg.night_min_baseline_nights:
             return None, None
+        med, mad = self._median_mad(recent, weekend)
+        if len(kept) >= self.cfg.night_sigma_long_nights:
+            mad = max(mad, self._median_mad(kept, weekend)[1])
+        sigma = max(1.4826 * mad, abs(med) * self.cfg.night_sigma_min_pct / 100.0, 1e-6)
+        return med, sigma
+
+    def _median_mad(self, nights: list[tuple[float, bool]], weekend: bool | None) -> tuple[float, float]:
+        """The median of ``nights`` (of the day type ``weekend``, see :meth:`baseline`) and their
+        median absolute deviation, each night against the median of its own day type."""
         meds: dict[bool, float] = {}
         if self.cfg.night_by_daytype and weekend is not None:
             for t in (False, True):
-                vals = [v for v, wk in recent if wk == t]
+                vals = [v for v, wk in nights if wk == t]
                 if len(vals) >= 2:
                     meds[t] = statistics.median(vals)
         if weekend is not None and len(meds) == 2:
-            med = meds[weekend]
-            devs = [abs(v - meds[wk]) for v, wk in recent]
-        else:
-            med = statistics.median(v for v, _ in recent)
-            devs = [abs(v - med) for v, _ in recent]
-        mad = statistics.median(devs)
-        sigma = max(1.4826 * mad, abs(med) * self.cfg.night_sigma_min_pct / 100.0, 1e-6)
-        return med, sigma
+            return meds[weekend], statistics.median(abs(v - meds[wk]) for v, wk in nights)
+        med = statistics.median(v for v, _ in nights)
+        return med, statistics.median(abs(v - med) for v, _ in nights)
 
     def judge(self, day: date, ws: float, value: float) -> tuple[float, float | None, float | None] | None:
         """Record a night; returns (z, baseline, sigma) with :attr:`cusum` updated, or None for a
