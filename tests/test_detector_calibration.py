@@ -92,7 +92,7 @@ def test_lumpy_morning_demand_raises_no_burst_once_calibrated_but_a_midday_burst
     assert len(late) <= 1, [(a.start, a.message) for a in late]  # budget: 1 per 30 days for the meter, all rules
     cal = e.calibration("s1", "m1")
     assert cal is not None and cal.days >= 27
-    assert max(cal.flow_rel[7], cal.flow_rel[8]) > 2 * cal.flow_rel[13]  # learned: the morning is lumpy, midday is not
+    assert max(cal.flow_rel[14], cal.flow_rel[16]) > 2 * cal.flow_rel[26]  # learned (weekday cells of 07, 08, 13): the morning is lumpy, midday is not
     burst_at = T0 + timedelta(days=56, hours=12, minutes=30)
     e2 = DetectionEngine(DetectorSettings(), TZ)
     b = opened(run(e2, with_burst(quiet, burst_at, 20)), "burst")
@@ -113,7 +113,7 @@ def test_a_flow_only_meter_decides_bursts_on_flow_and_never_says_pressure_is_mis
     hit = [a for a in late if burst_at <= a.start <= burst_at + timedelta(minutes=5)]
     assert hit and "flow only" in hit[0].message and "learned from 28.0 days" in hit[0].message
     assert "still learning" not in hit[0].message
-    assert e.calibration("s1", "m1").pressure_drop == [None] * 24
+    assert e.calibration("s1", "m1").pressure_drop == [None] * 48
 
 
 def test_a_15_minute_meter_sees_a_burst_and_a_pressure_drop():
@@ -162,6 +162,11 @@ def test_step_calibration_round_trips_and_rejects_a_damaged_one():
     assert all(x is not None and x >= 0.1 for x in cal.pressure_drop)
     with pytest.raises(ValueError):
         StepCalibration.from_dict({"flow_rel": [1.0]})
+    # a file written before the thresholds were per day type: 24 hourly values, each serving both day types
+    old = {"days": 28.0, "computed_at": 1.0, "flow_rel": [0.1 * h for h in range(24)], "burst_pressure": [0.05] * 24,
+           "pressure_drop": [None] * 23 + [0.3]}
+    back = StepCalibration.from_dict(old)
+    assert back.flow_rel[14] == back.flow_rel[15] == pytest.approx(0.7) and back.pressure_drop[46:] == [0.3, 0.3]
 
 
 def test_forecast_tolerance_is_learned_from_how_far_the_readings_ran_from_the_forecasts():

@@ -91,7 +91,7 @@ class _SignalRules:
         self.flatline = FlatLineRule(sig, cfg, interval_s)
         self.spike = SpikeRule(sig, cfg)
         self.threshold = ThresholdRule(sig, cfg, BandTable(static_thresholds(site, meter, sig, cfg, _NEVER)))
-        self.forecast = ForecastDeviationRule(sig, cfg)
+        self.forecast = ForecastDeviationRule(sig, cfg, interval_s)
 
 
 class LearnedCalibration(NamedTuple):
@@ -262,7 +262,6 @@ class DetectionEngine:
                 self._night_done(m, *done, out)
 
         cell = self._cells(t)
-        hour = cell >> 1
         if f is not None:
             self._signal_rules(m, "flow_rate", f, t, cell, out)
             fl = m.alerts.get(("flatline", "flow_rate"))
@@ -279,7 +278,7 @@ class DetectionEngine:
                 self._apply(m, "pressure_loss", "pressure", t, c, out)
         burst = None
         if m.flow:
-            c = m.burst.check(t, f, p, burst := m.alerts.get(("burst", m.all)), hour)
+            c = m.burst.check(t, f, p, burst := m.alerts.get(("burst", m.all)), cell)
             if c is not None:
                 tr = self._apply(m, "burst", m.all, t, c, out)
                 if tr is not None and tr.state == "open":
@@ -289,7 +288,7 @@ class DetectionEngine:
             lj = m.burst.last_jump
             # a flow rise of half a burst step or more explains a pressure fall: demand or a burst, not the supply
             flow_step = (burst is not None and burst.is_open) or (lj is not None and t - lj <= m.burst.window_s) or m.burst.rise > 0.5
-            c = m.pdrop.check(t, p, m.alerts.get(("pressure_drop", "pressure")), hour, flow_step)
+            c = m.pdrop.check(t, p, m.alerts.get(("pressure_drop", "pressure")), cell, flow_step)
             if c is not None:
                 tr = self._apply(m, "pressure_drop", "pressure", t, c, out)
                 if tr is not None and tr.state == "closed":

@@ -30,7 +30,7 @@ from services.detector.alerts import AlertState, Condition
 if TYPE_CHECKING:
     from shared.settings import DetectorSettings
 
-from services.detector.rules.steps import LEVEL_N, DayBefore, StepCalibration, StepWindow, base_readings, stretched
+from services.detector.rules.steps import LEVEL_N, DayBefore, StepCalibration, StepWindow, base_readings, cell_name, stretched
 
 
 class _DayMean:
@@ -88,7 +88,8 @@ class BurstRule:
         stretch = stretched(cfg.burst_baseline_minutes * 60, interval_s)
         self.day_before = (DayBefore(interval_s), DayBefore(interval_s)) if stretch else None
 
-    def check(self, t: float, f: float | None, p: float | None, alert: AlertState | None, hour: int = 0) -> Condition | None:
+    def check(self, t: float, f: float | None, p: float | None, alert: AlertState | None, cell: int = 0) -> Condition | None:
+        """``cell``: the local hour * 2 + weekend (the calibrated thresholds' index)."""
         cfg = self.cfg
         fq, pq = self.flow, self.pressure
         if f is not None:
@@ -112,8 +113,8 @@ class BurstRule:
         if is_open:
             bf, bp, ref = self.frozen
         cal = self.cal
-        rel = cal.flow_rel[hour] if cal is not None else None
-        pdrop = cal.burst_pressure[hour] if cal is not None else None
+        rel = cal.flow_rel[cell] if cal is not None else None
+        pdrop = cal.burst_pressure[cell] if cal is not None else None
         fixed_f, fixed_p = rel is None, pdrop is None
         if rel is None:  # not calibrated (yet)
             rel = self.fixed_rel
@@ -144,8 +145,8 @@ class BurstRule:
             return None
         msg = ""
         if active and not is_open:
-            how = (f"thresholds of hour {hour:02d} {cal.learned_from(cfg.threshold_days)}"
-                   if cal is not None and cal.flow_rel[hour] is not None else
+            how = (f"thresholds of {cell_name(cell)} {cal.learned_from(cfg.threshold_days)}"
+                   if cal is not None and cal.flow_rel[cell] is not None else
                    "fixed defaults: the meter's history is still too short to calibrate (detector.calibration_min_days)"
                    + ("; beyond the step at this time a day earlier (a 15-minute or hourly meter's windows span part of "
                       "the daily cycle)" if self.day_before is not None else ""))

@@ -1,8 +1,10 @@
 """forecast_deviation: sustained distance from the latest forecast.
 
-The forecast of a signal (from the forecaster, :meth:`ForecastDeviationRule.offer`) is read
-linearly between its steps; a reading further from it than ``forecast_tolerance_pct`` of the
-forecast value (at least ``forecast_tolerance_abs``) counts, and the alert opens once that has lasted
+The forecast of a signal (from the forecaster, :meth:`ForecastDeviationRule.offer`) is a mean per
+bin ``[T - step, T)`` for each target ``T``; its value stands at the middle of the readings the bin
+holds (``T - (step + interval) / 2``: a reading belongs to the bin it starts) and is read linearly
+between those points. A reading further from it than ``forecast_tolerance_pct`` of the forecast
+value (at least ``forecast_tolerance_abs``) counts, and the alert opens once that has lasted
 ``forecast_sustain_minutes``. A forecast issued while a burst or a pressure loss was open is not
 used (made from the anomaly, it would flag the recovery): the engine says so with ``tainted``. Nor
 is a seasonal-naive step that copies no ordinary reading: the same time a day or a week after a
@@ -75,12 +77,13 @@ class SeasonalEchoes:
 class ForecastDeviationRule:
     """One signal of one meter: the latest usable forecast (issued, target epochs, values)."""
 
-    __slots__ = ("block", "block_s", "blocks", "forecast", "learned_days", "minutes", "sig", "tol_abs", "tol_pct")
+    __slots__ = ("block", "block_s", "blocks", "forecast", "interval_s", "learned_days", "minutes", "sig", "tol_abs", "tol_pct")
 
     kind = "forecast_deviation"
 
-    def __init__(self, sig: str, cfg: DetectorSettings) -> None:
+    def __init__(self, sig: str, cfg: DetectorSettings, interval_s: float = 60.0) -> None:
         self.sig = sig
+        self.interval_s = interval_s
         self.tol_pct, self.tol_abs = cfg.forecast_tolerance_pct, cfg.forecast_tolerance_abs.get(sig, 0.0)
         self.minutes = cfg.forecast_sustain_minutes
         self.forecast: tuple[float, list[float], list[float]] | None = None
@@ -125,14 +128,18 @@ class ForecastDeviationRule:
         if fc is None:
             return None
         issued, targets, values = fc
-        if not issued < t <= targets[-1]:
+        step = targets[1] - targets[0] if len(targets) > 1 else targets[0] - issued
+        # where each bin's mean stands: the middle of its readings (an hourly meter's one reading is at the
+        # bin's start, and arrived before the forecast was issued: such a meter has nothing to compare)
+        if not issued < t <= targets[-1] - self.interval_s:  # the last bin's last reading
             return None
-        j = bisect.bisect_left(targets, t)
-        if j == 0:
-            fv = values[0]
+        at = t + (step + self.interval_s) / 2  # t on the targets' axis
+        j = bisect.bisect_left(targets, at)
+        if j == 0 or j == len(targets):
+            fv = values[0] if j == 0 else values[-1]
         else:
             t0, t1 = targets[j - 1], targets[j]
-            fv = values[j - 1] + (values[j] - values[j - 1]) * (t - t0) / (t1 - t0)
+            fv = values[j - 1] + (values[j] - values[j - 1]) * (at - t0) / (t1 - t0)
         if fv != fv:  # NaN: a step that copied no ordinary reading (SeasonalEchoes.mask)
             return None
         if fv:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from services.detector.alerts import AlertState, Condition
-from services.detector.rules.steps import LEVEL_N, DayBefore, StepCalibration, StepWindow, base_readings, stretched
+from services.detector.rules.steps import LEVEL_N, DayBefore, StepCalibration, StepWindow, base_readings, cell_name, stretched
 
 if TYPE_CHECKING:
     from shared.settings import DetectorSettings
@@ -56,8 +56,9 @@ class PressureDropRule:
         base_s = cfg.pressure_drop_baseline_minutes * 60
         self.day_before = DayBefore(interval_s) if stretched(base_s, interval_s) else None  # the falls of the last day
 
-    def check(self, t: float, p: float, alert: AlertState | None, hour: int, flow_step: bool) -> Condition | None:
-        """``flow_step``: a flow step up was seen within the burst window (then it is not supply-side)."""
+    def check(self, t: float, p: float, alert: AlertState | None, cell: int, flow_step: bool) -> Condition | None:
+        """``cell``: the local hour * 2 + weekend; ``flow_step``: a flow step up was seen within the burst
+        window (then it is not supply-side)."""
         q = self.q
         q.append(t, p)
         q.evict(t - self.keep_s)
@@ -72,7 +73,7 @@ class PressureDropRule:
             active = base - level > thr / 2
         else:
             base = live
-            learned = self.cal.pressure_drop[hour] if self.cal is not None else None
+            learned = self.cal.pressure_drop[cell] if self.cal is not None else None
             thr = learned if learned is not None else cfg.pressure_drop_bar
             active = base - level > thr and not flow_step
             if active and learned is None and self.day_before is not None:  # stretched: beyond the day before's fall too
@@ -86,8 +87,8 @@ class PressureDropRule:
         drop = base - level
         critical = drop >= cfg.pressure_drop_critical_bar or level < cfg.pressure_loss_bar
         cal = self.cal
-        how = (f"threshold of hour {hour:02d} {cal.learned_from(cfg.threshold_days)}"
-               if cal is not None and cal.pressure_drop[hour] is not None else
+        how = (f"threshold of {cell_name(cell)} {cal.learned_from(cfg.threshold_days)}"
+               if cal is not None and cal.pressure_drop[cell] is not None else
                "detector.pressure_drop_bar: the meter's history is still too short to calibrate (detector.calibration_min_days)"
                + ("; beyond the fall at this time a day earlier" if self.day_before is not None else ""))
         what = "flow unchanged: supply side (pump, valve, regulator)?" if self.has_flow else "no flow signal on this meter"

@@ -3,8 +3,9 @@
 A *step* is the level of a signal (median of its last ``LEVEL_N`` readings) minus its baseline (the
 median of the readings of a window before them), as the burst and pressure_drop rules compute it
 live. :func:`calibrate` replays that over the recent history and, per local hour of day (pooled
-with the hours on either side, both day types), sets each threshold so that ordinary data would
-have crossed it at most the rule's share of ``alarm_budget_per_30d``:
+with the hours on either side, both day types; per day type too on a coarse meter, below), sets
+each threshold so that ordinary data would have crossed it at most the rule's share of
+``alarm_budget_per_30d``. The thresholds are kept per cell (hour * 2 + weekend):
 
 - an hour with enough steps of its own (``_MIN_SAMPLES``, with its neighbours: a 1-minute meter)
   has its own tail: the same fit below on its raw steps;
@@ -22,7 +23,12 @@ have crossed it at most the rule's share of ``alarm_budget_per_30d``:
 - the hour's threshold is ``centre + scale * z``, never below the hour's highest step in the history
   unless that one is an outlier even of the fitted tail (so ordinary history would have raised
   nothing), nor below a floor (for the burst's pressure confirmation: the floor is a fall beyond the
-  hour's centre, which on a coarse meter may be a rise).
+  hour's centre, which on a coarse meter may be a rise);
+- on a coarse meter a cell with ``_MIN_OWN_CENTRE`` steps of its own (a weekend hour after four
+  weeks) also gets ``its centre + scale * z`` (at least its own highest step), and keeps the higher
+  of that and its hour's: a weekend's ramp comes later and steeper than a weekday's, and at an hourly
+  interval the ramp is the step (an hourly meter of a simulated district raised a false
+  pressure_drop every weekend late morning, 16 in 60 days, when both day types shared one centre).
 
 Flow steps are relative to the mean flow of the last day (as the burst rule scales them), pressure
 steps are in bar. Pure numpy, no pandas: the service stays small.
@@ -52,13 +58,14 @@ _MIN_OWN_CENTRE = 5  # an hour with this many steps of its own is centred on the
 
 @dataclass
 class StepCalibration:
-    """Per local hour (0..23): the thresholds of one meter's step rules. ``None`` entries: not learned."""
+    """Per local cell (hour * 2 + weekend, 0..47): the thresholds of one meter's step rules. ``None``
+    entries: not learned. A file of an earlier version holds 24 hourly values: each serves both day types."""
 
     days: float = 0.0
     computed_at: float = 0.0  # epoch seconds
-    flow_rel: list[float | None] = field(default_factory=lambda: [None] * 24)  # burst flow step / day mean
-    burst_pressure: list[float | None] = field(default_factory=lambda: [None] * 24)  # burst confirmation (bar)
-    pressure_drop: list[float | None] = field(default_factory=lambda: [None] * 24)  # pressure_drop (bar)
+    flow_rel: list[float | None] = field(default_factory=lambda: [None] * 48)  # burst flow step / day mean
+    burst_pressure: list[float | None] = field(default_factory=lambda: [None] * 48)  # burst confirmation (bar)
+    pressure_drop: list[float | None] = field(default_factory=lambda: [None] * 48)  # pressure_drop (bar)
     forecast_pct: dict[str, float] = field(default_factory=dict)  # forecast_deviation tolerance per signal (%)
 
     def learning(self, full_days: float) -> bool:
@@ -76,9 +83,10 @@ class StepCalibration:
     @classmethod
     def from_dict(cls, d: dict) -> StepCalibration:
         def hours(v: object) -> list[float | None]:
-            if not isinstance(v, list) or len(v) != 24:
-                raise ValueError("a step calibration needs 24 hourly values")
-            return [None if x is None else float(x) for x in v]
+            if not isinstance(v, list) or len(v) not in (24, 48):
+                raise ValueError("a step calibration needs 48 values (hour x day type) or 24 hourly ones")
+            vals = [None if x is None else float(x) for x in v]
+            return vals if len(vals) == 48 else [x for x in vals for _ in (0, 1)]
 
         fc = d.get("forecast_pct") or {}
         if not isinstance(fc, dict):
@@ -87,20 +95,27 @@ class StepCalibration:
                    hours(d.get("burst_pressure")), hours(d.get("pressure_drop")), {str(k): float(v) for k, v in fc.items()})
 
 
+def cell_name(cell: int) -> str:
+    """How an alert names a cell: "hour 07 (weekday)"."""
+    return f"hour {cell >> 1:02d} ({'weekend' if cell & 1 else 'weekday'})"
+
+
 def format_steps(site: str, meter: str, cal: StepCalibration | None) -> str:
     """The step thresholds of one meter as a table for the CLI."""
     if cal is None:
         return f"{site}/{meter} steps: not calibrated yet (detector.calibration_min_days); the fixed burst_* / pressure_drop_* defaults apply"
 
     def f(x: float | None, scale: float = 1.0, fmt: str = "{:>8.3f}") -> str:
-        return f"{'-':>8}" if x is None else fmt.format(x * scale)
+        return f"{'-':>6}" if x is None else fmt.format(x * scale)
 
     lines = [f"{site}/{meter} steps: learned from {cal.days:.1f} days to detector.alarm_budget_per_30d"
              + (f"; forecast tolerance {', '.join(f'{k} {v:g} %' for k, v in cal.forecast_pct.items())}" if cal.forecast_pct else ""),
-             "  hour   burst flow (% of day mean)   burst pressure (bar)   pressure_drop (bar)"]
+             "  hour   burst flow (% of day mean)   burst pressure (bar)   pressure_drop (bar)   (weekday / weekend)"]
     for h in range(24):
-        lines.append(f"  {h:02d}     {f(cal.flow_rel[h], 100, '{:>8.1f}')}                     {f(cal.burst_pressure[h])}"
-                     f"               {f(cal.pressure_drop[h])}")
+        a, b = 2 * h, 2 * h + 1
+        lines.append(f"  {h:02d}     {f(cal.flow_rel[a], 100, '{:>6.1f}')} / {f(cal.flow_rel[b], 100, '{:<6.1f}')}"
+                     f"      {f(cal.burst_pressure[a], 1, '{:>6.3f}')} / {f(cal.burst_pressure[b], 1, '{:<6.3f}')}"
+                     f"    {f(cal.pressure_drop[a], 1, '{:>6.3f}')} / {f(cal.pressure_drop[b], 1, '{:<6.3f}')}")
     return "\n".join(lines)
 
 
@@ -190,61 +205,83 @@ def tail_threshold(s: np.ndarray, p: float) -> float | None:
     return _exceeded(*_fit(s), p)
 
 
-def _per_hour(hour: np.ndarray, s: np.ndarray, p: float, floor: float, over_centre: bool = False) -> list[float | None]:
-    """Per local hour: the hour's own centre and scale (median, 1.4826 MAD of its steps, pooled with the
-    neighbouring hours), and one tail for all hours in those units (so an hourly or 15-minute meter, with
-    few steps per hour, still has a tail to fit): threshold = centre + scale * z, where z is exceeded
-    with probability ``p``; at least the hour's largest step unless that one is an outlier of the tail."""
+def _per_cell(cell: np.ndarray, s: np.ndarray, p: float, floor: float, over_centre: bool = False) -> list[float | None]:
+    """Per local cell (hour * 2 + weekend): a threshold exceeded by ordinary steps with probability ``p``.
+
+    An hour with enough steps (with its neighbours) for a tail of its own (a 1-minute meter): that
+    tail, the same for both day types. Otherwise (15-minute, hourly): the hour's centre (median of its
+    steps, both day types) and scale (1.4826 MAD of the steps from their own hour's centre, pooled with
+    the neighbouring hours), and one tail for all hours in those units: threshold = centre + scale *
+    z, z exceeded with probability ``p``, at least the hour's largest step unless that one is an
+    outlier of the tail. A cell with ``_MIN_OWN_CENTRE`` steps of its own is also judged about its own
+    centre (at a coarse interval the ramp is the step, and a weekend's ramp comes later and steeper
+    than a weekday's) and takes the higher of the two: never more sensitive than the hour."""
     ok = np.isfinite(s)
-    hour, s = hour[ok], s[ok]
+    cell, s = cell[ok], s[ok]
+    hour = cell >> 1
     near = [(hour == h) | (hour == (h + 1) % 24) | (hour == (h - 1) % 24) for h in range(24)]  # each hour and its neighbours
-    centre, scale = np.full(24, np.nan), np.full(24, np.nan)
+    hc, centre, scale = np.full(24, np.nan), np.full(48, np.nan), np.full(24, np.nan)
+    split = np.zeros(48, dtype=bool)  # a cell centred on its own steps (else on its hour's, both day types)
     for h in range(24):
-        x = s[near[h]]
-        if len(x) >= _MIN_PER_HOUR:
-            own = s[hour == h]
-            # the hour's own centre where it has a few steps: at an hourly interval the neighbours' ordinary
-            # steps differ (a ramp's steepest hour is steeper than the ones beside it), only their spread is pooled
-            centre[h] = np.median(own) if len(own) >= _MIN_OWN_CENTRE else np.median(x)
+        if near[h].sum() < _MIN_PER_HOUR:
+            continue
+        own = s[hour == h]
+        # the hour's own centre where it has a few steps: at an hourly interval the neighbours' ordinary
+        # steps differ (a ramp's steepest hour is steeper than the ones beside it), only their spread is pooled
+        hc[h] = np.median(own) if len(own) >= _MIN_OWN_CENTRE else np.median(s[near[h]])
+        for c in (2 * h, 2 * h + 1):
+            mine = s[cell == c]
+            split[c] = len(mine) >= _MIN_OWN_CENTRE
+            centre[c] = np.median(mine) if split[c] else hc[h]
     for h in range(24):
-        if np.isfinite(centre[h]) and near[h].sum() >= _MIN_PER_HOUR:
-            c = centre[hour[near[h]]]
-            r = s[near[h]] - np.where(np.isfinite(c), c, centre[h])  # each step from its own hour's centre
+        if np.isfinite(hc[h]):
+            # the spread about the hours' centres, both day types: a cell's own centre moves the threshold to
+            # its ramp, it does not narrow the band (a weekend cell rests on a handful of days)
+            c = hc[hour[near[h]]]
+            r = s[near[h]] - np.where(np.isfinite(c), c, hc[h])
             scale[h] = max(1.4826 * float(np.median(np.abs(r))), 1e-9)
     if not np.isfinite(scale).any():
-        return [None] * 24
+        return [None] * 48
     # an hour's scale rests on few steps at a coarse interval (28 days: ~84 hourly ones with the neighbours),
     # and the threshold multiplies it by ~3: an hour whose sample came out narrow would cry wolf. Never
     # narrower than the meter's typical hour.
     scale = np.fmax(scale, float(np.nanmedian(scale)))
     known = np.isfinite(scale[hour])
-    z = (s[known] - centre[hour[known]]) / scale[hour[known]]
+    kh, kc, ks = hour[known], cell[known], s[known]
+    z = (ks - hc[kh]) / scale[kh]  # in the hours' units (both day types): the tail is fitted on these
     zf = z[np.isfinite(z)]  # an hour without a centre (too few steps around it) has no z
     if len(zf) < _MIN_SAMPLES:
-        return [None] * 24
+        return [None] * 48
     u, beta = _fit(zf)
     zt = _exceeded(u, beta, p)
     # with such hours no step counts as within the tail (their z is unknown): the tail's threshold holds
     outlier = _outlier(u, beta, len(z)) if len(zf) == len(z) else math.nan
-    out: list[float | None] = []
-    for h in range(24):
+
+    def above(mid: float, zs: np.ndarray, h: int) -> float:
+        """mid + scale * z_t, or the largest ordinary step ``zs`` (in the same units) where higher."""
+        top = float(zs.max()) if len(zs) else -math.inf
+        zz = max(zt, top) if top <= outlier else zt
+        # over_centre (the burst's pressure confirmation): the floor is a fall beyond the ordinary step,
+        # which on a coarse meter can be a rise (pressure rising with falling demand), not beyond zero
+        return float(mid + max(scale[h] * zz, floor)) if over_centre else max(float(mid + scale[h] * zz), floor)
+
+    out: list[float | None] = [None] * 48
+    for c in range(48):
+        h = c >> 1
         x = s[near[h]]
         if len(x) >= _MIN_SAMPLES:  # enough steps for a tail of the hour's own (1-minute meters)
             u_h, b_h = _fit(x)
             own, top = _exceeded(u_h, b_h, p), float(x.max())
             thr = max(own, top) if top <= _outlier(u_h, b_h, len(x)) else own
-            out.append(round(max(thr, floor), 6))
+            out[c] = round(max(thr, floor), 6)
             continue
         if not np.isfinite(scale[h]):
-            out.append(None)
             continue
-        zh = z[hour[known] == h]
-        top = float(zh.max()) if len(zh) else -math.inf
-        zz = max(zt, top) if top <= outlier else zt
-        # over_centre (the burst's pressure confirmation): the floor is a fall beyond the hour's ordinary step,
-        # which on a coarse meter can be a rise (pressure rising with falling demand), not beyond zero
-        thr = float(centre[h] + max(scale[h] * zz, floor)) if over_centre else max(float(centre[h] + scale[h] * zz), floor)
-        out.append(round(thr, 6))
+        thr = above(hc[h], z[kh == h], h)
+        if split[c]:  # a cell with a ramp of its own (a weekend's): at least its own ordinary step, never under the hour's
+            mine = kc == c
+            thr = max(thr, above(centre[c], (ks[mine] - centre[c]) / scale[h], h))
+        out[c] = round(thr, 6)
     return out
 
 
@@ -257,7 +294,7 @@ def calibrate(ts: np.ndarray, flow: np.ndarray | None, pressure: np.ndarray | No
         return cal
     ts = np.asarray(ts, dtype=np.float64)
     grid_t = ts[0] + np.arange(int(np.rint((ts[-1] - ts[0]) / interval_s)) + 1) * interval_s
-    hour = local_cells(grid_t, tz) >> 1  # local hour (cell = hour * 2 + weekend)
+    cell = local_cells(grid_t, tz)  # hour * 2 + weekend, local time
     # independent tests in one local hour over 30 days: one per LEVEL_N readings at a minute, where the
     # readings' noise is correlated; one per reading on a coarse meter, whose steps a reading apart
     # are nearly independent (lag-1 correlation ~0.1 on an hourly daily cycle)
@@ -271,12 +308,12 @@ def calibrate(ts: np.ndarray, flow: np.ndarray | None, pressure: np.ndarray | No
         with np.errstate(invalid="ignore", divide="ignore"):
             rel = steps(g, base_readings(flow_base_s, interval_s)) / mean
         rel[~np.isfinite(mean) | (mean <= 0)] = np.nan
-        cal.flow_rel = _per_hour(hour, rel, p, 0.0)
+        cal.flow_rel = _per_cell(cell, rel, p, 0.0)
     if pressure is not None and np.isfinite(pressure).any():
         g = _grid(ts, np.asarray(pressure, dtype=np.float64), interval_s)
         n_ok = max(n_ok, int(np.isfinite(g).sum()))
-        cal.pressure_drop = _per_hour(hour, -steps(g, base_readings(pressure_base_s, interval_s)), p, MIN_DROP_BAR)
-        cal.burst_pressure = _per_hour(hour, -steps(g, base_readings(flow_base_s, interval_s)), p * CONFIRM, min_burst_drop, over_centre=True)
+        cal.pressure_drop = _per_cell(cell, -steps(g, base_readings(pressure_base_s, interval_s)), p, MIN_DROP_BAR)
+        cal.burst_pressure = _per_cell(cell, -steps(g, base_readings(flow_base_s, interval_s)), p * CONFIRM, min_burst_drop, over_centre=True)
     cal.days = round(n_ok * interval_s / 86_400, 3)
     return cal
 
