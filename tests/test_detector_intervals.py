@@ -145,3 +145,24 @@ def test_weekend_ramps_of_an_hourly_meter_are_learned_per_day_type():
     assert len(false) <= 1 and all(t < learned + timedelta(days=7) for t in false), false
     cal = e.calibration("s1", "m1")
     assert cal.pressure_drop[2 * 11 + 1] > cal.pressure_drop[2 * 11]  # 11:00 local: the weekend's own, higher threshold
+
+
+def test_a_reading_is_compared_with_the_forecast_of_its_own_bin():
+    """A forecast is a mean per bin [T - step, T); a reading belongs to the bin it starts. A 15-minute
+    meter's reading at 00:15 is judged against the bin ending 00:30 (it was against the bin before,
+    the ramp between them made a deviation); an hourly meter's one-step forecast covers the reading
+    already seen when it was issued, so it judges none."""
+    from services.detector.rules.forecast import ForecastDeviationRule
+
+    t0 = START.timestamp()
+    q = ForecastDeviationRule("flow_rate", DetectorSettings(), 900)
+    q.offer(t0, [t0 + 900 * k for k in range(1, 5)], [100.0, 200.0, 300.0, 400.0], False)  # a steep ramp
+    for k, reading in ((1, 200.0), (2, 300.0), (3, 400.0)):
+        c = q.check(t0 + 900 * k, reading, None)
+        assert c is None or not c.active, (k, c)  # on its own bin's forecast: no deviation
+    assert q.check(t0 + 900 * 4, 400.0, None) is None  # the next forecast's first bin
+    c = q.check(t0 + 900 * 2, 200.0, None)  # a reading a bin behind the forecast's ramp deviates
+    assert c is not None and c.active
+    h = ForecastDeviationRule("flow_rate", DetectorSettings(), 3600)
+    h.offer(t0, [t0 + 3600], [100.0], False)
+    assert h.check(t0 + 3600, 500.0, None) is None
