@@ -665,3 +665,44 @@ def test_a_backlog_crossing_several_days_recalibrates_once_at_the_latest_boundar
         svc.stop()
         t.join(30)
         store.close()
+
+
+@pytest.mark.parametrize("off", [1.0, 1.6], ids=["on-its-forecast", "60-percent-off"])
+def test_a_15_minute_meter_is_judged_against_the_forecast_of_each_readings_own_bin(settings, store, tmp_path, off):
+    # Through the broker and the store: a 15-minute flow-only meter on a steep ramp (x1.4 a reading), and a
+    # model's forecast whose bins hold exactly the readings that come. Each reading against its own bin:
+    # nothing (against the bin before, as before this round: 40 % off for 45 minutes, a false alarm).
+    # The same forecast 60 % off raises forecast_deviation (the test can fail). Published = stored.
+    import numpy as np
+
+    from shared.messages import Forecast
+    from shared.settings import MeterSettings
+
+    s, site = unique(settings)
+    s = s.model_copy(update={"data_dir": tmp_path, "meters": [MeterSettings(id="m1", signals=["flow_rate"], interval_s=900)]})
+    svc = DetectorService(s, store=store)
+    t = svc.start_in_thread()
+    assert svc.ready.wait(30)
+    try:
+        pub = client(s, "pub-bins")
+        idx = pd.date_range(T0, periods=12, freq="15min", tz="UTC")
+        flow = 20.0 * 1.4 ** np.minimum(np.arange(12), 8)  # the ramp, then level
+        rs = readings(pd.DataFrame({"flow_rate": flow, "pressure": np.nan}, index=idx), site=site)
+        issue = 4
+        for r in rs[:issue + 1]:
+            pub.publish(topics.reading(site, "m1"), r)
+        assert wait_for(lambda: svc.counters.get("readings_stored") >= issue + 1, timeout=60)
+        values = tuple(float(v) * off for v in flow[issue:issue + 4])  # bins [t, t+15 min) from the issue on
+        pub.publish(topics.forecast(site, "m1"), Forecast(site=site, meter="m1", signal="flow_rate", issued_at=rs[issue].ts,
+                                                         step_minutes=15, values=values, model="lstm-v1"))
+        assert wait_for(lambda: svc.counters.get("handled") >= issue + 2)
+        for r in rs[issue + 1:]:
+            pub.publish(topics.reading(site, "m1"), r)
+        assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs), timeout=60)
+        stored = store.read_anomalies(site, "m1", T0, T0 + timedelta(days=1))
+        assert bool((stored["kind"] == "forecast_deviation").any()) is (off != 1.0)
+        assert len(store.read_readings(site, "m1", T0, T0 + timedelta(days=1))) == len(rs)
+        pub.close()
+    finally:
+        svc.stop()
+        t.join(30)
