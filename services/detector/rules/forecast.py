@@ -75,7 +75,7 @@ class SeasonalEchoes:
 
 
 class ForecastDeviationRule:
-    """One signal of one meter: the latest usable forecast (issued, target epochs, values)."""
+    """One signal of one meter: the latest usable forecast (see :meth:`offer`)."""
 
     __slots__ = ("block", "block_s", "blocks", "forecast", "interval_s", "learned_days", "minutes", "sig", "tol_abs", "tol_pct")
 
@@ -86,7 +86,7 @@ class ForecastDeviationRule:
         self.interval_s = interval_s
         self.tol_pct, self.tol_abs = cfg.forecast_tolerance_pct, cfg.forecast_tolerance_abs.get(sig, 0.0)
         self.minutes = cfg.forecast_sustain_minutes
-        self.forecast: tuple[float, list[float], list[float]] | None = None
+        self.forecast: tuple[float, list[float], list[float], float] | None = None  # (issued, where bins stand, values, last)
         self.block_s = max(cfg.forecast_sustain_minutes, 1.0) * 60
         self.blocks: deque[float] = deque(maxlen=max(10, int(cfg.threshold_days * 86400 / self.block_s)))
         self.block: tuple[int, float] | None = None  # (block number, smallest relative distance so far)
@@ -117,29 +117,34 @@ class ForecastDeviationRule:
             self.block = (k, rel)
 
     def offer(self, issued: float, targets: list[float], values: list[float], tainted: bool) -> None:
-        """A new forecast: replaces the current one unless older; a tainted one drops the current one."""
+        """A new forecast: replaces the current one unless older; a tainted one drops the current one.
+        Kept as where each bin's mean stands: the middle of the readings the bin holds, ``(step +
+        interval) / 2`` before its target (an hourly meter's one reading is at the bin's start, and
+        arrived before the forecast was issued: such a meter has nothing to compare), and the time of
+        the last bin's last reading."""
         cur = self.forecast
         if cur is not None and cur[0] > issued:
             return
-        self.forecast = None if tainted else (issued, targets, values)
+        if tainted:
+            self.forecast = None
+            return
+        step = targets[1] - targets[0] if len(targets) > 1 else targets[0] - issued
+        lead = (step + self.interval_s) / 2
+        self.forecast = (issued, [x - lead for x in targets], values, targets[-1] - self.interval_s)
 
     def check(self, t: float, x: float, alert: AlertState | None) -> Condition | None:
         fc = self.forecast
         if fc is None:
             return None
-        issued, targets, values = fc
-        step = targets[1] - targets[0] if len(targets) > 1 else targets[0] - issued
-        # where each bin's mean stands: the middle of its readings (an hourly meter's one reading is at the
-        # bin's start, and arrived before the forecast was issued: such a meter has nothing to compare)
-        if not issued < t <= targets[-1] - self.interval_s:  # the last bin's last reading
+        issued, at, values, last = fc
+        if not issued < t <= last:
             return None
-        at = t + (step + self.interval_s) / 2  # t on the targets' axis
-        j = bisect.bisect_left(targets, at)
-        if j == 0 or j == len(targets):
+        j = bisect.bisect_left(at, t)
+        if j == 0 or j == len(at):
             fv = values[0] if j == 0 else values[-1]
         else:
-            t0, t1 = targets[j - 1], targets[j]
-            fv = values[j - 1] + (values[j] - values[j - 1]) * (at - t0) / (t1 - t0)
+            t0, t1 = at[j - 1], at[j]
+            fv = values[j - 1] + (values[j] - values[j - 1]) * (t - t0) / (t1 - t0)
         if fv != fv:  # NaN: a step that copied no ordinary reading (SeasonalEchoes.mask)
             return None
         if fv:
