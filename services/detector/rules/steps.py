@@ -220,8 +220,7 @@ def _per_cell(cell: np.ndarray, s: np.ndarray, p: float, floor: float, over_cent
     cell, s = cell[ok], s[ok]
     hour = cell >> 1
     near = [(hour == h) | (hour == (h + 1) % 24) | (hour == (h - 1) % 24) for h in range(24)]  # each hour and its neighbours
-    hc, centre, scale = np.full(24, np.nan), np.full(48, np.nan), np.full(24, np.nan)
-    split = np.zeros(48, dtype=bool)  # a cell centred on its own steps (else on its hour's, both day types)
+    hc, scale = np.full(24, np.nan), np.full(24, np.nan)
     for h in range(24):
         if near[h].sum() < _MIN_PER_HOUR:
             continue
@@ -229,10 +228,6 @@ def _per_cell(cell: np.ndarray, s: np.ndarray, p: float, floor: float, over_cent
         # the hour's own centre where it has a few steps: at an hourly interval the neighbours' ordinary
         # steps differ (a ramp's steepest hour is steeper than the ones beside it), only their spread is pooled
         hc[h] = np.median(own) if len(own) >= _MIN_OWN_CENTRE else np.median(s[near[h]])
-        for c in (2 * h, 2 * h + 1):
-            mine = s[cell == c]
-            split[c] = len(mine) >= _MIN_OWN_CENTRE
-            centre[c] = np.median(mine) if split[c] else hc[h]
     for h in range(24):
         if np.isfinite(hc[h]):
             # the spread about the hours' centres, both day types: a cell's own centre moves the threshold to
@@ -266,22 +261,24 @@ def _per_cell(cell: np.ndarray, s: np.ndarray, p: float, floor: float, over_cent
         return float(mid + max(scale[h] * zz, floor)) if over_centre else max(float(mid + scale[h] * zz), floor)
 
     out: list[float | None] = [None] * 48
-    for c in range(48):
-        h = c >> 1
+    for h in range(24):
         x = s[near[h]]
-        if len(x) >= _MIN_SAMPLES:  # enough steps for a tail of the hour's own (1-minute meters)
+        if len(x) >= _MIN_SAMPLES:  # enough steps for a tail of the hour's own (1-minute meters): both day types
             u_h, b_h = _fit(x)
             own, top = _exceeded(u_h, b_h, p), float(x.max())
             thr = max(own, top) if top <= _outlier(u_h, b_h, len(x)) else own
-            out[c] = round(max(thr, floor), 6)
+            out[2 * h] = out[2 * h + 1] = round(max(thr, floor), 6)
             continue
         if not np.isfinite(scale[h]):
             continue
-        thr = above(hc[h], z[kh == h], h)
-        if split[c]:  # a cell with a ramp of its own (a weekend's): at least its own ordinary step, never under the hour's
-            mine = kc == c
-            thr = max(thr, above(centre[c], (ks[mine] - centre[c]) / scale[h], h))
-        out[c] = round(thr, 6)
+        hour_thr = above(hc[h], z[kh == h], h)
+        for c in (2 * h, 2 * h + 1):
+            mine = ks[kc == c]
+            thr = hour_thr
+            if len(mine) >= _MIN_OWN_CENTRE:  # a ramp of its own (a weekend's): at least its own ordinary step, never under the hour's
+                mid = float(np.median(mine))
+                thr = max(thr, above(mid, (mine - mid) / scale[h], h))
+            out[c] = round(thr, 6)
     return out
 
 
