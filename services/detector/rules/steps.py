@@ -105,7 +105,7 @@ def format_steps(site: str, meter: str, cal: StepCalibration | None) -> str:
     if cal is None:
         return f"{site}/{meter} steps: not calibrated yet (detector.calibration_min_days); the fixed burst_* / pressure_drop_* defaults apply"
 
-    def f(x: float | None, scale: float = 1.0, fmt: str = "{:>8.3f}") -> str:
+    def f(x: float | None, scale: float, fmt: str) -> str:
         return f"{'-':>6}" if x is None else fmt.format(x * scale)
 
     lines = [f"{site}/{meter} steps: learned from {cal.days:.1f} days to detector.alarm_budget_per_30d"
