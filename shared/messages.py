@@ -51,7 +51,7 @@ QualityFlag = Literal[
 class Message(BaseModel):
     """Base of every payload."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True)
 
     schema_version: Literal[1] = SCHEMA_VERSION
 
@@ -158,7 +158,7 @@ class Forecast(MeterMessage):
 
 
 class Band(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True)
 
     hour: int = Field(ge=0, le=23)
     daytype: Literal["weekday", "weekend"]
@@ -203,7 +203,7 @@ class Failing(BaseModel):
     """A failure state of a service and since when it holds (wall clock). One that lasts longer than
     ``limit_s`` makes the service unhealthy (``flowwatch health``, shared/health.py)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True)
 
     since: UtcDatetime = Field(description="Wall-clock time it began (for a silent meter: the last reading, or the start).")
     limit_s: float = Field(gt=0, description="How long it may last before the service is unhealthy (from the settings).")

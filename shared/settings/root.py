@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -219,50 +218,6 @@ MAX_CONFIG_BYTES = 1 << 20  # 1 MiB: a flowwatch config is a few KiB
 MAX_CONFIG_DEPTH = 32  # levels of nesting: a flowwatch config has about five
 
 
-class _ConfigYamlError(yaml.YAMLError):
-    """A problem of a config file found while reading its YAML; the message is the user's."""
-
-
-class _ConfigLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader``, stricter for a config file: a key given twice in one mapping is an error
-    (SafeLoader keeps the last one, silently), and so is nesting deeper than ``MAX_CONFIG_DEPTH``
-    (PyYAML composes nodes recursively: a deep enough file ended in a RecursionError traceback)."""
-
-    def __init__(self, stream: Any) -> None:
-        super().__init__(stream)
-        self._keys: list[str] = []  # the key (or [position]) of each node being composed, outermost first
-
-    def _where(self) -> str:
-        return "".join(k if k.startswith("[") else f".{k}" for k in self._keys if k).lstrip(".") or "(top level)"
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if len(self._keys) >= MAX_CONFIG_DEPTH:
-            line = self.peek_event().start_mark.line + 1
-            raise _ConfigYamlError(f"line {line}: nested deeper than {MAX_CONFIG_DEPTH} levels (under {self._where()}); a flowwatch config has about five")
-        self._keys.append(index.value if isinstance(index, yaml.ScalarNode) else f"[{index}]" if isinstance(index, int) else "")
-        try:
-            node = super().compose_node(parent, index)
-            if isinstance(node, yaml.MappingNode):
-                self._unique_keys(node)
-            return node
-        finally:
-            self._keys.pop()
-
-    def _unique_keys(self, node: yaml.MappingNode) -> None:
-        seen: dict[tuple[str, str], yaml.Node] = {}
-        for key, _ in node.value:
-            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
-                continue  # '<<: *base' then a key of its own is an override, not a duplicate
-            first = seen.setdefault((key.tag, key.value), key)
-            if first is not key:
-                where = self._where()
-                name = key.value if where == "(top level)" else f"{where}.{key.value}"
-                raise _ConfigYamlError(
-                    f"line {key.start_mark.line + 1}: key {name} is given twice (first on line {first.start_mark.line + 1}); "
-                    "YAML would keep the last one without a word: remove one"
-                )
-
-
 def read_config_file(path: Path) -> dict[str, Any]:
     """The mapping of a YAML config file; ``ConfigFileError`` naming the file (and the line) if it is
     not one: unreadable, larger than ``MAX_CONFIG_BYTES``, not YAML, a key given twice, nested
@@ -274,9 +229,13 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigFileError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigFileError(f"{path} is larger than {MAX_CONFIG_BYTES:,} bytes (1 MiB), the most a config file may be; a flowwatch config is a few KiB")
+    import yaml  # here, not at the top: a command without a config file does not load PyYAML
+
+    from shared.settings.yamlfile import ConfigLoader, ConfigYamlError
+
     try:
-        data = yaml.load(raw, Loader=_ConfigLoader) if raw.strip() else {}  # _ConfigLoader is a SafeLoader
-    except _ConfigYamlError as exc:
+        data = yaml.load(raw, Loader=ConfigLoader) if raw.strip() else {}  # ConfigLoader is a SafeLoader
+    except ConfigYamlError as exc:
         raise ConfigFileError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigFileError(f"{path} is not valid YAML: {exc}") from exc
