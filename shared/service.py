@@ -63,6 +63,9 @@ class Service:
     """Base of the five services."""
 
     name: str = "service"
+    #: A service whose work goes on while its store is down (the notifier: the store may be what the
+    #: alert is about) is not unhealthy for it; a store it waits on (every other one) is.
+    store_is_secondary: bool = False
     tick_s: float = 1.0
     #: The store of a service that has one (detector, forecaster, exporter, trainer): its health
     #: counts the store's own waiting (``Store.failing_since``) as the store failing.
@@ -144,7 +147,7 @@ class Service:
         waits = []  # each read once: other threads change them
         if (retrying := self.inbox.failing_since) is not None:
             waits.append((retrying, self.inbox.failing_what))
-        if self.store is not None and (waiting := self.store.failing_since) is not None:
+        if self.store is not None and not self.store_is_secondary and (waiting := self.store.failing_since) is not None:
             waits.append((waiting, f"{self.store.name} store locked or not answering; retrying"))
         if waits:
             since, what = min(waits)

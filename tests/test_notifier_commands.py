@@ -3,11 +3,13 @@ command topic (real Mosquitto, real SQLite store), the way a device sends them."
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 from services.notifier.service import NotifierService
 from shared.bus import Bus
+from shared.health import check
 from shared.messages import AlertAction
 from shared.settings.notifier import QuietHours
 from shared.store import open_store
@@ -215,6 +217,14 @@ def test_notifications_go_on_while_the_store_is_down(settings) -> None:
         bus.publish(bus.topics.notifier_command(), sil)
         assert wait_for(lambda: svc.actions.silenced(site, "m2", "burst", now + timedelta(minutes=1)) is not None, 30)
         assert svc.counters.snapshot().get("store_errors", 0) >= 1
+        # ... and the notifier is healthy: the store is down (its adapter says so), but the notifier's
+        # work goes on, so its health check must not fail for it (a restart would only interrupt it)
+        assert svc.store.failing_since is not None
+        assert "store" not in svc.failing(), svc.failing()
+        svc.publish_status()
+        # judged an hour on (every failure state's limit passed; the heartbeat allowed to be that old)
+        healthy, why = check(cfg.data_dir, "notifier", stale_s=7200, now=time.time() + 3600)
+        assert healthy, why
     finally:
         if bus is not None:
             bus.close()

@@ -44,6 +44,7 @@ STATUS_EVERY_S = 60.0  # a service's online state is written at most this often 
 
 class NotifierService(Service):
     name = "notifier"
+    store_is_secondary = True  # a store that is down stops no notification: not unhealthy (store_errors counts it)
     tick_s = 1.0
 
     def __init__(self, settings: Settings, *, bus: Bus | None = None, store: Store | None = None) -> None:
