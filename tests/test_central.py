@@ -25,7 +25,7 @@ from app.broker import PROJECT_ACL, PROJECT_CONF, MosquittoProcess, free_port, m
 from app.central import central_broker, init_central, render_bridge
 from app.credentials import ensure_secrets
 from services.recorder.service import RecorderService
-from shared.messages import Reading
+from shared.messages import Band, Reading, Thresholds
 from shared.settings import Settings
 from shared.store.sqlite import SqliteStore
 from tests.harness import wait_for
@@ -169,6 +169,28 @@ def test_a_site_user_cannot_publish_under_another_site(central: Central):
         c.publish("flowwatch/v1/siteA/meter1/reading", own.model_dump_json(), qos=1).wait_for_publish(10)
         assert wait_for(lambda: central.count("siteA") == 1, 30, 0.2)  # its own site: stored
         assert central.count("siteB") == 0  # the other site: dropped by the broker (ACL)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+def test_the_central_store_keeps_each_meters_thresholds(central: Central):
+    """The thresholds a box publishes (retained, bridged by default) reach the central store, so the
+    central dashboards draw the bands; another site's are refused by the ACL as its readings are."""
+    c = _site_client(central, "siteA")
+    try:
+        at = datetime(2026, 3, 2, tzinfo=UTC)
+        sent = {}
+        for site in ("siteA", "siteB"):
+            t = Thresholds(site=site, meter="meter1", signal="pressure", computed_at=at, method="learned", sample_days=14,
+                           bands=(Band(hour=3, daytype="weekday", lower=2.5, upper=4.0),))
+            c.publish(f"flowwatch/v1/{site}/meter1/thresholds/pressure", t.model_dump_json(), qos=1, retain=True).wait_for_publish(10)
+            sent[site] = t
+        assert wait_for(lambda: central.reader.latest_thresholds("siteA", "meter1", "pressure") is not None, 30, 0.2)
+        got = central.reader.latest_thresholds("siteA", "meter1", "pressure")
+        assert got.band_for(3, False) == sent["siteA"].bands[0] and got.sample_days == 14
+        assert central.recorder.counters.get("thresholds_stored") == 1
+        assert central.reader.latest_thresholds("siteB", "meter1", "pressure") is None  # not its site: dropped
     finally:
         c.loop_stop()
         c.disconnect()

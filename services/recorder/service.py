@@ -1,4 +1,5 @@
-"""The recorder: the central tier's store of what the sites send (readings, anomalies, forecasts).
+"""The recorder: the central tier's store of what the sites send (readings, anomalies, forecasts,
+thresholds: the central dashboards draw each meter's bands from them).
 
 One persistent MQTT session on the central broker (user ``recorder``, read-only ACL), the shared
 inbox in batches, one store write per batch, then the acknowledgement: a message leaves the central
@@ -17,7 +18,7 @@ import logging
 
 from shared.bus import Bus
 from shared.inbox import Delivery
-from shared.messages import Anomaly, Forecast, Reading
+from shared.messages import Anomaly, Forecast, Reading, Thresholds
 from shared.service import Service
 from shared.settings import Settings
 from shared.store import Store, open_store
@@ -35,7 +36,7 @@ class RecorderService(Service):
         self.store: Store | None = store
         self._owns_store = store is None
         t = self.topics
-        for kind, model in (("reading", Reading), ("anomaly", Anomaly), ("forecast", Forecast)):
+        for kind, model in (("reading", Reading), ("anomaly", Anomaly), ("forecast", Forecast), ("thresholds", Thresholds)):
             self.bus.subscribe(t.all_meters(kind), model, None)
         self.inbox.set_batch_handler(self._handle, BATCH_MAX)
 
@@ -51,6 +52,7 @@ class RecorderService(Service):
         readings: list[Reading] = []
         anomalies: list[Anomaly] = []
         forecasts: list[Forecast] = []
+        thresholds: list[Thresholds] = []
         for d in batch:
             obj = d.obj
             if isinstance(obj, Reading):
@@ -60,7 +62,9 @@ class RecorderService(Service):
                 anomalies.append(obj)
             elif isinstance(obj, Forecast):
                 forecasts.append(obj)
-        self.retry(lambda: self._write(readings, anomalies, forecasts), "recorder store write")
+            elif isinstance(obj, Thresholds):
+                thresholds.append(obj)
+        self.retry(lambda: self._write(readings, anomalies, forecasts, thresholds), "recorder store write")
         c = self.counters
         if readings:
             c.inc("readings_stored", len(readings))
@@ -69,12 +73,17 @@ class RecorderService(Service):
             c.inc("anomalies_stored", len(anomalies))
         if forecasts:
             c.inc("forecasts_stored", len(forecasts))
+        if thresholds:
+            c.inc("thresholds_stored", len(thresholds))
         c.inc("batches")
 
-    def _write(self, readings: list[Reading], anomalies: list[Anomaly], forecasts: list[Forecast]) -> None:
+    def _write(self, readings: list[Reading], anomalies: list[Anomaly], forecasts: list[Forecast],
+               thresholds: list[Thresholds]) -> None:
         if readings:
             self.store_readings(readings)
         if anomalies:
             self.store.write_anomalies(anomalies)
         for f in forecasts:
             self.store.write_forecast(f)
+        for t in thresholds:  # keyed by computed_at: a copy resent by the bridge replaces itself
+            self.store.write_thresholds(t)
