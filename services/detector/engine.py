@@ -122,7 +122,8 @@ class _Meter:
         self.alerts: dict[Key, AlertState] = {}
         self.sig = {s: _SignalRules(site, meter, s, cfg, self.interval) for s in SIGNALS if s in signals}
         self.range = eng.range_rule(meter)
-        self.night = NightAccumulator(eng._night_start, eng._night_end, eng.tz, self.interval, cfg.night_min_coverage)
+        self.night = NightAccumulator(eng._night_start, eng._night_end, eng.tz, self.interval, cfg.night_min_coverage,
+                                       cfg.night_bin_minutes * 60.0)
         self.leak = NightLeakRule(cfg)
         self.burst = BurstRule(cfg, self.interval, has_pressure=self.pressure)
         self.pdrop = PressureDropRule(cfg, self.interval, has_flow=self.flow)

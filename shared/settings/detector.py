@@ -75,6 +75,10 @@ class DetectorSettings(Section):
     night_min_coverage: float = Field(
         default=0.5, gt=0, le=1, description="Fraction of the night window's readings needed to record its minimum."
     )
+    night_bin_minutes: float = Field(
+        default=15.0, ge=0, le=60,
+        description="The night flow is the lowest mean over this many minutes inside the night window (the usual MNF definition); 0 or a meter whose readings are this far apart or farther: the lowest reading.",
+    )
     night_baseline_nights: int = Field(default=28, ge=3, le=365, description="Baseline = median of up to this many previous nights.")
     night_by_daytype: bool = Field(
         default=True,

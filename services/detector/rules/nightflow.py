@@ -1,8 +1,9 @@
 """night_flow: the minimum night flow (MNF) rising over its baseline, the standard utility leak indicator.
 
-Each local night, the minimum flow inside the night window (default 02:00–04:00 local; a window whose
-end is before its start crosses midnight and belongs to the day it starts on) is recorded and judged
-against the earlier nights:
+Each local night, the night flow — the lowest mean over ``night_bin_minutes`` (15) inside the night
+window (default 02:00–04:00 local; a window whose end is before its start crosses midnight and
+belongs to the day it starts on); a meter whose readings are that far apart: its lowest reading — is
+recorded and judged against the earlier nights:
 
 - baseline: the median of the earlier nights of the same day type (weekday / weekend, by the local
   date the window starts on; ``night_by_daytype``) among up to ``night_baseline_nights`` recent nights
@@ -55,36 +56,56 @@ def night_window(ts: datetime, start: time, end: time, tz: ZoneInfo) -> tuple[da
 
 
 class NightAccumulator:
-    """Tracks the minimum flow of the current night window of one meter; a night counts when at least
-    ``min_coverage`` of its readings (every ``interval_s``) arrived."""
+    """Tracks the night flow of the current night window of one meter: the lowest mean flow over
+    ``bin_s`` (bins from the window's start; a meter whose readings are that far apart or farther:
+    the lowest reading). A night counts when at least ``min_coverage`` of its readings (every
+    ``interval_s``) arrived."""
 
-    __slots__ = ("count", "day", "end", "interval_s", "min_coverage", "minimum", "start", "tz", "we", "ws")
+    __slots__ = ("bin", "bin_n", "bin_s", "bin_sum", "count", "day", "end", "interval_s", "min_coverage", "minimum", "start", "tz",
+                 "we", "ws")
 
-    def __init__(self, start: time, end: time, tz: ZoneInfo, interval_s: float, min_coverage: float) -> None:
+    def __init__(self, start: time, end: time, tz: ZoneInfo, interval_s: float, min_coverage: float, bin_s: float = 0.0) -> None:
         self.start, self.end, self.tz = start, end, tz
         self.interval_s, self.min_coverage = interval_s, min_coverage
+        self.bin_s = bin_s if bin_s > interval_s else 0.0  # 0: every reading is its own bin
         self.ws = self.we = 0.0
         self.day: date | None = None
         self.minimum = float("inf")
         self.count = 0
+        self.bin, self.bin_sum, self.bin_n = -1, 0.0, 0
 
     def _open(self, ts: float) -> None:
         ws, we, day = night_window(datetime.fromtimestamp(ts, ZoneInfo("UTC")), self.start, self.end, self.tz)
         self.ws, self.we, self.day = ws.timestamp(), we.timestamp(), day
         self.minimum, self.count = float("inf"), 0
+        self.bin, self.bin_sum, self.bin_n = -1, 0.0, 0
+
+    def _close_bin(self) -> None:
+        if self.bin_n:
+            self.minimum = min(self.minimum, self.bin_sum / self.bin_n)
+        self.bin, self.bin_sum, self.bin_n = -1, 0.0, 0
 
     def add(self, ts: float, flow: float | None) -> tuple[date, float, float] | None:
-        """Feed one reading; returns (day, window start epoch, minimum) when a night window completed."""
+        """Feed one reading; returns (day, window start epoch, night flow) when a night window completed."""
         done = None
         if self.day is None:
             self._open(ts)
         elif ts >= self.we:
+            self._close_bin()
             if self.count and self.count >= self.min_coverage * (self.we - self.ws) / self.interval_s:
                 done = (self.day, self.ws, self.minimum)
             self._open(ts)
         if flow is not None and self.ws <= ts < self.we:
             self.count += 1
-            self.minimum = min(self.minimum, flow)
+            if not self.bin_s:
+                self.minimum = min(self.minimum, flow)
+            else:
+                b = int((ts - self.ws) // self.bin_s)
+                if b != self.bin:
+                    self._close_bin()
+                    self.bin = b
+                self.bin_sum += flow
+                self.bin_n += 1
         return done
 
 
