@@ -64,3 +64,17 @@ def test_the_demo_leak_raises_night_flow_once_the_nights_are_learned():
     assert [k for k in got if k not in ("night_flow",)] == [], got  # 8 quiet days and the leak: nothing else
     starts = [st for _s, st, _sev in got["night_flow"]]
     assert len(starts) == 1 and t0 <= starts[0] <= t0 + timedelta(days=2), got
+
+
+def test_the_demo_burst_closes_when_it_ends_though_the_evening_follows():
+    """`flowwatch up` started at 16:26 local: the demo's burst (20 minutes in, 30 minutes long) is followed
+    by the evening's demand, whose pressure fell below the afternoon baselines the burst froze; the alert
+    stayed open for hours after the burst had stopped. It must close within minutes of the end."""
+    start = datetime(2026, 3, 2, 7, 26, tzinfo=UTC)  # 16:26 local
+    sim = Simulator(SimulatorSettings(), seed=42, interval_s=60)
+    eng = DetectionEngine(DetectorSettings(), "Asia/Seoul")
+    bursts = [a for r in sim.readings(start, 150) for a in eng.process(r) if a.kind == "burst"]
+    ev = EVENTS["burst"]
+    end = start + timedelta(minutes=ev.at_minutes + ev.duration_minutes)
+    assert [a.state for a in bursts] == ["open", "closed"], [(a.state, a.ts) for a in bursts]
+    assert bursts[1].end <= end + timedelta(minutes=DetectorSettings().clear_after_minutes + 5), (bursts[1].end, end)

@@ -325,6 +325,21 @@ def test_burst_pressure_step_one_reading_later_opens_when_both_show():
     assert len(out) == 1  # stays open while the burst lasts (frozen baseline)
 
 
+def test_a_burst_that_ended_closes_though_the_evening_stays_above_its_frozen_baselines():
+    # a 30-minute burst in the afternoon, then the evening: demand rises and the pressure falls 0.4 bar
+    # below the afternoon's. Against the baselines frozen when it opened, the pressure "drop" would last
+    # all evening (it did: the demo's burst stayed open for hours); the fall of the flow and the rise of
+    # the pressure as the burst stops end it, and it closes within its clear time.
+    df = frame(minutes=300)
+    df.iloc[60:90, 0] += 60.0
+    df.iloc[60:90, 1] -= 1.0
+    df.iloc[90:, 0] += np.linspace(0.0, 15.0, 210)  # the evening's demand
+    df.iloc[90:, 1] -= np.linspace(0.1, 0.4, 210)  # and its pressure
+    out = kinds(run(engine(), df), "burst")
+    assert [a.state for a in out] == ["open", "closed"], [(a.state, a.ts) for a in out]
+    assert out[0].ts == at(df, 61) and out[1].end <= at(df, 90) + minutes(engine().cfg.clear_after_minutes + 3)
+
+
 def test_burst_step_is_scaled_by_the_days_mean_flow():
     # a step of 8 % of the mean flow is not a burst at the default 15 %; 25 % is
     for rise, expected in ((0.08, 0), (0.25, 1)):

@@ -5,7 +5,9 @@ a step) with the *baseline* (median of the ``burst_baseline_minutes`` before the
 readings). The flow step is scaled by the mean flow of the last day, so a burst of a given size
 counts the same at the morning peak as at night; a slow diurnal ramp moves level and baseline
 together and is not a step. While a burst is open the baselines are frozen (the engine calls
-:meth:`BurstRule.opened` when it opens).
+:meth:`BurstRule.opened` when it opens), until the burst ends: a step back as large as a burst's own
+step and half the one it opened with (the flow falls and, with pressure, the pressure rises), after
+which it closes in its clear time however far the day's demand has moved from the frozen baselines.
 
 Thresholds: once the meter's history is calibrated (``rules/steps.py``), the flow step must pass
 the threshold of the local hour learned from the meter's own steps to the alarm budget, and the
@@ -63,8 +65,8 @@ class BurstRule:
     """One meter (both signals): the recent readings, the day's mean flow, when each step was last
     seen, and the baselines frozen while a burst is open."""
 
-    __slots__ = ("cal", "cfg", "day_before", "rise", "flow", "flow_mean", "frozen", "has_pressure", "keep_s", "fixed_rel", "last_drop",
-                 "last_jump", "pressure", "seen", "window_s")
+    __slots__ = ("cal", "cfg", "day_before", "ended", "rise", "flow", "flow_mean", "frozen", "has_pressure", "keep_s", "fixed_rel",
+                 "last_drop", "last_jump", "open_step", "pressure", "seen", "step", "window_s")
 
     kind = "burst"
 
@@ -84,6 +86,11 @@ class BurstRule:
         self.last_drop: float | None = None
         self.frozen: tuple[float | None, float | None, float | None] = (None, None, None)
         self.seen: tuple[float | None, float | None, float | None] = (None, None, None)
+        # the live steps of the last check (flow rise, pressure fall), those the open burst opened with,
+        # and whether the burst has ended since (see check)
+        self.step: tuple[float | None, float | None] = (None, None)
+        self.open_step: tuple[float | None, float | None] = (None, None)
+        self.ended = False
         # stretched windows: the flow (relative) and pressure steps of the last day, to judge a step against the day before's
         stretch = stretched(cfg.burst_baseline_minutes * 60, interval_s)
         self.day_before = (DayBefore(interval_s), DayBefore(interval_s)) if stretch else None
@@ -110,6 +117,7 @@ class BurstRule:
         yf = yp = None
         if self.day_before is not None:
             yf, yp = self.day_before[0].add(t, rf), self.day_before[1].add(t, rp)
+        self.step = (None if lf is None or bf is None else lf - bf, None if lp is None or bp is None else bp - lp)
         if is_open:
             bf, bp, ref = self.frozen
         cal = self.cal
@@ -120,6 +128,8 @@ class BurstRule:
             rel = self.fixed_rel
         if pdrop is None:
             pdrop = cfg.burst_pressure_drop
+        if is_open and not self.ended and ref is not None:
+            self.ended = self._reversed(max(abs(ref) * rel, cfg.burst_flow_jump_abs), pdrop)
         jump_thr = None if bf is None or ref is None else bf + max(abs(ref) * rel, cfg.burst_flow_jump_abs)
         jump = lf is not None and jump_thr is not None and lf > jump_thr
         self.rise = 0.0 if jump_thr is None or lf is None or bf is None or jump_thr <= bf else (lf - bf) / (jump_thr - bf)
@@ -134,7 +144,7 @@ class BurstRule:
         if drop:
             self.last_drop = t
         if is_open:
-            active = jump or drop
+            active = (jump or drop) and not self.ended
         elif not self.has_pressure:
             active = jump
         else:
@@ -160,6 +170,23 @@ class BurstRule:
         self.seen = (bf, bp, ref)
         return Condition(active, lf, jump_thr, msg)
 
+    def _reversed(self, flow_step: float, pressure_step: float) -> bool:
+        """Whether the open burst has ended: the live steps (against the baselines as they are now, not
+        the frozen ones) go the other way by at least a burst's own step (``flow_step`` m³/h and
+        ``pressure_step`` bar, the thresholds of this hour) and half the steps it opened with: the
+        flow fell (and, with pressure, the pressure rose) as it rose (fell) when the burst began. A
+        burst is repaired or isolated at once; the day's demand does not step like that. Without it
+        the frozen baselines of an afternoon burst kept the alert open all evening (demand, and with it
+        the pressure fall, above the afternoon's)."""
+        (df, dp), (sf, sp) = self.open_step, self.step
+        if df is None or df <= 0 or sf is None or -sf < max(df / 2, flow_step):
+            return False
+        if not self.has_pressure or dp is None or dp <= 0:
+            return True
+        return sp is not None and -sp >= max(dp / 2, pressure_step)
+
     def opened(self) -> None:
         """The burst alert opened with the last check: freeze its baselines while it stays open."""
         self.frozen = self.seen
+        self.open_step = self.step
+        self.ended = False
