@@ -99,6 +99,32 @@ def test_burst_is_critical_within_two_readings(running, store):
     watch.close(), pub.close()
 
 
+def test_a_burst_that_stopped_is_closed_in_the_store_though_the_evening_follows(running, store):
+    # Through the broker and the store: a 30-minute burst, then demand rises and the pressure falls
+    # 0.4 bar below the baselines the burst froze (the evening). The stored alert must be closed within
+    # the clear time of the burst's end (it stayed open all evening before); published = stored.
+    import numpy as np
+
+    svc, s, site = running
+    df = frame(minutes=200)
+    df.iloc[60:90, 0] += 60.0
+    df.iloc[60:90, 1] -= 1.0
+    df.iloc[90:, 0] += np.linspace(0.0, 15.0, 110)
+    df.iloc[90:, 1] -= np.linspace(0.1, 0.4, 110)
+    rs = readings(df, site=site)
+    pub = client(s, "pub-burst-end")
+    for r in rs:
+        pub.publish(topics.reading(site, "m1"), r)
+    assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs), timeout=60)
+    assert len(store.read_readings(site, "m1", T0, T0 + timedelta(days=1))) == len(rs)
+    stored = store.read_anomalies(site, "m1", T0, T0 + timedelta(days=1))
+    bursts = stored[stored["kind"] == "burst"]
+    assert len(bursts) == 1, stored[["kind", "state", "start", "end"]]
+    end = bursts["end"].iloc[0]
+    assert end == end and end <= rs[90].ts + timedelta(minutes=s.detector.clear_after_minutes + 3), bursts
+    pub.close()
+
+
 @pytest.mark.parametrize(("model", "judged"), [("seasonal-naive", False), ("v7", True)])
 def test_the_day_after_a_burst_its_seasonal_naive_echo_raises_no_forecast_deviation(running, store, model, judged):
     # Through the broker and the store: a burst on day 1, then on day 2 the forecaster's seasonal
