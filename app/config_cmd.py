@@ -13,7 +13,8 @@ import yaml
 
 from shared.runner import base_parser, settings_or_exit
 from shared.settings import ENV_PREFIX, Settings
-from shared.settings.root import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH
+from shared.settings.root import MAX_CONFIG_BYTES
+from shared.settings.yamlfile import MAX_CONFIG_DEPTH
 
 DOC_HEADER = f"""# Configuration
 

@@ -215,13 +215,12 @@ class ConfigFileError(ValueError):
 
 
 MAX_CONFIG_BYTES = 1 << 20  # 1 MiB: a flowwatch config is a few KiB
-MAX_CONFIG_DEPTH = 32  # levels of nesting: a flowwatch config has about five
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
     """The mapping of a YAML config file; ``ConfigFileError`` naming the file (and the line) if it is
     not one: unreadable, larger than ``MAX_CONFIG_BYTES``, not YAML, a key given twice, nested
-    deeper than ``MAX_CONFIG_DEPTH``, or not a mapping of setting names."""
+    deeper than ``yamlfile.MAX_CONFIG_DEPTH``, or not a mapping of setting names."""
     try:
         with path.open("rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from shared.settings.root import MAX_CONFIG_DEPTH
+MAX_CONFIG_DEPTH = 32  # levels of nesting: a flowwatch config has about five
 
 
 class ConfigYamlError(yaml.YAMLError):

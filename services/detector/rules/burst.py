@@ -128,9 +128,10 @@ class BurstRule:
             rel = self.fixed_rel
         if pdrop is None:
             pdrop = cfg.burst_pressure_drop
-        if is_open and not self.ended and ref is not None:
-            self.ended = self._reversed(max(abs(ref) * rel, cfg.burst_flow_jump_abs), pdrop)
-        jump_thr = None if bf is None or ref is None else bf + max(abs(ref) * rel, cfg.burst_flow_jump_abs)
+        flow_step = None if ref is None else max(abs(ref) * rel, cfg.burst_flow_jump_abs)  # m³/h
+        if is_open and not self.ended and flow_step is not None:
+            self.ended = self._reversed(flow_step, pdrop)
+        jump_thr = None if bf is None or flow_step is None else bf + flow_step
         jump = lf is not None and jump_thr is not None and lf > jump_thr
         self.rise = 0.0 if jump_thr is None or lf is None or bf is None or jump_thr <= bf else (lf - bf) / (jump_thr - bf)
         drop = lp is not None and bp is not None and bp - lp > pdrop

@@ -64,7 +64,7 @@ class NightAccumulator:
     __slots__ = ("bin", "bin_n", "bin_s", "bin_sum", "count", "day", "end", "interval_s", "min_coverage", "minimum", "start", "tz",
                  "we", "ws")
 
-    def __init__(self, start: time, end: time, tz: ZoneInfo, interval_s: float, min_coverage: float, bin_s: float = 0.0) -> None:
+    def __init__(self, start: time, end: time, tz: ZoneInfo, interval_s: float, min_coverage: float, bin_s: float) -> None:
         self.start, self.end, self.tz = start, end, tz
         self.interval_s, self.min_coverage = interval_s, min_coverage
         self.bin_s = bin_s if bin_s > interval_s else 0.0  # 0: every reading is its own bin
@@ -77,8 +77,7 @@ class NightAccumulator:
     def _open(self, ts: float) -> None:
         ws, we, day = night_window(datetime.fromtimestamp(ts, ZoneInfo("UTC")), self.start, self.end, self.tz)
         self.ws, self.we, self.day = ws.timestamp(), we.timestamp(), day
-        self.minimum, self.count = float("inf"), 0
-        self.bin, self.bin_sum, self.bin_n = -1, 0.0, 0
+        self.minimum, self.count = float("inf"), 0  # the bin was closed (or never opened) before
 
     def _close_bin(self) -> None:
         if self.bin_n:
