@@ -1,5 +1,10 @@
 """``flowwatch import FILE.csv...``: bulk-load historical readings into the configured store.
 
+Files of up to ``SMALL_FILE_BYTES`` in all are read row by row with the standard library when they
+are clean (:mod:`shared.readings_csv_rows`: pandas is then not even loaded, a quarter of a second of
+a small file's import); larger ones, and any file with a bad row, with pandas' reader
+(:mod:`shared.readings_csv`). The rows stored are the same either way.
+
 Bad rows are reported with their line numbers and reasons and written to a rejects file; good rows
 are imported. Several files in one run (``--meter-from-name``: one meter per file, named by the
 file) pay the process start once; each file's values are flagged against its meter's ranges
@@ -16,7 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from shared.readings_csv import CsvFormatError, import_chunks
+from shared.readings_csv_rows import CsvFormatError, NotPlain, read_rows, small_enough
 from shared.runner import base_parser, settings_from_args
 from shared.store import StoreError, open_store
 from shared.store.base import WriteResult
@@ -89,8 +94,9 @@ def main(argv: Sequence[str]) -> int:
     except StoreError as exc:
         print(f"flowwatch import: {exc}", file=sys.stderr)
         return 2
+    small = small_enough(args.files)  # pandas would cost more than it saves (see the module docstring)
     try:  # several files in one process: the start (settings, pandas) is paid once
-        return max(_import_file(store, settings, f, m, args) for f, m in zip(args.files, meters, strict=True))
+        return max(_import_file(store, settings, f, m, args, small) for f, m in zip(args.files, meters, strict=True))
     finally:
         store.close()
 
@@ -107,7 +113,19 @@ def _valid_id(text: str) -> bool:
     return True
 
 
-def _import_file(store, settings, path: Path, meter: str, args) -> int:  # noqa: ANN001 - the open store, Settings, argparse
+def _chunks(path: Path, limits, naive_tz: str, small: bool, parse_ahead: bool):  # noqa: ANN001, ANN202 - RangeLimits; chunks
+    """The file's parsed chunks: row by row when it is small and clean, by pandas otherwise."""
+    if small:
+        try:
+            return read_rows(path, limits, naive_tz)
+        except NotPlain:
+            pass  # a bad or unusual row: pandas' reader says what is wrong with each
+    from shared.readings_csv import import_chunks
+
+    return import_chunks(path, limits, naive_tz, parse_ahead=parse_ahead)
+
+
+def _import_file(store, settings, path: Path, meter: str, args, small: bool = False) -> int:  # noqa: ANN001 - the open store, Settings, argparse
     """Import one file for ``meter``; the exit code of this file (0, 1 some rows rejected, 2 failed)."""
     site = settings.site
     rejects_path = args.rejects or path.with_suffix(".rejects.csv")
@@ -117,8 +135,8 @@ def _import_file(store, settings, path: Path, meter: str, args) -> int:  # noqa:
     rej_file = None
     try:
         with _progress(path, args.quiet) as bar:
-            for chunk in import_chunks(path, settings.limits_of(meter), args.naive_tz, parse_ahead=store.parse_ahead):
-                result = result + store.write_reading_frame(site, meter, chunk.frame)
+            for chunk in _chunks(path, settings.limits_of(meter), args.naive_tz, small, store.parse_ahead):
+                result = result + chunk.write(store, site, meter)
                 if chunk.rejects:
                     if rej_file is None:
                         rej_file = rejects_path.open("w", newline="")

@@ -15,6 +15,9 @@ warnings, and the parse runs in a thread when a store parses ahead). Only the *f
 care: pandas takes its width as the table's, so a long first row would turn the first column into an
 index (or, with ``index_col=False``, be cut silently); :func:`_long_leading_rows` finds such rows with
 the ``csv`` module first and they are skipped and rejected the same way.
+
+``flowwatch import`` reads a small clean file without pandas (:mod:`shared.readings_csv_rows`, which
+also holds the definitions both readers share); every other file, and every bad row, is read here.
 """
 
 from __future__ import annotations
@@ -31,21 +34,20 @@ import numpy as np
 import pandas as pd
 
 from shared.eventtime import implausible
-from shared.messages import SIGNALS
+from shared.readings_csv_rows import (  # the definitions both readers share (that module loads no pandas)
+    CHUNK_ROWS,
+    RAW_MAX_CHARS,
+    REQUIRED,
+    SIGNAL_COLUMNS,
+    CsvFormatError,
+    Reject,
+    missing_columns,
+    too_many,
+)
 from shared.settings import RangeLimits
 
-REQUIRED = ("timestamp", "flow_rate", "pressure")  # timestamp and at least one signal column
-SIGNAL_COLUMNS = SIGNALS  # the value columns a readings file may have
-CHUNK_ROWS = 100_000
-RAW_MAX_CHARS = 1000  # a rejected line is quoted in the rejects file up to this length
+__all__ = ["CHUNK_ROWS", "CsvFormatError", "ParsedChunk", "Reject", "import_chunks", "parse_chunk", "read_all", "read_chunks"]
 _SKIPPED = re.compile(r"Skipping line (\d+): expected (\d+) fields, saw (\d+)")
-
-
-@dataclass
-class Reject:
-    line: int
-    reason: str
-    raw: str
 
 
 @dataclass
@@ -54,9 +56,8 @@ class ParsedChunk:
     rejects: list[Reject] = field(default_factory=list)
     rows: int = 0
 
-
-class CsvFormatError(ValueError):
-    pass
+    def write(self, store, site: str, meter: str):  # noqa: ANN001, ANN201 - a Store; its WriteResult
+        return store.write_reading_frame(site, meter, self.frame)
 
 
 def _numbers(col: pd.Series, name: str, lines: np.ndarray, rejects: list[Reject], raw: pd.DataFrame, bad: np.ndarray) -> np.ndarray:
@@ -184,10 +185,6 @@ class _RawLines:
             self.f = None
 
 
-def _too_many(line: int, expected: int, saw: int, raw: str) -> Reject:
-    return Reject(line, f"{saw} fields where the header has {expected} (a ',' too many?)", raw)
-
-
 def _long_leading_rows(path: Path) -> tuple[list[Reject], int, list[str]]:
     """The data rows before the first one with no more fields than the header (each one rejected),
     the line of that first row, and the header. pandas takes the first data row's width as the table's: a long
@@ -206,7 +203,7 @@ def _long_leading_rows(path: Path) -> tuple[list[Reject], int, list[str]]:
                     continue
                 if len(row) <= len(header):
                     break
-                rejects.append(_too_many(rows.line_num, len(header), len(row), ",".join(row)[:RAW_MAX_CHARS]))
+                rejects.append(too_many(rows.line_num, len(header), len(row), ",".join(row)[:RAW_MAX_CHARS]))
                 start = rows.line_num
             return rejects, start + 1, header
     except (OSError, csv.Error):
@@ -220,7 +217,7 @@ def _skipped_lines(sink: list[tuple[str, type[Warning]]], raw: _RawLines) -> lis
         found = list(_SKIPPED.finditer(text))
         for m in found:
             line, expected, saw = int(m[1]), int(m[2]), int(m[3])
-            rejects.append(_too_many(line, expected, saw, raw.get(line)))
+            rejects.append(too_many(line, expected, saw, raw.get(line)))
         if not found:
             warnings.warn(text, category, stacklevel=2)
     sink.clear()
@@ -268,9 +265,7 @@ def read_chunks(path: Path, limits: RangeLimits, naive_tz: str = "UTC", chunk_ro
         for raw in reader:
             raw.columns = [c.strip().lower() for c in raw.columns]
             if "timestamp" not in raw.columns or not any(c in raw.columns for c in SIGNAL_COLUMNS):
-                missing = [c for c in REQUIRED if c not in raw.columns]
-                raise CsvFormatError(f"{path}: missing column(s) {', '.join(missing)}; the header must be timestamp,flow_rate,pressure "
-                                     "(or timestamp and one of flow_rate, pressure for a meter with one signal)")
+                raise missing_columns(path, raw.columns)
             skipped = _skipped_lines(sink, raw_lines)  # among this chunk's rows (or just after them)
             lines = _lines_of(line, len(raw), skipped)
             raw = raw[[c for c in REQUIRED if c in raw.columns]].copy()

@@ -13,6 +13,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from shared.readings_csv import parse_chunk, read_all, read_chunks
+from shared.readings_csv_rows import NotPlain, read_rows
 from shared.settings import RangeLimits
 from shared.store.sqlite import SqliteStore
 
@@ -240,3 +241,165 @@ def test_each_files_meter_is_judged_against_its_own_range(tmp_path):
     at = pd.Timestamp("2026-03-01T00:05:00Z")
     assert amr.loc[at, "quality"] == "flow_rate_out_of_range" and inlet.loc[at, "quality"] == ""
     assert (amr.drop(at)["quality"] == "").all() and (inlet["quality"] == "").all()
+
+
+# --- small files: read row by row (no pandas) when clean, by pandas otherwise; the same readings either way ---
+
+def _row_reader(path, tz="UTC", limits=None):
+    """The row reader's readings as comparable tuples, or None where it leaves the file to pandas."""
+    try:
+        chunks = read_rows(path, limits or RangeLimits(), tz)
+    except NotPlain:
+        return None
+    return [(t, s, f, p, q) for c in chunks for t, s, f, p, q in zip(c.ts, c.seq, c.flow_rate, c.pressure, c.quality, strict=True)]
+
+
+def _pandas_reader(path, tz="UTC", limits=None):
+    chunks = list(read_chunks(path, limits or RangeLimits(), tz))
+    rejects = [r for c in chunks for r in c.rejects]
+    frame = pd.concat([c.frame for c in chunks])
+    rows = list(zip(frame.index.as_unit("s").asi8.tolist(), frame["seq"].tolist(), frame["flow_rate"].tolist(),
+                    frame["pressure"].tolist(), frame["quality"].tolist(), strict=True))
+    return rows, rejects
+
+
+def _same(a, b):
+    """Equal readings, NaN equal to NaN."""
+    return len(a) == len(b) and all(x == y or (x != x and y != y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
+
+
+CLEAN = """timestamp,flow_rate,pressure
+2026-03-01T00:00:00Z,10.5,3.2
+2026-03-01T00:15:00+09:00,11,3.1
+2026-03-01 00:30:00,1e2,
+2026-03-01T00:45:00.000Z,,2.9
+2026-03-01T01:00:00-05:30,-0.5,+.5
+2026-03-01T01:15:00Z,99999,3.0
+"""
+
+
+@pytest.mark.parametrize("text, tz", [
+    (CLEAN, "UTC"),
+    (CLEAN, "Europe/Berlin"),  # the naive row in the zone
+    ("TimeStamp, Flow_Rate\n2026-03-01T00:00:00Z,1.5\n2026-03-01T01:00:00Z,2\n", "UTC"),  # a flow-only meter, any case and spacing
+    ("timestamp,note,pressure,flow_rate\n2026-03-01T00:00:00Z,hello,3,1\n", "UTC"),  # columns in any order, others ignored
+    ("timestamp,flow_rate,pressure\r\n2026-03-01T00:00:00Z,1,2\r\n", "UTC"),  # CRLF
+    ("timestamp,flow_rate,pressure\n", "UTC"),  # a header alone: nothing to import
+])
+def test_the_row_reader_reads_clean_files_as_pandas_does(tmp_path, text, tz):
+    f = tmp_path / "r.csv"
+    f.write_text(text, newline="")
+    rows = _row_reader(f, tz)
+    assert rows is not None, "a clean file is read row by row"
+    expected, rejects = _pandas_reader(f, tz)
+    assert not rejects and _same(rows, expected), (rows, expected)
+
+
+@pytest.mark.parametrize("text", [
+    CSV,  # bad rows of every kind: pandas' reader names each
+    "timestamp,flow_rate,pressure\n2026-03-01T00:00:00Z,1,2\n\n2026-03-01T00:01:00Z,1,2\n",  # a blank line
+    "timestamp,flow_rate,pressure\n2026-03-01T00:00:00Z,1,2,3\n",  # a field too many
+    "timestamp,flow_rate,pressure\n2026-03-01T00:00:00Z,1\n",  # one too few
+    "timestamp,flow_rate,pressure\n2026-03-01,1,2\n",  # a date alone
+    "timestamp,flow_rate,pressure\n2026-02-30T00:00:00Z,1,2\n",
+    "timestamp,flow_rate,pressure\n2026-03-01T00:00:00.5Z,1,2\n",  # a fraction of a second
+    "timestamp,flow_rate,pressure\n2026-03-01T00:00:00Z,1_000,2\n",  # Python's float would take these
+    "timestamp,flow_rate,pressure\n2026-03-01T00:00:00Z,١٢,2\n",
+    "timestamp,flow_rate,pressure\n2026-03-01T00:00:00Z,1.5 ,2\n",
+    "timestamp,flow_rate,pressure\n2026-03-01T00:00:00Z,NaN,2\n",
+    "timestamp,flow_rate,pressure\n2026-03-01T00:00:00Z,1e999,2\n",
+    "timestamp,flow_rate,pressure\n1999-03-01T00:00:00Z,1,2\n",  # before limits.earliest
+    "timestamp,flow_rate,pressure\n2126-03-01T00:00:00Z,1,2\n",  # far ahead of the clock
+    'timestamp,flow_rate,pressure\n2026-03-01T00:00:00Z,"1\n2",2\n',  # a field across lines
+    "time,flow\n2026-03-01T00:00:00Z,1\n",  # not our header: pandas' reader says so
+    "",
+])
+def test_anything_unusual_is_left_to_pandas(tmp_path, text):
+    f = tmp_path / "r.csv"
+    f.write_text(text)
+    assert _row_reader(f) is None
+
+
+def test_a_local_time_that_occurs_twice_is_left_to_pandas(tmp_path):
+    f = tmp_path / "r.csv"
+    f.write_text("timestamp,flow_rate,pressure\n2026-10-25 02:30:00,1,2\n")  # Europe/Berlin: twice that night
+    assert _row_reader(f, "Europe/Berlin") is None and _row_reader(f, "UTC") is not None
+
+
+_stamp = st.one_of(
+    st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2027, 12, 31)).map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%SZ")),
+    st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2027, 12, 31)).map(lambda d: d.strftime("%Y-%m-%d %H:%M:%S")),
+    st.datetimes(min_value=datetime(2026, 3, 29), max_value=datetime(2026, 3, 30)).map(lambda d: d.strftime("%Y-%m-%dT%H:%M:%S")),
+    st.sampled_from(["2026-03-01T00:00:00+09:00", "2026-03-01T00:00:00.000-03:30", "2026-03-01", "2026-3-1 00:00:00",
+                     "2026-03-01T24:00:00Z", " 2026-03-01T00:00:00Z", "2026-03-01T00:00:00Z ", "20260301T000000Z"]),
+)
+_value = st.one_of(
+    st.floats(-1e5, 1e5, allow_nan=False).map(repr), st.integers(-10**6, 10**6).map(str), st.just(""),
+    st.decimals(-1000, 1000, places=3, allow_nan=False, allow_infinity=False).map(str),
+    st.sampled_from(["1e3", "1E-3", "+.5", "5.", "-0", "1e999", "nan", "inf", "1_0", "1.2.3", "1e", "--1", " 7", "0x10", "١"]),
+)
+
+
+@hsettings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(_stamp, _value, _value), min_size=1, max_size=12),
+       st.sampled_from(["timestamp,flow_rate,pressure", "timestamp,flow_rate", "Timestamp,Pressure,Flow_Rate"]),
+       st.sampled_from(["UTC", "Europe/Berlin", "Asia/Seoul"]))
+def test_the_row_reader_never_differs_from_pandas(tmp_path_factory, rows, header, tz):
+    # generated files, clean and not: where the row reader takes one, its readings are pandas'
+    width = header.count(",") + 1
+    f = tmp_path_factory.mktemp("p") / "r.csv"
+    f.write_text(header + "\n" + "".join(",".join(r[:width]) + "\n" for r in rows))
+    limits = RangeLimits(flow_rate_max=1000.0, pressure_min=-5.0)  # some values out of range: flagged alike
+    got = _row_reader(f, tz, limits)
+    if got is not None:
+        expected, rejects = _pandas_reader(f, tz, limits)
+        assert not rejects, rejects
+        assert _same(got, expected), (got, expected)
+
+
+def test_a_small_clean_file_is_imported_without_loading_pandas(tmp_path):
+    # an hourly export of a year: the row reader; every reading stored as it is in the file
+    t0 = datetime(2025, 1, 1, tzinfo=UTC)
+    text = "timestamp,flow_rate,pressure\n" + "".join(
+        f"{(t0 + pd.Timedelta(hours=i)).strftime('%Y-%m-%dT%H:%M:%SZ')},{i % 50 + 0.25},{3 + i % 7 / 10}\n" for i in range(8760))
+    f = tmp_path / "r.csv"
+    f.write_text(text)
+    cfg = tmp_path / "fw.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'var'}\nsite: s1\nmeter: m1\n")
+    code = ("import sys; from app.cli import main; rc = main(sys.argv[1:]); "
+            "print('pandas loaded' if 'pandas' in sys.modules else 'no pandas'); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, "import", str(f), "-c", str(cfg), "--quiet"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "imported 8760 rows" in r.stdout and "8760 inserted" in r.stdout and "no pandas" in r.stdout, r.stdout
+    stored = SqliteStore(tmp_path / "var" / "flowwatch.db").read_readings("s1", "m1", t0, t0 + pd.Timedelta(days=400))
+    expected = pd.read_csv(f, parse_dates=["timestamp"]).set_index("timestamp")
+    assert len(stored) == 8760 and (stored.index == expected.index).all()
+    assert (stored["flow_rate"].to_numpy() == expected["flow_rate"].to_numpy()).all()
+    assert (stored["pressure"].to_numpy() == expected["pressure"].to_numpy()).all()
+    assert stored["seq"].tolist() == list(range(2, 8762)) and set(stored["quality"]) == {""}
+    # the same file with one bad row: pandas' reader, which names it; the rest imported
+    f.write_text(text.replace(",3.1\n", ",abc\n", 1))
+    r = subprocess.run([sys.executable, "-c", code, "import", str(f), "-c", str(cfg), "--quiet"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1 and "pressure 'abc' is not a finite number" in r.stderr and "pandas loaded" in r.stdout, r.stdout
+    assert "0 inserted, 8759 identical" in r.stdout, r.stdout
+
+
+def test_both_readers_store_the_same_readings_in_either_store(tmp_path, store):
+    # the row reader's lists and pandas' frame, each through the store's own write: the same rows stored
+    f = tmp_path / "r.csv"
+    t0 = datetime(2025, 6, 1, tzinfo=UTC)
+    f.write_text("timestamp,flow_rate,pressure\n" + "".join(
+        f"{(t0 + pd.Timedelta(minutes=15 * i)).strftime('%Y-%m-%dT%H:%M:%SZ')},{'' if i % 11 == 0 else i % 40 + 0.5},{3 + i % 9 / 10}\n"
+        for i in range(500)))
+    limits = RangeLimits(flow_rate_max=30.0)
+    written = sum(c.write(store, "s1", "rows").total for c in read_rows(f, limits))
+    written_pd = sum(c.write(store, "s1", "pandas").total for c in read_chunks(f, limits))
+    assert written == written_pd == 500
+    end = t0 + pd.Timedelta(days=10)
+    a, b = store.read_readings("s1", "rows", t0, end), store.read_readings("s1", "pandas", t0, end)
+    assert len(a) == len(b) == 500
+    pd.testing.assert_frame_equal(a, b)
+    flagged = sum(1 for i in range(500) if i % 11 == 0 or i % 40 + 0.5 > 30)  # missing (every 11th) or above 30 m³/h
+    assert (a["quality"] != "").sum() == flagged == 155
+    again = sum(c.write(store, "s1", "rows").total for c in read_rows(f, limits))  # idempotent
+    assert again == 500 and len(store.read_readings("s1", "rows", t0, end)) == 500

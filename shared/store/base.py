@@ -276,6 +276,16 @@ class Store(abc.ABC):
     def write_reading_frame(self, site: str, meter: str, frame: pd.DataFrame) -> WriteResult:
         """Bulk write: ``frame`` has a UTC DatetimeIndex and flow_rate, pressure[, seq, quality, source]."""
 
+    def write_reading_columns(self, site: str, meter: str, ts: Sequence[int], seq: Sequence[int], flow: Sequence[float],
+                              pressure: Sequence[float], quality: Sequence[str], source: str) -> WriteResult:
+        """Bulk write of plain lists (epoch seconds; NaN where a value is missing), in file order, as
+        :meth:`write_reading_frame` writes a frame of them: the small-file import, which loads no pandas."""
+        import pandas as pd
+
+        frame = pd.DataFrame({"seq": pd.array(seq, dtype="Int64"), "flow_rate": flow, "pressure": pressure, "quality": quality,
+                              "source": source}, index=utc_index(ts))
+        return self.write_reading_frame(site, meter, frame)
+
     @abc.abstractmethod
     def write_anomalies(self, anomalies: Sequence[Anomaly]) -> int: ...
 

@@ -325,28 +325,34 @@ class SqliteStore(Store):
 
     def write_reading_frame(self, site: str, meter: str, frame: pd.DataFrame) -> WriteResult:
         f = to_reading_frame(frame)
-        n = len(f)
-        if not n:
+        if not len(f):
             return WriteResult()
-        mid = self._mid(site, meter)
-        ts = f.index.as_unit("s").asi8.tolist()
         # SQLite stores a bound NaN as NULL, so float columns go in as they are; seq as Python ints
         # when it has no gap (an integer binds faster than a float and is stored as one anyway).
         seq = f["seq"]
         seqs = seq.to_numpy(dtype="int64").tolist() if not seq.hasnans else seq.astype("float64").to_numpy().tolist()
-        flow, pres, quality = f["flow_rate"].to_numpy().tolist(), f["pressure"].to_numpy().tolist(), f["quality"].tolist()
         source = f["source"]
         src = source.iat[0]
         one_source = bool((source.to_numpy() == src).all())
-        sources = None if one_source else source.tolist()
+        return self.write_reading_columns(site, meter, f.index.as_unit("s").asi8.tolist(), seqs, f["flow_rate"].to_numpy().tolist(),
+                                          f["pressure"].to_numpy().tolist(), f["quality"].tolist(), src if one_source else source.tolist())
+
+    def write_reading_columns(self, site: str, meter: str, ts: Sequence[int], seq: Sequence, flow: Sequence[float],
+                              pressure: Sequence[float], quality: Sequence[str], source: str | Sequence[str]) -> WriteResult:
+        """Plain lists, in file order (``source``: one for every row, or one per row)."""
+        n = len(ts)
+        if not n:
+            return WriteResult()
+        mid = self._mid(site, meter)
+        one_source = isinstance(source, str)
 
         def rows() -> Iterable[tuple]:
-            return zip(repeat(mid, n), ts, seqs, flow, pres, quality, repeat(src, n) if one_source else sources, strict=True)
+            return zip(repeat(mid, n), ts, seq, flow, pressure, quality, repeat(source, n) if one_source else source, strict=True)
 
         insert = None
         if one_source:  # the meter and the source as constants: less to bind per row
-            sql = _INSERT_READING.replace("VALUES (?, ?, ?, ?, ?, ?, ?)", f"VALUES ({int(mid)}, ?, ?, ?, ?, ?, {_sql_text(src)})")
-            insert = (sql, lambda: zip(ts, seqs, flow, pres, quality, strict=True))
+            sql = _INSERT_READING.replace("VALUES (?, ?, ?, ?, ?, ?, ?)", f"VALUES ({int(mid)}, ?, ?, ?, ?, ?, {_sql_text(source)})")
+            insert = (sql, lambda: zip(ts, seq, flow, pressure, quality, strict=True))
         return self._write_readings(rows, "import readings", n, insert)
 
     def write_anomalies(self, anomalies: Sequence[Anomaly]) -> int:
