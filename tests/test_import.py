@@ -1,5 +1,6 @@
 """`flowwatch import` through the real CLI into a real SQLite file (and the parser in unit tests)."""
 
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -367,10 +368,12 @@ def test_a_small_clean_file_is_imported_without_loading_pandas(tmp_path):
     cfg = tmp_path / "fw.yaml"
     cfg.write_text(f"data_dir: {tmp_path / 'var'}\nsite: s1\nmeter: m1\n")
     code = ("import sys; from app.cli import main; rc = main(sys.argv[1:]); "
-            "print('pandas loaded' if 'pandas' in sys.modules else 'no pandas'); sys.exit(rc)")
-    r = subprocess.run([sys.executable, "-c", code, "import", str(f), "-c", str(cfg), "--quiet"], capture_output=True, text=True, cwd=ROOT)
+            "print('pandas loaded' if 'pandas' in sys.modules else 'no pandas', 'pydantic_settings' in sys.modules); sys.exit(rc)")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("FLOWWATCH_")}
+    r = subprocess.run([sys.executable, "-c", code, "import", str(f), "-c", str(cfg), "--quiet"], capture_output=True, text=True, cwd=ROOT, env=env)
     assert r.returncode == 0, r.stderr
-    assert "imported 8760 rows" in r.stdout and "8760 inserted" in r.stdout and "no pandas" in r.stdout, r.stdout
+    assert "imported 8760 rows" in r.stdout and "8760 inserted" in r.stdout, r.stdout
+    assert "no pandas False" in r.stdout, r.stdout  # nor pydantic-settings: no FLOWWATCH_* variable to read
     stored = SqliteStore(tmp_path / "var" / "flowwatch.db").read_readings("s1", "m1", t0, t0 + pd.Timedelta(days=400))
     expected = pd.read_csv(f, parse_dates=["timestamp"]).set_index("timestamp")
     assert len(stored) == 8760 and (stored.index == expected.index).all()
