@@ -335,7 +335,7 @@ class SqliteStore(Store):
         src = source.iat[0]
         one_source = bool((source.to_numpy() == src).all())
         return self.write_reading_columns(site, meter, f.index.as_unit("s").asi8.tolist(), seqs, f["flow_rate"].to_numpy().tolist(),
-                                          f["pressure"].to_numpy().tolist(), f["quality"].tolist(), src if one_source else source.tolist())
+                                          f["pressure"].to_numpy().tolist(), f["quality"].tolist(), str(src) if one_source else source.tolist())
 
     def write_reading_columns(self, site: str, meter: str, ts: Sequence[int], seq: Sequence, flow: Sequence[float],
                               pressure: Sequence[float], quality: Sequence[str], source: str | Sequence[str]) -> WriteResult:
