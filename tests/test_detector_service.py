@@ -125,6 +125,37 @@ def test_a_burst_that_stopped_is_closed_in_the_store_though_the_evening_follows(
     pub.close()
 
 
+def test_a_burst_open_longer_than_the_backfill_goes_on_over_a_restart_and_closes_when_it_ends(settings, store):
+    # Through the broker and the store: a burst opens, the detector restarts when it has been open
+    # longer than detector.backfill_hours, then the burst stops. The back-fill reaches back to its
+    # opening, so the restarted detector closes it when it ends, as one uninterrupted run does (it
+    # closed it silently at the restart, and the store kept it open for ever); published = stored.
+    s, site = unique(settings)
+    s = s.model_copy(update={"detector": s.detector.model_copy(update={"backfill_hours": 2})})
+    df = frame(minutes=330)
+    df.iloc[60:280, 0] += 60.0  # 220 minutes: past the 2 h back-fill at the restart (minute 240)
+    df.iloc[60:280, 1] -= 1.0
+    rs = readings(df, site=site)
+    pub = client(s, "pub-long-burst")
+    for part in (rs[:240], rs[240:]):
+        svc = DetectorService(s, store=store)
+        t = svc.start_in_thread()
+        assert svc.ready.wait(30)
+        for r in part:
+            pub.publish(topics.reading(site, "m1"), r)
+        assert wait_for(lambda: svc.counters.get("readings_stored") >= len(part), timeout=60)  # noqa: B023 - waited here
+        svc.stop()
+        t.join(30)
+    pub.close()
+    assert len(store.read_readings(site, "m1", T0, T0 + timedelta(days=1))) == len(rs)
+    stored = store.read_anomalies(site, "m1", T0, T0 + timedelta(days=1))
+    want = [a for a in DetectionEngine.from_settings(s).process_frame(site, "m1", df) if a.kind == "burst"]
+    assert want[-1].state == "closed"  # the rules alone close it
+    bursts = stored[stored["kind"] == "burst"]
+    assert len(bursts) == 1 and bursts["start"].iloc[0] == pd.Timestamp(want[-1].start), stored[["kind", "state", "start", "end"]]
+    assert bursts["state"].iloc[0] == "closed" and bursts["end"].iloc[0] == pd.Timestamp(want[-1].end), bursts
+
+
 @pytest.mark.parametrize(("model", "judged"), [("seasonal-naive", False), ("v7", True)])
 def test_the_day_after_a_burst_its_seasonal_naive_echo_raises_no_forecast_deviation(running, store, model, judged):
     # Through the broker and the store: a burst on day 1, then on day 2 the forecaster's seasonal

@@ -15,9 +15,9 @@ values for a stored minute is kept aside, never stored over it: counted as ``rea
 and is ignored by the engine (not newer than the last one seen). Subscriptions are registered before the bus connects, so
 messages queued for the persistent session are not dropped unmatched.
 
-At start the rolling windows are back-filled from the store (``backfill_hours`` of readings, the
-night-flow table, open alerts, the latest thresholds and forecasts), so a restart changes no
-decision. The silent-meter check is the only wall-clock rule; it runs every ``silent_check_s`` in
+At start the rolling windows are back-filled from the store (``backfill_hours`` of readings, or
+back to the opening of a burst or pressure drop still open, the night-flow table, open alerts, the
+latest thresholds and forecasts), so a restart changes no decision. The silent-meter check is the only wall-clock rule; it runs every ``silent_check_s`` in
 the inbox worker (``tick``).
 
 Retention: when event time (the readings stored) crosses a local day, everything older than the
@@ -48,6 +48,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,25 @@ logger = logging.getLogger(__name__)
 # local days at once (a day of minute readings every fraction of a second) recalibrates each meter
 # about once per SETTLE_S, at the latest boundary, not once per day crossed; live, it is a 2 s delay.
 SETTLE_S = 2.0
+
+
+#: Kinds whose open alert holds state that only its opening gives (the baselines a burst or a
+#: pressure drop froze): the back-fill reaches back to the opening, up to BACKFILL_OPEN_MAX.
+FROZEN_KINDS = ("burst", "pressure_drop")
+BACKFILL_OPEN_MAX = timedelta(days=14)
+BACKFILL_LEAD = timedelta(hours=1)  # readings before the opening step: its baselines
+
+
+def _backfill_from(last: datetime, hours: float, anomalies: Sequence[Anomaly]) -> datetime:
+    """Where a meter's back-fill starts: ``hours`` before its last reading, or earlier, to the opening of
+    a burst or pressure drop still open (its baselines frozen then: replayed from there, the alert goes
+    on as if there had been no restart; from 26 hours in, it closed at a restart and the store kept it
+    open), at most ``BACKFILL_OPEN_MAX`` back."""
+    since = last - timedelta(hours=hours)
+    opened = [a.start for a in anomalies if a.state == "open" and a.kind in FROZEN_KINDS]
+    if opened:
+        since = min(since, max(min(opened) - BACKFILL_LEAD, last - BACKFILL_OPEN_MAX))
+    return since
 
 
 def latest_forecasts(site: str, meter: str, points: list[tuple]) -> list[Forecast]:
@@ -155,14 +175,14 @@ class DetectorService(Service):
         end = last + timedelta(seconds=1)
         if (seen := self.retention_clock.last("retention")) is None or last > seen:
             self.retention_clock.seed(last, "retention")
-        recent = st.read_reading_records(site, meter, last - timedelta(hours=self.cfg.backfill_hours), end)
+        stored = st.read_anomaly_records(site, meter, last - timedelta(days=120), end)
+        anoms = [a for a in stored if a.state == "open" or a.start >= last - timedelta(days=8)]  # open ones, and the week's
+        recent = st.read_reading_records(site, meter, _backfill_from(last, self.cfg.backfill_hours, anoms), end)
         signals = set(self.engine.spec(meter)[0])  # the meter's own: a flow-only meter has no pressure bands to wait for
         ths = [th for s in signals if (th := st.latest_thresholds(site, meter, s)) is not None]
         keep = self.cfg.night_baseline_nights * 3 + 2
         local_day = last.astimezone(self.settings.tz).date()
         nights = st.read_night_flow(site, meter, local_day - timedelta(days=keep), local_day + timedelta(days=1))
-        stored = st.read_anomaly_records(site, meter, last - timedelta(days=120), end)
-        anoms = [a for a in stored if a.state == "open" or a.start >= last - timedelta(days=8)]  # open ones, and the week's
         # A stop between storing a batch's alerts and publishing them (kill -9, power cut) would leave
         # them unpublished: the redelivered readings decide nothing new. Publish the latest updates
         # again; subscribers keep one state per alert identity, so a repeat is harmless.
