@@ -19,6 +19,7 @@ The definitions both readers share live here, so that this module imports neithe
 from __future__ import annotations
 
 import csv
+import io
 import math
 import operator
 import re
@@ -107,8 +108,11 @@ def read_rows(path: Path, limits: RangeLimits, naive_tz: str = "UTC", chunk_rows
     anything is returned: the caller reads it with pandas' reader instead)."""
     try:
         with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.reader(f, skipinitialspace=True)
-            table = list(reader)
+            text = f.read(SMALL_FILE_BYTES + 1)  # at most: a file that grew since it was judged small is pandas'
+        if len(text) > SMALL_FILE_BYTES:
+            raise NotPlain("larger than SMALL_FILE_BYTES")
+        reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+        table = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise NotPlain(str(exc)) from None
     if reader.line_num != len(table):  # a quoted field across lines: the rows' line numbers are not theirs

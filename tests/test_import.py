@@ -406,3 +406,14 @@ def test_both_readers_store_the_same_readings_in_either_store(tmp_path, store):
     assert (a["quality"] != "").sum() == flagged == 155
     again = sum(c.write(store, "s1", "rows").total for c in read_rows(f, limits))  # idempotent
     assert again == 500 and len(store.read_readings("s1", "rows", t0, end)) == 500
+
+
+def test_the_row_reader_reads_no_more_than_a_small_file(tmp_path, monkeypatch):
+    # a file that grew past the size it was judged by is left to pandas' reader (read in chunks)
+    import shared.readings_csv_rows as rows_mod
+
+    f = tmp_path / "r.csv"
+    f.write_text("timestamp,flow_rate,pressure\n" + "2026-03-01T00:00:00Z,1,2\n" * 3)
+    assert _row_reader(f) is not None
+    monkeypatch.setattr(rows_mod, "SMALL_FILE_BYTES", 40)
+    assert _row_reader(f) is None
