@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from shared.readings_csv_rows import CsvFormatError, NotPlain, read_rows, small_enough
 from shared.runner import base_parser, settings_from_args
@@ -74,6 +75,10 @@ def main(argv: Sequence[str]) -> int:
         p.error("--meter and --meter-from-name exclude each other")
     if args.rejects and len(args.files) > 1:
         p.error("--rejects names the rejects file of one input file; with several, each has its own FILE.rejects.csv")
+    try:
+        ZoneInfo(args.naive_tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        p.error(f"--naive-tz {args.naive_tz!r} is not a time zone; use an IANA name such as 'Asia/Seoul' or 'UTC'")
     # --site / --meter go through the settings: the same id rule as the config file and every message.
     # --meter is taken as given: with a `meters` list, settings.meter is the first configured meter.
     settings = settings_from_args(args, **{k: v for k, v in (("site", args.site), ("meter", args.meter)) if v})

@@ -139,11 +139,11 @@ def read_rows(path: Path, limits: RangeLimits, naive_tz: str = "UTC", chunk_rows
     for c, i in cols:
         if c == "timestamp":
             continue
-        text = columns[i]
-        if not set("\n".join(text)) <= _NUMBER_CHARS:
+        fields = columns[i]
+        if not set("\n".join(fields)) <= _NUMBER_CHARS:
             raise NotPlain(c)
         try:
-            col = list(map(float, text)) if "" not in text else [float(x) if x else math.nan for x in text]
+            col = list(map(float, fields)) if "" not in fields else [float(x) if x else math.nan for x in fields]
         except ValueError:
             raise NotPlain(c) from None
         if math.inf in col or -math.inf in col:  # 1e999

@@ -73,6 +73,11 @@ def test_import_clean_file_exit_0_and_idempotent(tmp_path):
     assert len(store.read_readings("s1", "m1", datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))) == 60
 
 
+def test_import_an_unknown_naive_tz_is_a_clear_error(tmp_path):
+    r, _ = run_import(tmp_path, "timestamp,flow_rate,pressure\n2026-03-01 00:00:00,1,2\n", "--naive-tz", "Mars/Base")
+    assert r.returncode == 2 and "--naive-tz 'Mars/Base' is not a time zone" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_import_bad_header(tmp_path):
     r, _ = run_import(tmp_path, "time,flow\n1,2\n")
     assert r.returncode == 2 and "missing column" in r.stderr
