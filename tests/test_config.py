@@ -145,6 +145,19 @@ def test_env_overrides_file(tmp_path, monkeypatch):
     assert (s.mqtt.host, s.mqtt.port) == ("from-file", 2000)
 
 
+def test_an_environment_variable_that_is_not_json_is_named(monkeypatch):
+    monkeypatch.setenv("FLOWWATCH_METERS", "[{")
+    r = run_cli("config", "check")
+    assert r.returncode == 2 and "FLOWWATCH_METERS is not valid" in r.stderr and "as JSON" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    monkeypatch.delenv("FLOWWATCH_METERS")
+    monkeypatch.setenv("FLOWWATCH_COLLECTOR__SOURCE", "simulator")
+    monkeypatch.setenv("FLOWWATCH_COLLECTOR__MODBUS__REGISTERS", "[")  # nested: the variable, not only its section
+    r = run_cli("config", "check")
+    assert r.returncode == 2 and "FLOWWATCH_COLLECTOR__MODBUS__REGISTERS is not valid" in r.stderr, r.stderr
+    assert "FLOWWATCH_COLLECTOR__SOURCE" not in r.stderr
+
+
 def test_placeholder_secret_refused():
     with pytest.raises(ValueError, match="placeholder"):
         Settings(mqtt={"password": "changeme"})

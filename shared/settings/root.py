@@ -261,11 +261,34 @@ def env_overrides() -> dict[str, Any]:
     command's start (docs/benchmarks.md, Import)."""
     if not any(k.upper().startswith(ENV_PREFIX) and k.upper() != CONFIG_ENV for k in os.environ):
         return {}
-    from pydantic_settings import EnvSettingsSource
+    from pydantic_settings import EnvSettingsSource, SettingsError
 
     source = EnvSettingsSource(Settings, case_sensitive=False, env_prefix=ENV_PREFIX, env_nested_delimiter="__",  # type: ignore[arg-type]
                                env_ignore_empty=True)  # FLOWWATCH_X= (compose's ${VAR:-} when .env leaves it out) means unset
-    return source()
+    try:
+        return source()
+    except SettingsError as exc:  # a list or a section that is not JSON: name the variable
+        raise ConfigFileError(f"{_bad_json_variable(str(exc))} is not valid: {exc.__cause__ or exc}; a list or a section is "
+                              f"given as JSON, e.g. {ENV_PREFIX}METERS='[{{\"id\": \"m1\"}}]'") from None
+
+
+def _bad_json_variable(error: str) -> str:
+    """The ``FLOWWATCH_*`` variable(s) behind pydantic-settings' 'error parsing value for field "x"':
+    those under that top-level key whose value looks like JSON and is not."""
+    import json
+
+    field = error.split('"')[1].upper() if error.count('"') >= 2 else ""
+    under = [k for k in os.environ if field and (k.upper() == ENV_PREFIX + field or k.upper().startswith(f"{ENV_PREFIX}{field}__"))]
+
+    def bad(value: str) -> bool:
+        try:
+            json.loads(value)
+        except ValueError:
+            return value.lstrip()[:1] in ("[", "{")
+        return False
+
+    names = sorted(k for k in under if bad(os.environ[k])) or sorted(under)
+    return ", ".join(names) or f"a {ENV_PREFIX}* variable"
 
 
 def format_errors(exc: Exception) -> list[str]:
