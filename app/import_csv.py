@@ -130,7 +130,7 @@ def _chunks(path: Path, limits, naive_tz: str, small: bool, parse_ahead: bool): 
     return import_chunks(path, limits, naive_tz, parse_ahead=parse_ahead)
 
 
-def _import_file(store, settings, path: Path, meter: str, args, small: bool = False) -> int:  # noqa: ANN001 - the open store, Settings, argparse
+def _import_file(store, settings, path: Path, meter: str, args, small: bool) -> int:  # noqa: ANN001 - the open store, Settings, argparse
     """Import one file for ``meter``; the exit code of this file (0, 1 some rows rejected, 2 failed)."""
     site = settings.site
     rejects_path = args.rejects or path.with_suffix(".rejects.csv")

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,9 @@ from shared.readings_csv_rows import (  # the definitions both readers share (th
 )
 from shared.settings import RangeLimits
 
+if TYPE_CHECKING:
+    from shared.store.base import Store, WriteResult
+
 __all__ = ["CHUNK_ROWS", "CsvFormatError", "ParsedChunk", "Reject", "import_chunks", "parse_chunk", "read_all", "read_chunks"]
 _SKIPPED = re.compile(r"Skipping line (\d+): expected (\d+) fields, saw (\d+)")
 
@@ -56,7 +60,7 @@ class ParsedChunk:
     rejects: list[Reject] = field(default_factory=list)
     rows: int = 0
 
-    def write(self, store, site: str, meter: str):  # noqa: ANN001, ANN201 - a Store; its WriteResult
+    def write(self, store: Store, site: str, meter: str) -> WriteResult:
         return store.write_reading_frame(site, meter, self.frame)
 
 

@@ -128,28 +128,29 @@ def read_rows(path: Path, limits: RangeLimits, naive_tz: str = "UTC", chunk_rows
     if any(len(r) != width for r in rows):
         raise NotPlain("a short or long row, or a blank line")
     columns = {i: [r[i] for r in rows] for _, i in cols}  # column-wise: each check below is one pass in C over a column
-    at = names.index("timestamp")
+    at = cols[0][1]  # timestamp: REQUIRED's first
     if rows and not _TIMES.fullmatch("\n".join(columns[at])):
         raise NotPlain("timestamp")
     ts = _epochs(columns[at], None if naive_tz == "UTC" else ZoneInfo(naive_tz))
     _check_times(ts, limits)
     n = len(ts)
     values = {c: [math.nan] * n for c in SIGNAL_COLUMNS}
-    present = [c for c, _ in cols if c != "timestamp"]
-    for c, i in cols:
-        if c == "timestamp":
-            continue
+    present = [c for c, _ in cols[1:]]
+    gaps: set[str] = set()  # the columns with a missing value
+    for c, i in cols[1:]:
         fields = columns[i]
         if not set("\n".join(fields)) <= _NUMBER_CHARS:
             raise NotPlain(c)
+        if "" in fields:
+            gaps.add(c)
         try:
-            col = list(map(float, fields)) if "" not in fields else [float(x) if x else math.nan for x in fields]
+            col = [float(x) if x else math.nan for x in fields] if c in gaps else list(map(float, fields))
         except ValueError:
             raise NotPlain(c) from None
         if math.inf in col or -math.inf in col:  # 1e999
             raise NotPlain(c)
         values[c] = col
-    quality = _flags(values, limits, present, {c for c, i in cols if "" in columns[i]})
+    quality = _flags(values, limits, present, gaps)
     lines = range(2, n + 2)
     return [RowChunk(ts[i:i + chunk_rows], list(lines[i:i + chunk_rows]), values["flow_rate"][i:i + chunk_rows],
                      values["pressure"][i:i + chunk_rows], quality[i:i + chunk_rows], source)
