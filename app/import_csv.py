@@ -7,19 +7,23 @@ a small file's import); larger ones, and any file with a bad row, with pandas' r
 
 Bad rows are reported with their line numbers and reasons and written to a rejects file; good rows
 are imported. Several files in one run (``--meter-from-name``: one meter per file, named by the
-file) pay the process start once; each file's values are flagged against its meter's ranges
-(``Settings.limits_of``: meters[].limits over limits). Exit code: 0 all imported, 1 some rows
-rejected (the rest imported), 2 a file (or all) could not be done (bad file, bad config); the other
-files are imported.
+file) pay the process start once, and while one file is written the next is parsed in a second
+process (:class:`_Files`: SQLite takes one writer, and parsing is about a third of a file's import);
+each file's values are flagged against its meter's ranges (``Settings.limits_of``: meters[].limits
+over limits). Exit code: 0 all imported, 1 some rows rejected (the rest imported), 2 a file (or all)
+could not be done (bad file, bad config); the other files are imported.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from shared.readings_csv_rows import CsvFormatError, NotPlain, read_rows, small_enough
@@ -27,7 +31,17 @@ from shared.runner import base_parser, settings_from_args
 from shared.store import StoreError, open_store
 from shared.store.base import WriteResult
 
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ProcessPoolExecutor
+
+    from shared.readings_csv import ParsedChunk
+    from shared.readings_csv_rows import RowChunk
+    from shared.settings import RangeLimits
+
 SHOW_REJECTS = 20
+#: A file parsed ahead is held whole (its parsed chunks, about three times the file) until its turn:
+#: larger files are parsed in turn, chunk by chunk, in this process.
+AHEAD_MAX_BYTES = 128 << 20
 
 
 def _count_lines(path: Path) -> int:
@@ -94,16 +108,21 @@ def main(argv: Sequence[str]) -> int:
     if missing:
         print(f"flowwatch import: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    try:
-        store = open_store(settings)
-    except StoreError as exc:
-        print(f"flowwatch import: {exc}", file=sys.stderr)
-        return 2
     small = small_enough(args.files)  # pandas would cost more than it saves (see the module docstring)
-    try:  # several files in one process: the start (settings, pandas) is paid once
-        return max(_import_file(store, settings, f, m, args, small) for f, m in zip(args.files, meters, strict=True))
+    files = _Files(args.files, [settings.limits_of(m) for m in meters], args.naive_tz, small)  # before the store opens (fork)
+    try:
+        try:
+            store = open_store(settings)
+        except StoreError as exc:
+            print(f"flowwatch import: {exc}", file=sys.stderr)
+            return 2
+        try:  # several files in one process: the start (settings, pandas) is paid once
+            return max(_import_file(store, settings, f, m, args, lambda i=i: files.chunks(i, store.parse_ahead))
+                       for i, (f, m) in enumerate(zip(args.files, meters, strict=True)))
+        finally:
+            store.close()
     finally:
-        store.close()
+        files.close()
 
 
 def _valid_id(text: str) -> bool:
@@ -130,8 +149,73 @@ def _chunks(path: Path, limits, naive_tz: str, small: bool, parse_ahead: bool): 
     return import_chunks(path, limits, naive_tz, parse_ahead=parse_ahead)
 
 
-def _import_file(store, settings, path: Path, meter: str, args, small: bool) -> int:  # noqa: ANN001 - the open store, Settings, argparse
-    """Import one file for ``meter``; the exit code of this file (0, 1 some rows rejected, 2 failed)."""
+def _parse_whole(path: Path, limits: RangeLimits, naive_tz: str) -> list[RowChunk]:
+    """A whole file's chunks by pandas' reader, as plain lists (in the worker process of :class:`_Files`)."""
+    return [c.columns() for c in _chunks(path, limits, naive_tz, small=False, parse_ahead=False)]
+
+
+class _Files:
+    """The parsed chunks of each file in turn. With several files on a machine of two cores or more,
+    a worker process parses them, a file or two ahead, while this process writes (SQLite takes one
+    writer; parsing is about a third of a file's import, and this process then never loads pandas).
+
+    The worker is forked when this is built: before the store is opened (it holds no connection)
+    and only from a process with one thread (a fork copies no lock another thread holds). A file
+    over :data:`AHEAD_MAX_BYTES`, small files (read row by row, without pandas) and every file after
+    the worker died are parsed here, in turn. A bad file's error comes when its turn does, as without
+    the worker.
+    """
+
+    def __init__(self, paths: Sequence[Path], limits: Sequence[RangeLimits], naive_tz: str, small: bool) -> None:
+        self.paths, self.limits, self.naive_tz, self.small = list(paths), list(limits), naive_tz, small
+        self.pending: dict[int, Future] = {}
+        self.pool: ProcessPoolExecutor | None = None
+        if not small and len(self.paths) > 1 and (os.cpu_count() or 1) > 1 and threading.active_count() == 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+            self._ahead(0)  # forks the worker now
+
+    def _ahead(self, i: int) -> None:
+        if self.pool is None or i >= len(self.paths) or i in self.pending:
+            return
+        try:
+            if self.paths[i].stat().st_size > AHEAD_MAX_BYTES:
+                return
+        except OSError:
+            return  # its turn says what is wrong with it
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            self.pending[i] = self.pool.submit(_parse_whole, self.paths[i], self.limits[i], self.naive_tz)
+        except BrokenProcessPool:  # the worker died (killed, out of memory): the rest in turn, here
+            self.close()
+
+    def chunks(self, i: int, parse_ahead: bool) -> Iterable[ParsedChunk | RowChunk]:
+        """File ``i``'s chunks (a file's errors are raised here or while iterating)."""
+        self._ahead(i)
+        self._ahead(i + 1)
+        future = self.pending.pop(i, None)
+        if future is not None:
+            from concurrent.futures.process import BrokenProcessPool
+
+            try:
+                return future.result()
+            except BrokenProcessPool:
+                self.close()
+        return _chunks(self.paths[i], self.limits[i], self.naive_tz, self.small, parse_ahead)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool, self.pending = None, {}
+
+
+def _import_file(store, settings, path: Path, meter: str, args,  # noqa: ANN001 - the open store, Settings, argparse
+                 parsed: Callable[[], Iterable[ParsedChunk | RowChunk]]) -> int:
+    """Import one file for ``meter`` (``parsed``: its chunks); the exit code of this file (0, 1 some
+    rows rejected, 2 failed)."""
     site = settings.site
     rejects_path = args.rejects or path.with_suffix(".rejects.csv")
     rejected = 0
@@ -140,7 +224,7 @@ def _import_file(store, settings, path: Path, meter: str, args, small: bool) -> 
     rej_file = None
     try:
         with _progress(path, args.quiet) as bar:
-            for chunk in _chunks(path, settings.limits_of(meter), args.naive_tz, small, store.parse_ahead):
+            for chunk in parsed():
                 result = result + chunk.write(store, site, meter)
                 if chunk.rejects:
                     if rej_file is None:

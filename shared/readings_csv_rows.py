@@ -84,7 +84,8 @@ def missing_columns(path: Path, columns: Sequence[str]) -> CsvFormatError:
 
 @dataclass
 class RowChunk:
-    """Readings of consecutive file lines as plain lists (epoch seconds; NaN where a value is missing)."""
+    """Readings as plain lists (epoch seconds; NaN where a value is missing): what this reader gives,
+    and what a chunk of pandas' reader becomes to cross to another process (``ParsedChunk.columns``)."""
 
     ts: list[int]
     seq: list[int]  # the file line of each reading
@@ -92,11 +93,12 @@ class RowChunk:
     pressure: list[float]
     quality: list[str]
     source: str
-    rejects: list[Reject] = field(default_factory=list)  # always empty: a file with a bad row is pandas'
+    rejects: list[Reject] = field(default_factory=list)  # always empty from this reader: a file with a bad row is pandas'
+    read: int | None = None  # rows read, the rejected ones included (None: as many as readings)
 
     @property
     def rows(self) -> int:
-        return len(self.ts)
+        return len(self.ts) if self.read is None else self.read
 
     def write(self, store: Store, site: str, meter: str) -> WriteResult:
         return store.write_reading_columns(site, meter, self.ts, self.seq, self.flow_rate, self.pressure, self.quality, self.source)

@@ -422,3 +422,80 @@ def test_the_row_reader_reads_no_more_than_a_small_file(tmp_path, monkeypatch):
     assert _row_reader(f) is not None
     monkeypatch.setattr(rows_mod, "SMALL_FILE_BYTES", 40)
     assert _row_reader(f) is None
+
+
+# --- several files: parsed by a worker process while this one writes; the same result as one by one ---
+
+def _minute_file(path, rows, start="2025-03-01", seed=0):
+    rng = np.random.default_rng(seed)
+    t = pd.date_range(start, periods=rows, freq="1min", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+    flow, pres = (20 + rng.normal(0, 2, rows)).round(3), (3 + rng.normal(0, 0.1, rows)).round(4)
+    path.write_text("timestamp,flow_rate,pressure\n" + "".join(f"{a},{b},{c}\n" for a, b, c in zip(t, flow, pres, strict=True)))
+    return path
+
+
+def test_several_files_parsed_by_a_worker_are_stored_as_one_by_one(tmp_path):
+    # more than the row reader's 4 MiB: pandas' reader, in a worker process; the importing process never
+    # loads pandas, and what is stored, rejected and said is what importing the files one by one gives
+    a = _minute_file(tmp_path / "a.csv", 60_000, seed=1)
+    b = _minute_file(tmp_path / "b.csv", 60_000, seed=2)
+    b.write_text(b.read_text().replace("\n2025-03-01T00:09:00Z,", "\n2025-03-01T00:09:00Z,abc,1,", 1)  # too many fields, text
+                 .replace("\n2025-03-02T00:00:00Z,", "\nyesterday,", 1).replace("\n2025-03-03T00:00:00Z,", "\n2025-03-03T00:00:00Z,inf", 1))
+    c = tmp_path / "c.csv"
+    c.write_text("time,flow\n2025-03-01T00:00:00Z,1\n")  # no usable header: exit 2, the others imported
+    d = _minute_file(tmp_path / "d.csv", 30_000, start="2025-04-01", seed=3)
+    code = ("import sys; from app.cli import main; rc = main(sys.argv[1:]); "
+            "print('pandas loaded' if 'pandas' in sys.modules else 'no pandas'); sys.exit(rc)")
+
+    def run(data, *files):
+        cfg = tmp_path / f"{data}.yaml"
+        cfg.write_text(f"data_dir: {tmp_path / data}\nsite: s1\n")
+        return subprocess.run([sys.executable, "-c", code, "import", "-c", str(cfg), "--quiet", "--meter-from-name", *map(str, files)],
+                              capture_output=True, text=True, cwd=ROOT)
+
+    together = run("together", a, b, c, d)
+    assert together.returncode == 2, together.stderr
+    assert together.stdout.splitlines()[-1] == "no pandas", together.stdout
+    rejects_together = {p.name: p.read_text() for p in (tmp_path / "b.rejects.csv",)}
+    (tmp_path / "b.rejects.csv").unlink()
+    alone = [run("alone", f) for f in (a, b, c, d)]
+    assert [r.returncode for r in alone] == [0, 1, 2, 0]
+    assert {p.name: p.read_text() for p in (tmp_path / "b.rejects.csv",)} == rejects_together
+    assert rejects_together["b.rejects.csv"].count("\n") == 4  # the header and three rejected rows
+    said = [line.split(" in ")[0] + line.split("rows/s):")[-1] for line in together.stdout.splitlines() if line.startswith("imported")]
+    said_alone = [line.split(" in ")[0] + line.split("rows/s):")[-1] for r in alone for line in r.stdout.splitlines() if line.startswith("imported")]
+    assert said == said_alone and len(said) == 3, (said, said_alone)
+    assert together.stderr.replace("flowwatch import: ", "") == "".join(r.stderr for r in alone).replace("flowwatch import: ", "")
+    span = (datetime(2025, 2, 1, tzinfo=UTC), datetime(2025, 6, 1, tzinfo=UTC))
+    stored = [SqliteStore(tmp_path / data / "flowwatch.db") for data in ("together", "alone")]
+    for meter, n in (("a", 60_000), ("b", 59_997), ("d", 30_000)):
+        x, y = (s.read_readings("s1", meter, *span) for s in stored)
+        assert len(x) == n
+        pd.testing.assert_frame_equal(x, y)
+
+
+def test_a_worker_that_dies_leaves_the_rest_to_the_importing_process(tmp_path):
+    files = [_minute_file(tmp_path / f"m{i}.csv", 2_000, seed=i) for i in range(3)]
+    code = f"""
+import os, signal, sys
+from pathlib import Path
+from app.import_csv import _Files
+from shared.readings_csv import read_chunks
+from shared.settings import RangeLimits
+paths = [Path(p) for p in {[str(f) for f in files]!r}]
+files = _Files(paths, [RangeLimits()] * 3, "UTC", small=False)
+assert files.pool is not None
+first = list(files.chunks(0, False))
+for pid in list(files.pool._processes):
+    os.kill(pid, signal.SIGKILL)
+rest = [list(files.chunks(i, False)) for i in (1, 2)]  # file 1 may have come back before the kill
+assert files.pool is None  # the rest parsed here
+for path, chunks in zip(paths, [first, *rest]):
+    chunks = [c if hasattr(c, "ts") else c.columns() for c in chunks]
+    direct = [c.columns() for c in read_chunks(path, RangeLimits())]
+    assert [(c.ts, c.seq, c.flow_rate, c.pressure, c.quality, c.rows) for c in chunks] == [
+        (c.ts, c.seq, c.flow_rate, c.pressure, c.quality, c.rows) for c in direct], path
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
