@@ -7,8 +7,9 @@ a small file's import); larger ones, and any file with a bad row, with pandas' r
 
 Bad rows are reported with their line numbers and reasons and written to a rejects file; good rows
 are imported. Several files in one run (``--meter-from-name``: one meter per file, named by the
-file) pay the process start once, and while one file is written the next is parsed in a second
-process (:class:`_Files`: SQLite takes one writer, and parsing is about a third of a file's import);
+file) pay the process start once. Files for pandas' reader are parsed in a second process, a chunk
+ahead, while this one writes (:class:`_Files`: SQLite takes one writer; parsing is about a third of
+an import);
 each file's values are flagged against its meter's ranges (``Settings.limits_of``: meters[].limits
 over limits). Exit code: 0 all imported, 1 some rows rejected (the rest imported), 2 a file (or all)
 could not be done (bad file, bad config); the other files are imported.
@@ -21,7 +22,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -32,16 +34,13 @@ from shared.store import StoreError, open_store
 from shared.store.base import WriteResult
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future, ProcessPoolExecutor
+    from multiprocessing.connection import Connection
 
     from shared.readings_csv import ParsedChunk
     from shared.readings_csv_rows import RowChunk
     from shared.settings import RangeLimits
 
 SHOW_REJECTS = 20
-#: A file parsed ahead is held whole (its parsed chunks, about three times the file) until its turn:
-#: larger files are parsed in turn, chunk by chunk, in this process.
-AHEAD_MAX_BYTES = 128 << 20
 
 
 def _count_lines(path: Path) -> int:
@@ -149,67 +148,83 @@ def _chunks(path: Path, limits, naive_tz: str, small: bool, parse_ahead: bool): 
     return import_chunks(path, limits, naive_tz, parse_ahead=parse_ahead)
 
 
-def _parse_whole(path: Path, limits: RangeLimits, naive_tz: str) -> list[RowChunk]:
-    """A whole file's chunks by pandas' reader, as plain lists (in the worker process of :class:`_Files`)."""
-    return [c.columns() for c in _chunks(path, limits, naive_tz, small=False, parse_ahead=False)]
+def _parse_in_worker(paths: Sequence[Path], limits: Sequence[RangeLimits], naive_tz: str, out: Connection) -> None:
+    """The worker process of :class:`_Files`: every file's chunks by pandas' reader, in order, as plain
+    lists; then ``(i, None)`` at the end of file ``i``, or ``(i, error)`` where it failed."""
+    import pickle
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the importing process's to handle: it stops this one
+    for i, (path, lim) in enumerate(zip(paths, limits, strict=True)):
+        end: Exception | None = None
+        try:
+            for chunk in _chunks(path, lim, naive_tz, small=False, parse_ahead=False):
+                out.send((i, chunk.columns()))
+        except Exception as exc:  # noqa: BLE001 - the file's error, raised in the importing process at its turn
+            try:
+                pickle.dumps(exc)
+                end = exc
+            except Exception:  # noqa: BLE001 - an error that cannot cross: its text does
+                end = RuntimeError(f"{type(exc).__name__}: {exc}")
+        out.send((i, end))
+    out.close()
 
 
 class _Files:
-    """The parsed chunks of each file in turn. With several files on a machine of two cores or more,
-    a worker process parses them, a file or two ahead, while this process writes (SQLite takes one
-    writer; parsing is about a third of a file's import, and this process then never loads pandas).
+    """The parsed chunks of each file in turn. Files for pandas' reader are parsed, on a machine of two
+    cores or more, by a worker process a chunk ahead while this process writes (SQLite takes one
+    writer; parsing is about a third of an import, and this process then never loads pandas).
 
-    The worker is forked when this is built: before the store is opened (it holds no connection)
-    and only from a process with one thread (a fork copies no lock another thread holds). A file
-    over :data:`AHEAD_MAX_BYTES`, small files (read row by row, without pandas) and every file after
-    the worker died are parsed here, in turn. A bad file's error comes when its turn does, as without
-    the worker.
+    The worker is forked when this is built: before the store is opened (it holds no connection) and
+    only from a process with one thread (a fork copies no lock another thread holds). Its chunks come
+    through a pipe whose other end only the worker holds, so a worker that dies (killed, out of memory)
+    is seen at once, never waited for: the file it was on is read on here from the chunk it had
+    reached, and the files after it too. A bad file's error comes when its turn does, as without the
+    worker. Small files (read row by row, without pandas) have no worker.
     """
 
     def __init__(self, paths: Sequence[Path], limits: Sequence[RangeLimits], naive_tz: str, small: bool) -> None:
         self.paths, self.limits, self.naive_tz, self.small = list(paths), list(limits), naive_tz, small
-        self.pending: dict[int, Future] = {}
-        self.pool: ProcessPoolExecutor | None = None
-        if not small and len(self.paths) > 1 and (os.cpu_count() or 1) > 1 and threading.active_count() == 1:
+        self.worker = self.conn = None
+        if not small and (os.cpu_count() or 1) > 1 and threading.active_count() == 1:
             import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
 
-            self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
-            self._ahead(0)  # forks the worker now
+            ctx = multiprocessing.get_context("fork")
+            self.conn, out = ctx.Pipe(duplex=False)
+            self.worker = ctx.Process(target=_parse_in_worker, args=(self.paths, self.limits, naive_tz, out), daemon=True,
+                                      name="flowwatch-import-parser")
+            self.worker.start()
+            out.close()  # the worker's end is the worker's alone: its death is an end of file here
 
-    def _ahead(self, i: int) -> None:
-        if self.pool is None or i >= len(self.paths) or i in self.pending:
+    def chunks(self, i: int, parse_ahead: bool) -> Iterator[ParsedChunk | RowChunk]:
+        """File ``i``'s chunks (a file's errors are raised while iterating)."""
+        if self.conn is None:
+            yield from _chunks(self.paths[i], self.limits[i], self.naive_tz, self.small, parse_ahead)
             return
-        try:
-            if self.paths[i].stat().st_size > AHEAD_MAX_BYTES:
-                return
-        except OSError:
-            return  # its turn says what is wrong with it
-        from concurrent.futures.process import BrokenProcessPool
-
-        try:
-            self.pending[i] = self.pool.submit(_parse_whole, self.paths[i], self.limits[i], self.naive_tz)
-        except BrokenProcessPool:  # the worker died (killed, out of memory): the rest in turn, here
-            self.close()
-
-    def chunks(self, i: int, parse_ahead: bool) -> Iterable[ParsedChunk | RowChunk]:
-        """File ``i``'s chunks (a file's errors are raised here or while iterating)."""
-        self._ahead(i)
-        self._ahead(i + 1)
-        future = self.pending.pop(i, None)
-        if future is not None:
-            from concurrent.futures.process import BrokenProcessPool
-
+        done = 0
+        while True:
             try:
-                return future.result()
-            except BrokenProcessPool:
+                at, item = self.conn.recv()
+            except (EOFError, OSError):  # the worker died: this file on from where it was, here
                 self.close()
-        return _chunks(self.paths[i], self.limits[i], self.naive_tz, self.small, parse_ahead)
+                yield from islice(_chunks(self.paths[i], self.limits[i], self.naive_tz, self.small, parse_ahead), done, None)
+                return
+            if at < i:  # the rest of a file whose import stopped (a store error): dropped
+                continue
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            done += 1
+            yield item
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
-            self.pool, self.pending = None, {}
+        if self.worker is not None:
+            self.conn.close()
+            if self.worker.is_alive():
+                self.worker.terminate()
+            self.worker.join()
+            self.worker = self.conn = None
 
 
 def _import_file(store, settings, path: Path, meter: str, args,  # noqa: ANN001 - the open store, Settings, argparse

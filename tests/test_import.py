@@ -475,27 +475,57 @@ def test_several_files_parsed_by_a_worker_are_stored_as_one_by_one(tmp_path):
 
 
 def test_a_worker_that_dies_leaves_the_rest_to_the_importing_process(tmp_path):
-    files = [_minute_file(tmp_path / f"m{i}.csv", 2_000, seed=i) for i in range(3)]
+    # killed after the first of file 0's three chunks: file 0 goes on from its second chunk here, and the
+    # files after it too; every chunk as parsing here would give it, none twice, none missing
+    files = [_minute_file(tmp_path / "m0.csv", 250_000, seed=0), *(_minute_file(tmp_path / f"m{i}.csv", 2_000, seed=i) for i in (1, 2))]
     code = f"""
-import os, signal, sys
+import os, signal
 from pathlib import Path
 from app.import_csv import _Files
 from shared.readings_csv import read_chunks
 from shared.settings import RangeLimits
 paths = [Path(p) for p in {[str(f) for f in files]!r}]
 files = _Files(paths, [RangeLimits()] * 3, "UTC", small=False)
-assert files.pool is not None
-first = list(files.chunks(0, False))
-for pid in list(files.pool._processes):
-    os.kill(pid, signal.SIGKILL)
-rest = [list(files.chunks(i, False)) for i in (1, 2)]  # file 1 may have come back before the kill
-assert files.pool is None  # the rest parsed here
-for path, chunks in zip(paths, [first, *rest]):
-    chunks = [c if hasattr(c, "ts") else c.columns() for c in chunks]
+assert files.worker is not None
+got = []
+for i in range(3):
+    got.append([])
+    for chunk in files.chunks(i, False):
+        got[i].append(chunk if hasattr(chunk, "ts") else chunk.columns())
+        if files.worker is not None:
+            os.kill(files.worker.pid, signal.SIGKILL)
+            files.worker.join()
+assert files.worker is None  # the rest parsed here
+for path, chunks in zip(paths, got):
     direct = [c.columns() for c in read_chunks(path, RangeLimits())]
     assert [(c.ts, c.seq, c.flow_rate, c.pressure, c.quality, c.rows) for c in chunks] == [
         (c.ts, c.seq, c.flow_rate, c.pressure, c.quality, c.rows) for c in direct], path
+print([len(g) for g in got])
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip() == "[3, 1, 1]", (r.stdout, r.stderr)
+
+
+def test_a_file_left_half_read_does_not_shift_the_next_one(tmp_path):
+    # a store error stops a file's import after its first chunk: the next file gets its own chunks
+    files = [_minute_file(tmp_path / "m0.csv", 250_000, seed=0), _minute_file(tmp_path / "m1.csv", 2_000, seed=1)]
+    code = f"""
+from pathlib import Path
+from app.import_csv import _Files
+from shared.readings_csv import read_chunks
+from shared.settings import RangeLimits
+paths = [Path(p) for p in {[str(f) for f in files]!r}]
+files = _Files(paths, [RangeLimits()] * 2, "UTC", small=False)
+assert files.worker is not None
+first = files.chunks(0, False)
+next(first)
+first.close()
+got = list(files.chunks(1, False))
+direct = [c.columns() for c in read_chunks(paths[1], RangeLimits())]
+assert [(c.ts, c.flow_rate) for c in got] == [(c.ts, c.flow_rate) for c in direct]
+assert files.worker is not None
+files.close()
 print("ok")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.stdout, r.stderr)
