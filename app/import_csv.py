@@ -9,9 +9,8 @@ Bad rows are reported with their line numbers and reasons and written to a rejec
 are imported. Several files in one run (``--meter-from-name``: one meter per file, named by the
 file) pay the process start once. Files for pandas' reader are parsed in a second process, a chunk
 ahead, while this one writes (:class:`_Files`: SQLite takes one writer; parsing is about a third of
-an import);
-each file's values are flagged against its meter's ranges (``Settings.limits_of``: meters[].limits
-over limits). Exit code: 0 all imported, 1 some rows rejected (the rest imported), 2 a file (or all)
+an import). Each file's values are flagged against its meter's ranges (``Settings.limits_of``:
+meters[].limits over limits). Exit code: 0 all imported, 1 some rows rejected (the rest imported), 2 a file (or all)
 could not be done (bad file, bad config); the other files are imported.
 """
 
@@ -162,12 +161,18 @@ def _parse_in_worker(paths: Sequence[Path], limits: Sequence[RangeLimits], naive
                 out.send((i, chunk.columns()))
         except Exception as exc:  # noqa: BLE001 - the file's error, raised in the importing process at its turn
             try:
-                pickle.dumps(exc)
+                pickle.loads(pickle.dumps(exc))
                 end = exc
             except Exception:  # noqa: BLE001 - an error that cannot cross: its text does
                 end = RuntimeError(f"{type(exc).__name__}: {exc}")
         out.send((i, end))
     out.close()
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
 
 
 class _Files:
@@ -186,7 +191,7 @@ class _Files:
     def __init__(self, paths: Sequence[Path], limits: Sequence[RangeLimits], naive_tz: str, small: bool) -> None:
         self.paths, self.limits, self.naive_tz, self.small = list(paths), list(limits), naive_tz, small
         self.worker = self.conn = None
-        if not small and (os.cpu_count() or 1) > 1 and threading.active_count() == 1:
+        if not small and (os.cpu_count() or 1) > 1 and threading.active_count() == 1 and _can_fork():
             import multiprocessing
 
             ctx = multiprocessing.get_context("fork")

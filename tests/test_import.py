@@ -455,7 +455,8 @@ def test_several_files_parsed_by_a_worker_are_stored_as_one_by_one(tmp_path):
 
     together = run("together", a, b, c, d)
     assert together.returncode == 2, together.stderr
-    assert together.stdout.splitlines()[-1] == "no pandas", together.stdout
+    if (os.cpu_count() or 1) > 1:  # the worker parsed every file (one core: this process, in turn)
+        assert together.stdout.splitlines()[-1] == "no pandas", together.stdout
     rejects_together = {p.name: p.read_text() for p in (tmp_path / "b.rejects.csv",)}
     (tmp_path / "b.rejects.csv").unlink()
     alone = [run("alone", f) for f in (a, b, c, d)]
