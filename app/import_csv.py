@@ -117,6 +117,10 @@ def main(argv: Sequence[str]) -> int:
         try:  # several files in one process: the start (settings, pandas) is paid once
             return max(_import_file(store, settings, f, m, args, lambda i=i: files.chunks(i, store.parse_ahead))
                        for i, (f, m) in enumerate(zip(args.files, meters, strict=True)))
+        except KeyboardInterrupt:  # a chunk's write is one transaction: the one under way was rolled back
+            print("flowwatch import: interrupted; what was written before stays. Run the same command again to finish: "
+                  "readings already stored are counted as identical, not written twice", file=sys.stderr)
+            return 130
         finally:
             store.close()
     finally:
@@ -271,7 +275,8 @@ def _import_file(store, settings, path: Path, meter: str, args,  # noqa: ANN001 
     imported = result.total
     print(f"imported {imported} rows into {store.name} for {site}/{meter} in {dt:.2f}s ({imported / max(dt, 1e-9):,.0f} rows/s): "
           f"{result.inserted} inserted, {result.identical} identical to the stored ones, "
-          f"{result.conflicting} conflicting (the stored value kept, the new one in reading_conflicts), {rejected} rejected")
+          f"{result.conflicting} conflicting (the stored value kept, the new one in reading_conflicts), {rejected} rejected",
+          flush=True)  # a file's line when it is done, also into a pipe or a log
     if rejected:
         more = f" (first {SHOW_REJECTS} shown)" if rejected > SHOW_REJECTS else ""
         print(f"rejected {rejected} rows{more}; all listed in {rejects_path}", file=sys.stderr)

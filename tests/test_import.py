@@ -530,3 +530,30 @@ print("ok")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and r.stdout.strip() == "ok", (r.stdout, r.stderr)
+
+
+def test_ctrl_c_stops_the_import_cleanly_and_the_same_command_finishes_it(tmp_path):
+    # interrupted in the second file: a clear message and exit 130, no traceback, no worker left behind;
+    # the same command again stores every reading once
+    import signal
+
+    first = _minute_file(tmp_path / "first.csv", 2_000, seed=1)
+    big = _minute_file(tmp_path / "big.csv", 600_000, start="2024-01-01", seed=2)
+    cfg = tmp_path / "fw.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'var'}\nsite: s1\n")
+    cmd = [sys.executable, "-m", "app.cli", "import", "-c", str(cfg), "--quiet", "--meter-from-name", str(first), str(big)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # the line is flushed by the import itself
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    assert p.stdout.readline().startswith("imported 2000 rows"), p.stderr.read()
+    children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, (out, err)
+    assert "interrupted; what was written before stays" in err and "Traceback" not in err, err
+    assert not [c for c in children if Path(f"/proc/{c}").exists()], "the parsing worker outlived the import"
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 0, again.stderr
+    store = SqliteStore(tmp_path / "var" / "flowwatch.db")
+    span = (datetime(2023, 12, 1, tzinfo=UTC), datetime(2025, 6, 1, tzinfo=UTC))
+    assert len(store.read_readings("s1", "first", *span)) == 2_000
+    assert len(store.read_readings("s1", "big", *span)) == 600_000
