@@ -259,6 +259,29 @@ def test_a_small_steady_night_flow_rise_adds_up_to_a_leak():
     assert nf[10].ts < leak[0].start <= nf[15].ts  # raised within a few nights of the rise, not on the first
 
 
+def test_the_night_flow_limits_follow_the_alarm_budget():
+    # budget 1: the configured limits; a budget of f: limits ordinary nights cross f times as often
+    from services.detector.rules.nightflow import _cusum_arl, budget_limits
+    from shared.settings import DetectorSettings
+
+    one = DetectorSettings()
+    assert budget_limits(one) == (one.night_cusum_limit, one.night_single_z)
+    arl = _cusum_arl(one.night_cusum_slack, one.night_cusum_limit)
+    for f in (0.5, 4.0, 10.0):
+        limit, single = budget_limits(DetectorSettings(alarm_budget_per_30d=f))
+        assert _cusum_arl(one.night_cusum_slack, limit) == pytest.approx(arl / f, rel=1e-3)
+        assert (limit < one.night_cusum_limit and single < one.night_single_z) == (f > 1)
+    # the same small steady rise (the test above): seen sooner by an operator who accepts more alarms
+    base = [5.0, 5.3, 4.8, 5.1, 4.9, 5.2, 5.0, 4.7, 5.1, 5.0]
+    first = {}
+    for f in (1.0, 10.0):
+        out, nf = nights(engine(night_min_baseline_nights=7, night_single_z=6.0, alarm_budget_per_30d=f), base + [x + 0.3 for x in base[:8]])
+        leak = [a for a in kinds(out, "night_flow") if a.state == "open"]
+        first[f] = [n.ts for n in nf].index(leak[0].start)
+        assert ("alarm_budget_per_30d=10" in leak[0].message) == (f == 10.0)
+    assert first[10.0] < first[1.0]
+
+
 def test_ordinary_night_to_night_variation_raises_nothing():
     rng = np.random.default_rng(5)
     lows = list(5.0 * (1 + rng.normal(0, 0.06, 40)))  # 6 % night-to-night spread, no leak
