@@ -122,7 +122,7 @@ class DetectorSettings(Section):
     # alarm budget and calibrated steps (burst, pressure_drop)
     alarm_budget_per_30d: float = Field(
         default=1.0, gt=0, le=100,
-        description="Tolerable false alarms per 30 days per meter: the calibrated rules (burst, pressure_drop) set their thresholds from the meter's own history so ordinary data would have raised at most this many (shared between them).",
+        description="Tolerable false alarms per 30 days per meter: the calibrated rules (burst, pressure_drop, forecast_deviation) set their thresholds from the meter's own history so ordinary data would have raised at most this many (shared between them); night_flow's limits are the configured ones at 1 and move with it (f times the false leaks at f).",
     )
     calibration_min_days: float = Field(
         default=7, gt=0,
