@@ -47,6 +47,7 @@ from shared.readings_csv_rows import (  # the definitions both readers share (th
     too_many,
 )
 from shared.settings import RangeLimits
+from shared.store.base import reading_frame_columns
 
 if TYPE_CHECKING:
     from shared.store.base import Store, WriteResult
@@ -67,13 +68,7 @@ class ParsedChunk:
     def columns(self) -> RowChunk:
         """The same readings as plain lists: a few milliseconds to pickle (a frame's text columns take
         longer), and the process that writes them needs no pandas."""
-        f = self.frame
-        source = f["source"].unique()
-        if len(source) > 1:
-            raise ValueError("a parsed chunk has one source")
-        return RowChunk(f.index.as_unit("s").asi8.tolist(), f["seq"].to_numpy(dtype="int64").tolist(), f["flow_rate"].to_numpy().tolist(),
-                        f["pressure"].to_numpy().tolist(), f["quality"].tolist(), str(source[0]) if len(source) else "import",
-                        self.rejects, self.rows)
+        return RowChunk(*reading_frame_columns(self.frame), self.rejects)
 
 
 def _numbers(col: pd.Series, name: str, lines: np.ndarray, rejects: list[Reject], raw: pd.DataFrame, bad: np.ndarray) -> np.ndarray:

@@ -92,13 +92,13 @@ class RowChunk:
     flow_rate: list[float]
     pressure: list[float]
     quality: list[str]
-    source: str
+    source: str | list[str]  # one for every row, or one per row
     rejects: list[Reject] = field(default_factory=list)  # always empty from this reader: a file with a bad row is pandas'
-    read: int | None = None  # rows read, the rejected ones included (None: as many as readings)
 
     @property
     def rows(self) -> int:
-        return len(self.ts) if self.read is None else self.read
+        """Rows read: each is a reading or has one reject."""
+        return len(self.ts) + len(self.rejects)
 
     def write(self, store: Store, site: str, meter: str) -> WriteResult:
         return store.write_reading_columns(site, meter, self.ts, self.seq, self.flow_rate, self.pressure, self.quality, self.source)

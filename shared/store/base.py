@@ -254,6 +254,21 @@ def to_reading_frame(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def reading_frame_columns(df: pd.DataFrame) -> tuple[list[int], list, list[float], list[float], list[str], str | list[str]]:
+    """An import frame as the plain lists of :meth:`Store.write_reading_columns`: (epoch seconds, seq,
+    flow_rate, pressure, quality, source), NaN where a value is missing (SQLite binds it as NULL);
+    seq as ints when it has no gap (an integer binds faster than a float); source one string when
+    every row has the same."""
+    f = to_reading_frame(df)
+    seq = f["seq"]
+    seqs = seq.to_numpy(dtype="int64").tolist() if not seq.hasnans else seq.astype("float64").to_numpy().tolist()
+    source = f["source"]
+    one = source.iat[0] if len(source) else "import"
+    src = str(one) if bool((source.to_numpy() == one).all()) else source.tolist()
+    return (f.index.as_unit("s").asi8.tolist(), seqs, f["flow_rate"].to_numpy().tolist(), f["pressure"].to_numpy().tolist(),
+            f["quality"].tolist(), src)
+
+
 class Store(abc.ABC):
     """Where readings, anomalies, forecasts, thresholds and night-flow figures live."""
 

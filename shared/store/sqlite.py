@@ -44,11 +44,11 @@ from shared.store.base import (
     extra_frame,
     forecast_rows,
     from_epoch,
+    reading_frame_columns,
     reading_rows,
     reading_values,
     thresholds_from_payload,
     thresholds_payload,
-    to_reading_frame,
 )
 
 logger = logging.getLogger(__name__)
@@ -324,18 +324,7 @@ class SqliteStore(Store):
             "SELECT ts, name, value FROM readings_extra WHERE mid = ? AND ts >= ? AND ts < ? ORDER BY ts", (mid, epoch(start), epoch(end))))
 
     def write_reading_frame(self, site: str, meter: str, frame: pd.DataFrame) -> WriteResult:
-        f = to_reading_frame(frame)
-        if not len(f):
-            return WriteResult()
-        # SQLite stores a bound NaN as NULL, so float columns go in as they are; seq as Python ints
-        # when it has no gap (an integer binds faster than a float and is stored as one anyway).
-        seq = f["seq"]
-        seqs = seq.to_numpy(dtype="int64").tolist() if not seq.hasnans else seq.astype("float64").to_numpy().tolist()
-        source = f["source"]
-        src = source.iat[0]
-        one_source = bool((source.to_numpy() == src).all())
-        return self.write_reading_columns(site, meter, f.index.as_unit("s").asi8.tolist(), seqs, f["flow_rate"].to_numpy().tolist(),
-                                          f["pressure"].to_numpy().tolist(), f["quality"].tolist(), str(src) if one_source else source.tolist())
+        return self.write_reading_columns(site, meter, *reading_frame_columns(frame))
 
     def write_reading_columns(self, site: str, meter: str, ts: Sequence[int], seq: Sequence, flow: Sequence[float],
                               pressure: Sequence[float], quality: Sequence[str], source: str | Sequence[str]) -> WriteResult:
