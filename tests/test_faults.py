@@ -206,7 +206,9 @@ def test_spool_filled_to_bound(tmp_path, own_broker):
         st.start("collector")
         spool = st.data / "spool.db"
         assert wait_for(lambda: "dropped" in st.log("collector"), 60, every=0.2), st.log("collector")
-        assert wait_for(lambda: "finished" in st.log("collector") or "300" in st.log("collector"), 30, every=0.2)
+        # every reading produced before the broker returns (the replay's own end line; a bare "300" would
+        # also match a log line's milliseconds and let the broker in while readings still arrive)
+        assert wait_for(lambda: "finished (300 readings)" in st.log("collector"), 30, every=0.2), st.log("collector")
         own_broker.start()
         st.start("detector")
         assert wait_stored(st, 100, 60), st.all_logs()
