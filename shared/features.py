@@ -12,7 +12,7 @@ Everything that turns readings into model inputs lives here, so training and ser
   carried forward at the end); longer gaps stay NaN and windows touching them are not used;
 - **per-step features**: scaled value, hour of day and day of week (local time) as sin/cos;
 - **baselines**: persistence and seasonal naive (same time last week, else the same time on the
-  latest day before the forecast, else nothing).
+  latest earlier day of the same day type, weekday or weekend, else on the latest day, else nothing).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -221,17 +222,28 @@ def persistence(history: np.ndarray, steps: int) -> np.ndarray:
     return np.full(steps, h[ok[-1]] if len(ok) else np.nan)
 
 
-def seasonal_naive(history: np.ndarray, steps: int, step_minutes: int) -> np.ndarray:
-    """Same time last week; where that is missing, the same time on the latest earlier day.
+def seasonal_naive(history: np.ndarray, steps: int, step_minutes: int, end: int | None = None,
+                   tz: ZoneInfo | str | None = None) -> np.ndarray:
+    """Same time last week; where that is missing, the same time on the latest earlier day of the
+    target's day type (weekday or weekend, local time; with ``end`` and ``tz``), else on the latest
+    earlier day.
 
-    ``history[-1]`` is the bin ending at the issue time. A value stays NaN when neither is
-    available (the caller falls back to :func:`persistence`).
+    ``history[-1]`` is the bin ending at the issue time ``end`` (epoch seconds). A value stays NaN
+    when none is available (the caller falls back to :func:`persistence`). In a meter's first week the
+    day type matters: a Saturday copied from the Friday before forecasts the weekday's early morning
+    rise, and the readings "deviate" from it all morning.
     """
     h = np.asarray(history, dtype="float64")
     n = len(h)
     step_s = 60 * step_minutes
     week, day = WEEK_S // step_s, DAY_S // step_s
     out = np.full(steps, np.nan)
+    zone = None if end is None or tz is None else (ZoneInfo(tz) if isinstance(tz, str) else tz)
+    first_start = 0 if end is None else end - n * step_s  # the start of bin 0 (bin i is [end_i - step, end_i))
+
+    def weekend(i: int) -> bool:
+        return datetime.fromtimestamp(first_start + i * step_s, zone).weekday() >= 5
+
     for k in range(1, steps + 1):
         target = n - 1 + k
         j = target - week
@@ -240,13 +252,13 @@ def seasonal_naive(history: np.ndarray, steps: int, step_minutes: int) -> np.nda
             continue
         if day <= 0:
             continue
-        lag = day * max(1, math.ceil(k / day))
-        while target - lag >= 0:
-            j = target - lag
-            if j < n and np.isfinite(h[j]):
-                out[k - 1] = h[j]
-                break
-            lag += day
+        lags = range(day * max(1, math.ceil(k / day)), target + 1, day)
+        found = [target - lag for lag in lags if target - lag < n and np.isfinite(h[target - lag])]
+        if zone is not None:
+            same = [j for j in found if weekend(j) == weekend(target)]
+            found = same or found
+        if found:
+            out[k - 1] = h[found[0]]
     return out
 
 

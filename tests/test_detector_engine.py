@@ -465,7 +465,10 @@ def test_a_day_later_the_seasonal_naive_forecast_is_judged_again():
 @pytest.mark.parametrize("given", [True, False])
 def test_after_a_restart_last_weeks_burst_still_masks_the_seasonal_naive_forecast(given):
     # seasonal naive copies the same time a week earlier; after a restart the back-fill (26 h) holds
-    # no reading of that week-old burst, only its stored alert does (without it: a deviation)
+    # no reading of that week-old burst, only its stored alert does (without it: a deviation); the
+    # week of history, its stored bands do (sample_days)
+    from services.detector.rules.thresholds import static_thresholds
+
     week = 7 * 1440
     df = frame(minutes=week + 1440)
     df.iloc[60:100, 0] += 60.0
@@ -474,7 +477,8 @@ def test_after_a_restart_last_weeks_burst_still_masks_the_seasonal_naive_forecas
     bursts = [a for a in run(engine(), df.iloc[:now]) if a.kind == "burst"]
     assert bursts[-1].state == "closed"
     restarted = engine(forecast_sustain_minutes=15, forecast_tolerance_pct=20)
-    restarted.backfill("s1", "m1", df.iloc[now - 26 * 60:now], anomalies=bursts if given else [],
+    bands = static_thresholds("s1", "m1", "flow_rate", restarted.cfg, at(df, now), sample_days=now / 1440)
+    restarted.backfill("s1", "m1", df.iloc[now - 26 * 60:now], anomalies=bursts if given else [], thresholds=[bands],
                        forecasts=[_seasonal_forecast(df, now - 1, "seasonal-naive", lag=week)])
     assert bool(kinds(run(restarted, df.iloc[now:now + 70]), "forecast_deviation")) is not given
 
@@ -539,3 +543,21 @@ def test_a_quiet_stretch_does_not_narrow_the_night_spread_into_false_leaks():
     assert [i for i in _judge_nights(NightLeakRule(DetectorSettings()), lows) if i >= 77] == []
     # a leak of a fifth of the night flow is still raised the night it starts
     assert _judge_nights(NightLeakRule(DetectorSettings()), noisy + quiet + [48.0, 48.0]) == [77]
+
+
+@pytest.mark.parametrize(("learned_days", "judged"), [(1.5, False), (20.0, True)])
+def test_after_a_restart_the_meters_history_decides_whether_a_saturday_forecast_copied_a_weekday(learned_days, judged):
+    # A restart back-fills hours, not the week: the first-week rule (seasonal naive had only weekdays
+    # to copy for a Saturday: not judged) reads the meter's history from the bands it was learned from.
+    from services.detector.rules.thresholds import static_thresholds
+
+    e = engine()
+    sat = datetime(2026, 3, 6, 20, 0, tzinfo=UTC)  # Saturday 05:00 in Seoul
+    df = frame(start=sat - timedelta(hours=3), minutes=180)
+    th = static_thresholds("s1", "m1", "flow_rate", e.cfg, sat, sample_days=learned_days)
+    e.backfill("s1", "m1", df, thresholds=[th])
+    e.on_forecast(Forecast(site="s1", meter="m1", signal="flow_rate", issued_at=sat, step_minutes=10,
+                           values=(40.0,) * 6, model="seasonal-naive"))
+    fc = e._meter("s1", "m1").sig["flow_rate"].forecast.forecast
+    assert fc is not None
+    assert all(v == v for v in fc[2]) is judged  # NaN: a step that is no reference

@@ -189,6 +189,45 @@ def test_the_day_after_a_burst_its_seasonal_naive_echo_raises_no_forecast_deviat
     pub.close()
 
 
+@pytest.mark.parametrize(("model", "judged"), [("seasonal-naive", False), ("v7", True)])
+def test_in_the_first_week_a_weekday_copied_for_a_saturday_raises_no_forecast_deviation(running, store, model, judged):
+    # Through the broker and the store: a meter that started on a Friday (local). Friday had an early
+    # morning rise, Saturday has none. At Saturday 05:00 the forecaster's seasonal naive has no weekend
+    # day to copy and copies Friday's rise; the Saturday readings "deviate" from it for an hour. That
+    # forecast is no reference: no forecast_deviation. A model's forecast is judged (the test can fail).
+    import numpy as np
+
+    from shared import features
+    from shared.messages import Forecast
+
+    svc, s, site = running
+    pub = client(s, f"pub-daytype-{model}")
+    friday = datetime(2026, 3, 5, 15, 0, tzinfo=UTC)  # Friday 00:00 in Seoul (the settings' zone)
+    df = frame(start=friday, minutes=1440 + 7 * 60)
+    rise = np.interp(np.arange(1440), [180, 300, 420, 480], [0.0, 25.0, 25.0, 0.0])  # Friday 03:00-08:00, +25 m3/h from 05:00
+    df.iloc[:1440, 0] += rise
+    rs = readings(df, site=site)
+    issue = 1440 + 5 * 60  # Saturday 05:00 local
+    for r in rs[:issue]:
+        pub.publish(topics.reading(site, "m1"), r)
+    assert wait_for(lambda: svc.counters.get("readings_stored") >= issue, timeout=90)
+    end = int(rs[issue].ts.timestamp())
+    bins = df["flow_rate"].iloc[:issue].to_numpy().reshape(-1, 10).mean(axis=1)  # 10-minute bins, the last ending at `end`
+    values = tuple(float(v) for v in features.seasonal_naive(bins, 6, 10, end, s.timezone))  # what the forecaster serves
+    assert np.allclose(values, bins[30:36])  # Friday 05:00-06:00 (bins ending 05:10 .. 06:00): the rise
+    assert min(values) > 1.3 * max(df["flow_rate"].iloc[issue: issue + 60])  # the Saturday readings are far below it
+    pub.publish(topics.forecast(site, "m1"), Forecast(site=site, meter="m1", signal="flow_rate", issued_at=rs[issue].ts,
+                                                     step_minutes=10, values=values, model=model))
+    assert wait_for(lambda: svc.counters.get("handled") >= issue + 1)
+    for r in rs[issue:]:
+        pub.publish(topics.reading(site, "m1"), r)
+    assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs), timeout=60)
+    stored = store.read_anomalies(site, "m1", friday, friday + timedelta(days=3))
+    assert bool((stored["kind"] == "forecast_deviation").any()) is judged, stored[["kind", "start", "end"]]
+    assert len(store.read_readings(site, "m1", friday, friday + timedelta(days=3))) == len(rs)
+    pub.close()
+
+
 def test_redelivered_reading_duplicates_nothing(running, store):
     svc, s, site = running
     watch = client(s, "watch-dup")

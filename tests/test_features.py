@@ -1,6 +1,7 @@
 """Feature engineering shared by trainer and forecaster: pure unit tests (no TensorFlow, no broker)."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -51,6 +52,24 @@ def test_seasonal_naive_week_then_day_then_nothing():
     assert np.isnan(features.seasonal_naive(np.array([1.0, 2.0]), 2, step)).all()
     p = SeasonalNaivePredictor().predict(Window(np.array([1.0, 2.0]), 0, step), 2)
     assert p.tolist() == [2.0, 2.0]  # nothing seasonal yet: persistence
+
+
+def test_seasonal_naive_first_week_copies_the_same_day_type():
+    """Before a week of history, a Saturday is copied from the latest weekend day, not from the Friday
+    before it (whose early morning rise it would forecast); with no weekend day yet, the latest day."""
+    step = 60
+    tz = "Asia/Seoul"
+    sun = int(datetime(2026, 1, 4, tzinfo=ZoneInfo(tz)).timestamp())  # a Sunday, 00:00 local
+    n = 6 * 24  # Sunday .. Friday: bin k (ending sun + (k + 1) h) holds its local day's number
+    h = np.repeat(np.arange(6, dtype=float), 24)
+    end = sun + n * 3600  # Saturday 00:00: the forecast is for Saturday's first hours
+    sn = features.seasonal_naive(h, 3, step, end, tz)
+    assert sn.tolist() == [0.0, 0.0, 0.0]  # the Sunday, six days back
+    assert features.seasonal_naive(h, 3, step).tolist() == [5.0, 5.0, 5.0]  # without the zone: the Friday
+    mon = h[24:]  # from Monday: no weekend day yet
+    assert features.seasonal_naive(mon, 3, step, end, tz).tolist() == [5.0, 5.0, 5.0]  # the latest day
+    p = SeasonalNaivePredictor().predict(Window(h, end, step, ZoneInfo(tz)), 3)
+    assert p.tolist() == [0.0, 0.0, 0.0]  # the forecaster serves the same
 
 
 def test_serving_window_equals_training_series():

@@ -118,7 +118,7 @@ class _Meter:
         # the signal label of the alerts about the whole reading (gap, silent, burst): "both", or the meter's one signal
         self.all = "both" if self.flow and self.pressure else ("flow_rate" if self.flow else "pressure")
         self.last: float | None = None
-        self.echoes = SeasonalEchoes()  # what a seasonal-naive forecast of this meter copied
+        self.echoes = SeasonalEchoes(eng.tz)  # what a seasonal-naive forecast of this meter copied
         self.alerts: dict[Key, AlertState] = {}
         self.sig = {s: _SignalRules(site, meter, s, cfg, self.interval) for s in SIGNALS if s in signals}
         self.range = eng.range_rule(meter)
@@ -454,12 +454,16 @@ class DetectionEngine:
         (a seasonal-naive forecast copies them).
         """
         m = self._meter(site, meter)
+        thresholds = list(thresholds)
         for th in thresholds:
             self.set_thresholds(th)
         ts = _columns(frame)[0]
         first = ts[0] if len(ts) else math.inf
         if len(ts):
-            m.echoes.seen(float(first))
+            # the meter's history reaches back at least as far as its bands were learned from (the
+            # back-fill holds only hours): what a seasonal-naive forecast could copy
+            learned = max((th.sample_days for th in thresholds), default=0.0)
+            m.echoes.seen(min(float(first), float(ts[-1]) - learned * 86_400.0))
         anomalies = list(anomalies)
         for an in anomalies:  # the week's bursts, pressure losses and drops: seasonal naive copies them
             if an.kind in _TAINTING:

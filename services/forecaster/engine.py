@@ -106,7 +106,7 @@ class ForecastEngine:
 
     def forecast_signal(self, signal: str, issued_at: datetime) -> Forecast | None:
         end = int(issued_at.timestamp())
-        w = Window(self.window.window(signal, end), end, self.step)
+        w = Window(self.window.window(signal, end), end, self.step, self.clock.tz)
         predictor = self.predictors[signal]
         try:
             values = predictor.predict(w, self.steps)

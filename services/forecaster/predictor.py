@@ -16,6 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from zoneinfo import ZoneInfo
 
 import numpy as np
 
@@ -28,6 +29,7 @@ class Window:
     values: np.ndarray  # gap-filled bin means, oldest first, NaN where unknown
     end: int  # epoch seconds of the last bin's end = the issue time
     step_minutes: int
+    tz: ZoneInfo | str | None = None  # the site's time zone (seasonal naive's day types); None: ignore them
 
 
 class Predictor(Protocol):
@@ -37,12 +39,13 @@ class Predictor(Protocol):
 
 
 class SeasonalNaivePredictor:
-    """Same time last week, else the latest day; persistence where neither exists."""
+    """Same time last week, else the latest day of the same day type, else the latest day;
+    persistence where none exists."""
 
     name = SEASONAL_NAIVE
 
     def predict(self, window: Window, steps: int) -> np.ndarray:
-        sn = features.seasonal_naive(window.values, steps, window.step_minutes)
+        sn = features.seasonal_naive(window.values, steps, window.step_minutes, window.end, window.tz)
         return np.where(np.isfinite(sn), sn, features.persistence(window.values, steps))
 
 

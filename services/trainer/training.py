@@ -173,14 +173,16 @@ class _EpochLog:
 
 
 # --- evaluation ---------------------------------------------------------------------------------
-def _baselines(values: np.ndarray, issues: np.ndarray, out: int, step_minutes: int) -> tuple[np.ndarray, np.ndarray]:
+def _baselines(values: np.ndarray, ends: np.ndarray, issues: np.ndarray, out: int, step_minutes: int,
+               tz: str) -> tuple[np.ndarray, np.ndarray]:
+    """Persistence and seasonal naive at each issue index, as the forecaster serves them."""
     hist = features.history_steps(step_minutes)
     pers = np.empty((len(issues), out))
     sn = np.empty((len(issues), out))
     for k, i in enumerate(issues):
         h = values[max(0, i + 1 - hist): i + 1]
         pers[k] = features.persistence(h, out)
-        s = features.seasonal_naive(h, out, step_minutes)
+        s = features.seasonal_naive(h, out, step_minutes, int(ends[i]), tz)
         sn[k] = np.where(np.isfinite(s), s, pers[k])
     return pers, sn
 
@@ -304,7 +306,7 @@ def train_signal(settings: Settings, signal: str, ends: np.ndarray, values: np.n
 
     actual = scaler.inverse(Yte)
     pred = scaler.inverse(lite_out)
-    pers, sn = _baselines(values, ite, out, step)
+    pers, sn = _baselines(values, ends, ite, out, step, settings.timezone)
     cur, cur_pred, cur_note = _score_current(mdir, signal, values, ends, ite, out, sn, step)
     m = {
         "mae_model": features.mae(actual, pred), "wape_model": features.wape(actual, pred),

@@ -125,8 +125,8 @@ class DetectorSettings(Section):
         description="Tolerable false alarms per 30 days per meter: the calibrated rules (burst, pressure_drop, forecast_deviation) set their thresholds from the meter's own history so ordinary data would have raised at most this many (shared between them); night_flow's limits are the configured ones at 1 and move with it (f times the false leaks at f).",
     )
     calibration_min_days: float = Field(
-        default=7, gt=0,
-        description="Days of history needed before the step thresholds are calibrated (until then the fixed burst_* / pressure_drop_* defaults apply, and alerts say so).",
+        default=1, gt=0,
+        description="Days of history needed before the step thresholds are calibrated (until then the fixed burst_* / pressure_drop_* defaults apply, and alerts say so); a meter with too few steps per hour (15-minute, hourly) keeps the defaults until it has enough.",
     )
     pressure_drop_bar: float = Field(
         default=0.3, gt=0,

@@ -8,8 +8,10 @@ value (at least ``forecast_tolerance_abs``) counts, and the alert opens once tha
 ``forecast_sustain_minutes``. A forecast issued while a burst or a pressure loss was open is not
 used (made from the anomaly, it would flag the recovery): the engine says so with ``tainted``. Nor
 is a seasonal-naive step that copies no ordinary reading: the same time a day or a week after a
-burst, pressure loss or drop (the echo of yesterday's burst), or persistence on the meter's first
-day (a morning rise against the night's last value); :class:`SeasonalEchoes` gives those steps as NaN.
+burst, pressure loss or drop (the echo of yesterday's burst), persistence on the meter's first
+day (a morning rise against the night's last value), or, in its first week, a day of the other day
+type (a weekday's early morning rise forecast for the first Saturday); :class:`SeasonalEchoes` gives
+those steps as NaN.
 
 Calibrated to the alarm budget: the rule keeps, per ``forecast_sustain_minutes`` block, the smallest
 relative distance from the forecast in it (a block whose smallest distance is over the tolerance is
@@ -25,7 +27,9 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
+from datetime import datetime
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from services.detector.alerts import AlertState, Condition
 
@@ -38,15 +42,18 @@ SEASONAL_NAIVE = "seasonal-naive"  # shared.modelstore.SEASONAL_NAIVE (not impor
 
 
 class SeasonalEchoes:
-    """One meter: what a seasonal-naive forecast copied. It forecasts the same time a week earlier (a
-    day earlier with less history), so the day or week after a burst, pressure loss or drop it forecasts
-    that event again; and on the meter's first day it is the last value repeated. Those steps are no
-    reference for forecast_deviation: :meth:`mask` gives them as NaN."""
+    """One meter: what a seasonal-naive forecast copied. It forecasts the same time a week earlier
+    (with less history, the same time on the latest day of the target's day type, else on the latest
+    day: ``shared.features.seasonal_naive``), so the day or week after a burst, pressure loss or drop
+    it forecasts that event again; on the meter's first day it is the last value repeated; and in its
+    first week a Saturday may have only weekdays to copy. Those steps are no reference for
+    forecast_deviation: :meth:`mask` gives them as NaN."""
 
-    __slots__ = ("first", "events")
+    __slots__ = ("events", "first", "tz")
 
-    def __init__(self) -> None:
-        self.first: float | None = None  # the oldest reading seen (the back-fill's, after a restart)
+    def __init__(self, tz: ZoneInfo | None = None) -> None:
+        self.tz = tz  # the site's zone (day types); None: not judged by day type
+        self.first: float | None = None  # the oldest reading seen (after a restart: the meter's history, as the back-fill knows it)
         self.events: dict[float, float | None] = {}  # the week's bursts, pressure losses, drops: start -> end (None: open)
 
     def seen(self, t: float) -> None:
@@ -62,12 +69,21 @@ class SeasonalEchoes:
             for k in [k for k, e in self.events.items() if e is not None and e < horizon]:
                 del self.events[k]
 
+    def _weekend(self, t: float) -> bool:
+        return datetime.fromtimestamp(t, self.tz).weekday() >= 5
+
     def _copied_nothing_ordinary(self, target: float, step: float) -> bool:
         first = self.first
         if first is None or first > target - DAY_S - step:
             return True
-        return any(start <= ref and (end is None or end > ref - step)
-                   for ref in (target - DAY_S, target - WEEK_S) for start, end in self.events.items())
+        refs = [target - DAY_S, target - WEEK_S]
+        if self.tz is not None and first > target - WEEK_S - step:  # under a week: an earlier day was copied
+            kind = self._weekend(target - step)  # a bin is of the day it starts in
+            same = [r for r in (target - k * DAY_S for k in range(1, 7)) if first <= r - step and self._weekend(r - step) == kind]
+            if not same:
+                return True  # only days of the other type to copy
+            refs.append(same[0])
+        return any(start <= ref and (end is None or end > ref - step) for ref in refs for start, end in self.events.items())
 
     def mask(self, targets: list[float], values: list[float], step: float) -> list[float]:
         """``values`` with NaN for the steps (bins of ``step`` s ending at ``targets``) that copy no ordinary reading."""
