@@ -88,19 +88,26 @@ def test_a_real_burst_is_caught_at_the_meters_interval(interval_s, signals, hour
 @pytest.mark.parametrize("interval_s", [900, 3600])
 @pytest.mark.parametrize("signals", [FLOW, BOTH], ids=["flow", "both"])
 def test_before_calibration_a_coarse_meter_tells_a_burst_from_its_daily_ramp(interval_s, signals):
-    # day 3: fixed thresholds; on the steepest morning rise the ramp alone is a step of ~23 % (hourly)
+    # day 3: fixed thresholds (calibration_min_days past it); on the steepest morning rise the ramp
+    # alone is a step of ~23 % (hourly)
     df = series(interval_s, 4)
     t0 = START + timedelta(days=3, hours=1)
     df.loc[df.index >= t0, "flow_rate"] += 40.0
     df.loc[df.index >= t0, "pressure"] -= 0.4
-    _, out = drive(df, interval_s, signals)
+    _, out = drive(df, interval_s, signals, calibration_min_days=7)
     b = opened(out, "burst")
     assert len(b) == 1 and b[0].signal == LABEL[signals], [(a.kind, a.state, a.start, a.message[:160]) for a in out]
     assert t0 <= b[0].ts <= t0 + timedelta(seconds=2 * interval_s)
     assert "fixed defaults" in b[0].message and "a day earlier" in b[0].message
-    # the same days without the burst: nothing (the raw 3-hour step of the ramp is over the fixed 26 % on flow alone)
-    _, quiet = drive(series(interval_s, 4), interval_s, signals)
-    assert quiet == []
+    # the same days without the burst: nothing (the raw 3-hour step of the ramp is over the fixed 26 % on flow alone),
+    # with the fixed thresholds and with the default calibration (a 15-minute meter is calibrated after ~2 days)
+    for kw in ({"calibration_min_days": 7}, {}):
+        _, quiet = drive(series(interval_s, 4), interval_s, signals, **kw)
+        assert quiet == [], (kw, [(a.kind, a.state, a.start, a.message[:160]) for a in quiet])
+    # and the burst at the default calibration: caught as at once
+    _, out = drive(df, interval_s, signals)
+    b = opened(out, "burst")
+    assert len(b) == 1 and t0 <= b[0].ts <= t0 + timedelta(seconds=2 * interval_s), [(a.kind, a.start, a.message[:160]) for a in out]
 
 
 @pytest.mark.parametrize("interval_s", INTERVALS)

@@ -126,7 +126,7 @@ class DetectorSettings(Section):
     )
     calibration_min_days: float = Field(
         default=1, gt=0,
-        description="Days of history needed before the step thresholds are calibrated (until then the fixed burst_* / pressure_drop_* defaults apply, and alerts say so); a meter with too few steps per hour (15-minute, hourly) keeps the defaults until it has enough.",
+        description="Days of history needed before the step thresholds are calibrated (until then the fixed burst_* / pressure_drop_* defaults apply, and alerts say so); a coarse meter keeps them until it has 200 steps (15-minute: ~2 days, hourly: ~8).",
     )
     pressure_drop_bar: float = Field(
         default=0.3, gt=0,
