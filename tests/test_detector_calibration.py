@@ -196,3 +196,51 @@ def test_forecast_tolerance_is_learned_from_how_far_the_readings_ran_from_the_fo
     assert close.learn(p, cfg.forecast_tolerance_pct) == cfg.forecast_tolerance_pct  # the floor
     c = loose.check(t0 + 20 * 24 * 3600 - 10, 100.0 * (1 + 2 * loose.tol_pct / 100), None)  # twice the learned band off
     assert c is not None and "learned from" in c.message
+
+
+def test_forecast_tolerance_is_learned_per_hour_where_the_forecast_is_looser():
+    """Nights (small flows) run relatively further from any forecast than days: learned per local hour,
+    the night's band is wider and the day's narrower than one band for all hours, so a day reading 40 %
+    off is judged though it would be inside the single band, and a night 40 % off is not. Kept in the
+    calibration file (restart)."""
+    from zoneinfo import ZoneInfo
+
+    from services.detector.rules.forecast import ForecastDeviationRule
+    from services.detector.rules.steps import StepCalibration
+    from services.detector.rules.thresholds import HourCells
+
+    tz = ZoneInfo("Asia/Seoul")
+    cells = HourCells(tz)
+    rng = np.random.default_rng(5)
+    cfg = DetectorSettings()
+    r = ForecastDeviationRule("flow_rate", cfg)
+    t0 = 1_767_193_200.0  # 2026-01-01 00:00 in Seoul
+    for h in range(24 * 24):  # 24 days of hourly forecasts of 100 m³/h
+        issued = t0 + h * 3600
+        night = (cells(issued) >> 1) < 6
+        r.offer(issued, [issued + 3600 * k for k in range(1, 7)], [100.0] * 6, False)
+        off = 1 + rng.normal(0, 0.25 if night else 0.06)
+        for m in range(1, 61):
+            r.check(issued + 60 * m, 100.0 * off + rng.normal(0, 1), None, cells(issued + 60 * m))
+    p = cfg.alarm_budget_per_30d * 0.25 * cfg.forecast_sustain_minutes / (30 * 1440)
+    one = r.learn(p, cfg.forecast_tolerance_pct)
+    assert r.tol_cells is None  # without a zone: one band
+    assert r.learn(p, cfg.forecast_tolerance_pct, tz) == one
+    night_tol, day_tol = r.tol_cells[2 * 3], r.tol_cells[2 * 14]
+    assert night_tol > one > day_tol >= cfg.forecast_tolerance_pct, (night_tol, one, day_tol)
+    t = t0 + 24 * 24 * 3600 + 14 * 3600  # a later day, 14:00
+    r.offer(t - 60, [t - 60 + 3600 * k for k in range(1, 7)], [100.0] * 6, False)
+    x = 100.0 * (1 + (day_tol + one) / 200)  # between the day's band and the single band
+    c = r.check(t, x, None, cells(t))
+    assert c is not None and c.active and "at hour 14" in c.message
+    assert r.check(t, x, None, None) is None  # the single band: inside, nothing to say
+    cal = StepCalibration(days=24.0, forecast_pct={"flow_rate": one}, forecast_cells={"flow_rate": r.tol_cells})
+    assert StepCalibration.from_dict(cal.to_dict()).forecast_cells["flow_rate"] == r.tol_cells
+    # read back at start: the engine serves the hourly tolerances of the file
+    from services.detector.engine import DetectionEngine
+
+    e = DetectionEngine(cfg, "Asia/Seoul")
+    e.process_values("s1", "m1", t - 60, 100.0, 3.0)
+    e._meter("s1", "m1").set_calibration(StepCalibration.from_dict(cal.to_dict()))
+    restored = e._meter("s1", "m1").sig["flow_rate"].forecast
+    assert restored.tol_cells == r.tol_cells and restored.tol_pct == one

@@ -138,6 +138,7 @@ class _Meter:
             r = self.sig.get(sig)
             if r is not None and r.forecast.learned_days is None:  # kept from before a restart
                 r.forecast.tol_pct, r.forecast.learned_days = pct, cal.days
+                r.forecast.tol_cells = cal.forecast_cells.get(sig)  # type: ignore[union-attr]
 
 
 class DetectionEngine:
@@ -314,7 +315,7 @@ class DetectionEngine:
         c = r.threshold.check(x, cell, alerts.get(("threshold", sig)))
         if c is not None:
             self._apply(m, "threshold", sig, t, c, out)
-        c = r.forecast.check(t, x, alerts.get(("forecast_deviation", sig)))
+        c = r.forecast.check(t, x, alerts.get(("forecast_deviation", sig)), cell)
         if c is not None:
             self._apply(m, "forecast_deviation", sig, t, c, out)
 
@@ -409,9 +410,11 @@ class DetectionEngine:
             # forecast deviation: from the distances to the forecasts seen, one test per sustain block
             p = cfg.alarm_budget_per_30d * SHARE * cfg.forecast_sustain_minutes / (30 * 1440)
             for sig, r in m.sig.items():
-                pct = r.forecast.learn(p, cfg.forecast_tolerance_pct)
+                pct = r.forecast.learn(p, cfg.forecast_tolerance_pct, self.tz)
                 if pct is not None:
                     cal.forecast_pct[sig] = pct
+                    if r.forecast.tol_cells is not None:
+                        cal.forecast_cells[sig] = list(r.forecast.tol_cells)
             m.set_calibration(cal)
         m.recal.learning = m.cal is None or m.cal.learning(cfg.threshold_days)
         return list(learned.thresholds)

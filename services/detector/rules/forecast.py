@@ -93,7 +93,7 @@ class SeasonalEchoes:
 class ForecastDeviationRule:
     """One signal of one meter: the latest usable forecast (see :meth:`offer`)."""
 
-    __slots__ = ("block", "block_s", "blocks", "forecast", "interval_s", "learned_days", "minutes", "sig", "tol_abs", "tol_pct")
+    __slots__ = ("block", "block_s", "blocks", "forecast", "interval_s", "learned_days", "minutes", "sig", "tol_abs", "tol_cells", "tol_pct")
 
     kind = "forecast_deviation"
 
@@ -104,22 +104,31 @@ class ForecastDeviationRule:
         self.minutes = cfg.forecast_sustain_minutes
         self.forecast: tuple[float, list[float], list[float], float] | None = None  # (issued, where bins stand, values, last)
         self.block_s = max(cfg.forecast_sustain_minutes, 1.0) * 60
-        self.blocks: deque[float] = deque(maxlen=max(10, int(cfg.threshold_days * 86400 / self.block_s)))
+        self.blocks: deque[tuple[float, float]] = deque(maxlen=max(10, int(cfg.threshold_days * 86400 / self.block_s)))  # (start, distance)
         self.block: tuple[int, float] | None = None  # (block number, smallest relative distance so far)
         self.learned_days: float | None = None
+        self.tol_cells: list[float | None] | None = None  # learned per local cell (hour * 2 + weekend), % (None: tol_pct)
 
-    def learn(self, p: float, floor_pct: float) -> float | None:
+    def learn(self, p: float, floor_pct: float, tz: ZoneInfo | None = None) -> float | None:
         """Set the tolerance from the recorded blocks so ordinary data exceeds it with probability ``p``
-        per block; returns the learned % (None: too few blocks yet, the configured one stays)."""
+        per block; returns the learned % (None: too few blocks yet, the configured one stays). With
+        ``tz``, also per local hour (``tol_cells``: the hour's centre and spread of the distances, one
+        tail for all hours, as the step thresholds are learned on a coarse meter): a night's small flow
+        is further from any forecast, relatively, than the day's."""
         import numpy as np
 
-        from services.detector.rules.steps import tail_threshold
+        from services.detector.rules.steps import per_cell, tail_threshold
+        from services.detector.rules.thresholds import local_cells
 
-        thr = tail_threshold(np.asarray(self.blocks, dtype=np.float64), p) if len(self.blocks) else None
+        b = np.asarray(self.blocks, dtype=np.float64).reshape(-1, 2)
+        thr = tail_threshold(b[:, 1], p) if len(b) else None
         if thr is None:
             return None
         self.tol_pct = max(floor_pct, round(100.0 * thr, 3))
-        self.learned_days = round(len(self.blocks) * self.block_s / 86400, 1)
+        self.learned_days = round(len(b) * self.block_s / 86400, 1)
+        if tz is not None:
+            cells = per_cell(local_cells(b[:, 0], tz), b[:, 1], p, floor_pct / 100.0)
+            self.tol_cells = None if all(c is None for c in cells) else [None if c is None else round(100.0 * c, 3) for c in cells]
         return self.tol_pct
 
     def _record(self, t: float, rel: float) -> None:
@@ -127,7 +136,7 @@ class ForecastDeviationRule:
         b = self.block
         if b is None or b[0] != k:
             if b is not None:
-                self.blocks.append(b[1])
+                self.blocks.append((b[0] * self.block_s, b[1]))
             self.block = (k, rel)
         elif rel < b[1]:
             self.block = (k, rel)
@@ -148,7 +157,8 @@ class ForecastDeviationRule:
         lead = (step + self.interval_s) / 2
         self.forecast = (issued, [x - lead for x in targets], values, targets[-1] - self.interval_s)
 
-    def check(self, t: float, x: float, alert: AlertState | None) -> Condition | None:
+    def check(self, t: float, x: float, alert: AlertState | None, cell: int | None = None) -> Condition | None:
+        """The reading ``x`` at ``t`` (local ``cell``: hour * 2 + weekend, for a tolerance learned per hour)."""
         fc = self.forecast
         if fc is None:
             return None
@@ -165,10 +175,14 @@ class ForecastDeviationRule:
             return None
         if fv:
             self._record(t, abs(x - fv) / abs(fv))
-        tol = max(abs(fv) * self.tol_pct / 100.0, self.tol_abs)
+        cells = self.tol_cells
+        hourly = cells is not None and cell is not None and cells[cell] is not None
+        pct = cells[cell] if hourly else self.tol_pct  # type: ignore[index]
+        tol = max(abs(fv) * pct / 100.0, self.tol_abs)
         dev = abs(x - fv) > tol
         if dev or (alert is not None and (alert.is_open or alert.first_true is not None)):
-            how = (f"{self.tol_pct:g} % learned from {self.learned_days:g} days to detector.alarm_budget_per_30d"
+            at = f" at hour {cell >> 1:02d}" if hourly else ""  # type: ignore[operator]
+            how = (f"{pct:g} %{at} learned from {self.learned_days:g} days to detector.alarm_budget_per_30d"
                    if self.learned_days is not None else "detector.forecast_tolerance_pct/abs")
             return Condition(dev, x, fv, f"{self.sig} {x:.3f} vs forecast {fv:.3f} (tolerance {tol:.3f}: {how}) "
                                          f"for {self.minutes:g} min or more")

@@ -67,6 +67,7 @@ class StepCalibration:
     burst_pressure: list[float | None] = field(default_factory=lambda: [None] * 48)  # burst confirmation (bar)
     pressure_drop: list[float | None] = field(default_factory=lambda: [None] * 48)  # pressure_drop (bar)
     forecast_pct: dict[str, float] = field(default_factory=dict)  # forecast_deviation tolerance per signal (%)
+    forecast_cells: dict[str, list[float | None]] = field(default_factory=dict)  # ... and per local cell (%), where learned
 
     def learning(self, full_days: float) -> bool:
         """Whether the history it was learned from is still short of ``full_days`` (detector.threshold_days)."""
@@ -91,8 +92,12 @@ class StepCalibration:
         fc = d.get("forecast_pct") or {}
         if not isinstance(fc, dict):
             raise ValueError("forecast_pct must map a signal to a tolerance")
+        fcells = d.get("forecast_cells") or {}
+        if not isinstance(fcells, dict):
+            raise ValueError("forecast_cells must map a signal to 48 tolerances")
         return cls(float(d.get("days", 0.0)), float(d.get("computed_at", 0.0)), hours(d.get("flow_rel")),
-                   hours(d.get("burst_pressure")), hours(d.get("pressure_drop")), {str(k): float(v) for k, v in fc.items()})
+                   hours(d.get("burst_pressure")), hours(d.get("pressure_drop")), {str(k): float(v) for k, v in fc.items()},
+                   {str(k): hours(v) for k, v in fcells.items()})
 
 
 def cell_name(cell: int) -> str:
@@ -205,7 +210,7 @@ def tail_threshold(s: np.ndarray, p: float) -> float | None:
     return _exceeded(*_fit(s), p)
 
 
-def _per_cell(cell: np.ndarray, s: np.ndarray, p: float, floor: float, over_centre: bool = False) -> list[float | None]:
+def per_cell(cell: np.ndarray, s: np.ndarray, p: float, floor: float, over_centre: bool = False) -> list[float | None]:
     """Per local cell (hour * 2 + weekend): a threshold exceeded by ordinary steps with probability ``p``.
 
     An hour with enough steps (with its neighbours) for a tail of its own (a 1-minute meter): that
@@ -305,12 +310,12 @@ def calibrate(ts: np.ndarray, flow: np.ndarray | None, pressure: np.ndarray | No
         with np.errstate(invalid="ignore", divide="ignore"):
             rel = steps(g, base_readings(flow_base_s, interval_s)) / mean
         rel[~np.isfinite(mean) | (mean <= 0)] = np.nan
-        cal.flow_rel = _per_cell(cell, rel, p, 0.0)
+        cal.flow_rel = per_cell(cell, rel, p, 0.0)
     if pressure is not None and np.isfinite(pressure).any():
         g = _grid(ts, np.asarray(pressure, dtype=np.float64), interval_s)
         n_ok = max(n_ok, int(np.isfinite(g).sum()))
-        cal.pressure_drop = _per_cell(cell, -steps(g, base_readings(pressure_base_s, interval_s)), p, MIN_DROP_BAR)
-        cal.burst_pressure = _per_cell(cell, -steps(g, base_readings(flow_base_s, interval_s)), p * CONFIRM, min_burst_drop, over_centre=True)
+        cal.pressure_drop = per_cell(cell, -steps(g, base_readings(pressure_base_s, interval_s)), p, MIN_DROP_BAR)
+        cal.burst_pressure = per_cell(cell, -steps(g, base_readings(flow_base_s, interval_s)), p * CONFIRM, min_burst_drop, over_centre=True)
     cal.days = round(n_ok * interval_s / 86_400, 3)
     return cal
 
