@@ -244,3 +244,9 @@ def test_forecast_tolerance_is_learned_per_hour_where_the_forecast_is_looser():
     e._meter("s1", "m1").set_calibration(StepCalibration.from_dict(cal.to_dict()))
     restored = e._meter("s1", "m1").sig["flow_rate"].forecast
     assert restored.tol_cells == r.tol_cells and restored.tol_pct == one
+    # and `flowwatch thresholds recalibrate` shows them per hour
+    from services.detector.rules.steps import format_steps
+
+    table = format_steps("s1", "m1", cal)
+    assert "forecast tolerance % (flow_rate, weekday)" in table
+    assert f"{r.tol_cells[2 * 3]:>6.1f}" in table.splitlines()[2 + 3]  # hour 03: the night's wider band

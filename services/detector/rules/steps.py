@@ -113,14 +113,17 @@ def format_steps(site: str, meter: str, cal: StepCalibration | None) -> str:
     def f(x: float | None, scale: float, fmt: str) -> str:
         return f"{'-':>6}" if x is None else fmt.format(x * scale)
 
+    hourly = sorted(cal.forecast_cells)  # signals with a forecast tolerance per hour
     lines = [f"{site}/{meter} steps: learned from {cal.days:.1f} days to detector.alarm_budget_per_30d"
              + (f"; forecast tolerance {', '.join(f'{k} {v:g} %' for k, v in cal.forecast_pct.items())}" if cal.forecast_pct else ""),
-             "  hour   burst flow (% of day mean)   burst pressure (bar)   pressure_drop (bar)   (weekday / weekend)"]
+             "  hour   burst flow (% of day mean)   burst pressure (bar)   pressure_drop (bar)   (weekday / weekend)"
+             + (f"   forecast tolerance % ({' / '.join(hourly)}, weekday)" if hourly else "")]
     for h in range(24):
         a, b = 2 * h, 2 * h + 1
         lines.append(f"  {h:02d}     {f(cal.flow_rel[a], 100, '{:>6.1f}')} / {f(cal.flow_rel[b], 100, '{:<6.1f}')}"
                      f"      {f(cal.burst_pressure[a], 1, '{:>6.3f}')} / {f(cal.burst_pressure[b], 1, '{:<6.3f}')}"
-                     f"    {f(cal.pressure_drop[a], 1, '{:>6.3f}')} / {f(cal.pressure_drop[b], 1, '{:<6.3f}')}")
+                     f"    {f(cal.pressure_drop[a], 1, '{:>6.3f}')} / {f(cal.pressure_drop[b], 1, '{:<6.3f}')}"
+                     + (f"      {' / '.join(f(cal.forecast_cells[sig][a], 1, '{:>6.1f}') for sig in hourly)}" if hourly else ""))
     return "\n".join(lines)
 
 
