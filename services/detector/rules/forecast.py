@@ -27,13 +27,14 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from datetime import datetime
+from collections.abc import Callable
 from typing import TYPE_CHECKING
-from zoneinfo import ZoneInfo
 
 from services.detector.alerts import AlertState, Condition
 
 if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
     from shared.settings import DetectorSettings
 
 
@@ -49,10 +50,10 @@ class SeasonalEchoes:
     first week a Saturday may have only weekdays to copy. Those steps are no reference for
     forecast_deviation: :meth:`mask` gives them as NaN."""
 
-    __slots__ = ("events", "first", "tz")
+    __slots__ = ("cells", "events", "first")
 
-    def __init__(self, tz: ZoneInfo | None = None) -> None:
-        self.tz = tz  # the site's zone (day types); None: not judged by day type
+    def __init__(self, cells: Callable[[float], int] | None = None) -> None:
+        self.cells = cells  # epoch -> local cell (hour * 2 + weekend: the engine's HourCells); None: no day types
         self.first: float | None = None  # the oldest reading seen (after a restart: the meter's history, as the back-fill knows it)
         self.events: dict[float, float | None] = {}  # the week's bursts, pressure losses, drops: start -> end (None: open)
 
@@ -69,20 +70,18 @@ class SeasonalEchoes:
             for k in [k for k, e in self.events.items() if e is not None and e < horizon]:
                 del self.events[k]
 
-    def _weekend(self, t: float) -> bool:
-        return datetime.fromtimestamp(t, self.tz).weekday() >= 5
-
     def _copied_nothing_ordinary(self, target: float, step: float) -> bool:
         first = self.first
         if first is None or first > target - DAY_S - step:
             return True
         refs = [target - DAY_S, target - WEEK_S]
-        if self.tz is not None and first > target - WEEK_S - step:  # under a week: an earlier day was copied
-            kind = self._weekend(target - step)  # a bin is of the day it starts in
-            same = [r for r in (target - k * DAY_S for k in range(1, 7)) if first <= r - step and self._weekend(r - step) == kind]
-            if not same:
+        cells = self.cells
+        if cells is not None and first > target - WEEK_S - step:  # under a week: an earlier day was copied
+            kind = cells(target - step) & 1  # weekend or not; a bin is of the day it starts in
+            same = next((r for r in (target - k * DAY_S for k in range(1, 7)) if first <= r - step and cells(r - step) & 1 == kind), None)
+            if same is None:
                 return True  # only days of the other type to copy
-            refs.append(same[0])
+            refs.append(same)
         return any(start <= ref and (end is None or end > ref - step) for ref in refs for start, end in self.events.items())
 
     def mask(self, targets: list[float], values: list[float], step: float) -> list[float]:
