@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from shared.eventtime import weekend
 from shared.runner import base_parser, parse_duration, settings_from_args
 
 logger = logging.getLogger(__name__)
@@ -24,11 +25,12 @@ SEVERITY_COLORS = {"info": "tab:blue", "warning": "tab:orange", "critical": "tab
 
 
 def plot(store, site: str, meter: str, start: datetime, end: datetime, out: Path, tz,
-         signals: Sequence[str] = ("flow_rate", "pressure")) -> dict[str, int]:
+         signals: Sequence[str] = ("flow_rate", "pressure"), off: Callable[[date], bool] = weekend) -> dict[str, int]:
     """Draw the figure into ``out``; return what was drawn (counts), for the caller and tests.
 
     ``signals``: the meter's signals (``Settings.meter_spec``); one of them with no reading in the
-    window and no forecast is left out, and so is a signal outside them that has no reading."""
+    window and no forecast is left out, and so is a signal outside them that has no reading. ``off``:
+    the local dates that are days off (``Settings.calendar``), whose hours the weekend bands cover."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,7 +70,7 @@ def plot(store, site: str, meter: str, start: datetime, end: datetime, out: Path
                         label="forecast" if i == 0 else None)
         th = store.latest_thresholds(site, meter, sig)
         if th is not None and len(readings):
-            lower, upper = _band_series(th, local)
+            lower, upper = _band_series(th, local, off)
             if lower is not None:
                 ax.fill_between(local, lower, upper, color="tab:green", alpha=0.12, step="post",
                                 label=f"thresholds ({th.method})")
@@ -123,11 +125,11 @@ def _fit_y(ax, *series) -> None:
     ax.set_ylim(lo - pad, hi + pad)
 
 
-def _band_series(th, local_index):
+def _band_series(th, local_index, off: Callable[[date], bool]):
     """Lower and upper bound at each reading time from the per-hour, per-day-type bands."""
     lower, upper = [], []
     for t in local_index:
-        b = th.band_for(t.hour, t.weekday() >= 5)
+        b = th.band_for(t.hour, off(t.date()))
         lower.append(b.lower if b else float("nan"))
         upper.append(b.upper if b else float("nan"))
     if all(x != x for x in lower):
@@ -164,7 +166,8 @@ def main(argv: Sequence[str]) -> int:
                       "(check site / meter / store settings, or run `flowwatch up` first)", file=sys.stderr)
                 return 1
             end = last + timedelta(minutes=1)
-        counts = plot(store, site, meter, end - span, end, args.output, settings.tz, settings.meter_spec(meter).signals)
+        counts = plot(store, site, meter, end - span, end, args.output, settings.tz, settings.meter_spec(meter).signals,
+                      settings.calendar)
     print(f"wrote {args.output}: {counts['readings']} readings ({', '.join(counts['signals'])}), {counts['forecasts']} forecast points, "
           f"{counts['anomalies']} anomalies, thresholds for {counts['thresholds']} signal(s), {counts['extra']} extra value(s)")
     return 0

@@ -2,8 +2,8 @@
 
 A district metered area (DMA) fed from a reservoir through one inlet main with the meter on it: the
 meter reads the inlet flow and the pressure at the inlet junction. Demand follows a residential
-and a commercial pattern in *local* time (daily and weekly shape, a day-to-day factor and AR(1)
-noise), with pressure-dependent demand (EPANET 2.2 PDD). Leaks have a size as a share of the mean
+and a commercial pattern in *local* time (daily and weekly shape, public holidays shaped as a Sunday,
+a day-to-day factor and AR(1) noise), with pressure-dependent demand (EPANET 2.2 PDD). Leaks have a size as a share of the mean
 inflow and start abruptly (``burst``) or grow over days (``leak``, incipient). Sensor faults
 (flat-line, spikes, gaps) are applied to the delivered readings, not to the hydraulics.
 
@@ -40,6 +40,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
+
+from shared.eventtime import DaysOff
 
 BAR_PER_M = 0.0980665  # pressure head of water: 1 m = 9.80665 kPa
 LABEL_COLUMNS = ("start", "end", "kind", "size_pct")
@@ -81,6 +83,7 @@ class Scenario:
     days: float = 28.0
     start: str = "2026-01-05"  # local midnight of this date in ``timezone`` (a Monday)
     timezone: str = "Asia/Seoul"
+    holidays: str = "auto"  # public holidays run like a Sunday: auto (the country of ``timezone``), none, or a code (KR, US-CA)
     mean_inflow: float = 40.0  # m³/h without leaks
     inlet_pressure_bar: float = 4.0  # about, at mean flow
     grid: int = 6  # grid x grid junctions with loops
@@ -168,7 +171,8 @@ def _ar1(rng: np.random.Generator, n: int, sd: float, phi: float) -> np.ndarray:
 def _demand_patterns(sc: Scenario, times: pd.DatetimeIndex, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     local = times.tz_convert(sc.timezone)
     hours = local.hour + local.minute / 60.0
-    weekend = local.day_of_week >= 5
+    off = DaysOff.from_setting(sc.holidays, sc.timezone)
+    weekend = np.array([off(d) for d in local.date])  # Saturday, Sunday or a public holiday: the weekend shape
     days = (local.normalize() - local.normalize()[0]).days.to_numpy()
     day_factor = 1.0 + rng.normal(0.0, sc.day_factor_sd, days.max() + 1)[days]
     res = _shape(hours, weekend, _RES_WEEKDAY, _RES_WEEKEND)

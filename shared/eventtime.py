@@ -9,7 +9,8 @@ Boundaries are computed in a local time zone (default Asia/Seoul) so "the day", 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -87,9 +88,71 @@ class BoundaryClock:
         return out
 
 
-def local_hour_and_weekend(ts: datetime, tz: ZoneInfo) -> tuple[int, bool]:
-    local = ts.astimezone(tz)
-    return local.hour, local.weekday() >= 5
+def weekend(d: date) -> bool:
+    """Saturday or Sunday: the day type of a calendar without holidays."""
+    return d.weekday() >= 5
+
+
+def zone_country(zone: str) -> str | None:
+    """The ISO 3166 country of an IANA zone (``Asia/Seoul`` -> ``KR``), from the zone table the
+    ``tzdata`` package ships; None for a zone of no country (``UTC``) or one not in the table."""
+    from importlib.resources import files
+
+    for line in files("tzdata.zoneinfo").joinpath("zone.tab").read_text(encoding="utf-8").splitlines():
+        parts = line.split("\t")
+        if not line.startswith("#") and len(parts) >= 3 and parts[2] == zone:
+            return parts[0]
+    return None
+
+
+class DaysOff:
+    """Which local dates are days off: Saturday, Sunday, the public holidays of a country (the
+    ``holidays`` package) and dates listed by the operator. Demand on a holiday follows a Sunday's
+    shape, not the weekday's: wherever a rule keeps a weekday and a weekend baseline (step
+    thresholds, bands, the night-flow baseline, the forecast tolerance, seasonal naive), a day off is
+    a weekend day. Called with a local date."""
+
+    __slots__ = ("cache", "country", "extra", "table")
+
+    def __init__(self, country: str | None = None, extra: Iterable[date] = ()) -> None:
+        """``country``: an ISO 3166 code, with a subdivision after a dash (``KR``, ``US-CA``), or None."""
+        self.country = country
+        self.extra = frozenset(extra)
+        self.cache: dict[date, bool] = {}
+        self.table = None
+        if country:
+            import holidays
+
+            code, _, subdiv = country.partition("-")
+            try:
+                self.table = holidays.country_holidays(code.upper(), subdiv=subdiv.upper() or None)
+            except NotImplementedError:
+                what = f"subdivision {subdiv!r} of {code!r}" if subdiv and code.upper() in holidays.list_supported_countries() else f"country {code!r}"
+                raise ValueError(f"holidays: no public-holiday calendar for {what}; use an ISO 3166 code such as 'KR', or "
+                                 "'US-CA' with a subdivision, 'auto' (the country of `timezone`) or 'none'") from None
+
+    @classmethod
+    def from_setting(cls, holidays: str, timezone: str, extra: Iterable[date] = ()) -> DaysOff:
+        """``holidays`` as configured: ``auto`` (the country of ``timezone``), ``none`` or a code."""
+        key = holidays.strip()
+        if key.lower() == "auto":
+            return cls(zone_country(timezone), extra)
+        return cls(None if key.lower() in ("none", "") else key, extra)
+
+    def __call__(self, d: date) -> bool:
+        off = self.cache.get(d)
+        if off is None:
+            if len(self.cache) > 20_000:
+                self.cache.clear()
+            off = self.cache[d] = d.weekday() >= 5 or d in self.extra or (self.table is not None and d in self.table)
+        return off
+
+    def holiday(self, d: date) -> bool:
+        """A day off that is not a Saturday or Sunday."""
+        return d.weekday() < 5 and self(d)
+
+    def __repr__(self) -> str:
+        return f"DaysOff({self.country or 'weekends only'}{f', +{len(self.extra)} dates' if self.extra else ''})"
 
 
 def parse_period(text: str) -> str:

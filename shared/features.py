@@ -18,14 +18,15 @@ Everything that turns readings into model inputs lives here, so training and ser
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 
+from shared.eventtime import weekend
 from shared.settings import RangeLimits
 
 N_FEATURES = 5  # scaled value, sin/cos hour of day, sin/cos day of week
@@ -223,15 +224,17 @@ def persistence(history: np.ndarray, steps: int) -> np.ndarray:
 
 
 def seasonal_naive(history: np.ndarray, steps: int, step_minutes: int, end: int | None = None,
-                   tz: ZoneInfo | str | None = None) -> np.ndarray:
-    """Same time last week; where that is missing, the same time on the latest earlier day of the
-    target's day type (weekday or weekend, local time; with ``end`` and ``tz``), else on the latest
-    earlier day.
+                   tz: ZoneInfo | str | None = None, off: Callable[[date], bool] = weekend) -> np.ndarray:
+    """Same time last week; where that is missing or of the other day type, the same time on the
+    latest earlier day of the target's day type (weekday or day off, local time; with ``end`` and
+    ``tz``; ``off``: which local dates are days off, weekends and the site's holidays), else on the
+    latest earlier day.
 
     ``history[-1]`` is the bin ending at the issue time ``end`` (epoch seconds). A value stays NaN
-    when none is available (the caller falls back to :func:`persistence`). In a meter's first week the
-    day type matters: a Saturday copied from the Friday before forecasts the weekday's early morning
-    rise, and the readings "deviate" from it all morning.
+    when none is available (the caller falls back to :func:`persistence`). The day type matters: a
+    Saturday copied from the Friday before (a meter's first week), or a holiday copied from the
+    weekday a week before, forecasts the weekday's early morning rise, and the readings "deviate"
+    from it all morning; so does the Monday after a holiday Monday, copied from the holiday.
     """
     h = np.asarray(history, dtype="float64")
     n = len(h)
@@ -241,13 +244,13 @@ def seasonal_naive(history: np.ndarray, steps: int, step_minutes: int, end: int 
     zone = None if end is None or tz is None else (ZoneInfo(tz) if isinstance(tz, str) else tz)
     first_start = 0 if end is None else end - n * step_s  # the start of bin 0 (bin i is [end_i - step, end_i))
 
-    def weekend(i: int) -> bool:
-        return datetime.fromtimestamp(first_start + i * step_s, zone).weekday() >= 5
+    def day_off(i: int) -> bool:
+        return off(datetime.fromtimestamp(first_start + i * step_s, zone).date())
 
     for k in range(1, steps + 1):
         target = n - 1 + k
         j = target - week
-        if 0 <= j < n and np.isfinite(h[j]):
+        if 0 <= j < n and np.isfinite(h[j]) and (zone is None or day_off(j) == day_off(target)):
             out[k - 1] = h[j]
             continue
         if day <= 0:
@@ -255,7 +258,7 @@ def seasonal_naive(history: np.ndarray, steps: int, step_minutes: int, end: int 
         lags = range(day * max(1, math.ceil(k / day)), target + 1, day)
         found = [target - lag for lag in lags if target - lag < n and np.isfinite(h[target - lag])]
         if zone is not None:
-            same = [j for j in found if weekend(j) == weekend(target)]
+            same = [j for j in found if day_off(j) == day_off(target)]
             found = same or found
         if found:
             out[k - 1] = h[found[0]]

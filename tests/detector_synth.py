@@ -11,7 +11,7 @@ import pandas as pd
 
 from shared.messages import Reading
 
-T0 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)  # a Monday, 09:00 in Seoul
+T0 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)  # a Monday, 09:00 in Seoul (a public holiday there: the substitute for March 1st)
 
 
 def frame(start: datetime = T0, minutes: int = 600, seed: int = 1, base: float = 50.0, night_min: float | None = None) -> pd.DataFrame:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,8 @@ import pytest
 
 from services.detector.engine import DetectionEngine
 from services.detector.rules.nightflow import NightLeakRule, night_window, parse_hhmm
-from services.detector.rules.thresholds import next_boundary
+from services.detector.rules.thresholds import HourCells, local_cells, next_boundary
+from shared.eventtime import DaysOff
 from shared.messages import Forecast
 from shared.settings import DetectorSettings, Settings
 from tests.detector_synth import at, frame, minutes
@@ -543,6 +545,27 @@ def test_a_quiet_stretch_does_not_narrow_the_night_spread_into_false_leaks():
     assert [i for i in _judge_nights(NightLeakRule(DetectorSettings()), lows) if i >= 77] == []
     # a leak of a fifth of the night flow is still raised the night it starts
     assert _judge_nights(NightLeakRule(DetectorSettings()), noisy + quiet + [48.0, 48.0]) == [77]
+
+
+def test_a_public_holidays_night_is_judged_against_the_weekend_nights():
+    # Weekday nights at 40, weekend nights at 48 (people up late). Three holiday nights in a row
+    # (Korean New Year, Mon-Wed Feb 16-18 2026) run like weekend nights: against the weekday
+    # baseline they add up to a leak; against the weekend one (the KR calendar) they are ordinary.
+    day0 = date(2026, 1, 5)  # a Monday
+    lows = []
+    for i in range(49):
+        d = day0 + timedelta(days=i)
+        lows.append(48.0 + (i % 3) * 0.5 if DaysOff("KR")(d) else 40.0 + (i % 5) * 0.4)
+    assert (day0 + timedelta(days=42)) == date(2026, 2, 16)
+    assert _judge_nights(NightLeakRule(DetectorSettings()), lows, day0) == [42]  # weekends only: the holidays "leak"
+    assert _judge_nights(NightLeakRule(DetectorSettings(), DaysOff("KR")), lows, day0) == []
+
+
+def test_hour_cells_put_a_public_holiday_with_the_weekend():
+    tz = ZoneInfo("Asia/Seoul")
+    t = datetime(2026, 9, 25, 8, 30, tzinfo=tz).timestamp()  # Chuseok, a Friday, 08:30
+    assert HourCells(tz)(t) == 16 and HourCells(tz, DaysOff("KR"))(t) == 17
+    assert local_cells(np.array([t]), tz, DaysOff("KR")).tolist() == [17]
 
 
 @pytest.mark.parametrize(("learned_days", "judged"), [(1.5, False), (20.0, True)])

@@ -26,7 +26,8 @@ from tests.detector_synth import frame, readings
 from tests.harness import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-T0 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
+T0 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)  # a Monday, the substitute holiday for March 1st in Korea (the settings' zone)
+T1 = T0 + timedelta(days=1)  # an ordinary Tuesday
 topics = Topics()
 
 
@@ -226,6 +227,45 @@ def test_in_the_first_week_a_weekday_copied_for_a_saturday_raises_no_forecast_de
     assert bool((stored["kind"] == "forecast_deviation").any()) is judged, stored[["kind", "start", "end"]]
     assert len(store.read_readings(site, "m1", friday, friday + timedelta(days=3))) == len(rs)
     pub.close()
+
+
+@pytest.mark.parametrize(("holidays", "judged"), [("auto", False), ("none", True)])
+def test_a_models_weekday_forecast_for_a_public_holiday_raises_no_forecast_deviation(settings, store, holidays, judged):
+    # Through the broker and the store: Monday Feb 16 2026, the day before Korean New Year, a public
+    # holiday in the settings' zone (holidays: auto -> KR). The district sleeps in: no morning rise.
+    # A model's calendar features know Monday, not the holiday, so its forecast has the weekday's
+    # rise; the readings "deviate" from it for an hour. Not judged on a holiday; with
+    # holidays: none it is an ordinary Monday and judged (the test can fail).
+    from shared.messages import Forecast
+
+    base, site = unique(settings)
+    s = Settings(**{k: getattr(base, k) for k in Settings.model_fields if k not in ("holidays", "days_off")}, holidays=holidays)
+    svc = DetectorService(s, store=store)
+    t = svc.start_in_thread()
+    assert svc.ready.wait(30)
+    pub = client(s, f"pub-holiday-{holidays}")
+    monday = datetime(2026, 2, 15, 15, 0, tzinfo=UTC)  # Monday 00:00 in Seoul
+    df = frame(start=monday, minutes=7 * 60)
+    rs = readings(df, site=site)
+    issue = 5 * 60  # 05:00 local
+    for r in rs[:issue]:
+        pub.publish(topics.reading(site, "m1"), r)
+    assert wait_for(lambda: svc.counters.get("readings_stored") >= issue, timeout=60)
+    level = float(df["flow_rate"].iloc[issue - 60: issue].mean())
+    values = tuple(level * f for f in (1.8, 1.9, 2.0, 2.0, 2.0, 2.0))  # a weekday's rise, 10-minute bins
+    assert min(values) > 1.5 * max(df["flow_rate"].iloc[issue: issue + 60])  # far over the tolerance (30 %)
+    pub.publish(topics.forecast(site, "m1"), Forecast(site=site, meter="m1", signal="flow_rate", issued_at=rs[issue].ts,
+                                                     step_minutes=10, values=values, model="v7"))
+    assert wait_for(lambda: svc.counters.get("handled") >= issue + 1)
+    for r in rs[issue:]:
+        pub.publish(topics.reading(site, "m1"), r)
+    assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs), timeout=60)
+    stored = store.read_anomalies(site, "m1", monday, monday + timedelta(days=1))
+    assert bool((stored["kind"] == "forecast_deviation").any()) is judged, stored[["kind", "start", "end"]]
+    assert len(store.read_readings(site, "m1", monday, monday + timedelta(days=1))) == len(rs)
+    pub.close()
+    svc.stop()
+    t.join(30)
 
 
 def test_redelivered_reading_duplicates_nothing(running, store):
@@ -781,7 +821,7 @@ def test_a_15_minute_meter_is_judged_against_the_forecast_of_each_readings_own_b
     assert svc.ready.wait(30)
     try:
         pub = client(s, "pub-bins")
-        idx = pd.date_range(T0, periods=12, freq="15min", tz="UTC")
+        idx = pd.date_range(T1, periods=12, freq="15min", tz="UTC")  # an ordinary Tuesday (T0 is a holiday's substitute)
         flow = 20.0 * 1.4 ** np.minimum(np.arange(12), 8)  # the ramp, then level
         rs = readings(pd.DataFrame({"flow_rate": flow, "pressure": np.nan}, index=idx), site=site)
         issue = 4
@@ -795,9 +835,9 @@ def test_a_15_minute_meter_is_judged_against_the_forecast_of_each_readings_own_b
         for r in rs[issue + 1:]:
             pub.publish(topics.reading(site, "m1"), r)
         assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs), timeout=60)
-        stored = store.read_anomalies(site, "m1", T0, T0 + timedelta(days=1))
+        stored = store.read_anomalies(site, "m1", T1, T1 + timedelta(days=1))
         assert bool((stored["kind"] == "forecast_deviation").any()) is (off != 1.0)
-        assert len(store.read_readings(site, "m1", T0, T0 + timedelta(days=1))) == len(rs)
+        assert len(store.read_readings(site, "m1", T1, T1 + timedelta(days=1))) == len(rs)
         pub.close()
     finally:
         svc.stop()

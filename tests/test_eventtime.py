@@ -1,9 +1,10 @@
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from shared.eventtime import BoundaryClock, crossed, floor
+from shared.eventtime import BoundaryClock, DaysOff, crossed, floor, zone_country
+from shared.settings import Settings
 
 SEOUL = ZoneInfo("Asia/Seoul")
 
@@ -66,3 +67,27 @@ def test_clock_per_key():
 def test_naive_refused():
     with pytest.raises(ValueError):
         floor(datetime(2026, 1, 1), "hour", SEOUL)
+
+
+def test_days_off_are_weekends_public_holidays_and_listed_dates():
+    kr = DaysOff("KR")
+    assert kr(date(2026, 9, 25)) and kr(date(2026, 10, 5))  # Chuseok; the substitute for National Foundation Day
+    assert kr(date(2026, 9, 27)) and not kr(date(2026, 9, 28))  # a Sunday; an ordinary Monday
+    assert kr.holiday(date(2026, 9, 25)) and not kr.holiday(date(2026, 9, 26))  # Chuseok's second day is a Saturday
+    plain = DaysOff()
+    assert plain(date(2026, 9, 26)) and not plain(date(2026, 9, 25))  # weekends only
+    assert DaysOff(None, [date(2026, 9, 28)])(date(2026, 9, 28))
+    assert DaysOff("US-CA")(date(2026, 3, 31))  # Cesar Chavez Day: California's, not the federal calendar's
+    assert not DaysOff("US")(date(2026, 3, 31))
+
+
+def test_holidays_setting_auto_follows_the_zone_and_errors_name_it():
+    assert zone_country("Asia/Seoul") == "KR" and zone_country("UTC") is None
+    assert Settings().calendar.country == "KR"  # the default zone is Asia/Seoul
+    assert Settings(timezone="Europe/Berlin").calendar(date(2026, 12, 25))
+    assert Settings(timezone="UTC").calendar.country is None
+    assert not Settings(holidays="none").calendar(date(2026, 9, 25))
+    assert Settings(days_off=["2026-09-28"]).calendar(date(2026, 9, 28))
+    for bad, what in (("XX", "country 'XX'"), ("KR-ZZ", "subdivision 'ZZ' of 'KR'")):
+        with pytest.raises(ValueError, match=f"holidays: no public-holiday calendar for {what}"):
+            Settings(holidays=bad)

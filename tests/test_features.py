@@ -1,6 +1,6 @@
 """Feature engineering shared by trainer and forecaster: pure unit tests (no TensorFlow, no broker)."""
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -11,6 +11,7 @@ from services.forecaster.predictor import SeasonalNaivePredictor, Window
 from services.forecaster.window import ReadingWindow
 from services.trainer.training import decide
 from shared import features
+from shared.eventtime import DaysOff
 from shared.settings import RangeLimits
 
 LIM = RangeLimits()
@@ -70,6 +71,30 @@ def test_seasonal_naive_first_week_copies_the_same_day_type():
     assert features.seasonal_naive(mon, 3, step, end, tz).tolist() == [5.0, 5.0, 5.0]  # the latest day
     p = SeasonalNaivePredictor().predict(Window(h, end, step, ZoneInfo(tz)), 3)
     assert p.tolist() == [0.0, 0.0, 0.0]  # the forecaster serves the same
+
+
+def test_seasonal_naive_copies_a_day_off_for_a_public_holiday_and_a_weekday_after_it():
+    """A public holiday runs like a Sunday: seasonal naive copies the latest day off for it, not the
+    weekday a week before; and the Monday a week after a holiday Monday copies the latest weekday,
+    not the holiday. Weekends alone (no holiday calendar): the week-ago day, as before."""
+    step = 60
+    tz = "Asia/Seoul"
+    kr = DaysOff("KR")
+    start = int(datetime(2026, 2, 9, tzinfo=ZoneInfo(tz)).timestamp())  # Monday Feb 9, 00:00 local
+    h = np.repeat(np.arange(7, dtype=float), 24)  # Mon .. Sun (Feb 9 - 15): bin k holds its day's number
+    seollal = start + 7 * 86400  # Monday Feb 16: the day before Korean New Year, a public holiday
+    assert kr(date(2026, 2, 16)) and not kr(date(2026, 2, 19))
+    assert features.seasonal_naive(h, 3, step, seollal, tz, kr).tolist() == [6.0, 6.0, 6.0]  # the Sunday
+    assert features.seasonal_naive(h, 3, step, seollal, tz).tolist() == [0.0, 0.0, 0.0]  # weekends only: last Monday
+    # Thursday Feb 19 (no holiday) with the holidays Mon-Wed of the week: last Thursday, unchanged
+    h2 = np.concatenate([h, np.repeat([7.0, 8.0, 9.0], 24)])  # Feb 16, 17, 18 (holidays)
+    assert features.seasonal_naive(h2, 3, step, seollal + 3 * 86400, tz, kr).tolist() == [3.0, 3.0, 3.0]
+    # Monday Feb 23: a week after the holiday Monday; the latest weekday is Friday Feb 20
+    h3 = np.concatenate([h2, np.repeat([10.0, 11.0, 12.0, 13.0], 24)])  # Feb 19 .. 22
+    assert features.seasonal_naive(h3, 3, step, seollal + 7 * 86400, tz, kr).tolist() == [11.0, 11.0, 11.0]
+    assert features.seasonal_naive(h3, 3, step, seollal + 7 * 86400, tz).tolist() == [7.0, 7.0, 7.0]
+    p = SeasonalNaivePredictor().predict(Window(h, seollal, step, ZoneInfo(tz), kr), 3)
+    assert p.tolist() == [6.0, 6.0, 6.0]  # the forecaster serves the same
 
 
 def test_serving_window_equals_training_series():

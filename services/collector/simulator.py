@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from shared.eventtime import weekend
 from shared.messages import Reading
 from shared.settings import RangeLimits, SimEvent, SimulatorSettings
 
@@ -87,13 +88,15 @@ def _profile(amplitude: float) -> np.ndarray:
 class Simulator:
     """A deterministic simulated meter. ``seed`` overrides ``config.seed``."""
 
-    def __init__(self, config: SimulatorSettings | None = None, seed: int | None = None, *, interval_s: int = 60, tz: str | ZoneInfo = "Asia/Seoul") -> None:
+    def __init__(self, config: SimulatorSettings | None = None, seed: int | None = None, *, interval_s: int = 60, tz: str | ZoneInfo = "Asia/Seoul",
+                 off: Callable[[date], bool] = weekend) -> None:
         self.config = config or SimulatorSettings()
         self.seed = self.config.seed if seed is None else seed
         if interval_s < 1:
             raise ValueError("interval_s must be at least 1 second")
         self.interval_s = interval_s
         self.tz = ZoneInfo(tz) if isinstance(tz, str) else tz
+        self.off = off  # days off (weekends, the site's holidays: Settings.calendar) run at weekend_factor
         self._profile = _profile(self.config.diurnal_amplitude)
         self.k = self.config.friction_loss_bar / self.config.mean_flow**2  # bar per (m³/h)²
         events = list(DEFAULT_EVENTS) if self.config.default_events else []
@@ -147,7 +150,7 @@ class Simulator:
             ar = phi * ar + innov * z[0]
             local = ts.astimezone(self.tz)
             demand = cfg.mean_flow * self._profile[local.hour * 60 + local.minute]
-            if local.weekday() >= 5:
+            if self.off(local.date()):
                 demand *= cfg.weekend_factor
             flow = demand * (1 + cfg.noise * ar) + demand * cfg.noise * 0.3 * z[1]
             active: list[str] = []

@@ -50,7 +50,7 @@ from zoneinfo import ZoneInfo
 from services.detector.alerts import SEVERITY, AlertState, Condition, Event, Transition, timing
 from services.detector.rules.burst import BurstRule
 from services.detector.rules.flatline import FlatLineRule
-from services.detector.rules.forecast import SEASONAL_NAIVE, ForecastDeviationRule, SeasonalEchoes
+from services.detector.rules.forecast import SEASONAL_NAIVE, ForecastDeviationRule, SeasonalEchoes, holidays_masked
 from services.detector.rules.liveness import GapRule, SilentRule
 from services.detector.rules.nightflow import NightAccumulator, NightLeakRule, parse_hhmm
 from services.detector.rules.pressure import PressureDropRule, PressureLossRule
@@ -65,6 +65,7 @@ from services.detector.rules.thresholds import (
     static_thresholds,
 )
 from services.detector.rules.validity import RangeRule
+from shared.eventtime import DaysOff
 from shared.messages import SIGNALS, Anomaly, Forecast, Reading, Thresholds
 from shared.settings import DetectorSettings, RangeLimits, Settings
 from shared.store.base import NightFlow, reading_columns
@@ -124,7 +125,7 @@ class _Meter:
         self.range = eng.range_rule(meter)
         self.night = NightAccumulator(eng._night_start, eng._night_end, eng.tz, self.interval, cfg.night_min_coverage,
                                        cfg.night_bin_minutes * 60.0)
-        self.leak = NightLeakRule(cfg)
+        self.leak = NightLeakRule(cfg, eng.days_off)
         self.burst = BurstRule(cfg, self.interval, has_pressure=self.pressure)
         self.pdrop = PressureDropRule(cfg, self.interval, has_flow=self.flow)
         self.gap = GapRule(cfg, self.interval)
@@ -146,9 +147,10 @@ class DetectionEngine:
 
     def __init__(self, cfg: DetectorSettings, tz: ZoneInfo | str = "Asia/Seoul", *,
                  limits: RangeLimits | None = None, interval_s: float = 60.0, meter_spec: MeterSpec | None = None,
-                 meter_limits: Callable[[str], RangeLimits] | None = None) -> None:
+                 meter_limits: Callable[[str], RangeLimits] | None = None, days_off: DaysOff | None = None) -> None:
         self.cfg = cfg
         self.tz = ZoneInfo(tz) if isinstance(tz, str) else tz
+        self.days_off = days_off or DaysOff()  # weekends, and the site's holidays (Settings.calendar): the "weekend" day type
         self.limits = limits or RangeLimits()
         self.meter_limits = meter_limits  # meter id -> its ranges (Settings.limits_of); `limits` for every meter when None
         self.interval = float(cfg.interval_s or interval_s)
@@ -160,7 +162,7 @@ class DetectionEngine:
         self._night_out: list[NightFlow] = []
         self._replay = False
         # the stateless rules, shared by all meters
-        self._cells = HourCells(self.tz)
+        self._cells = HourCells(self.tz, self.days_off)
         self._range = RangeRule(self.limits)  # of the meters with the box's ranges
         self._pressure_loss = PressureLossRule(cfg)
 
@@ -172,7 +174,7 @@ class DetectionEngine:
             return settings.meter_spec(meter).signals, float(cfg.interval_s or settings.interval_of(meter))
 
         return cls(cfg, settings.tz, limits=settings.limits, interval_s=settings.collector.interval_s, meter_spec=spec,
-                   meter_limits=settings.limits_of)
+                   meter_limits=settings.limits_of, days_off=settings.calendar)
 
     def range_rule(self, meter: str) -> RangeRule:
         """The invalid rule of ``meter``: its own physical ranges, or the box's (one rule shared by those meters)."""
@@ -351,6 +353,8 @@ class DetectionEngine:
         values = [float(v) for v in fc.values]
         if fc.model == SEASONAL_NAIVE and not tainted:  # steps that copy no ordinary reading are not judged
             values = m.echoes.mask(targets, values, 60.0 * fc.step_minutes)
+        elif not tainted and self.days_off.table is not None:  # a model knows the weekday, not the holiday: not judged then
+            values = holidays_masked(targets, values, 60.0 * fc.step_minutes, self.tz, self.days_off)
         m.sig[fc.signal].forecast.offer(fc.issued_at.timestamp(), targets, values, tainted)
 
     def set_thresholds(self, th: Thresholds) -> bool:
@@ -389,13 +393,13 @@ class DetectionEngine:
         sel = (t >= lo) & (t < hi)
         t = t[sel]
         values = {"flow_rate": np.asarray(fl, dtype=np.float64)[sel], "pressure": np.asarray(pr, dtype=np.float64)[sel]}
-        ths = [th for th in learn_thresholds(site, meter, t, values, at, self.cfg, self.tz, interval) if th.signal in signals]
+        ths = [th for th in learn_thresholds(site, meter, t, values, at, self.cfg, self.tz, interval, self.days_off) if th.signal in signals]
         cfg, cal = self.cfg, None
         if len(t) and (len(t) * interval / 86_400) >= cfg.calibration_min_days:
             cal = calibrate(t, values["flow_rate"] if "flow_rate" in signals else None, values["pressure"] if "pressure" in signals else None,
                             interval_s=interval, tz=self.tz, budget_per_30d=cfg.alarm_budget_per_30d,
                             flow_base_s=cfg.burst_baseline_minutes * 60, pressure_base_s=cfg.pressure_drop_baseline_minutes * 60,
-                            at=at.timestamp(), min_burst_drop=cfg.burst_pressure_drop)
+                            at=at.timestamp(), min_burst_drop=cfg.burst_pressure_drop, off=self.days_off)
         return LearnedCalibration(site, meter, ths, cal)
 
     def install_calibration(self, learned: LearnedCalibration) -> list[Thresholds]:
@@ -410,7 +414,7 @@ class DetectionEngine:
             # forecast deviation: from the distances to the forecasts seen, one test per sustain block
             p = cfg.alarm_budget_per_30d * SHARE * cfg.forecast_sustain_minutes / (30 * 1440)
             for sig, r in m.sig.items():
-                pct = r.forecast.learn(p, cfg.forecast_tolerance_pct, self.tz)
+                pct = r.forecast.learn(p, cfg.forecast_tolerance_pct, self.tz, self.days_off)
                 if pct is not None:
                     cal.forecast_pct[sig] = pct
                     if r.forecast.tol_cells is not None:

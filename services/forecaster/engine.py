@@ -55,6 +55,7 @@ class ForecastEngine:
         self.window = ReadingWindow(self.step, features.history_steps(self.step, res.window_steps), res.max_gap_steps,
                                     settings.limits_of(meter), self.signals)
         self.clock = BoundaryClock(settings.tz)
+        self.days_off = settings.calendar
         self.naive = BASELINE_PREDICTORS[SEASONAL_NAIVE]
         self.predictors: dict[str, Predictor] = {s: self.naive for s in self.signals}
         self.fallbacks = 0
@@ -106,7 +107,7 @@ class ForecastEngine:
 
     def forecast_signal(self, signal: str, issued_at: datetime) -> Forecast | None:
         end = int(issued_at.timestamp())
-        w = Window(self.window.window(signal, end), end, self.step, self.clock.tz)
+        w = Window(self.window.window(signal, end), end, self.step, self.clock.tz, self.days_off)
         predictor = self.predictors[signal]
         try:
             values = predictor.predict(w, self.steps)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo
@@ -21,6 +23,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from shared import features
+from shared.eventtime import weekend
 from shared.modelstore import PERSISTENCE, SEASONAL_NAIVE, InsufficientData, LiteRTModel, ModelError
 
 
@@ -30,6 +33,7 @@ class Window:
     end: int  # epoch seconds of the last bin's end = the issue time
     step_minutes: int
     tz: ZoneInfo | str | None = None  # the site's time zone (seasonal naive's day types); None: ignore them
+    off: Callable[[date], bool] = weekend  # which local dates are days off (Settings.calendar: weekends and holidays)
 
 
 class Predictor(Protocol):
@@ -45,7 +49,7 @@ class SeasonalNaivePredictor:
     name = SEASONAL_NAIVE
 
     def predict(self, window: Window, steps: int) -> np.ndarray:
-        sn = features.seasonal_naive(window.values, steps, window.step_minutes, window.end, window.tz)
+        sn = features.seasonal_naive(window.values, steps, window.step_minutes, window.end, window.tz, window.off)
         return np.where(np.isfinite(sn), sn, features.persistence(window.values, steps))
 
 

@@ -25,15 +25,16 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from shared import features, modelstore
+from shared.eventtime import weekend
 from shared.features import Scaler
 from shared.fileio import atomic_write
 from shared.messages import SIGNALS
@@ -174,7 +175,7 @@ class _EpochLog:
 
 # --- evaluation ---------------------------------------------------------------------------------
 def _baselines(values: np.ndarray, ends: np.ndarray, issues: np.ndarray, out: int, step_minutes: int,
-               tz: str) -> tuple[np.ndarray, np.ndarray]:
+               tz: str, off: Callable[[date], bool] = weekend) -> tuple[np.ndarray, np.ndarray]:
     """Persistence and seasonal naive at each issue index, as the forecaster serves them."""
     hist = features.history_steps(step_minutes)
     pers = np.empty((len(issues), out))
@@ -182,7 +183,7 @@ def _baselines(values: np.ndarray, ends: np.ndarray, issues: np.ndarray, out: in
     for k, i in enumerate(issues):
         h = values[max(0, i + 1 - hist): i + 1]
         pers[k] = features.persistence(h, out)
-        s = features.seasonal_naive(h, out, step_minutes, int(ends[i]), tz)
+        s = features.seasonal_naive(h, out, step_minutes, int(ends[i]), tz, off)
         sn[k] = np.where(np.isfinite(s), s, pers[k])
     return pers, sn
 
@@ -306,7 +307,7 @@ def train_signal(settings: Settings, signal: str, ends: np.ndarray, values: np.n
 
     actual = scaler.inverse(Yte)
     pred = scaler.inverse(lite_out)
-    pers, sn = _baselines(values, ends, ite, out, step, settings.timezone)
+    pers, sn = _baselines(values, ends, ite, out, step, settings.timezone, settings.calendar)
     cur, cur_pred, cur_note = _score_current(mdir, signal, values, ends, ite, out, sn, step)
     m = {
         "mae_model": features.mae(actual, pred), "wape_model": features.wape(actual, pred),

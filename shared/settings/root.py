@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from shared.eventtime import DaysOff
 from shared.messages import Ident
 from shared.settings.base import ENV_PREFIX
 from shared.settings.broker import BrokerSettings
@@ -48,6 +50,16 @@ class Settings(BaseModel):
         "one meter named by `meter`, with both signals at collector.interval_s, when empty.",
     )
     timezone: str = Field(default="Asia/Seoul", description="Local zone for day, hour and night-window boundaries.")
+    holidays: str = Field(
+        default="auto",
+        description="Public holidays, which the detector and the forecasts' seasonal naive treat as weekend days (demand on "
+        "them follows a Sunday's): `auto` (the country of `timezone`: Asia/Seoul -> KR; none for UTC), an ISO 3166 "
+        "country code with an optional subdivision (`KR`, `US-CA`), or `none`.",
+    )
+    days_off: list[date] = Field(
+        default_factory=list,
+        description="Further local dates treated as days off (a local festival, a factory's shutdown), e.g. [2026-05-11].",
+    )
     data_dir: Path = Field(default=Path("var"), description="Folder for the database, spool, models and exports.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
     limits: RangeLimits = Field(default_factory=RangeLimits, description="Physical validity limits.")
@@ -67,6 +79,7 @@ class Settings(BaseModel):
 
     _sources: dict[str, MeterSource] = PrivateAttr(default_factory=dict)
     _limits: dict[str, RangeLimits] = PrivateAttr(default_factory=dict)  # meters with limits of their own
+    _days_off: DaysOff = PrivateAttr(default_factory=DaysOff)
 
     @field_validator("timezone")
     @classmethod
@@ -76,6 +89,11 @@ class Settings(BaseModel):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {v!r}; use an IANA name such as 'Asia/Seoul' or 'UTC'") from None
         return v
+
+    @model_validator(mode="after")
+    def _calendar(self) -> Settings:
+        self._days_off = DaysOff.from_setting(self.holidays, self.timezone, self.days_off)  # raises naming `holidays`
+        return self
 
     @model_validator(mode="after")
     def _horizon_in_steps(self) -> Settings:
@@ -152,6 +170,11 @@ class Settings(BaseModel):
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+    @property
+    def calendar(self) -> DaysOff:
+        """Which local dates are days off (weekends, `holidays`, `days_off`): shared.eventtime.DaysOff."""
+        return self._days_off
 
     def path(self, p: Path) -> Path:
         """A configured path, resolved under data_dir when relative."""

@@ -95,4 +95,4 @@ def make_source(settings: Settings, meter: str | None = None, links: dict | None
         return ReplaySource(cfg, settings.limits_of(meter or settings.meter))
     from services.collector.sources.simulator import SimulatorSource
 
-    return SimulatorSource(cfg, interval_s=settings.interval_of(meter or settings.meter), tz=settings.timezone)
+    return SimulatorSource(cfg, interval_s=settings.interval_of(meter or settings.meter), tz=settings.timezone, off=settings.calendar)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import date
 
 from services.collector.simulator import SimSample, Simulator
 from services.collector.sources import Sample, Source
+from shared.eventtime import weekend
 from shared.settings import SimulatorSettings
 
 
@@ -13,8 +15,8 @@ class SimulatorSource(Source):
     name = "simulator"
     timed = True
 
-    def __init__(self, cfg: SimulatorSettings, *, interval_s: int, tz: str, start=None) -> None:
-        self.sim = Simulator(cfg, interval_s=interval_s, tz=tz)
+    def __init__(self, cfg: SimulatorSettings, *, interval_s: int, tz: str, start=None, off: Callable[[date], bool] = weekend) -> None:
+        self.sim = Simulator(cfg, interval_s=interval_s, tz=tz, off=off)
         self.start = self.sim.start_time(start)
         self._it: Iterator[SimSample] | None = None
 

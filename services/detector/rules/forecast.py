@@ -11,7 +11,9 @@ is a seasonal-naive step that copies no ordinary reading: the same time a day or
 burst, pressure loss or drop (the echo of yesterday's burst), persistence on the meter's first
 day (a morning rise against the night's last value), or, in its first week, a day of the other day
 type (a weekday's early morning rise forecast for the first Saturday); :class:`SeasonalEchoes` gives
-those steps as NaN.
+those steps as NaN. A model's forecast is not judged on a public holiday (a day off that is not a
+weekend, ``Settings.calendar``): its calendar features know the weekday, not the holiday
+(:func:`holidays_masked`).
 
 Calibrated to the alarm budget: the rule keeps, per ``forecast_sustain_minutes`` block, the smallest
 relative distance from the forecast in it (a block whose smallest distance is over the tolerance is
@@ -31,10 +33,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from services.detector.alerts import AlertState, Condition
+from shared.eventtime import weekend
 
 if TYPE_CHECKING:
+    from datetime import date
     from zoneinfo import ZoneInfo
 
+    from shared.eventtime import DaysOff
     from shared.settings import DetectorSettings
 
 
@@ -44,8 +49,8 @@ SEASONAL_NAIVE = "seasonal-naive"  # shared.modelstore.SEASONAL_NAIVE (not impor
 
 class SeasonalEchoes:
     """One meter: what a seasonal-naive forecast copied. It forecasts the same time a week earlier
-    (with less history, the same time on the latest day of the target's day type, else on the latest
-    day: ``shared.features.seasonal_naive``), so the day or week after a burst, pressure loss or drop
+    (with less history, or where that day was of the other day type, e.g. a holiday, the same time
+    on the latest day of the target's day type, else on the latest day: ``shared.features.seasonal_naive``), so the day or week after a burst, pressure loss or drop
     it forecasts that event again; on the meter's first day it is the last value repeated; and in its
     first week a Saturday may have only weekdays to copy. Those steps are no reference for
     forecast_deviation: :meth:`mask` gives them as NaN."""
@@ -53,7 +58,7 @@ class SeasonalEchoes:
     __slots__ = ("cells", "events", "first")
 
     def __init__(self, cells: Callable[[float], int] | None = None) -> None:
-        self.cells = cells  # epoch -> local cell (hour * 2 + weekend: the engine's HourCells); None: no day types
+        self.cells = cells  # epoch -> local cell (hour * 2 + day off: the engine's HourCells); None: no day types
         self.first: float | None = None  # the oldest reading seen (after a restart: the meter's history, as the back-fill knows it)
         self.events: dict[float, float | None] = {}  # the week's bursts, pressure losses, drops: start -> end (None: open)
 
@@ -76,17 +81,27 @@ class SeasonalEchoes:
             return True
         refs = [target - DAY_S, target - WEEK_S]
         cells = self.cells
-        if cells is not None and first > target - WEEK_S - step:  # under a week: an earlier day was copied
-            kind = cells(target - step) & 1  # weekend or not; a bin is of the day it starts in
-            same = next((r for r in (target - k * DAY_S for k in range(1, 7)) if first <= r - step and cells(r - step) & 1 == kind), None)
-            if same is None:
-                return True  # only days of the other type to copy
-            refs.append(same)
+        if cells is not None:
+            kind = cells(target - step) & 1  # day off or not; a bin is of the day it starts in
+            if first > target - WEEK_S - step or cells(target - WEEK_S - step) & 1 != kind:  # an earlier day was copied
+                same = next((r for r in (target - k * DAY_S for k in range(1, 7)) if first <= r - step and cells(r - step) & 1 == kind), None)
+                if same is None:
+                    return True  # only days of the other type to copy
+                refs.append(same)
         return any(start <= ref and (end is None or end > ref - step) for ref in refs for start, end in self.events.items())
 
     def mask(self, targets: list[float], values: list[float], step: float) -> list[float]:
         """``values`` with NaN for the steps (bins of ``step`` s ending at ``targets``) that copy no ordinary reading."""
         return [math.nan if self._copied_nothing_ordinary(t, step) else v for t, v in zip(targets, values, strict=True)]
+
+
+def holidays_masked(targets: list[float], values: list[float], step: float, tz: ZoneInfo, off: DaysOff) -> list[float]:
+    """``values`` with NaN for the steps (bins of ``step`` s ending at ``targets``) on a public holiday
+    that is not a weekend: a model's calendar features know the day of the week, not the holiday, so
+    it forecasts a weekday's demand for a day that runs like a Sunday."""
+    from datetime import datetime
+
+    return [math.nan if off.holiday(datetime.fromtimestamp(t - step, tz).date()) else v for t, v in zip(targets, values, strict=True)]
 
 
 class ForecastDeviationRule:
@@ -108,7 +123,7 @@ class ForecastDeviationRule:
         self.learned_days: float | None = None
         self.tol_cells: list[float | None] | None = None  # learned per local cell (hour * 2 + weekend), % (None: tol_pct)
 
-    def learn(self, p: float, floor_pct: float, tz: ZoneInfo | None = None) -> float | None:
+    def learn(self, p: float, floor_pct: float, tz: ZoneInfo | None = None, off: Callable[[date], bool] = weekend) -> float | None:
         """Set the tolerance from the recorded blocks so ordinary data exceeds it with probability ``p``
         per block; returns the learned % (None: too few blocks yet, the configured one stays). With
         ``tz``, also per local hour (``tol_cells``: the hour's centre and spread of the distances, one
@@ -126,7 +141,7 @@ class ForecastDeviationRule:
         self.tol_pct = max(floor_pct, round(100.0 * thr, 3))
         self.learned_days = round(len(b) * self.block_s / 86400, 1)
         if tz is not None:
-            cells = per_cell(local_cells(b[:, 0], tz), b[:, 1], p, floor_pct / 100.0)
+            cells = per_cell(local_cells(b[:, 0], tz, off), b[:, 1], p, floor_pct / 100.0)
             self.tol_cells = None if all(c is None for c in cells) else [None if c is None else round(100.0 * c, 3) for c in cells]
         return self.tol_pct
 

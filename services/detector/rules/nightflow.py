@@ -6,7 +6,7 @@ belongs to the day it starts on); a meter whose readings are that far apart: its
 recorded and judged against the earlier nights:
 
 - baseline: the median of the earlier nights of the same day type (weekday / weekend, by the local
-  date the window starts on; ``night_by_daytype``) among up to ``night_baseline_nights`` recent nights
+  date the window starts on, a public holiday a weekend day: ``shared.eventtime.DaysOff``; ``night_by_daytype``) among up to ``night_baseline_nights`` recent nights
   that were not suspect: weekend nights run higher than weekday ones (people up late), and a baseline
   that mixes them both sees every weekend as a rise and needs a wide sigma. The spread sigma =
   1.4826 x the median absolute deviation of every recent night from its own day type's median (pooled,
@@ -36,10 +36,12 @@ from __future__ import annotations
 import math
 import statistics
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from services.detector.alerts import AlertState, Condition
+from shared.eventtime import weekend
 from shared.settings import DetectorSettings
 
 
@@ -146,8 +148,9 @@ class NightLeakRule:
 
     kind = "night_flow"
 
-    def __init__(self, cfg: DetectorSettings) -> None:
+    def __init__(self, cfg: DetectorSettings, off: Callable[[date], bool] = weekend) -> None:
         self.cfg = cfg
+        self.off = off  # which local dates are days off: their nights are judged against the weekend nights
         self.limit, self.single_z = budget_limits(cfg)
         self.nights: OrderedDict[date, tuple[float, bool, bool]] = OrderedDict()  # day -> (value, suspect, weekend)
         self.cusum = 0.0
@@ -196,15 +199,15 @@ class NightLeakRule:
             return None
         self.last_day = day
         cfg = self.cfg
-        weekend = day.weekday() >= 5
-        base, sigma = self.baseline(weekend)
+        off = self.off(day)
+        base, sigma = self.baseline(off)
         z = 0.0
         if base is not None and sigma is not None:
             z = (value - base) / sigma
             self.cusum = min(max(0.0, self.cusum + z - cfg.night_cusum_slack), 2 * self.limit)
             self.normal_run = self.normal_run + 1 if z <= cfg.night_clear_z else 0
         suspect = (self.cusum > self.limit or z > self.single_z) and z > cfg.night_cusum_slack
-        self.nights[day] = (value, suspect, weekend)
+        self.nights[day] = (value, suspect, off)
         while len(self.nights) > cfg.night_baseline_nights * 3:
             self.nights.popitem(last=False)
         return z, base, sigma

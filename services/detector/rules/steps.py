@@ -39,12 +39,15 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, insort
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import date
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
 from services.detector.rules.thresholds import local_cells
+from shared.eventtime import weekend
 
 LEVEL_N = 3  # readings in a "level" (median): one noisy reading is not a step
 SHARE = 0.25  # each calibrated rule's share of the meter's alarm budget (the rest: threshold, night_flow, forecast)
@@ -102,7 +105,7 @@ class StepCalibration:
 
 def cell_name(cell: int) -> str:
     """How an alert names a cell: "hour 07 (weekday)"."""
-    return f"hour {cell >> 1:02d} ({'weekend' if cell & 1 else 'weekday'})"
+    return f"hour {cell >> 1:02d} ({'weekend or holiday' if cell & 1 else 'weekday'})"
 
 
 def format_steps(site: str, meter: str, cal: StepCalibration | None) -> str:
@@ -292,14 +295,15 @@ def per_cell(cell: np.ndarray, s: np.ndarray, p: float, floor: float, over_centr
 
 def calibrate(ts: np.ndarray, flow: np.ndarray | None, pressure: np.ndarray | None, *, interval_s: float, tz: ZoneInfo,
               budget_per_30d: float, flow_base_s: float, pressure_base_s: float, at: float,
-              min_burst_drop: float) -> StepCalibration:
-    """The step thresholds of one meter from its history (``ts`` epoch seconds, ascending; NaN = missing)."""
+              min_burst_drop: float, off: Callable[[date], bool] = weekend) -> StepCalibration:
+    """The step thresholds of one meter from its history (``ts`` epoch seconds, ascending; NaN = missing;
+    ``off``: the local dates that are days off, weekends and the site's holidays)."""
     cal = StepCalibration(computed_at=at)
     if len(ts) < 2:
         return cal
     ts = np.asarray(ts, dtype=np.float64)
     grid_t = ts[0] + np.arange(int(np.rint((ts[-1] - ts[0]) / interval_s)) + 1) * interval_s
-    cell = local_cells(grid_t, tz)  # hour * 2 + weekend, local time
+    cell = local_cells(grid_t, tz, off)  # hour * 2 + day off, local time
     # independent tests in one local hour over 30 days: one per LEVEL_N readings at a minute, where the
     # readings' noise is correlated; one per reading on a coarse meter, whose steps a reading apart
     # are nearly independent (lag-1 correlation ~0.1 on an hourly daily cycle)

@@ -1,4 +1,5 @@
-"""threshold: outside the band of the local hour of day and day type (weekday / weekend).
+"""threshold: outside the band of the local hour of day and day type (weekday / weekend; a public
+holiday is a weekend day: ``shared.eventtime.DaysOff``).
 
 Each band is the [low, high] robust quantiles of the recent readings in that hour and day type,
 widened on both sides by a margin (a share of the quantile spread, at least a per-signal floor).
@@ -15,14 +16,14 @@ side it left.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
 from services.detector.alerts import AlertState, Condition
-from shared.eventtime import floor
+from shared.eventtime import floor, weekend
 from shared.messages import SIGNALS, Band, Thresholds
 from shared.settings import DetectorSettings
 
@@ -38,25 +39,27 @@ def static_thresholds(site: str, meter: str, signal: str, cfg: DetectorSettings,
                       sample_days=round(sample_days, 3))
 
 
-def local_cells(ts: np.ndarray, tz: ZoneInfo) -> np.ndarray:
-    """hour * 2 + weekend of each epoch second in ``ts`` (local time), without pandas."""
+def local_cells(ts: np.ndarray, tz: ZoneInfo, off: Callable[[date], bool] = weekend) -> np.ndarray:
+    """hour * 2 + day off of each epoch second in ``ts`` (local time; ``off``: which local dates are
+    days off, weekends by default, the site's holidays with ``Settings.calendar``), without pandas."""
     if len(ts) == 0:
         return np.zeros(0, dtype=np.int64)
     keys, inverse = np.unique(ts.astype(np.int64) // 900, return_inverse=True)  # zone offsets are multiples of 15 min
     cells = np.empty(len(keys), dtype=np.int64)
     for i, k in enumerate(keys.tolist()):
         lt = datetime.fromtimestamp(k * 900, tz)
-        cells[i] = lt.hour * 2 + (lt.weekday() >= 5)
+        cells[i] = lt.hour * 2 + off(lt.date())
     return cells[inverse]
 
 
 def learn_thresholds(
     site: str, meter: str, ts: np.ndarray, values: dict[str, np.ndarray], at: datetime, cfg: DetectorSettings,
-    tz: ZoneInfo, interval_s: float,
+    tz: ZoneInfo, interval_s: float, off: Callable[[date], bool] = weekend,
 ) -> list[Thresholds]:
-    """Bands for both signals from readings ``ts`` (epoch seconds) and ``values[signal]`` (NaN = missing)."""
+    """Bands for both signals from readings ``ts`` (epoch seconds) and ``values[signal]`` (NaN = missing);
+    ``off``: the days off, whose hours form the "weekend" bands."""
     out = []
-    cell = local_cells(np.asarray(ts, dtype=np.float64), tz)
+    cell = local_cells(np.asarray(ts, dtype=np.float64), tz, off)
     q_lo, q_hi = cfg.threshold_quantiles
     for sig in SIGNALS:
         v_all = np.asarray(values.get(sig, np.full(len(cell), np.nan)), dtype=np.float64)
@@ -87,13 +90,13 @@ def learn_thresholds(
 
 
 class HourCells:
-    """The cell (hour * 2 + weekend, local time) of an epoch second, one reading at a time: the
+    """The cell (hour * 2 + day off, local time) of an epoch second, one reading at a time: the
     per-reading sibling of :func:`local_cells`, cached per 15 minutes and shared by all meters."""
 
-    __slots__ = ("cells", "tz")
+    __slots__ = ("cells", "off", "tz")
 
-    def __init__(self, tz: ZoneInfo) -> None:
-        self.tz = tz
+    def __init__(self, tz: ZoneInfo, off: Callable[[date], bool] = weekend) -> None:
+        self.tz, self.off = tz, off
         self.cells: dict[int, int] = {}
 
     def __call__(self, t: float) -> int:
@@ -103,7 +106,7 @@ class HourCells:
             if len(self.cells) > 100_000:
                 self.cells.clear()
             lt = datetime.fromtimestamp(k * 900, self.tz)
-            c = self.cells[k] = lt.hour * 2 + (lt.weekday() >= 5)
+            c = self.cells[k] = lt.hour * 2 + self.off(lt.date())
         return c
 
 
@@ -175,7 +178,7 @@ class ThresholdRule:
                        f"{cfg.threshold_min_days:g} days of data, bands not learned yet")
             else:
                 how = f"learned from {bt.sample_days:.1f} days"
-            msg = f"{self.sig} {x:.3f} {side} band {thr:.3f} (hour {hour:02d} {'weekend' if wk else 'weekday'}; {how})"
+            msg = f"{self.sig} {x:.3f} {side} band {thr:.3f} (hour {hour:02d} {'weekend or holiday' if wk else 'weekday'}; {how})"
         return Condition(active, x, thr, msg)
 
 
