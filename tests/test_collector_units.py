@@ -298,3 +298,21 @@ def test_spool_keeps_each_meters_next_sequence_number(tmp_path):
     assert (sp.next_seq(), sp.next_seq("next_seq/b"), sp.next_seq("next_seq/c")) == (2, 1, 2)
     assert sp.remove_stored("t/b", [(0, 0, 1, 1)]) == 1 and len(sp) == 2  # receipts per meter's topic
     sp.close()
+
+
+def test_the_simulated_meter_runs_a_public_holiday_like_a_weekend_day():
+    # Monday Mar 2 2026 is a holiday in Korea (the substitute for March 1st); Tuesday is not.
+    from shared.eventtime import DaysOff
+    from shared.settings import Settings
+
+    cfg = SimulatorSettings(default_events=False, noise=0.0)
+    tz = Simulator(cfg).tz
+    start = datetime(2026, 3, 1, 15, 0, tzinfo=UTC)  # Monday 00:00 local
+
+    def daily(off) -> list[float]:
+        s = list(Simulator(cfg, seed=1, off=off).samples(start, 2 * 1440))
+        return [sum(x.flow_rate for x in s if x.ts.astimezone(tz).day == d) / 1440 for d in (2, 3)]
+
+    (mon, tue), (mon_kr, tue_kr) = daily(DaysOff()), daily(Settings().calendar)
+    assert mon == pytest.approx(tue, rel=0.02) and tue_kr == pytest.approx(tue, rel=0.02)
+    assert mon_kr == pytest.approx(mon * cfg.weekend_factor, rel=0.02)

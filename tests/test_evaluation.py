@@ -166,3 +166,21 @@ def test_the_held_out_suite_is_valid_and_covers_networks_sizes_and_noise():
         ends = [lk.start_day + (lk.duration_days or 0) for lk in s.leaks]
         assert all(lk.start_day > data["train_days"] for lk in s.leaks)
         assert all(b.start_day - e >= 3 for b, e in zip(s.leaks[3:], ends[2:], strict=False))
+
+
+def test_a_public_holiday_is_simulated_as_a_sunday():
+    # Thu Sep 24 - Sat Sep 26 2026 is Chuseok in Korea (the scenario's zone): with `holidays: auto`
+    # Thursday and Friday have a Sunday's late, low morning; with `none` the weekday's rise.
+    def morning(holidays: str) -> pd.Series:
+        r = simulate(Scenario(days=7, seed=4, start="2026-09-21", holidays=holidays, demand_noise=0.0, day_factor_sd=0.0)).readings
+        local = r.set_index(pd.to_datetime(r["timestamp"], utc=True).dt.tz_convert("Asia/Seoul"))["flow_rate"]
+        m = local[(local.index.hour >= 7) & (local.index.hour < 9)]
+        return m.groupby(m.index.date).mean()
+
+    kr, plain = morning("auto"), morning("none")
+    days = list(kr.index)  # Mon Sep 21 .. Sun Sep 27
+    wed, thu, fri, sun = days[2], days[3], days[4], days[6]
+    assert plain[thu] == pytest.approx(plain[wed], rel=0.1) and kr[thu] < 0.8 * kr[wed]  # the holiday sleeps in
+    assert kr[thu] == pytest.approx(kr[sun], rel=0.1) and kr[fri] == pytest.approx(kr[sun], rel=0.1)
+    with pytest.raises(ValueError, match="holidays: no public-holiday calendar for country 'XX'"):
+        simulate(Scenario(days=1, holidays="XX"))
