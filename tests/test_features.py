@@ -148,3 +148,34 @@ def test_promotion_gate_includes_persistence_and_serves_the_better_baseline():
     assert serve_when_kept(0.04, 0.06, "v1", 0.03) is None  # keep v1
     assert serve_when_kept(0.04, 0.06, "v1", 0.05) == "persistence"  # v1 loses to persistence: demoted
     assert serve_when_kept(0.04, 0.06, "seasonal-naive", None) == "persistence"
+
+
+class _WeekdayModel:
+    """A stand-in for a trained model (pure unit test): forecasts 100 whatever the day."""
+
+    name = "v3"
+
+    def predict(self, window, steps):
+        return np.full(steps, 100.0)
+
+
+@pytest.mark.parametrize(("holidays", "served"), [("auto", "seasonal-naive"), ("none", "v3")])
+def test_on_a_public_holiday_the_forecaster_serves_seasonal_naive_instead_of_a_model(holidays, served):
+    # Monday Feb 16 2026, 06:00 in Seoul: the day before Korean New Year. A model's calendar features
+    # know Monday, not the holiday; seasonal naive copies the latest day off (the Sunday) and the
+    # forecast says which it is. With holidays: none it is an ordinary Monday and the model serves.
+    from services.forecaster.engine import ForecastEngine
+    from shared.settings import Settings
+
+    s = Settings(holidays=holidays)
+    e = ForecastEngine(s, s.site, s.meter)
+    e.predictors["flow_rate"] = _WeekdayModel()
+    t0 = int(datetime(2026, 2, 9, tzinfo=ZoneInfo("Asia/Seoul")).timestamp())  # Monday Feb 9, 00:00
+    end = t0 + 7 * 86400 + 6 * 3600
+    for t in range(t0, end + 1, 600):
+        e.add(datetime.fromtimestamp(t, ZoneInfo("UTC")), t, 40.0, 4.0)
+    before = e.holiday_naive  # the hourly forecasts issued on the way (from Sunday 23:00 on, in the holiday's reach)
+    (flow,) = [f for f in e.forecast(datetime.fromtimestamp(end, ZoneInfo("UTC"))) if f.signal == "flow_rate"]
+    assert flow.model == served and e.holiday_naive - before == (served == "seasonal-naive")
+    assert before == (7 if served == "seasonal-naive" else 0)
+    assert flow.values[0] == (40.0 if served == "seasonal-naive" else 100.0)

@@ -60,6 +60,7 @@ class ForecastEngine:
         self.predictors: dict[str, Predictor] = {s: self.naive for s in self.signals}
         self.fallbacks = 0
         self.skipped = 0
+        self.holiday_naive = 0  # forecasts served by seasonal naive instead of a model: a holiday ahead
         self.job_ms: dict[str, float] = {}
 
     # --- models -----------------------------------------------------------------------------
@@ -105,10 +106,21 @@ class ForecastEngine:
                 self.job_ms[s] = (time.perf_counter() - t0) * 1000
         return out
 
+    def _holiday_ahead(self, end: int) -> bool:
+        """Whether a bin of the forecast issued at ``end`` starts on a public holiday (not a weekend)."""
+        tz = self.clock.tz
+        first, last = datetime.fromtimestamp(end, tz).date(), datetime.fromtimestamp(end + (self.steps - 1) * 60 * self.step, tz).date()
+        return self.days_off.holiday(first) or (last != first and self.days_off.holiday(last))
+
     def forecast_signal(self, signal: str, issued_at: datetime) -> Forecast | None:
         end = int(issued_at.timestamp())
         w = Window(self.window.window(signal, end), end, self.step, self.clock.tz, self.days_off)
         predictor = self.predictors[signal]
+        if not modelstore.is_baseline(predictor.name) and self._holiday_ahead(end):
+            # a model's calendar features know the weekday, not the holiday (a day that runs like a
+            # Sunday); seasonal naive copies the latest day off for it
+            self.holiday_naive += 1
+            predictor = self.naive
         try:
             values = predictor.predict(w, self.steps)
         except (modelstore.InsufficientData, modelstore.ModelError) as exc:

@@ -134,7 +134,7 @@ class ForecasterService(Service):
             return
         self.admit(r)
         e = self._engine(r.site, r.meter)
-        fallbacks, skipped = e.fallbacks, e.skipped
+        fallbacks, skipped, holiday = e.fallbacks, e.skipped, e.holiday_naive
         out = e.add_reading(r)
         self.last_event = max(self.last_event or r.ts, r.ts)
         if e.fallbacks > fallbacks:
@@ -142,6 +142,7 @@ class ForecasterService(Service):
                         "served seasonal naive", r.site, r.meter, r.ts.isoformat())
         self.counters.inc("forecast_fallbacks", e.fallbacks - fallbacks)
         self.counters.inc("forecasts_skipped", e.skipped - skipped)
+        self.counters.inc("forecast_holiday_naive", e.holiday_naive - holiday)
         for f in out:
             self.emit(f, e)
 
