@@ -151,6 +151,11 @@ class DaysOff:
         """A day off that is not a Saturday or Sunday."""
         return d.weekday() < 5 and self(d)
 
+    @property
+    def has_holidays(self) -> bool:
+        """Whether any weekday can be a day off (a country's calendar or listed dates)."""
+        return self.table is not None or bool(self.extra)
+
     def __repr__(self) -> str:
         return f"DaysOff({self.country or 'weekends only'}{f', +{len(self.extra)} dates' if self.extra else ''})"
 

@@ -76,7 +76,8 @@ def test_days_off_are_weekends_public_holidays_and_listed_dates():
     assert kr.holiday(date(2026, 9, 25)) and not kr.holiday(date(2026, 9, 26))  # Chuseok's second day is a Saturday
     plain = DaysOff()
     assert plain(date(2026, 9, 26)) and not plain(date(2026, 9, 25))  # weekends only
-    assert DaysOff(None, [date(2026, 9, 28)])(date(2026, 9, 28))
+    assert DaysOff(None, [date(2026, 9, 28)])(date(2026, 9, 28)) and DaysOff(None, [date(2026, 9, 28)]).has_holidays
+    assert not plain.has_holidays and kr.has_holidays
     assert DaysOff("US-CA")(date(2026, 3, 31))  # Cesar Chavez Day: California's, not the federal calendar's
     assert not DaysOff("US")(date(2026, 3, 31))
 

@@ -353,7 +353,7 @@ class DetectionEngine:
         values = [float(v) for v in fc.values]
         if fc.model == SEASONAL_NAIVE and not tainted:  # steps that copy no ordinary reading are not judged
             values = m.echoes.mask(targets, values, 60.0 * fc.step_minutes)
-        elif not tainted and self.days_off.table is not None:  # a model knows the weekday, not the holiday: not judged then
+        elif not tainted and self.days_off.has_holidays:  # a model knows the weekday, not the holiday: not judged then
             values = holidays_masked(targets, values, 60.0 * fc.step_minutes, self.tz, self.days_off)
         m.sig[fc.signal].forecast.offer(fc.issued_at.timestamp(), targets, values, tainted)
 

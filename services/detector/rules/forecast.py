@@ -50,8 +50,9 @@ SEASONAL_NAIVE = "seasonal-naive"  # shared.modelstore.SEASONAL_NAIVE (not impor
 class SeasonalEchoes:
     """One meter: what a seasonal-naive forecast copied. It forecasts the same time a week earlier
     (with less history, or where that day was of the other day type, e.g. a holiday, the same time
-    on the latest day of the target's day type, else on the latest day: ``shared.features.seasonal_naive``), so the day or week after a burst, pressure loss or drop
-    it forecasts that event again; on the meter's first day it is the last value repeated; and in its
+    on the latest day of the target's day type, else on the latest day:
+    ``shared.features.seasonal_naive``), so the day or week after a burst, pressure loss or drop it
+    forecasts that event again; on the meter's first day it is the last value repeated; and in its
     first week a Saturday may have only weekdays to copy. Those steps are no reference for
     forecast_deviation: :meth:`mask` gives them as NaN."""
 
