@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from shared.eventtime import DaysOff
 from shared.messages import Ident
@@ -90,9 +90,18 @@ class Settings(BaseModel):
             raise ValueError(f"unknown time zone {v!r}; use an IANA name such as 'Asia/Seoul' or 'UTC'") from None
         return v
 
+    @field_validator("holidays")
+    @classmethod
+    def _holidays(cls, v: str, info: ValidationInfo) -> str:
+        try:
+            DaysOff.from_setting(v, info.data.get("timezone", "UTC"))
+        except ValueError as e:
+            raise ValueError(str(e).removeprefix("holidays: ")) from None
+        return v
+
     @model_validator(mode="after")
     def _calendar(self) -> Settings:
-        self._days_off = DaysOff.from_setting(self.holidays, self.timezone, self.days_off)  # raises naming `holidays`
+        self._days_off = DaysOff.from_setting(self.holidays, self.timezone, self.days_off)
         return self
 
     @model_validator(mode="after")
