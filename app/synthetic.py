@@ -11,18 +11,23 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
+from shared.eventtime import DaysOff
+
 START = datetime(2025, 1, 6, tzinfo=UTC)  # a Monday
 
 
 def diurnal_frame(days: float, start: datetime = START, interval_s: int = 60, seed: int = 0,
-                  noise: float = 1.0, tz: str = "Asia/Seoul") -> pd.DataFrame:
-    """Readings frame in the store's layout (UTC index; flow_rate m³/h, pressure bar)."""
+                  noise: float = 1.0, tz: str = "Asia/Seoul", holidays: str = "auto") -> pd.DataFrame:
+    """Readings frame in the store's layout (UTC index; flow_rate m³/h, pressure bar). Days off
+    (weekends and, as the settings' ``holidays``, the public holidays of ``tz``'s country) have the
+    weekend shape."""
     rng = np.random.default_rng(seed)
     n = int(days * 86_400 // interval_s)
     idx = pd.date_range(start, periods=n, freq=f"{interval_s}s", tz="UTC", name="ts")
     local = idx.tz_convert(tz)
     h = local.hour.to_numpy() + local.minute.to_numpy() / 60.0
-    weekend = local.day_of_week.to_numpy() >= 5
+    off = DaysOff.from_setting(holidays, tz)
+    weekend = np.array([off(d) for d in local.date])
     shape = (np.exp(-((h - 7.5) ** 2) / 3.0) + 0.8 * np.exp(-((h - 19.5) ** 2) / 4.0)
              + 0.35 * np.exp(-((h - 13) ** 2) / 8.0))
     shape = np.where(weekend, 0.7 * np.roll(shape, 0) + 0.15, shape)

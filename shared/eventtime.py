@@ -9,9 +9,11 @@ Boundaries are computed in a local time zone (default Asia/Seoul) so "the day", 
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 Period = Literal["minute", "10min", "hour", "day", "week", "month", "quarter", "year"]
@@ -93,16 +95,60 @@ def weekend(d: date) -> bool:
     return d.weekday() >= 5
 
 
-def zone_country(zone: str) -> str | None:
-    """The ISO 3166 country of an IANA zone (``Asia/Seoul`` -> ``KR``), from the zone table the
-    ``tzdata`` package ships; None for a zone of no country (``UTC``) or one not in the table."""
+@functools.cache
+def _zone_tables() -> tuple[dict[str, str], dict[str, str]]:
+    """(zone -> country from ``zone.tab``, alias -> zone from the links of ``tzdata.zi``)."""
     from importlib.resources import files
 
-    for line in files("tzdata.zoneinfo").joinpath("zone.tab").read_text(encoding="utf-8").splitlines():
+    root = files("tzdata.zoneinfo")
+    countries, links = {}, {}
+    for line in root.joinpath("zone.tab").read_text(encoding="utf-8").splitlines():
         parts = line.split("\t")
-        if not line.startswith("#") and len(parts) >= 3 and parts[2] == zone:
-            return parts[0]
+        if not line.startswith("#") and len(parts) >= 3:
+            countries[parts[2]] = parts[0]
+    for line in root.joinpath("tzdata.zi").read_text(encoding="utf-8").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "L":  # "L Asia/Kolkata Asia/Calcutta": a link, target then alias
+            links[parts[2]] = parts[1]
+    return countries, links
+
+
+def zone_country(zone: str) -> str | None:
+    """The ISO 3166 country of an IANA zone (``Asia/Seoul`` -> ``KR``; an alias such as ``ROK`` or
+    ``Asia/Calcutta`` through its link), from the zone tables the ``tzdata`` package ships; None for
+    a zone of no country (``UTC``)."""
+    countries, links = _zone_tables()
+    for _ in range(4):  # a link may point at another link
+        if zone in countries:
+            return countries[zone]
+        if zone not in links:
+            return None
+        zone = links[zone]
     return None
+
+
+_FILL = threading.Lock()  # the holidays package fills a year's table on its first lookup: one thread at a time
+
+
+def _holiday_table(country: str) -> Any:
+    """The ``holidays`` calendar of ``country`` (``KR``, ``US-CA``, ``BE-Flemish``: the subdivision as
+    written, else upper-cased); raises ValueError naming the `holidays` setting."""
+    import holidays
+
+    code, _, subdiv = country.partition("-")
+    code = code.upper()
+    for sub in dict.fromkeys((subdiv, subdiv.upper())) if subdiv else (None,):
+        try:
+            return holidays.country_holidays(code, subdiv=sub)
+        except NotImplementedError:
+            pass
+    try:
+        holidays.country_holidays(code)
+        what = f"subdivision {subdiv!r} of {code!r}"
+    except NotImplementedError:
+        what = f"country {code!r}"
+    raise ValueError(f"holidays: no public-holiday calendar for {what}; use an ISO 3166 code such as 'KR', or "
+                     "'US-CA' with a subdivision, 'auto' (the country of `timezone`) or 'none'")
 
 
 class DaysOff:
@@ -110,7 +156,8 @@ class DaysOff:
     ``holidays`` package) and dates listed by the operator. Demand on a holiday follows a Sunday's
     shape, not the weekday's: wherever a rule keeps a weekday and a weekend baseline (step
     thresholds, bands, the night-flow baseline, the forecast tolerance, seasonal naive), a day off is
-    a weekend day. Called with a local date."""
+    a weekend day. Called with a local date; safe to share between threads. Equal when made from the
+    same country and dates."""
 
     __slots__ = ("cache", "country", "extra", "table")
 
@@ -119,45 +166,59 @@ class DaysOff:
         self.country = country
         self.extra = frozenset(extra)
         self.cache: dict[date, bool] = {}
-        self.table = None
-        if country:
-            import holidays
-
-            code, _, subdiv = country.partition("-")
-            try:
-                self.table = holidays.country_holidays(code.upper(), subdiv=subdiv.upper() or None)
-            except NotImplementedError:
-                what = f"subdivision {subdiv!r} of {code!r}" if subdiv and code.upper() in holidays.list_supported_countries() else f"country {code!r}"
-                raise ValueError(f"holidays: no public-holiday calendar for {what}; use an ISO 3166 code such as 'KR', or "
-                                 "'US-CA' with a subdivision, 'auto' (the country of `timezone`) or 'none'") from None
+        self.table = _holiday_table(country) if country else None
 
     @classmethod
     def from_setting(cls, holidays: str, timezone: str, extra: Iterable[date] = ()) -> DaysOff:
-        """``holidays`` as configured: ``auto`` (the country of ``timezone``), ``none`` or a code."""
+        """``holidays`` as configured: ``auto`` (the country of ``timezone``), ``none`` or a code. The
+        same setting gives the same (shared) calendar: it is built once per process."""
         key = holidays.strip()
-        if key.lower() == "auto":
-            return cls(zone_country(timezone), extra)
-        return cls(None if key.lower() in ("none", "") else key, extra)
+        country = zone_country(timezone) if key.lower() == "auto" else (None if key.lower() in ("none", "") else key)
+        return _days_off(country, frozenset(extra))
 
     def __call__(self, d: date) -> bool:
         off = self.cache.get(d)
         if off is None:
             if len(self.cache) > 20_000:
                 self.cache.clear()
-            off = self.cache[d] = d.weekday() >= 5 or d in self.extra or (self.table is not None and d in self.table)
+            off = d.weekday() >= 5 or d in self.extra
+            if not off and self.table is not None:
+                with _FILL:
+                    off = d in self.table
+            self.cache[d] = off
         return off
 
     def holiday(self, d: date) -> bool:
         """A day off that is not a Saturday or Sunday."""
         return d.weekday() < 5 and self(d)
 
+    def holiday_within(self, first: float, last: float, tz: ZoneInfo) -> bool:
+        """Whether a local date from the one of epoch ``first`` to the one of ``last`` is a holiday."""
+        d, end = datetime.fromtimestamp(first, tz).date(), datetime.fromtimestamp(last, tz).date()
+        while d <= end:
+            if self.holiday(d):
+                return True
+            d += timedelta(days=1)
+        return False
+
     @property
     def has_holidays(self) -> bool:
         """Whether any weekday can be a day off (a country's calendar or listed dates)."""
         return self.table is not None or bool(self.extra)
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DaysOff) and (self.country, self.extra) == (other.country, other.extra)
+
+    def __hash__(self) -> int:
+        return hash((self.country, self.extra))
+
     def __repr__(self) -> str:
         return f"DaysOff({self.country or 'weekends only'}{f', +{len(self.extra)} dates' if self.extra else ''})"
+
+
+@functools.lru_cache(maxsize=32)
+def _days_off(country: str | None, extra: frozenset[date]) -> DaysOff:
+    return DaysOff(country, extra)
 
 
 def parse_period(text: str) -> str:

@@ -584,3 +584,23 @@ def test_after_a_restart_the_meters_history_decides_whether_a_saturday_forecast_
     fc = e._meter("s1", "m1").sig["flow_rate"].forecast.forecast
     assert fc is not None
     assert all(v == v for v in fc[2]) is judged  # NaN: a step that is no reference
+
+
+def test_seasonal_echoes_look_as_far_back_as_seasonal_naive_copies():
+    # KR, Oct 3-9 2025: National Foundation Day, Chuseok and its substitute, Hangul Day, with the
+    # weekend: seven days off in a row. For Friday Oct 10 seasonal naive copies Thursday Oct 2, eight
+    # days back (the history holds a week and a day): an ordinary day, so the step is judged.
+    from services.detector.rules.forecast import SeasonalEchoes
+    from shared import features
+
+    tz, kr = ZoneInfo("Asia/Seoul"), DaysOff("KR")
+    step = 600
+    issued = datetime(2025, 10, 10, 9, 0, tzinfo=tz).timestamp()
+    history = np.arange(8 * 144 + 1, dtype=float)  # bin k ends at issued - (8 * 144 - k) steps
+    sn = features.seasonal_naive(history, 1, 10, int(issued), tz, kr)
+    assert sn[0] == history[-1 - 8 * 144 + 1]  # the bin ending 8 days before the target: Oct 2
+    echoes = SeasonalEchoes(HourCells(tz, kr))
+    echoes.seen(issued - 30 * 86400)
+    assert echoes.mask([issued + step], [1.0], step) == [1.0]
+    echoes.note(issued - 8 * 86400 - 3600, issued - 8 * 86400 + 3600)  # a burst then: the copy is its echo
+    assert np.isnan(echoes.mask([issued + step], [1.0], step)[0])

@@ -92,3 +92,14 @@ def test_holidays_setting_auto_follows_the_zone_and_errors_name_it():
     for bad, what in (("XX", "country 'XX'"), ("KR-ZZ", "subdivision 'ZZ' of 'KR'")):
         with pytest.raises(ValueError, match=f"holidays\\s+Value error, no public-holiday calendar for {what}"):
             Settings(holidays=bad)
+
+
+def test_days_off_from_aliases_subdivisions_and_long_horizons():
+    assert zone_country("ROK") == "KR" and zone_country("Asia/Calcutta") == "IN"  # links to Asia/Seoul, Asia/Kolkata
+    assert DaysOff("BE-Flemish").country == "BE-Flemish"  # a subdivision written in mixed case
+    assert Settings() == Settings() and Settings().calendar is Settings().calendar  # one calendar per setting
+    kr, tz = DaysOff("KR"), ZoneInfo("Asia/Seoul")
+    wed = datetime(2026, 9, 23, 12, tzinfo=tz).timestamp()  # Wednesday before Chuseok
+    assert not kr.holiday_within(wed, wed + 6 * 3600, tz)
+    assert kr.holiday_within(wed, wed + 3 * 86400, tz)  # Thursday Sep 24, two days into the span
+    assert not kr.holiday_within(wed + 3 * 86400, wed + 4 * 86400, tz)  # Sat, Sun: weekends, not holidays

@@ -108,9 +108,7 @@ class ForecastEngine:
 
     def _holiday_ahead(self, end: int) -> bool:
         """Whether a bin of the forecast issued at ``end`` starts on a public holiday (not a weekend)."""
-        tz = self.clock.tz
-        first, last = datetime.fromtimestamp(end, tz).date(), datetime.fromtimestamp(end + (self.steps - 1) * 60 * self.step, tz).date()
-        return self.days_off.holiday(first) or (last != first and self.days_off.holiday(last))
+        return self.days_off.holiday_within(end, end + (self.steps - 1) * 60 * self.step, self.clock.tz)
 
     def forecast_signal(self, signal: str, issued_at: datetime) -> Forecast | None:
         end = int(issued_at.timestamp())

@@ -309,6 +309,12 @@ def train_signal(settings: Settings, signal: str, ends: np.ndarray, values: np.n
     pred = scaler.inverse(lite_out)
     pers, sn = _baselines(values, ends, ite, out, step, settings.timezone, settings.calendar)
     cur, cur_pred, cur_note = _score_current(mdir, signal, values, ends, ite, out, sn, step)
+    # where a holiday is ahead the forecaster serves seasonal naive, not a model: score what it serves
+    holiday = np.array([settings.calendar.holiday_within(int(ends[i]), int(ends[i]) + (out - 1) * 60 * step, settings.tz)
+                        for i in ite], dtype=bool).reshape(-1, 1)
+    pred = np.where(holiday, sn, pred)
+    if cur_pred is not None:
+        cur_pred = np.where(holiday, sn, cur_pred)
     m = {
         "mae_model": features.mae(actual, pred), "wape_model": features.wape(actual, pred),
         "mae_persistence": features.mae(actual, pers), "wape_persistence": features.wape(actual, pers),

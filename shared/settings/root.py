@@ -79,7 +79,7 @@ class Settings(BaseModel):
 
     _sources: dict[str, MeterSource] = PrivateAttr(default_factory=dict)
     _limits: dict[str, RangeLimits] = PrivateAttr(default_factory=dict)  # meters with limits of their own
-    _days_off: DaysOff = PrivateAttr(default_factory=DaysOff)
+    _days_off: DaysOff = PrivateAttr(default_factory=DaysOff)  # from holidays/timezone/days_off: model_copy(update=) of those keeps it stale
 
     @field_validator("timezone")
     @classmethod

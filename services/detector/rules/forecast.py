@@ -76,7 +76,7 @@ class SeasonalEchoes:
             for k in [k for k, e in self.events.items() if e is not None and e < horizon]:
                 del self.events[k]
 
-    def _copied_nothing_ordinary(self, target: float, step: float) -> bool:
+    def _copied_nothing_ordinary(self, target: float, step: float, issued: float) -> bool:
         first = self.first
         if first is None or first > target - DAY_S - step:
             return True
@@ -85,7 +85,9 @@ class SeasonalEchoes:
         if cells is not None:
             kind = cells(target - step) & 1  # day off or not; a bin is of the day it starts in
             if first > target - WEEK_S - step or cells(target - WEEK_S - step) & 1 != kind:  # an earlier day was copied
-                same = next((r for r in (target - k * DAY_S for k in range(1, 7)) if first <= r - step and cells(r - step) & 1 == kind), None)
+                # the latest earlier day of the same type whose bin had ended at the issue (the history holds 8 days)
+                same = next((r for r in (target - k * DAY_S for k in range(1, 9))
+                             if r <= issued and first <= r - step and cells(r - step) & 1 == kind), None)
                 if same is None:
                     return True  # only days of the other type to copy
                 refs.append(same)
@@ -93,7 +95,8 @@ class SeasonalEchoes:
 
     def mask(self, targets: list[float], values: list[float], step: float) -> list[float]:
         """``values`` with NaN for the steps (bins of ``step`` s ending at ``targets``) that copy no ordinary reading."""
-        return [math.nan if self._copied_nothing_ordinary(t, step) else v for t, v in zip(targets, values, strict=True)]
+        issued = targets[0] - step if targets else 0.0
+        return [math.nan if self._copied_nothing_ordinary(t, step, issued) else v for t, v in zip(targets, values, strict=True)]
 
 
 def holidays_masked(targets: list[float], values: list[float], step: float, tz: ZoneInfo, off: DaysOff) -> list[float]:
