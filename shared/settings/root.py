@@ -79,7 +79,6 @@ class Settings(BaseModel):
 
     _sources: dict[str, MeterSource] = PrivateAttr(default_factory=dict)
     _limits: dict[str, RangeLimits] = PrivateAttr(default_factory=dict)  # meters with limits of their own
-    _days_off: DaysOff = PrivateAttr(default_factory=DaysOff)  # from holidays/timezone/days_off: model_copy(update=) of those keeps it stale
 
     @field_validator("timezone")
     @classmethod
@@ -93,16 +92,13 @@ class Settings(BaseModel):
     @field_validator("holidays")
     @classmethod
     def _holidays(cls, v: str, info: ValidationInfo) -> str:
-        try:
+        if v.strip().lower() in ("auto", "none", ""):
+            return v  # auto: a zone's country, every one of which has a calendar; built on first use (Settings.calendar)
+        try:  # a code written by hand is checked now (it loads the holidays package: ~65 ms)
             DaysOff.from_setting(v, info.data.get("timezone", "UTC"))
         except ValueError as e:
             raise ValueError(str(e).removeprefix("holidays: ")) from None
         return v
-
-    @model_validator(mode="after")
-    def _calendar(self) -> Settings:
-        self._days_off = DaysOff.from_setting(self.holidays, self.timezone, self.days_off)
-        return self
 
     @model_validator(mode="after")
     def _horizon_in_steps(self) -> Settings:
@@ -182,8 +178,9 @@ class Settings(BaseModel):
 
     @property
     def calendar(self) -> DaysOff:
-        """Which local dates are days off (weekends, `holidays`, `days_off`): shared.eventtime.DaysOff."""
-        return self._days_off
+        """Which local dates are days off (weekends, `holidays`, `days_off`): shared.eventtime.DaysOff,
+        one per setting in a process (built on first use, so loading the settings stays cheap)."""
+        return DaysOff.from_setting(self.holidays, self.timezone, self.days_off)
 
     def path(self, p: Path) -> Path:
         """A configured path, resolved under data_dir when relative."""
