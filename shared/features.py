@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from shared.eventtime import weekend
+from shared.eventtime import DaysOff, weekend
 from shared.settings import RangeLimits
 
 N_FEATURES = 5  # scaled value, sin/cos hour of day, sin/cos day of week
@@ -221,6 +221,13 @@ def persistence(history: np.ndarray, steps: int) -> np.ndarray:
     h = np.asarray(history, dtype="float64")
     ok = np.flatnonzero(np.isfinite(h))
     return np.full(steps, h[ok[-1]] if len(ok) else np.nan)
+
+
+def holiday_ahead(off: DaysOff, end: int, steps: int, step_minutes: int, tz: ZoneInfo) -> bool:
+    """Whether a bin of the forecast issued at ``end`` (``steps`` bins of ``step_minutes``) starts on
+    a public holiday that is not a weekend: a model's calendar features know the weekday, not the
+    holiday, so the forecaster serves seasonal naive then (and the trainer scores that)."""
+    return off.holiday_within(end, end + (steps - 1) * 60 * step_minutes, tz)
 
 
 def seasonal_naive(history: np.ndarray, steps: int, step_minutes: int, end: int | None = None,

@@ -64,6 +64,22 @@ def burst_frame(minutes=60, at=40, start=T0):
     return df
 
 
+def feed_around_a_forecast(svc, pub: Bus, site: str, rs: list, issue: int, values: tuple, model: str) -> None:
+    """Publish the readings before ``rs[issue]``, then a flow forecast issued at it (10-minute bins,
+    ``model``), then the rest; return once every reading is stored."""
+    from shared.messages import Forecast
+
+    for r in rs[:issue]:
+        pub.publish(topics.reading(site, "m1"), r)
+    assert wait_for(lambda: svc.counters.get("readings_stored") >= issue, timeout=90)
+    pub.publish(topics.forecast(site, "m1"), Forecast(site=site, meter="m1", signal="flow_rate", issued_at=rs[issue].ts,
+                                                     step_minutes=10, values=values, model=model))
+    assert wait_for(lambda: svc.counters.get("handled") >= issue + 1)
+    for r in rs[issue:]:
+        pub.publish(topics.reading(site, "m1"), r)
+    assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs), timeout=60)
+
+
 @pytest.fixture
 def running(settings, store):
     """A detector in a thread on the given store; yields (service, settings, site)."""
@@ -199,7 +215,6 @@ def test_in_the_first_week_a_weekday_copied_for_a_saturday_raises_no_forecast_de
     import numpy as np
 
     from shared import features
-    from shared.messages import Forecast
 
     svc, s, site = running
     pub = client(s, f"pub-daytype-{model}")
@@ -209,20 +224,12 @@ def test_in_the_first_week_a_weekday_copied_for_a_saturday_raises_no_forecast_de
     df.iloc[:1440, 0] += rise
     rs = readings(df, site=site)
     issue = 1440 + 5 * 60  # Saturday 05:00 local
-    for r in rs[:issue]:
-        pub.publish(topics.reading(site, "m1"), r)
-    assert wait_for(lambda: svc.counters.get("readings_stored") >= issue, timeout=90)
     end = int(rs[issue].ts.timestamp())
     bins = df["flow_rate"].iloc[:issue].to_numpy().reshape(-1, 10).mean(axis=1)  # 10-minute bins, the last ending at `end`
     values = tuple(float(v) for v in features.seasonal_naive(bins, 6, 10, end, s.timezone))  # what the forecaster serves
     assert np.allclose(values, bins[30:36])  # Friday 05:00-06:00 (bins ending 05:10 .. 06:00): the rise
     assert min(values) > 1.3 * max(df["flow_rate"].iloc[issue: issue + 60])  # the Saturday readings are far below it
-    pub.publish(topics.forecast(site, "m1"), Forecast(site=site, meter="m1", signal="flow_rate", issued_at=rs[issue].ts,
-                                                     step_minutes=10, values=values, model=model))
-    assert wait_for(lambda: svc.counters.get("handled") >= issue + 1)
-    for r in rs[issue:]:
-        pub.publish(topics.reading(site, "m1"), r)
-    assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs), timeout=60)
+    feed_around_a_forecast(svc, pub, site, rs, issue, values, model)
     stored = store.read_anomalies(site, "m1", friday, friday + timedelta(days=3))
     assert bool((stored["kind"] == "forecast_deviation").any()) is judged, stored[["kind", "start", "end"]]
     assert len(store.read_readings(site, "m1", friday, friday + timedelta(days=3))) == len(rs)
@@ -236,7 +243,6 @@ def test_a_models_weekday_forecast_for_a_public_holiday_raises_no_forecast_devia
     # A model's calendar features know Monday, not the holiday, so its forecast has the weekday's
     # rise; the readings "deviate" from it for an hour. Not judged on a holiday; with
     # holidays: none it is an ordinary Monday and judged (the test can fail).
-    from shared.messages import Forecast
 
     base, site = unique(settings)
     s = Settings(**{k: getattr(base, k) for k in Settings.model_fields if k not in ("holidays", "days_off")}, holidays=holidays)
@@ -248,18 +254,10 @@ def test_a_models_weekday_forecast_for_a_public_holiday_raises_no_forecast_devia
     df = frame(start=monday, minutes=7 * 60)
     rs = readings(df, site=site)
     issue = 5 * 60  # 05:00 local
-    for r in rs[:issue]:
-        pub.publish(topics.reading(site, "m1"), r)
-    assert wait_for(lambda: svc.counters.get("readings_stored") >= issue, timeout=60)
     level = float(df["flow_rate"].iloc[issue - 60: issue].mean())
     values = tuple(level * f for f in (1.8, 1.9, 2.0, 2.0, 2.0, 2.0))  # a weekday's rise, 10-minute bins
     assert min(values) > 1.5 * max(df["flow_rate"].iloc[issue: issue + 60])  # far over the tolerance (30 %)
-    pub.publish(topics.forecast(site, "m1"), Forecast(site=site, meter="m1", signal="flow_rate", issued_at=rs[issue].ts,
-                                                     step_minutes=10, values=values, model="v7"))
-    assert wait_for(lambda: svc.counters.get("handled") >= issue + 1)
-    for r in rs[issue:]:
-        pub.publish(topics.reading(site, "m1"), r)
-    assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs), timeout=60)
+    feed_around_a_forecast(svc, pub, site, rs, issue, values, "v7")
     stored = store.read_anomalies(site, "m1", monday, monday + timedelta(days=1))
     assert bool((stored["kind"] == "forecast_deviation").any()) is judged, stored[["kind", "start", "end"]]
     assert len(store.read_readings(site, "m1", monday, monday + timedelta(days=1))) == len(rs)

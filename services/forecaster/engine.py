@@ -106,18 +106,12 @@ class ForecastEngine:
                 self.job_ms[s] = (time.perf_counter() - t0) * 1000
         return out
 
-    def _holiday_ahead(self, end: int) -> bool:
-        """Whether a bin of the forecast issued at ``end`` starts on a public holiday (not a weekend)."""
-        return self.days_off.holiday_within(end, end + (self.steps - 1) * 60 * self.step, self.clock.tz)
-
     def forecast_signal(self, signal: str, issued_at: datetime) -> Forecast | None:
         end = int(issued_at.timestamp())
         w = Window(self.window.window(signal, end), end, self.step, self.clock.tz, self.days_off)
         predictor = self.predictors[signal]
-        if not modelstore.is_baseline(predictor.name) and self._holiday_ahead(end):
-            # a model's calendar features know the weekday, not the holiday (a day that runs like a
-            # Sunday); seasonal naive copies the latest day off for it
-            self.holiday_naive += 1
+        if not modelstore.is_baseline(predictor.name) and features.holiday_ahead(self.days_off, end, self.steps, self.step, self.clock.tz):
+            self.holiday_naive += 1  # seasonal naive copies the latest day off for it
             predictor = self.naive
         try:
             values = predictor.predict(w, self.steps)

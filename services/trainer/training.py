@@ -310,8 +310,8 @@ def train_signal(settings: Settings, signal: str, ends: np.ndarray, values: np.n
     pers, sn = _baselines(values, ends, ite, out, step, settings.timezone, settings.calendar)
     cur, cur_pred, cur_note = _score_current(mdir, signal, values, ends, ite, out, sn, step)
     # where a holiday is ahead the forecaster serves seasonal naive, not a model: score what it serves
-    holiday = np.array([settings.calendar.holiday_within(int(ends[i]), int(ends[i]) + (out - 1) * 60 * step, settings.tz)
-                        for i in ite], dtype=bool).reshape(-1, 1)
+    holiday = np.array([features.holiday_ahead(settings.calendar, int(ends[i]), out, step, settings.tz) for i in ite],
+                       dtype=bool).reshape(-1, 1)
     pred = np.where(holiday, sn, pred)
     if cur_pred is not None:
         cur_pred = np.where(holiday, sn, cur_pred)

@@ -30,6 +30,7 @@ import bisect
 import math
 from collections import deque
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from services.detector.alerts import AlertState, Condition
@@ -103,8 +104,6 @@ def holidays_masked(targets: list[float], values: list[float], step: float, tz: 
     """``values`` with NaN for the steps (bins of ``step`` s ending at ``targets``) on a public holiday
     that is not a weekend: a model's calendar features know the day of the week, not the holiday, so
     it forecasts a weekday's demand for a day that runs like a Sunday."""
-    from datetime import datetime
-
     return [math.nan if off.holiday(datetime.fromtimestamp(t - step, tz).date()) else v for t, v in zip(targets, values, strict=True)]
 
 
