@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from shared.messages import SEVERITY_RANK, SIGNALS, Anomaly, Forecast
 from shared.readings_csv import CsvFormatError, read_all
-from shared.runner import base_parser, settings_from_args
+from shared.runner import add_naive_tz, base_parser, naive_tz_or_note, settings_from_args
 from shared.store.base import reading_columns
 
 logger = logging.getLogger(__name__)
@@ -311,13 +311,15 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--train-days", type=float, default=None, help="train the models on the first N days first (needs TensorFlow)")
     p.add_argument("--score-from-day", type=float, default=None, help="score from this day of the file on (default: --train-days, else 0)")
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    add_naive_tz(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     settings = settings_from_args(args)
     from app.scenarios import read_labels
 
+    naive_tz = naive_tz_or_note("evaluate", args.naive_tz, [args.readings], settings.timezone)
     try:
-        frame, rejects = read_all(args.readings, settings.limits_of(settings.meter), source="replay")
+        frame, rejects = read_all(args.readings, settings.limits_of(settings.meter), naive_tz, source="replay")
         labels = read_labels(args.labels) if args.labels else None
     except (CsvFormatError, ValueError, OSError) as exc:
         print(f"flowwatch evaluate: {exc}", file=sys.stderr)

@@ -25,10 +25,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from shared.readings_csv_rows import CsvFormatError, NotPlain, read_rows, small_enough
-from shared.runner import base_parser, settings_from_args
+from shared.runner import add_naive_tz, base_parser, naive_tz_or_note, settings_from_args
 from shared.store import StoreError, open_store
 from shared.store.base import WriteResult
 
@@ -79,7 +78,7 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--meter", default=None, help="meter id (default: the configured meter)")
     p.add_argument("--meter-from-name", action="store_true",
                    help="each file's meter id is its name without .csv (several meters in one run: meters/m12.csv -> m12)")
-    p.add_argument("--naive-tz", default="UTC", help="zone of timestamps that carry no offset (default UTC)")
+    add_naive_tz(p)
     p.add_argument("--rejects", type=Path, default=None, help="where to write rejected rows (default FILE.rejects.csv; one file only)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -87,10 +86,6 @@ def main(argv: Sequence[str]) -> int:
         p.error("--meter and --meter-from-name exclude each other")
     if args.rejects and len(args.files) > 1:
         p.error("--rejects names the rejects file of one input file; with several, each has its own FILE.rejects.csv")
-    try:
-        ZoneInfo(args.naive_tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        p.error(f"--naive-tz {args.naive_tz!r} is not a time zone; use an IANA name such as 'Asia/Seoul' or 'UTC'")
     # --site / --meter go through the settings: the same id rule as the config file and every message.
     # --meter is taken as given: with a `meters` list, settings.meter is the first configured meter.
     settings = settings_from_args(args, **{k: v for k, v in (("site", args.site), ("meter", args.meter)) if v})
@@ -107,7 +102,8 @@ def main(argv: Sequence[str]) -> int:
         print(f"flowwatch import: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
     small = small_enough(args.files)  # pandas would cost more than it saves (see the module docstring)
-    files = _Files(args.files, [settings.limits_of(m) for m in meters], args.naive_tz, small)  # before the store opens (fork)
+    naive_tz = naive_tz_or_note("import", args.naive_tz, args.files, settings.timezone)
+    files = _Files(args.files, [settings.limits_of(m) for m in meters], naive_tz, small)  # before the store opens (fork)
     try:
         try:
             store = open_store(settings)

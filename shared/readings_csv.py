@@ -40,6 +40,7 @@ from shared.readings_csv_rows import (  # the definitions both readers share (th
     RAW_MAX_CHARS,
     REQUIRED,
     SIGNAL_COLUMNS,
+    TIME_OFFSET,
     CsvFormatError,
     Reject,
     RowChunk,
@@ -103,7 +104,7 @@ def _timestamps(text: pd.Series, naive_tz: str) -> pd.Series:
         return ts
     text = text.str.strip()
     ts = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
-    naive = ~text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True)
+    naive = ~text.str.contains(TIME_OFFSET.pattern, regex=True)
     if naive.any() and naive_tz != "UTC":
         local = pd.to_datetime(text[naive], format="ISO8601", errors="coerce").dt.tz_localize(naive_tz, ambiguous="NaT", nonexistent="NaT")
         ts[naive] = local.dt.tz_convert("UTC")

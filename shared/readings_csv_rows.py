@@ -82,6 +82,27 @@ def missing_columns(path: Path, columns: Sequence[str]) -> CsvFormatError:
                           "(or timestamp and one of flow_rate, pressure for a meter with one signal)")
 
 
+TIME_OFFSET = re.compile(r"(?:Z|[+-]\d\d:?\d\d)$")  # how a timestamp with a UTC offset ends (both readers)
+
+
+def naive_timestamps(path: Path, rows: int = 20) -> bool:
+    """Whether the first ``rows`` timestamps of a readings file carry no UTC offset (they are then
+    read in ``--naive-tz``, UTC unless told: a logger's local wall time read as UTC moves every night
+    window and hour of day by the zone's offset). False for a file that cannot be read: the reader
+    says why."""
+    try:
+        with path.open(newline="", encoding="utf-8", errors="replace") as f:
+            reader = csv.reader(f)
+            header = [h.strip().lower() for h in next(reader, [])]
+            if "timestamp" not in header:
+                return False
+            at = header.index("timestamp")
+            stamps = [r[at].strip() for r, _ in zip(reader, range(rows), strict=False) if len(r) > at and r[at].strip()]
+    except OSError:
+        return False
+    return any(not TIME_OFFSET.search(t) for t in stamps)
+
+
 @dataclass
 class RowChunk:
     """Readings as plain lists (epoch seconds; NaN where a value is missing): what this reader gives,

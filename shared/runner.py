@@ -37,6 +37,39 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_naive_tz(p: argparse.ArgumentParser) -> None:
+    """``--naive-tz ZONE``: the zone of a readings file's timestamps that carry no UTC offset (None:
+    not given, read as UTC; :func:`naive_tz_or_note` says so when the file has such timestamps)."""
+    p.add_argument("--naive-tz", type=_zone, default=None, metavar="ZONE",
+                   help="zone of timestamps that carry no UTC offset, e.g. Asia/Seoul for a logger's local time (default UTC)")
+
+
+def _zone(text: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time zone; use an IANA name such as 'Asia/Seoul' or 'UTC'") from None
+    return text
+
+
+def naive_tz_or_note(prog: str, naive_tz: str | None, paths: Sequence[Path], timezone: str) -> str:
+    """The zone to read offset-less timestamps in: ``naive_tz``, else UTC, and then a note on stderr
+    for each file whose timestamps carry no offset (local wall time read as UTC would move every
+    night window and hour of day), naming the option and the configured ``timezone``."""
+    if naive_tz is not None:
+        return naive_tz
+    from shared.readings_csv_rows import naive_timestamps
+
+    for path in paths:
+        if naive_timestamps(path):
+            print(f"flowwatch {prog}: {path}: timestamps without a UTC offset are read as UTC; if they are the meter's "
+                  f"local time, pass --naive-tz {timezone} (the configured timezone) or the zone they were logged in",
+                  file=sys.stderr)
+    return "UTC"
+
+
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([mhdw])$")
 
 

@@ -18,14 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 START = datetime(2026, 1, 5, tzinfo=UTC)
 
 
-def hourly_flow_csv(path: Path, days: int) -> None:
+def hourly_flow_csv(path: Path, days: int, stamp: str = "%Y-%m-%dT%H:%M:%SZ") -> None:
     rng = np.random.default_rng(5)
     hours = np.arange(days * 24)
     flow = 100 + 30 * np.sin(2 * np.pi * hours / 24) + rng.normal(0, 2, len(hours))
     with path.open("w") as f:
         f.write("timestamp,flow_rate\n")
         for h, q in zip(hours, flow, strict=True):
-            f.write(f"{START + timedelta(hours=int(h)):%Y-%m-%dT%H:%M:%SZ},{q:.3f}\n")
+            f.write(f"{START + timedelta(hours=int(h)):{stamp}},{q:.3f}\n")
 
 
 def test_a_file_without_a_signal_column_reads_that_signal_as_absent_not_flagged(tmp_path):
@@ -76,3 +76,23 @@ def test_evaluate_of_an_hourly_flow_only_file_raises_no_alert_about_its_interval
     assert "gap" not in set(alerts["kind"]), alerts["kind"].value_counts().to_dict()
     assert "pressure" not in set(alerts["signal"]) and "both" not in set(alerts["signal"])
     assert alerts.empty, f"alerts on a clean daily cycle: {alerts.to_dict('records')}"
+
+
+def test_evaluate_reads_a_loggers_local_wall_time_with_naive_tz_and_says_so_without(tmp_path):
+    """Real records often carry local time with no offset: read as UTC, every night window and hour of
+    day moves by the zone's offset, so evaluate says so and --naive-tz reads them as what they are."""
+    readings, cfg = tmp_path / "local.csv", tmp_path / "flowwatch.yaml"
+    hourly_flow_csv(readings, 9, stamp="%Y-%m-%d %H:%M:%S")  # 2026-01-05 00:00:00 ... (no offset)
+    cfg.write_text(f"data_dir: {tmp_path / 'var'}\n")
+
+    def evaluate(out: str, *extra: str) -> tuple[subprocess.CompletedProcess, pd.DataFrame]:
+        r = subprocess.run([sys.executable, "-m", "app.cli", "evaluate", "-c", str(cfg), "--readings", str(readings),
+                            "--out", str(tmp_path / out), "--quiet", *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r, pd.read_csv(tmp_path / out / "forecasts.csv", parse_dates=["issued_at"])
+
+    r, utc = evaluate("utc")
+    assert "without a UTC offset are read as UTC" in r.stderr and "--naive-tz Asia/Seoul" in r.stderr, r.stderr
+    r, seoul = evaluate("seoul", "--naive-tz", "Asia/Seoul")
+    assert "--naive-tz" not in r.stderr, r.stderr
+    assert utc["issued_at"].iloc[0] - seoul["issued_at"].iloc[0] == pd.Timedelta(hours=9)  # 01:00 local is 16:00 UTC the day before

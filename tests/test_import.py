@@ -75,7 +75,7 @@ def test_import_clean_file_exit_0_and_idempotent(tmp_path):
 
 def test_import_an_unknown_naive_tz_is_a_clear_error(tmp_path):
     r, _ = run_import(tmp_path, "timestamp,flow_rate,pressure\n2026-03-01 00:00:00,1,2\n", "--naive-tz", "Mars/Base")
-    assert r.returncode == 2 and "--naive-tz 'Mars/Base' is not a time zone" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 2 and "--naive-tz: 'Mars/Base' is not a time zone" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_import_bad_header(tmp_path):
@@ -142,8 +142,13 @@ def test_too_many_fields_anywhere_every_line_accounted_for(tmp_path, body, good_
 def test_import_naive_tz(tmp_path):
     r, store = run_import(tmp_path, "timestamp,flow_rate,pressure\n2026-03-01T09:00:00,1,2\n", "--naive-tz", "Asia/Seoul")
     assert r.returncode == 0, r.stderr
+    assert "--naive-tz" not in r.stderr  # told: no note
     df = store.read_readings("s1", "m1", datetime(2026, 2, 28, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC))
     assert df.index[0] == pd.Timestamp("2026-03-01T00:00:00Z")
+    r, _ = run_import(tmp_path, "timestamp,flow_rate,pressure\n2026-03-01T10:00:00,1,2\n")  # not told: UTC, and a note says so
+    assert r.returncode == 0 and "without a UTC offset are read as UTC" in r.stderr and "--naive-tz" in r.stderr, r.stderr
+    r, _ = run_import(tmp_path, "timestamp,flow_rate,pressure\n2026-03-01T11:00:00+09:00,1,2\n")  # offsets: nothing to say
+    assert r.returncode == 0 and "--naive-tz" not in r.stderr, r.stderr
 
 
 cell = st.one_of(st.text(max_size=12), st.floats(allow_nan=True, allow_infinity=True).map(repr), st.just(""))
