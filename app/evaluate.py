@@ -303,6 +303,22 @@ def write_outputs(out: Path, res: RunResult) -> None:
                  columns=list(FORECAST_COLUMNS)).to_csv(out / "forecasts.csv", index=False, lineterminator="\n")
 
 
+def out_of_range_notes(frame: pd.DataFrame, limits) -> list[str]:  # noqa: ANN001 - RangeLimits
+    """What to say of readings outside the physical limits: they are judged invalid (the ``invalid``
+    alert, no forecast, no learning), which is right for a broken meter and wrong for a meter whose
+    range the limits do not cover (a larger district, another unit), so the note names the setting."""
+    quality = frame["quality"].astype(str)
+    notes = []
+    for signal, unit in (("flow_rate", "m³/h"), ("pressure", "bar")):
+        n = int(quality.str.contains(f"{signal}_out_of_range", regex=False).sum())
+        if n:
+            lo, hi = getattr(limits, f"{signal}_min"), getattr(limits, f"{signal}_max")
+            notes.append(f"{n:,} of {len(frame):,} {signal} readings ({n / len(frame):.1%}) are outside limits {lo:g}..{hi:g} {unit} "
+                         f"and are judged invalid; if the meter reads that much (or in another unit), set limits.{signal}_min / "
+                         f"limits.{signal}_max in the config (-c) or FLOWWATCH_LIMITS__{signal.upper()}_MAX")
+    return notes
+
+
 def main(argv: Sequence[str]) -> int:
     p = base_parser("evaluate", "Run the production detector and forecaster over a readings file and score them against labels.")
     p.add_argument("--readings", type=Path, required=True,
@@ -334,6 +350,8 @@ def main(argv: Sequence[str]) -> int:
         return 2
     if rejects:
         print(f"flowwatch evaluate: {len(rejects)} row(s) rejected, first: line {rejects[0].line}: {rejects[0].reason}", file=sys.stderr)
+    for note in out_of_range_notes(frame, settings.limits_of(settings.meter)):
+        print(f"flowwatch evaluate: {args.readings}: {note}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fw-eval-") as tmp:
         # models and any state live in a scratch data_dir: evaluate never touches the configured one

@@ -112,7 +112,7 @@ def plot(store, site: str, meter: str, start: datetime, end: datetime, out: Path
 
 
 def _fit_y(ax, *series) -> None:
-    """Scale the y axis to the readings and forecasts, not to a wide static band (0-1500 m³/h
+    """Scale the y axis to the readings and forecasts, not to a wide static band (0-10,000 m³/h
     would flatten the curve): bands and alert spans are clipped at the edges instead."""
     import numpy as np
 

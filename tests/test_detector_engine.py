@@ -20,6 +20,9 @@ from tests.detector_synth import at, frame, minutes
 TZ = "Asia/Seoul"
 
 
+STATIC = {"flow_rate": (0.0, 1500.0)}  # a meter's own static flow limits (the default is the physical range); pressure keeps its default
+
+
 def engine(**kw) -> DetectionEngine:
     return DetectionEngine(DetectorSettings(**kw), TZ)
 
@@ -39,7 +42,7 @@ def test_clean_series_raises_nothing():
 
 # --- validity -------------------------------------------------------------------------------
 @pytest.mark.parametrize("value, sig, word", [(np.nan, "flow_rate", "missing"), (-3.0, "flow_rate", "negative"),
-                                              (5000.0, "flow_rate", "physical range"), (25.0, "pressure", "physical range")])
+                                              (50000.0, "flow_rate", "physical range"), (25.0, "pressure", "physical range")])
 def test_invalid_opens_at_once_and_closes_after_clear_time(value, sig, word):
     df = frame(minutes=60)
     df.iloc[30, df.columns.get_loc(sig)] = value
@@ -108,8 +111,8 @@ def test_silent_uses_wall_clock_and_closes_on_next_reading():
 # --- thresholds -----------------------------------------------------------------------------
 def test_static_limits_apply_before_enough_data_and_the_message_says_so():
     df = frame(minutes=60)
-    df.iloc[20:30, 0] = 1800.0  # above static upper 1500, below physical 2000
-    out = kinds(run(engine(min_duration_minutes=3), df), "threshold")
+    df.iloc[20:30, 0] = 1800.0  # above the static upper 1500, below the physical limit
+    out = kinds(run(engine(min_duration_minutes=3, static_limits=STATIC), df), "threshold")
     assert [a.state for a in out] == ["open", "closed"]
     assert out[0].start == at(df, 20) and out[0].ts == at(df, 22) and out[0].threshold == 1500.0
     assert "static limits" in out[0].message
@@ -117,8 +120,8 @@ def test_static_limits_apply_before_enough_data_and_the_message_says_so():
 
 def test_short_excursion_below_min_duration_does_not_open():
     df = frame(minutes=60)
-    df.iloc[20:22, 0] = 1800.0
-    assert kinds(run(engine(min_duration_minutes=3), df), "threshold") == []
+    df.iloc[20:22, 0] = 1800.0  # over the static upper 1500 for 2 minutes only
+    assert kinds(run(engine(min_duration_minutes=3, static_limits=STATIC), df), "threshold") == []
 
 
 def test_hysteresis_no_flapping_around_the_band():
@@ -126,7 +129,7 @@ def test_hysteresis_no_flapping_around_the_band():
     df = frame(minutes=100)
     osc = np.where(np.arange(40) % 2 == 0, 1510.0, 1495.0)
     df.iloc[20:60, 0] = osc
-    out = kinds(run(engine(min_duration_minutes=0, clear_after_minutes=3, hysteresis_pct=5), df), "threshold")
+    out = kinds(run(engine(min_duration_minutes=0, clear_after_minutes=3, hysteresis_pct=5, static_limits=STATIC), df), "threshold")
     assert [a.state for a in out] == ["open", "closed"]
     assert out[1].end == at(df, 60)
 

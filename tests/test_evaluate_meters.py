@@ -96,3 +96,16 @@ def test_evaluate_reads_a_loggers_local_wall_time_with_naive_tz_and_says_so_with
     r, seoul = evaluate("seoul", "--naive-tz", "Asia/Seoul")
     assert "--naive-tz" not in r.stderr, r.stderr
     assert utc["issued_at"].iloc[0] - seoul["issued_at"].iloc[0] == pd.Timedelta(hours=9)  # 01:00 local is 16:00 UTC the day before
+
+
+def test_evaluate_names_the_limit_that_makes_a_large_meters_readings_invalid(tmp_path):
+    from app.evaluate import out_of_range_notes
+    from shared.settings import RangeLimits
+
+    p = tmp_path / "r.csv"
+    p.write_text("timestamp,flow_rate\n2026-01-05T00:00:00Z,2500\n2026-01-05T01:00:00Z,1500\n2026-01-05T02:00:00Z,2600\n")
+    frame, _ = read_all(p, RangeLimits(flow_rate_max=2000))
+    (note,) = out_of_range_notes(frame, RangeLimits(flow_rate_max=2000))
+    assert note.startswith("2 of 3 flow_rate readings (66.7%) are outside limits 0..2000 m³/h") and "limits.flow_rate_max" in note
+    frame, _ = read_all(p)
+    assert out_of_range_notes(frame, RangeLimits()) == []  # the default range covers a large district

@@ -113,3 +113,24 @@ def test_a_limit_that_is_not_a_finite_number_is_refused(value):
         Settings(meters=[{"id": "m1", "limits": {"flow_rate_max": value}}])
     with pytest.raises(ValidationError, match="pressure_min must be a finite number"):
         Settings(limits={"pressure_min": value})
+
+
+def test_static_limits_given_for_one_signal_keep_the_others_default():
+    """A config naming only flow's static limits once left pressure without bands (the detector raised a
+    validation error at the first reading); a signal left out keeps its default, and an infinite limit
+    is refused with its key."""
+    from shared.settings import DetectorSettings
+    from shared.settings.detector import STATIC_LIMITS
+
+    s = DetectorSettings(static_limits={"flow_rate": (0.0, 500.0)})
+    assert s.static_limits == {"flow_rate": (0.0, 500.0), "pressure": STATIC_LIMITS["pressure"]}
+    with pytest.raises(ValidationError, match="static_limits.pressure: both limits must be finite"):
+        DetectorSettings(static_limits={"pressure": (1.0, float("inf"))})
+
+
+def test_the_default_flow_range_covers_a_large_district():
+    """Tens of thousands of customers peak over 2,000 m³/h: out of the box no such reading is invalid
+    and no static band is crossed before the meter's own bands are learned."""
+    from shared.settings import DetectorSettings
+
+    assert RangeLimits().flow_rate_max >= 5000 and DetectorSettings().static_limits["flow_rate"][1] >= 5000

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from shared.settings.base import Section
+
+#: The static band limits until a meter's bands are learned; flow's is its physical range (limits)
+STATIC_LIMITS: dict[str, tuple[float, float]] = {"flow_rate": (0.0, 10000.0), "pressure": (1.0, 10.0)}
 
 
 class DetectorSettings(Section):
@@ -63,8 +67,10 @@ class DetectorSettings(Section):
         description="Per signal: the smallest band half-margin (units of the signal), so a very steady signal is not over-alerted.",
     )
     static_limits: dict[str, tuple[float, float]] = Field(
-        default_factory=lambda: {"flow_rate": (0.0, 1500.0), "pressure": (1.0, 10.0)},
-        description="Per signal: lower and upper limit used until enough data exists to learn bands.",
+        default_factory=lambda: dict(STATIC_LIMITS),
+        description="Per signal: lower and upper limit used until enough data exists to learn bands. Flow: the physical range "
+        "by default (a district's flow is anything from a few to thousands of m³/h: its bands are learned); set a meter's own to be told sooner. "
+        "A signal left out keeps its default.",
     )
     pressure_loss_bar: float = Field(default=0.7, ge=0, description="Pressure below this (bar) is a critical pressure loss.")
     # minimum night flow
@@ -164,9 +170,11 @@ class DetectorSettings(Section):
         for sig, (lo, hi) in v.items():
             if sig not in ("flow_rate", "pressure"):
                 raise ValueError(f"unknown signal {sig!r} in static_limits; use flow_rate or pressure")
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError(f"static_limits.{sig}: both limits must be finite numbers")
             if lo >= hi:
                 raise ValueError(f"static_limits.{sig}: lower must be below upper")
-        return v
+        return {**STATIC_LIMITS, **v}  # a signal left out keeps its default (every signal has bands)
 
     @field_validator("spike_min_abs", "threshold_min_spread", "forecast_tolerance_abs")
     @classmethod

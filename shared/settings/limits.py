@@ -19,7 +19,11 @@ class RangeLimits(Section):
     """Physical ranges of the signals (a meter's own: meters[].limits) and the plausible time of a reading (per box)."""
 
     flow_rate_min: float = Field(default=0.0, description="Lowest physically valid flow rate (m³/h).")
-    flow_rate_max: float = Field(default=2000.0, description="Highest physically valid flow rate (m³/h).")
+    flow_rate_max: float = Field(
+        default=10000.0,
+        description="Highest physically valid flow rate (m³/h): by default that of the largest district inlets (DN1000 at 3.5 m/s; "
+        "a district of tens of thousands of customers peaks over 2,000 m³/h); a smaller meter's own range in meters[].limits.",
+    )
     pressure_min: float = Field(default=0.0, description="Lowest physically valid pressure (bar).")
     pressure_max: float = Field(default=16.0, description="Highest physically valid pressure (bar).")
     earliest: datetime = Field(
