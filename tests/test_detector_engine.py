@@ -607,3 +607,51 @@ def test_seasonal_echoes_look_as_far_back_as_seasonal_naive_copies():
     assert echoes.mask([issued + step], [1.0], step) == [1.0]
     echoes.note(issued - 8 * 86400 - 3600, issued - 8 * 86400 + 3600)  # a burst then: the copy is its echo
     assert np.isnan(echoes.mask([issued + step], [1.0], step)[0])
+
+
+def _growing_district(weeks: int, growth: float, seed: int = 3) -> pd.DataFrame:
+    """15-minute readings of a district whose demand grows by ``growth`` (a share) over the run, as
+    a summer does: a daily cycle, a day factor, a little noise; pressure steady."""
+    rng = np.random.default_rng(seed)
+    n = weeks * 7 * 96
+    idx = pd.date_range(datetime(2026, 3, 1, 15, tzinfo=UTC), periods=n, freq="15min", name="ts")  # Mon 2 Mar, 00:00 local
+    hour = (np.arange(n) % 96) / 4
+    shape = 0.45 + 0.55 * np.exp(-(((hour - 8) / 2.5) ** 2)) + 0.5 * np.exp(-(((hour - 20) / 3) ** 2))
+    day = 1 + rng.normal(0, 0.03, n // 96 + 1)[np.arange(n) // 96]
+    flow = 100 * shape * day * (1 + growth * np.arange(n) / n) * (1 + rng.normal(0, 0.02, n))
+    return pd.DataFrame({"flow_rate": flow, "pressure": 4 + rng.normal(0, 0.02, n)}, index=idx)
+
+
+def _run_with_recalibration(e: DetectionEngine, df: pd.DataFrame) -> tuple[list, list[datetime], list[float]]:
+    """Day by day, recalibrating whenever a boundary is crossed (as the service and evaluate do):
+    the anomalies, when the bands were learned and when the step thresholds were."""
+    out, bands, steps = [], [], []
+    for _, day in df.groupby(df.index.floor("D")):
+        out += run(e, day)
+        for site, meter, at_ in e.take_due():
+            e.recalibrate(site, meter, df[df.index < at_], at_)
+            bands.append(at_)
+            steps.append(e.calibration(site, meter).computed_at)
+    return out, bands, steps
+
+
+def test_the_bands_follow_a_seasonal_rise_weekly_while_the_step_thresholds_keep_their_quarter():
+    """A band learned once a quarter took a 30 % rise over four months for a stream of threshold
+    alerts (11 per 30 days on such a series): the bands are learned again every week (bands_period),
+    the tails of the alarm budget stay as long-lived as recalibrate_period."""
+    df = _growing_district(weeks=12, growth=0.4)
+    settings = dict(timezone=TZ, meters=[{"id": "m1", "interval_s": 900}])
+
+    def engine_with(**kw) -> DetectionEngine:
+        return DetectionEngine.from_settings(Settings(**settings, detector={"threshold_days": 28, **kw}))
+
+    quarterly, _, _ = _run_with_recalibration(engine_with(bands_period="quarter"), df)
+    assert len(kinds(quarterly, "threshold")) >= 4  # the old way: the rise leaves the band behind
+
+    out, bands, steps = _run_with_recalibration(engine_with(), df)
+    assert kinds(out, "threshold") == []
+    learned_weekly = [b for b in bands if b >= df.index[0] + timedelta(days=28)]
+    quarter = datetime(2026, 3, 31, 15, tzinfo=UTC)  # 1 April 00:00 local: the step thresholds' boundary
+    assert len(learned_weekly) >= 7 and all((b.weekday(), b.hour) == (6, 15) or b == quarter for b in learned_weekly)  # Mondays 00:00 local
+    # the step thresholds: learned daily while learning, at the quarter, then kept through the weekly boundaries
+    assert steps[-1] == quarter.timestamp() and steps.count(steps[-1]) >= 7

@@ -693,6 +693,36 @@ def test_step_thresholds_are_kept_over_a_restart(settings, store, tmp_path):
         t.join(30)
 
 
+def test_a_weekly_recalibration_keeps_the_step_thresholds_and_an_operators_relearns_them(settings, store, tmp_path):
+    """The bands are learned again every week (bands_period), the step thresholds only when their
+    quarter is crossed; a recalibrate command (an operator asked) relearns both, through the broker."""
+    s, site = unique(settings)
+    s = s.model_copy(update={"data_dir": tmp_path, "detector": s.detector.model_copy(
+        update={"calibration_min_days": 1, "threshold_days": 2, "threshold_min_days": 1})})
+    df = frame(minutes=3 * 24 * 60)
+    store.write_reading_frame(site, "m1", df)
+    svc = DetectorService(s, store=store)
+    t = svc.start_in_thread()
+    assert svc.ready.wait(30)
+    pub = client(s, "pub-recal")
+    try:
+        first = svc.engine.calibration(site, "m1")  # learned at start, from a full window (not learning)
+        assert first is not None and not first.learning(2)
+        at = df.index[-1].to_pydatetime() + timedelta(seconds=1)
+        n = svc.counters.get("recalibrations")
+        ths = svc.recalibrate(site, "m1", at)  # what a week boundary does
+        assert all(th.computed_at == at and th.method == "learned" for th in ths)
+        assert svc.engine.calibration(site, "m1") is first  # the step thresholds kept
+        pub.publish(topics.command(site, "m1"), Command(site=site, meter="m1", action="recalibrate", requested_at=datetime.now(UTC)))
+        assert wait_for(lambda: svc.counters.get("recalibrations") >= n + 2, 30)
+        again = svc.engine.calibration(site, "m1")
+        assert again is not first and again.computed_at == at.timestamp()  # relearned on request
+    finally:
+        pub.close()
+        svc.stop()
+        t.join(30)
+
+
 def test_a_flow_only_meter_is_recalibrated_at_start_once_not_at_every_start(settings, store, tmp_path):
     # its bands are stored for flow only: a restart must not take the missing pressure bands as a
     # recalibration still due (it read weeks of history at every start)

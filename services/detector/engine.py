@@ -30,12 +30,13 @@ Each meter runs only the rules of the signals it has (``meter_spec``: ``Settings
 its own interval; a signal it does not have is never "missing", and the alerts about the whole
 reading (gap, silent, burst) carry its one signal instead of "both". The step thresholds (burst,
 pressure_drop) are calibrated from the meter's own history to ``alarm_budget_per_30d``
-(``rules/steps.py``) at each recalibration, daily while the history is shorter than
-``threshold_days``.
+(``rules/steps.py``) when ``recalibrate_period`` (a quarter) is crossed, daily while the history is
+shorter than ``threshold_days``.
 
-Bands are learned when ``recalibrate_period`` is crossed in event time (daily while only static
-limits exist): the engine flags the meter in :meth:`take_due` and the caller, who owns the data,
-calls :meth:`recalibrate` with the recent readings. Readings at or before the last one seen for a
+Bands are learned when ``bands_period`` (a week: demand drifts with the seasons) or
+``recalibrate_period`` is crossed in event time (daily while only static limits exist): the engine
+flags the meter in :meth:`take_due` and the caller, who owns the data, calls :meth:`recalibrate`
+with the recent readings. Readings at or before the last one seen for a
 meter (a redelivery, a replay) change nothing.
 """
 
@@ -65,7 +66,7 @@ from services.detector.rules.thresholds import (
     static_thresholds,
 )
 from services.detector.rules.validity import RangeRule
-from shared.eventtime import DaysOff
+from shared.eventtime import DaysOff, floor
 from shared.messages import SIGNALS, Anomaly, Forecast, Reading, Thresholds
 from shared.settings import DetectorSettings, RangeLimits, Settings
 from shared.store.base import NightFlow, reading_columns
@@ -131,7 +132,7 @@ class _Meter:
         self.gap = GapRule(cfg, self.interval)
         self.silent = SilentRule(cfg, self.interval)  # silent after silent_intervals of *this* meter's interval
         self.cal: StepCalibration | None = None
-        self.recal = Recalibration(cfg.recalibrate_period, eng.tz, [r.threshold for r in self.sig.values()])
+        self.recal = Recalibration((cfg.bands_period, cfg.recalibrate_period), eng.tz, [r.threshold for r in self.sig.values()])
 
     def set_calibration(self, cal: StepCalibration | None) -> None:
         self.cal = self.burst.cal = self.pdrop.cal = cal
@@ -372,17 +373,30 @@ class DetectionEngine:
         self._due.clear()
         return due
 
-    def recalibrate(self, site: str, meter: str, data: pd.DataFrame | Sequence[Reading] | tuple, at: datetime) -> list[Thresholds]:
-        """Learn bands and step thresholds from ``data`` (a readings frame, Reading records, or (epoch,
-        flow, pressure) columns; only [at - threshold_days, at) is used); install them and return the
-        bands (the step thresholds: :meth:`calibration`)."""
-        return self.install_calibration(self.learn_calibration(site, meter, data, at))
+    def recalibrate(self, site: str, meter: str, data: pd.DataFrame | Sequence[Reading] | tuple, at: datetime,
+                    steps: bool | None = None) -> list[Thresholds]:
+        """Learn bands, and step thresholds where due (``steps``: :meth:`learn_calibration`), from
+        ``data`` (a readings frame, Reading records, or (epoch, flow, pressure) columns; only
+        [at - threshold_days, at) is used); install them and return the bands (the step thresholds:
+        :meth:`calibration`)."""
+        return self.install_calibration(self.learn_calibration(site, meter, data, at, steps))
 
-    def learn_calibration(self, site: str, meter: str, data: pd.DataFrame | Sequence[Reading] | tuple, at: datetime) -> LearnedCalibration:
-        """The learning half of :meth:`recalibrate`, nothing installed: it reads only the meter's spec,
-        never state that handling readings changes, so it may run on another thread than the one that
-        handles them (the detector service's day-boundary thread); :meth:`install_calibration` then
-        installs the result in one step."""
+    def steps_due(self, site: str, meter: str, at: datetime) -> bool:
+        """Whether a recalibration at ``at`` learns the step thresholds and forecast tolerance as well
+        as the bands: while they are learning, and once ``recalibrate_period`` was crossed since they
+        were learned (the bands follow the finer ``bands_period``). Reads the installed calibration
+        only (replaced whole, under the service's engine lock)."""
+        m = self._meters.get((site, meter))
+        cal = m.cal if m is not None else None
+        return cal is None or m.recal.learning or cal.computed_at < floor(at, self.cfg.recalibrate_period, self.tz).timestamp()
+
+    def learn_calibration(self, site: str, meter: str, data: pd.DataFrame | Sequence[Reading] | tuple, at: datetime,
+                          steps: bool | None = None) -> LearnedCalibration:
+        """The learning half of :meth:`recalibrate`, nothing installed: it reads only the meter's spec
+        and installed calibration, never state that handling readings changes, so it may run on
+        another thread than the one that handles them (the detector service's day-boundary thread);
+        :meth:`install_calibration` then installs the result in one step. ``steps``: learn the step
+        thresholds too (default: when :meth:`steps_due`; an operator's request: always)."""
         import numpy as np
 
         signals, interval = self.spec(meter)
@@ -395,7 +409,9 @@ class DetectionEngine:
         values = {"flow_rate": np.asarray(fl, dtype=np.float64)[sel], "pressure": np.asarray(pr, dtype=np.float64)[sel]}
         ths = [th for th in learn_thresholds(site, meter, t, values, at, self.cfg, self.tz, interval, self.days_off) if th.signal in signals]
         cfg, cal = self.cfg, None
-        if len(t) and (len(t) * interval / 86_400) >= cfg.calibration_min_days:
+        if steps is None:
+            steps = self.steps_due(site, meter, at)
+        if steps and len(t) and (len(t) * interval / 86_400) >= cfg.calibration_min_days:
             cal = calibrate(t, values["flow_rate"] if "flow_rate" in signals else None, values["pressure"] if "pressure" in signals else None,
                             interval_s=interval, tz=self.tz, budget_per_30d=cfg.alarm_budget_per_30d,
                             flow_base_s=cfg.burst_baseline_minutes * 60, pressure_base_s=cfg.pressure_drop_baseline_minutes * 60,

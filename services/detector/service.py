@@ -142,7 +142,7 @@ class DetectorService(Service):
         self._engine_lock = threading.Lock()
         self._jobs = threading.Condition()
         # per meter, the latest boundary queued and when (monotonic) the first still waiting was queued
-        self._recal_due: dict[tuple[str, str], tuple[datetime, float]] = {}
+        self._recal_due: dict[tuple[str, str], tuple[datetime, float, bool]] = {}  # (boundary, queued, an operator's: all of it)
         self._purge_due: tuple[datetime, float] | None = None
         self.settle_s = SETTLE_S
         self._busy = False  # a job taken and not finished
@@ -200,7 +200,7 @@ class DetectorService(Service):
         if {th.signal for th in ths} != signals:
             self.recalibrate(site, meter, end)
         else:
-            due = floor(last, self.cfg.recalibrate_period, self.settings.tz)
+            due = floor(last, self.cfg.bands_period, self.settings.tz)  # the step thresholds: if theirs is due too (engine.steps_due)
             if any(th.method == "static" for th in ths):
                 due = max(due, floor(last, "day", self.settings.tz))
             if min(th.computed_at for th in ths) < due:
@@ -256,7 +256,7 @@ class DetectorService(Service):
                 last = eng.last_time(cmd.site, cmd.meter) or self.store.last_reading_time(cmd.site, cmd.meter)
                 at = last + timedelta(seconds=1) if last else datetime.now(UTC).replace(microsecond=0)
                 logger.info("recalibration of %s/%s requested (%s)", cmd.site, cmd.meter, cmd.requested_at.isoformat())
-                self._queue_recalibration(cmd.site, cmd.meter, at)
+                self._queue_recalibration(cmd.site, cmd.meter, at, everything=True)
 
     def _run_rules(self, batch: list[Delivery], readings: list[Reading], anomalies: list[Anomaly], commands: list[Command],
                    receipts: dict[tuple[str, str], list[Reading]], now: float) -> None:
@@ -299,12 +299,13 @@ class DetectorService(Service):
             logger.debug("anomaly update: %s, %s: %s", where, a.severity, a.message)
 
     # --- the day-boundary work, on its own thread ----------------------------------------------
-    def _queue_recalibration(self, site: str, meter: str, at: datetime) -> None:
+    def _queue_recalibration(self, site: str, meter: str, at: datetime, everything: bool = False) -> None:
+        """``everything``: the step thresholds too, whether or not their period was crossed (a command)."""
         with self._jobs:
             old = self._recal_due.get((site, meter))
             if old is not None:
                 self.counters.inc("recalibrations_superseded")
-            self._recal_due[(site, meter)] = (at, time.monotonic()) if old is None else (max(old[0], at), old[1])
+            self._recal_due[(site, meter)] = (at, time.monotonic(), everything) if old is None else (max(old[0], at), old[1], old[2] or everything)
             self._jobs.notify_all()
 
     def _queue_purge(self, day: datetime) -> None:
@@ -318,7 +319,7 @@ class DetectorService(Service):
         None at a stop."""
         with self._jobs:
             while not self._maint_stop.is_set():
-                queued = [q for _, q in self._recal_due.values()] + ([self._purge_due[1]] if self._purge_due else [])
+                queued = [q for _, q, _ in self._recal_due.values()] + ([self._purge_due[1]] if self._purge_due else [])
                 wait = min(queued) + self.settle_s - time.monotonic() if queued else 0.5
                 if queued and wait <= 0:
                     break
@@ -326,10 +327,10 @@ class DetectorService(Service):
             else:
                 return None
             self._busy = True
-            for key, (at, q) in self._recal_due.items():
+            for key, (at, q, everything) in self._recal_due.items():
                 if q + self.settle_s <= time.monotonic():
                     del self._recal_due[key]
-                    return "recalibrate", (*key, at)
+                    return "recalibrate", (*key, at, everything)
             day, self._purge_due = self._purge_due[0], None
             return "purge", day
 
@@ -372,9 +373,9 @@ class DetectorService(Service):
         if left:
             logger.info("%d day-boundary job(s) left at stop; the next start recalibrates what is due", left)
 
-    def _safe_recalibrate(self, site: str, meter: str, at: datetime) -> None:
+    def _safe_recalibrate(self, site: str, meter: str, at: datetime, everything: bool) -> None:
         try:
-            self.recalibrate(site, meter, at)
+            self.recalibrate(site, meter, at, steps=True if everything else None)
         except StoreError as exc:
             self.counters.inc("recalibration_errors")
             logger.error("recalibration of %s/%s at %s failed: %s (next boundary or command retries)", site, meter, at.isoformat(), exc)
@@ -393,10 +394,11 @@ class DetectorService(Service):
         self.counters.inc("purged_rows", n)
         logger.info("retention: removed %d record(s) older than %s (store.retention_days=%d)", n, before.isoformat(), keep.days)
 
-    def recalibrate(self, site: str, meter: str, at: datetime) -> list[Thresholds]:
-        """Learn bands from the store, install them (under the engine lock), store and publish them (retained)."""
+    def recalibrate(self, site: str, meter: str, at: datetime, steps: bool | None = None) -> list[Thresholds]:
+        """Learn bands (and the step thresholds where due, or ``steps``) from the store, install them
+        (under the engine lock), store and publish them (retained)."""
         data = read_columns(self.store, site, meter, at - timedelta(days=self.cfg.threshold_days), at)
-        learned = self.engine.learn_calibration(site, meter, data, at)  # the slow part, reading and learning: no lock
+        learned = self.engine.learn_calibration(site, meter, data, at, steps)  # the slow part, reading and learning: no lock
         with self._engine_lock:
             ths = self.engine.install_calibration(learned)
             cal = self.engine.calibration(site, meter)

@@ -49,7 +49,14 @@ class DetectorSettings(Section):
     silent_check_s: float = Field(default=5.0, gt=0, description="How often (wall clock) the silent-meter check runs.")
     # thresholds
     recalibrate_period: Literal["week", "month", "quarter", "year"] = Field(
-        default="quarter", description="Recalibrate the learned bands when event time crosses this boundary (and on demand)."
+        default="quarter",
+        description="Recalibrate the alarm-budget thresholds (burst and pressure-drop steps, forecast tolerance) when event time crosses "
+        "this boundary (and on demand): their tails need a long, steady sample. The bands follow bands_period.",
+    )
+    bands_period: Literal["day", "week", "month", "quarter", "year"] = Field(
+        default="week",
+        description="Learn the hour-of-day bands again from the last threshold_days when event time crosses this boundary: demand "
+        "drifts with the seasons, and a band a quarter old took a 30 % rise over four months for 11 threshold alerts per 30 days.",
     )
     threshold_days: float = Field(default=28, gt=0, description="Learn the bands from this many days of recent readings.")
     threshold_min_days: float = Field(

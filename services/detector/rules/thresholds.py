@@ -6,7 +6,8 @@ widened on both sides by a margin (a share of the quantile spread, at least a pe
 Before ``threshold_min_days`` of data exist, the configured static limits apply (method "static").
 Learning is pure functions (numpy, no pandas: the service stays small): the readings come from the
 caller (the store, or a file for evaluate), when :class:`Recalibration` says the meter is due:
-when ``recalibrate_period`` is crossed in event time, and daily while only static limits exist.
+when ``bands_period`` (a week: demand drifts with the seasons) is crossed in event time, and daily
+while only static limits exist.
 
 :class:`ThresholdRule` judges each reading against the installed bands, with hysteresis: an open
 alert clears only once the value is back inside the band by ``hysteresis_pct`` of its width, on the
@@ -189,30 +190,35 @@ def next_boundary(t: float, period: str, tz: ZoneInfo) -> float:
 
 
 class Recalibration:
-    """When one meter's bands are due to be learned again, in event time: at each ``period``
-    boundary, and at each local midnight while any of its signals still has static limits or its
-    step thresholds are still learning (``learning``, set by the engine)."""
+    """When one meter is due to be learned again, in event time: at each boundary of any of
+    ``periods`` (the bands' ``bands_period`` and the step thresholds' ``recalibrate_period``; the
+    engine learns the step thresholds only when theirs was crossed: :meth:`DetectionEngine.steps_due`),
+    and at each local midnight while any of its signals still has static limits or its step
+    thresholds are still learning (``learning``, set by the engine)."""
 
-    __slots__ = ("learning", "next_day", "next_period", "period", "rules", "tz")
+    __slots__ = ("learning", "next", "next_day", "periods", "rules", "tz")
 
-    def __init__(self, period: str, tz: ZoneInfo, rules: Sequence[ThresholdRule]) -> None:
-        self.period, self.tz, self.rules = period, tz, rules
+    def __init__(self, periods: Sequence[str], tz: ZoneInfo, rules: Sequence[ThresholdRule]) -> None:
+        self.periods, self.tz, self.rules = tuple(dict.fromkeys(periods)), tz, rules
         self.learning = True
-        self.next_period = self.next_day = math.inf
+        self.next = [math.inf] * len(self.periods)
+        self.next_day = math.inf
 
     def start(self, t: float) -> None:
         """The meter's first reading."""
-        self.next_period = next_boundary(t, self.period, self.tz)
+        self.next = [next_boundary(t, p, self.tz) for p in self.periods]
         self.next_day = next_boundary(t, "day", self.tz)
 
     def due(self, t: float) -> float | None:
-        """The boundary (epoch) a reading at ``t`` crossed that makes the meter due, or None."""
+        """The latest boundary (epoch) a reading at ``t`` crossed that makes the meter due, or None."""
         at = None
-        if t >= self.next_period:
-            at = floor(datetime.fromtimestamp(t, UTC), self.period, self.tz).timestamp()
-            self.next_period = next_boundary(t, self.period, self.tz)
+        now = datetime.fromtimestamp(t, UTC)
+        for i, period in enumerate(self.periods):
+            if t >= self.next[i]:
+                at = max(at or -math.inf, floor(now, period, self.tz).timestamp())
+                self.next[i] = next_boundary(t, period, self.tz)
         if t >= self.next_day:
             if self.learning or any(r.bands.method == "static" for r in self.rules):
-                at = floor(datetime.fromtimestamp(t, UTC), "day", self.tz).timestamp()
+                at = floor(now, "day", self.tz).timestamp()
             self.next_day = next_boundary(t, "day", self.tz)
         return at
