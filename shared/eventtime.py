@@ -281,3 +281,13 @@ class TimeGuard:
         if reason is None and (last is None or ts > last):
             self._last[key] = ts
         return reason
+
+
+def wall_clock_back(t: float, seconds: float, tz: ZoneInfo | None) -> float:
+    """The epoch ``seconds`` (whole days) before ``t`` at the same local wall time: across a
+    daylight-saving change a week ago is an hour more or less, and a copy by the hour count would
+    forecast the morning rise an hour early or late all week. Without a zone: plain ``t - seconds``."""
+    if tz is None:
+        return t - seconds
+    shift = datetime.fromtimestamp(t, tz).utcoffset() - datetime.fromtimestamp(t - seconds, tz).utcoffset()
+    return t - seconds + shift.total_seconds()

@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from shared.eventtime import DaysOff, weekend
+from shared.eventtime import DaysOff, wall_clock_back, weekend
 from shared.settings import RangeLimits
 
 N_FEATURES = 5  # scaled value, sin/cos hour of day, sin/cos day of week
@@ -232,7 +232,7 @@ def holiday_ahead(off: DaysOff, end: int, steps: int, step_minutes: int, tz: Zon
 
 def seasonal_naive(history: np.ndarray, steps: int, step_minutes: int, end: int | None = None,
                    tz: ZoneInfo | str | None = None, off: Callable[[date], bool] = weekend) -> np.ndarray:
-    """Same time last week; where that is missing or of the other day type, the same time on the
+    """Same local time last week; where that is missing or of the other day type, the same time on the
     latest earlier day of the target's day type (weekday or day off, local time; with ``end`` and
     ``tz``; ``off``: which local dates are days off, weekends and the site's holidays), else on the
     latest earlier day.
@@ -254,16 +254,21 @@ def seasonal_naive(history: np.ndarray, steps: int, step_minutes: int, end: int 
     def day_off(i: int) -> bool:
         return off(datetime.fromtimestamp(first_start + i * step_s, zone).date())
 
+    def back(target: int, lag: int) -> int:
+        """The bin ``lag`` bins before ``target`` at the same local wall time (:func:`wall_clock_back`)."""
+        t = first_start + target * step_s
+        return round((wall_clock_back(t, lag * step_s, zone) - first_start) / step_s)
+
     for k in range(1, steps + 1):
         target = n - 1 + k
-        j = target - week
+        j = back(target, week)
         if 0 <= j < n and np.isfinite(h[j]) and (zone is None or day_off(j) == day_off(target)):
             out[k - 1] = h[j]
             continue
         if day <= 0:
             continue
         lags = range(day * max(1, math.ceil(k / day)), target + 1, day)
-        found = [target - lag for lag in lags if target - lag < n and np.isfinite(h[target - lag])]
+        found = [j for j in (back(target, lag) for lag in lags) if 0 <= j < n and np.isfinite(h[j])]
         if zone is not None:
             same = [j for j in found if day_off(j) == day_off(target)]
             found = same or found

@@ -602,7 +602,7 @@ def test_seasonal_echoes_look_as_far_back_as_seasonal_naive_copies():
     history = np.arange(8 * 144 + 1, dtype=float)  # bin k ends at issued - (8 * 144 - k) steps
     sn = features.seasonal_naive(history, 1, 10, int(issued), tz, kr)
     assert sn[0] == history[-1 - 8 * 144 + 1]  # the bin ending 8 days before the target: Oct 2
-    echoes = SeasonalEchoes(HourCells(tz, kr))
+    echoes = SeasonalEchoes(HourCells(tz, kr), tz)
     echoes.seen(issued - 30 * 86400)
     assert echoes.mask([issued + step], [1.0], step) == [1.0]
     echoes.note(issued - 8 * 86400 - 3600, issued - 8 * 86400 + 3600)  # a burst then: the copy is its echo

@@ -73,6 +73,22 @@ def test_seasonal_naive_first_week_copies_the_same_day_type():
     assert p.tolist() == [0.0, 0.0, 0.0]  # the forecaster serves the same
 
 
+@pytest.mark.parametrize("change", [datetime(2026, 3, 29), datetime(2026, 10, 25)])  # Europe/Berlin: spring forward, fall back
+def test_seasonal_naive_copies_the_same_local_time_across_a_daylight_saving_change(change):
+    """A week after the clocks change, "the same time last week" is 167 or 169 hours back: copied by
+    the hour count, the morning rise was forecast an hour early or late all week."""
+    tz, step = ZoneInfo("Europe/Berlin"), 10
+    end = int((change + timedelta(days=3, hours=7)).replace(tzinfo=tz).timestamp())  # Wednesday 07:00 local
+    n = 8 * 24 * 6
+    bin_start = [end - (n - i) * 600 for i in range(n)]
+    local = [datetime.fromtimestamp(t, tz) for t in bin_start]
+    h = np.array([lt.hour * 100 + lt.minute for lt in local], dtype=float)  # each bin holds its local wall time
+    sn = features.seasonal_naive(h, 6, step, end, tz)
+    assert sn.tolist() == [700.0, 710.0, 720.0, 730.0, 740.0, 750.0]  # 07:00..07:50 local, as a week before
+    naive = features.seasonal_naive(h, 6, step)  # without the zone: by the hour count
+    assert naive.tolist() != sn.tolist()
+
+
 def test_seasonal_naive_copies_a_day_off_for_a_public_holiday_and_a_weekday_after_it():
     """A public holiday runs like a Sunday: seasonal naive copies the latest day off for it, not the
     weekday a week before; and the Monday a week after a holiday Monday copies the latest weekday,

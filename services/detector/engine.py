@@ -120,7 +120,7 @@ class _Meter:
         # the signal label of the alerts about the whole reading (gap, silent, burst): "both", or the meter's one signal
         self.all = "both" if self.flow and self.pressure else ("flow_rate" if self.flow else "pressure")
         self.last: float | None = None
-        self.echoes = SeasonalEchoes(eng._cells)  # what a seasonal-naive forecast of this meter copied
+        self.echoes = SeasonalEchoes(eng._cells, eng.tz)  # what a seasonal-naive forecast of this meter copied
         self.alerts: dict[Key, AlertState] = {}
         self.sig = {s: _SignalRules(site, meter, s, cfg, self.interval) for s in SIGNALS if s in signals}
         self.range = eng.range_rule(meter)

@@ -34,7 +34,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from services.detector.alerts import AlertState, Condition
-from shared.eventtime import weekend
+from shared.eventtime import wall_clock_back, weekend
 
 if TYPE_CHECKING:
     from datetime import date
@@ -57,10 +57,11 @@ class SeasonalEchoes:
     first week a Saturday may have only weekdays to copy. Those steps are no reference for
     forecast_deviation: :meth:`mask` gives them as NaN."""
 
-    __slots__ = ("cells", "events", "first")
+    __slots__ = ("cells", "events", "first", "tz")
 
-    def __init__(self, cells: Callable[[float], int] | None = None) -> None:
+    def __init__(self, cells: Callable[[float], int] | None = None, tz: ZoneInfo | None = None) -> None:
         self.cells = cells  # epoch -> local cell (hour * 2 + day off: the engine's HourCells); None: no day types
+        self.tz = tz  # the local wall time seasonal naive copies (None: by the hour count)
         self.first: float | None = None  # the oldest reading seen (after a restart: the meter's history, as the back-fill knows it)
         self.events: dict[float, float | None] = {}  # the week's bursts, pressure losses, drops: start -> end (None: open)
 
@@ -81,13 +82,14 @@ class SeasonalEchoes:
         first = self.first
         if first is None or first > target - DAY_S - step:
             return True
-        refs = [target - DAY_S, target - WEEK_S]
-        cells = self.cells
+        cells, tz = self.cells, self.tz  # the same local wall time as seasonal naive copies (a DST change moves it an hour)
+        week_ago = wall_clock_back(target, WEEK_S, tz)
+        refs = [wall_clock_back(target, DAY_S, tz), week_ago]
         if cells is not None:
             kind = cells(target - step) & 1  # day off or not; a bin is of the day it starts in
-            if first > target - WEEK_S - step or cells(target - WEEK_S - step) & 1 != kind:  # an earlier day was copied
+            if first > week_ago - step or cells(week_ago - step) & 1 != kind:  # an earlier day was copied
                 # the latest earlier day of the same type whose bin had ended at the issue (the history holds 8 days)
-                same = next((r for r in (target - k * DAY_S for k in range(1, 9))
+                same = next((r for r in (wall_clock_back(target, k * DAY_S, tz) for k in range(1, 9))
                              if r <= issued and first <= r - step and cells(r - step) & 1 == kind), None)
                 if same is None:
                     return True  # only days of the other type to copy
