@@ -158,6 +158,7 @@ def test_step_calibration_round_trips_and_rejects_a_damaged_one():
 
     cal = calibrate(t, df["flow_rate"].to_numpy(), df["pressure"].to_numpy(), interval_s=60, tz=ZoneInfo(TZ), budget_per_30d=1.0,
                     flow_base_s=300, pressure_base_s=600, at=t[-1], min_burst_drop=0.05)
+    cal.flat_run_s = {"pressure": 5400.0}
     assert StepCalibration.from_dict(cal.to_dict()) == cal
     assert all(x is not None and x >= 0.1 for x in cal.pressure_drop)
     with pytest.raises(ValueError):
@@ -167,6 +168,7 @@ def test_step_calibration_round_trips_and_rejects_a_damaged_one():
            "pressure_drop": [None] * 23 + [0.3]}
     back = StepCalibration.from_dict(old)
     assert back.flow_rel[14] == back.flow_rel[15] == pytest.approx(0.7) and back.pressure_drop[46:] == [0.3, 0.3]
+    assert back.flat_run_s == {}  # nor the flat runs: the fixed flatline_minutes apply until the next recalibration
 
 
 def test_forecast_tolerance_is_learned_from_how_far_the_readings_ran_from_the_forecasts():
@@ -250,3 +252,5 @@ def test_forecast_tolerance_is_learned_per_hour_where_the_forecast_is_looser():
     table = format_steps("s1", "m1", cal)
     assert "forecast tolerance % (flow_rate, weekday)" in table
     assert f"{r.tol_cells[2 * 3]:>6.1f}" in table.splitlines()[2 + 3]  # hour 03: the night's wider band
+    cal.flat_run_s = {"pressure": 5400.0, "flow_rate": 60.0}
+    assert "longest ordinary flat run: flow_rate 1 min, pressure 90 min" in format_steps("s1", "m1", cal)

@@ -76,6 +76,43 @@ def test_flatline_opens_after_n_minutes_and_closes_on_change():
     assert out[1].end == at(df, 130)
 
 
+def test_ordinary_runs_are_the_days_longest_at_the_90th_percentile():
+    from services.detector.rules.flatline import ordinary_run_s
+
+    t = np.arange(20 * 1440) * 60.0  # 20 days of minutes
+    x = np.arange(len(t), dtype=float)  # always moving
+    assert ordinary_run_s(t, x, 1e-6, 60) == 60.0
+    for day in (3, 10):  # two days with a 10-hour stuck run: of twenty days, two may hold still longer
+        x[day * 1440 : day * 1440 + 600] = -day
+    assert ordinary_run_s(t, x, 1e-6, 60) == 60.0
+    x[: 18 * 1440] = np.repeat(np.arange(18 * 1440 // 90), 90)
+    assert ordinary_run_s(t, x, 1e-6, 60) == 5400.0
+    assert ordinary_run_s(t, np.full(len(t), np.nan), 1e-6, 60) is None
+
+
+def test_a_coarse_pressure_sensor_holding_still_at_night_is_no_flatline_but_a_stuck_one_is():
+    """Pressure to 0.1 bar holds still for an hour or three, at night and on the day's slow swings:
+    with the fixed hour alone, several flat-lines a day. Its own runs are learned with the step thresholds (from the first full
+    day); a run longer than twice those is still a fault, and the message says why it took longer."""
+    days = 6
+    df = frame(minutes=days * 1440, seed=4)
+    minute = np.arange(len(df)) % 1440
+    night = (minute >= 120) & (minute < 240)  # a steady 02:00-04:00 (UTC here): 4.23 bar rounds to 4.2 for two hours
+    df.loc[night, "pressure"] = 4.23
+    df["pressure"] = df["pressure"].round(1)
+    stuck = slice(4 * 1440 + 360, 4 * 1440 + 360 + 10 * 60)  # day 5: stuck for ten hours (its own runs: about three)
+    df.iloc[stuck, 1] = df.iloc[stuck.start, 1]
+    e = engine(flatline_minutes=60, calibration_min_days=1, threshold_days=2, threshold_min_days=1)
+    out, _, _ = _run_with_recalibration(e, df)
+    learned = df.index[2 * 1440]  # the first full local day is behind it (Asia/Seoul midnight is 15:00 UTC)
+    flat = [a for a in kinds(out, "flatline") if a.state == "open" and a.signal == "pressure" and a.start >= learned]
+    assert len(flat) == 1 and df.index[stuck.start] < flat[0].start < df.index[stuck.stop]  # after twice its own longest
+    assert "its own runs last up to" in flat[0].message
+    before = [a for a in kinds(out, "flatline") if a.state == "open" and a.start < learned]
+    assert before  # while learning, the fixed hour alone: every steady night was a flat-line
+    assert e.calibration("s1", "m1").flat_run_s["pressure"] >= 7200
+
+
 def test_isolated_spike_is_one_event_but_a_level_shift_is_not():
     df = frame(minutes=120)
     df.iloc[60, 1] += 1.5  # pressure spike, one reading
@@ -622,7 +659,7 @@ def _growing_district(weeks: int, growth: float, seed: int = 3) -> pd.DataFrame:
     return pd.DataFrame({"flow_rate": flow, "pressure": 4 + rng.normal(0, 0.02, n)}, index=idx)
 
 
-def _run_with_recalibration(e: DetectionEngine, df: pd.DataFrame) -> tuple[list, list[datetime], list[float]]:
+def _run_with_recalibration(e: DetectionEngine, df: pd.DataFrame) -> tuple[list, list[datetime], list[float | None]]:
     """Day by day, recalibrating whenever a boundary is crossed (as the service and evaluate do):
     the anomalies, when the bands were learned and when the step thresholds were."""
     out, bands, steps = [], [], []
@@ -631,7 +668,8 @@ def _run_with_recalibration(e: DetectionEngine, df: pd.DataFrame) -> tuple[list,
         for site, meter, at_ in e.take_due():
             e.recalibrate(site, meter, df[df.index < at_], at_)
             bands.append(at_)
-            steps.append(e.calibration(site, meter).computed_at)
+            cal = e.calibration(site, meter)
+            steps.append(cal.computed_at if cal is not None else None)
     return out, bands, steps
 
 

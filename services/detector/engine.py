@@ -50,7 +50,7 @@ from zoneinfo import ZoneInfo
 
 from services.detector.alerts import SEVERITY, AlertState, Condition, Event, Transition, timing
 from services.detector.rules.burst import BurstRule
-from services.detector.rules.flatline import FlatLineRule
+from services.detector.rules.flatline import FlatLineRule, ordinary_run_s
 from services.detector.rules.forecast import SEASONAL_NAIVE, ForecastDeviationRule, SeasonalEchoes, holidays_masked
 from services.detector.rules.liveness import GapRule, SilentRule
 from services.detector.rules.nightflow import NightAccumulator, NightLeakRule, parse_hhmm
@@ -136,6 +136,8 @@ class _Meter:
 
     def set_calibration(self, cal: StepCalibration | None) -> None:
         self.cal = self.burst.cal = self.pdrop.cal = cal
+        for sig, r in self.sig.items():
+            r.flatline.learn(cal.flat_run_s.get(sig) if cal is not None else None)
         for sig, pct in (cal.forecast_pct if cal is not None else {}).items():
             r = self.sig.get(sig)
             if r is not None and r.forecast.learned_days is None:  # kept from before a restart
@@ -416,6 +418,10 @@ class DetectionEngine:
                             interval_s=interval, tz=self.tz, budget_per_30d=cfg.alarm_budget_per_30d,
                             flow_base_s=cfg.burst_baseline_minutes * 60, pressure_base_s=cfg.pressure_drop_baseline_minutes * 60,
                             at=at.timestamp(), min_burst_drop=cfg.burst_pressure_drop, off=self.days_off)
+            for sig in signals:  # the flat-line rule's share: how long this meter's signals ordinarily hold still
+                own = ordinary_run_s(t, values[sig], cfg.flatline_tolerance, interval)
+                if own is not None:
+                    cal.flat_run_s[sig] = own
         return LearnedCalibration(site, meter, ths, cal)
 
     def install_calibration(self, learned: LearnedCalibration) -> list[Thresholds]:

@@ -36,6 +36,11 @@ class DetectorSettings(Section):
         description="...and for at least this many readings (at an hourly interval, 60 minutes is one reading, which never changes).",
     )
     flatline_tolerance: float = Field(default=1e-6, ge=0, description="Changes up to this size count as 'not changing' (flat-line).")
+    flatline_own_factor: float = Field(
+        default=2.0, ge=0,
+        description="...and for this many times the meter's own ordinary longest run (learned with the step thresholds: a coarse meter, "
+        "pressure to 0.1 bar or flow in whole m³/h, repeats itself for an hour at night); 0: flatline_minutes alone.",
+    )
     spike_window: int = Field(default=31, ge=5, le=1441, description="Readings in the rolling median/MAD window of the spike rule.")
     spike_z: float = Field(default=8.0, gt=0, description="Robust z-score (|x - median| / (1.4826 MAD)) above which a reading is a spike.")
     spike_min_abs: dict[str, float] = Field(

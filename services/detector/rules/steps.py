@@ -71,6 +71,7 @@ class StepCalibration:
     pressure_drop: list[float | None] = field(default_factory=lambda: [None] * 48)  # pressure_drop (bar)
     forecast_pct: dict[str, float] = field(default_factory=dict)  # forecast_deviation tolerance per signal (%)
     forecast_cells: dict[str, list[float | None]] = field(default_factory=dict)  # ... and per local cell (%), where learned
+    flat_run_s: dict[str, float] = field(default_factory=dict)  # per signal: its ordinary longest run (flatline.ordinary_run_s)
 
     def learning(self, full_days: float) -> bool:
         """Whether the history it was learned from is still short of ``full_days`` (detector.threshold_days)."""
@@ -98,9 +99,12 @@ class StepCalibration:
         fcells = d.get("forecast_cells") or {}
         if not isinstance(fcells, dict):
             raise ValueError("forecast_cells must map a signal to 48 tolerances")
+        flat = d.get("flat_run_s") or {}
+        if not isinstance(flat, dict):
+            raise ValueError("flat_run_s must map a signal to seconds")
         return cls(float(d.get("days", 0.0)), float(d.get("computed_at", 0.0)), hours(d.get("flow_rel")),
                    hours(d.get("burst_pressure")), hours(d.get("pressure_drop")), {str(k): float(v) for k, v in fc.items()},
-                   {str(k): hours(v) for k, v in fcells.items()})
+                   {str(k): hours(v) for k, v in fcells.items()}, {str(k): float(v) for k, v in flat.items()})
 
 
 def cell_name(cell: int) -> str:
@@ -127,6 +131,9 @@ def format_steps(site: str, meter: str, cal: StepCalibration | None) -> str:
                      f"      {f(cal.burst_pressure[a], 1, '{:>6.3f}')} / {f(cal.burst_pressure[b], 1, '{:<6.3f}')}"
                      f"    {f(cal.pressure_drop[a], 1, '{:>6.3f}')} / {f(cal.pressure_drop[b], 1, '{:<6.3f}')}"
                      + (f"      {' / '.join(f(cal.forecast_cells[sig][a], 1, '{:>6.1f}') for sig in hourly)}" if hourly else ""))
+    if cal.flat_run_s:
+        lines.append("  longest ordinary flat run: " + ", ".join(f"{k} {v / 60:g} min" for k, v in sorted(cal.flat_run_s.items()))
+                     + " (a flat-line lasts detector.flatline_own_factor times this, and at least flatline_minutes)")
     return "\n".join(lines)
 
 
