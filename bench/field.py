@@ -1,0 +1,115 @@
+"""Files from the field: what real district records do that the simulator does not, each through
+``flowwatch evaluate`` with the defaults (no labels: alerts per 30 days, as an operator lives with them).
+
+    python -m bench.field [--out DIR]        # ~2 min on the 2-core machine
+
+Each case is one synthetic district (15-minute flow, a morning and an evening peak, a day factor,
+AR(1) noise; nothing happens in it: every alert is a false one), changed in one way a field file is:
+
+- ``seasonal rise`` / ``seasonal fall``: demand grows (falls) 30 % over four months, as summer does;
+- ``Berlin year``: a zone with daylight saving (and its holidays), a year;
+- ``coarse meter``: a small district's flow in whole m³/h (2 to 6);
+- ``large district``: tens of thousands of customers, peaks near 2,800 m³/h;
+- ``local time``: timestamps as a logger writes them, local wall time without an offset, read with
+  ``--naive-tz`` (and, to show what the note is for, without it).
+
+Scored from day 28 (four weeks of learning). docs/evaluation.md ("Files from the field") has the
+figures before and after the changes they led to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Case:
+    name: str
+    days: int = 120
+    start: str = "2026-01-05"  # a Monday
+    tz: str = "Asia/Seoul"
+    growth: float = 0.0  # relative change of demand over the run
+    scale: float = 100.0  # mean-ish flow (m³/h)
+    decimals: int = 3
+    naive: bool = False  # timestamps in local wall time without an offset
+    args: list[str] = field(default_factory=list)
+    seed: int = 1
+
+
+CASES = [
+    Case("plain (reference)"),
+    Case("seasonal rise 30 % / 4 months", growth=0.3, start="2026-03-02"),  # a quarter boundary (1 April) early on
+    Case("seasonal fall 30 % / 4 months", growth=-0.3, start="2026-03-02"),
+    Case("Berlin year (DST, holidays)", days=357, tz="Europe/Berlin"),
+    Case("coarse meter (whole m³/h)", days=357, tz="Europe/Berlin", scale=5.0, decimals=0),
+    Case("large district (peaks 2,800 m³/h)", days=60, scale=2000.0),
+    Case("local time, --naive-tz", days=60, naive=True, args=["--naive-tz", "Asia/Seoul"]),
+    Case("local time, read as UTC", days=60, naive=True),
+]
+
+
+def district(case: Case) -> pd.DataFrame:
+    rng = np.random.default_rng(case.seed)
+    idx = pd.date_range(case.start, periods=case.days * 96, freq="15min", tz=case.tz)
+    n = len(idx)
+    hour = idx.hour.to_numpy() + idx.minute.to_numpy() / 60
+    shape = 0.45 + 0.55 * np.exp(-(((hour - 8) / 2.5) ** 2)) + 0.5 * np.exp(-(((hour - 20) / 3) ** 2))
+    day = (idx.normalize() - idx[0].normalize()).days.to_numpy()
+    day_factor = 1 + rng.normal(0, 0.04, day.max() + 1)[day]
+    ar, e = np.zeros(n), rng.normal(0, 0.03, n)
+    for i in range(1, n):
+        ar[i] = 0.8 * ar[i - 1] + e[i]
+    flow = case.scale * shape * day_factor * (1 + case.growth * np.arange(n) / n) * (1 + ar)
+    stamps = idx.strftime("%Y-%m-%d %H:%M:%S") if case.naive else idx.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+    return pd.DataFrame({"timestamp": stamps, "flow_rate": np.round(flow, case.decimals)})
+
+
+def run(case: Case, work: Path) -> dict:
+    slug = "".join(c if c.isalnum() else "-" for c in case.name.lower())
+    readings, out = work / f"{slug}.csv", work / slug
+    district(case).to_csv(readings, index=False)
+    env = {**os.environ, "FLOWWATCH_TIMEZONE": case.tz}
+    r = subprocess.run([sys.executable, "-m", "app.cli", "evaluate", "--readings", str(readings), "--out", str(out),
+                        "--score-from-day", "28", "--quiet", *case.args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        return {"failed": (r.stderr.strip().splitlines() or ["?"])[-1]}
+    rep = json.loads((out / "report.json").read_text())
+    rep["notes"] = [line for line in r.stderr.splitlines() if line.startswith("flowwatch evaluate:")]
+    return rep
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.field", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=None, help="keep the files and outputs here (default: a temp folder)")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="fw-field-") as tmp:
+        work = args.out or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        print("| case | scored days | alerts per 30 days | hydraulic | by kind | note |")
+        print("|---|---|---|---|---|---|")
+        for case in CASES:
+            rep = run(case, work)
+            if "failed" in rep:
+                print(f"| {case.name} | - | - | - | - | evaluate failed: {rep['failed'][:120]} |", flush=True)
+                continue
+            kinds = ", ".join(f"{k} {sum(v.values()):.2f}" for k, v in sorted(rep["per_30_days_by_kind"].items())) or "-"
+            note = "yes" if rep["notes"] else "-"
+            print(f"| {case.name} | {rep['scored_days']:.0f} | {rep['alerts_per_30_days']:.2f} | {rep['hydraulic_alerts_per_30_days']:.2f} "
+                  f"| {kinds} | {note} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
