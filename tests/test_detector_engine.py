@@ -130,6 +130,16 @@ def test_gap_in_timestamps():
     assert len(out) == 1 and out[0].start == at(df, 19) and out[0].end == at(df, 20) and out[0].value == 11.0
 
 
+def test_a_dropped_minute_reading_on_a_jittery_clock_is_no_gap_but_a_quarter_hour_is():
+    df = frame(minutes=120)
+    jitter = pd.to_timedelta(np.where(np.arange(len(df)) % 2 == 0, 20, -20), unit="s")
+    df.index = df.index + jitter  # a logger's clock, 20 s either way
+    df = df.drop(df.index[[30, 31]]).drop(df.index[70:85])  # two readings dropped: a 3 min 40 s step; then 16 minutes
+    out = kinds(run(engine(), df), "gap")
+    assert [a.value for a in out] == [16.0]  # not the 3.67-minute step (gap_min_minutes 10)
+    assert "gap_min_minutes=10" in out[0].message
+
+
 def test_silent_uses_wall_clock_and_closes_on_next_reading():
     e = engine(silent_intervals=5)
     df = frame(minutes=10)

@@ -48,6 +48,11 @@ class DetectorSettings(Section):
         description="Per signal: a spike must also differ from the rolling median by at least this much (units of the signal).",
     )
     gap_factor: float = Field(default=2.5, gt=1, description="A time step longer than this many intervals is a gap in the timestamps.")
+    gap_min_minutes: float = Field(
+        default=10.0, ge=0,
+        description="...and longer than this: a minute meter whose clock jitters by seconds and drops one reading now and then "
+        "has no gap worth an alert (on such a file, 5 info alerts per 30 days).",
+    )
     silent_intervals: float = Field(
         default=5, gt=0, description="A meter is silent after this many intervals without a reading (wall clock; the only wall-clock rule)."
     )

@@ -18,13 +18,13 @@ if TYPE_CHECKING:
 
 
 class GapRule:
-    __slots__ = ("factor", "gap_s", "interval")
+    __slots__ = ("factor", "gap_s", "interval", "min_minutes")
 
     kind = "gap"
 
     def __init__(self, cfg: DetectorSettings, interval_s: float) -> None:
-        self.factor, self.interval = cfg.gap_factor, interval_s
-        self.gap_s = cfg.gap_factor * interval_s
+        self.factor, self.interval, self.min_minutes = cfg.gap_factor, interval_s, cfg.gap_min_minutes
+        self.gap_s = max(cfg.gap_factor * interval_s, cfg.gap_min_minutes * 60)
 
     def check(self, last: float, t: float) -> Event | None:
         """The gap between the previous reading at ``last`` and this one at ``t``, if it is one."""
@@ -32,7 +32,7 @@ class GapRule:
             return None
         return Event(last, t, round((t - last) / 60, 3), round(self.gap_s / 60, 3),
                      f"no reading for {(t - last) / 60:.1f} min (expected every {self.interval / 60:g} min; "
-                     f"detector.gap_factor={self.factor:g})")
+                     f"detector.gap_factor={self.factor:g}, gap_min_minutes={self.min_minutes:g})")
 
 
 class SilentRule:
