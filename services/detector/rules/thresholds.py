@@ -211,6 +211,8 @@ class Recalibration:
 
     def due(self, t: float) -> float | None:
         """The latest boundary (epoch) a reading at ``t`` crossed that makes the meter due, or None."""
+        if t < self.next_day:  # nearly every reading (every period starts at a local midnight: none before the next one)
+            return None
         at = None
         now = datetime.fromtimestamp(t, UTC)
         for i, period in enumerate(self.periods):
