@@ -66,7 +66,7 @@ class DetectorSettings(Section):
     bands_period: Literal["day", "week", "month", "quarter", "year"] = Field(
         default="week",
         description="Learn the hour-of-day bands again from the last threshold_days when event time crosses this boundary: demand "
-        "drifts with the seasons, and a band a quarter old took a 30 % rise over four months for 11 threshold alerts per 30 days.",
+        "drifts with the seasons, and bands a quarter old took a 30 % rise over four months for 10.8 threshold alerts per 30 days.",
     )
     threshold_days: float = Field(default=28, gt=0, description="Learn the bands from this many days of recent readings.")
     threshold_min_days: float = Field(
