@@ -188,7 +188,7 @@ def _alert_spans(anomalies: pd.DataFrame, score_from: datetime) -> list:
 
 
 def _forecast_scores(readings: pd.DataFrame, forecasts: pd.DataFrame, score_from: datetime, step_minutes: int,
-                     labels: Sequence = ()) -> dict[str, dict]:
+                     labels: Sequence = (), tz: str | None = None) -> dict[str, dict]:
     """Per signal: the forecasts after ``score_from`` against the readings and both baselines."""
     from app import scoring
 
@@ -196,7 +196,7 @@ def _forecast_scores(readings: pd.DataFrame, forecasts: pd.DataFrame, score_from
     for s in SIGNALS:
         actual = scoring.bins(readings.index, readings[s].to_numpy(dtype="float64", na_value=np.nan), step_minutes)
         f = forecasts[(forecasts["signal"] == s) & (forecasts["target_time"] > score_from)] if len(forecasts) else forecasts
-        out[s] = scoring.forecast_metrics(f, actual, step_minutes, labels)
+        out[s] = scoring.forecast_metrics(f, actual, step_minutes, labels, tz)
     return out
 
 
@@ -206,7 +206,7 @@ def _scored_days(readings: pd.DataFrame, score_from: datetime) -> tuple[datetime
 
 
 def score(readings: pd.DataFrame, labels: pd.DataFrame, anomalies: pd.DataFrame, forecasts: pd.DataFrame,
-          score_from: datetime, step_minutes: int) -> dict:
+          score_from: datetime, step_minutes: int, tz: str | None = None) -> dict:
     from app import scoring
 
     data_end, days = _scored_days(readings, score_from)
@@ -220,7 +220,7 @@ def score(readings: pd.DataFrame, labels: pd.DataFrame, anomalies: pd.DataFrame,
         "scored_from": iso(score_from), "scored_to": iso(data_end),
         "detection": scoring.detection_metrics(results),
         "alarms": scoring.alarm_metrics(alerts, explained, days),
-        "forecast": _forecast_scores(readings, forecasts, score_from, step_minutes, all_labels),
+        "forecast": _forecast_scores(readings, forecasts, score_from, step_minutes, all_labels, tz),
         "labels": [{"start": iso(r.label.start), "end": iso(r.label.end), "kind": r.label.kind,
                     "size_pct": None if np.isnan(r.label.size_pct) else r.label.size_pct,
                     "inflow_pct": None if np.isnan(x) else float(x), "detected": r.detected,
@@ -228,13 +228,14 @@ def score(readings: pd.DataFrame, labels: pd.DataFrame, anomalies: pd.DataFrame,
     }
 
 
-def report(readings: pd.DataFrame, anomalies: pd.DataFrame, forecasts: pd.DataFrame, score_from: datetime, step_minutes: int) -> dict:
+def report(readings: pd.DataFrame, anomalies: pd.DataFrame, forecasts: pd.DataFrame, score_from: datetime, step_minutes: int,
+           tz: str | None = None) -> dict:
     """What an operator lives with, no labels needed (app/scoring.py: operator_report)."""
     from app import scoring
 
     data_end, days = _scored_days(readings, score_from)
     out = scoring.operator_report(_alert_spans(anomalies, score_from), days,
-                                  _forecast_scores(readings, forecasts, score_from, step_minutes))
+                                  _forecast_scores(readings, forecasts, score_from, step_minutes, tz=tz))
     out["scored_from"], out["scored_to"] = iso(score_from), iso(data_end)
     return out
 
@@ -380,7 +381,7 @@ def main(argv: Sequence[str]) -> int:
     from shared.features import resolution
 
     step = resolution(settings, settings.meter).step_minutes  # the meter's bins (hourly readings: hourly)
-    rep = report(frame, res.anomalies, res.forecasts, start + timedelta(days=sf), step)
+    rep = report(frame, res.anomalies, res.forecasts, start + timedelta(days=sf), step, settings.timezone)
     (args.out / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
     if labels is None:
         from app.scoring import format_report
@@ -389,7 +390,7 @@ def main(argv: Sequence[str]) -> int:
         print(format_report(rep))
         print(f"\nwrote {args.out / 'report.json'}")
     if labels is not None:
-        m = score(frame, labels, res.anomalies, res.forecasts, start + timedelta(days=sf), step)
+        m = score(frame, labels, res.anomalies, res.forecasts, start + timedelta(days=sf), step, settings.timezone)
         m["run"] = {"readings": res.readings, "seconds": round(res.seconds, 2), **res.info}
         (args.out / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
         plot(args.out / "evaluation.png", frame, labels, res.anomalies, res.forecasts)

@@ -16,7 +16,8 @@ Alerts vs labels
 Forecasts
   - The actual value at a target ``T`` is the mean of the readings in ``[T - step, T)`` (the bin
     the forecaster predicts; see shared/features.py). Persistence = the bin ending at the issue
-    time; seasonal naive = the bin ending at ``T - 7 days``. Only targets where the forecast, the
+    time; seasonal naive = the bin ending at ``T - 7 days`` at the same local wall time (across a
+    daylight-saving change 167 or 169 hours). Only targets where the forecast, the
     actual and both baselines exist, and that lie inside no label, are scored: all three are
     compared over the same targets. MAE in signal units; WAPE = sum|error| / sum|actual|.
 """
@@ -155,10 +156,22 @@ def in_labels(times: pd.DatetimeIndex, labels: Iterable[Label], slack: timedelta
     return mask
 
 
-def forecast_metrics(forecasts: pd.DataFrame, actual: pd.Series, step_minutes: int, labels: Sequence[Label] = ()) -> dict:
+def week_back(target: pd.DatetimeIndex, tz: str | None = None) -> pd.DatetimeIndex:
+    """``target`` (UTC) a week earlier at the same local wall time in ``tz`` (168 hours, or 167 / 169
+    across a daylight-saving change: ``shared.eventtime.wall_clock_back``, vectorised); None: 168 h."""
+    back = target - pd.Timedelta(days=7)
+    if tz is None:
+        return back
+    offset = lambda ix: ix.tz_convert(tz).tz_localize(None) - ix.tz_localize(None)  # noqa: E731 - local minus UTC
+    return back + (offset(target) - offset(back))
+
+
+def forecast_metrics(forecasts: pd.DataFrame, actual: pd.Series, step_minutes: int, labels: Sequence[Label] = (),
+                     tz: str | None = None) -> dict:
     """MAE / WAPE of one signal's forecasts vs persistence and seasonal naive over the same targets.
 
-    ``forecasts``: columns issued_at, target_time (UTC), value; ``actual``: :func:`bins` of the readings.
+    ``forecasts``: columns issued_at, target_time (UTC), value; ``actual``: :func:`bins` of the readings;
+    ``tz``: the site's zone, whose wall time seasonal naive keeps (:func:`week_back`).
     """
     if forecasts.empty or actual.empty:
         return {"targets": 0}
@@ -166,7 +179,7 @@ def forecast_metrics(forecasts: pd.DataFrame, actual: pd.Series, step_minutes: i
     target = pd.DatetimeIndex(forecasts["target_time"])
     y = actual.reindex(target).to_numpy()
     persist = actual.reindex(issued).to_numpy()
-    snaive = actual.reindex(target - pd.Timedelta(days=7)).to_numpy()
+    snaive = actual.reindex(week_back(target, tz)).to_numpy()
     pred = forecasts["value"].to_numpy(dtype="float64")
     ok = np.isfinite(y) & np.isfinite(persist) & np.isfinite(snaive) & np.isfinite(pred) & ~in_labels(target, labels)
     if "model" in forecasts:

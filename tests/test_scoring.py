@@ -134,6 +134,16 @@ def test_forecast_metrics_vs_baselines_over_the_same_targets():
     assert forecast_metrics(early, actual, 60)["targets"] == 0
 
 
+def test_the_scored_seasonal_naive_keeps_the_local_wall_time_across_a_daylight_saving_change():
+    from app.scoring import week_back
+
+    target = pd.DatetimeIndex(["2026-04-01T05:00:00Z", "2026-10-28T06:00:00Z", "2026-03-20T05:00:00Z"])  # 07:00 CEST, 07:00 CET, 06:00 CET
+    back = week_back(target, "Europe/Berlin")
+    assert [t.tz_convert("Europe/Berlin").strftime("%m-%d %H:%M") for t in back] == ["03-25 07:00", "10-21 07:00", "03-13 06:00"]
+    assert list(back - target) == [pd.Timedelta(hours=-167), pd.Timedelta(hours=-169), pd.Timedelta(hours=-168)]
+    assert list(week_back(target)) == list(target - pd.Timedelta(days=7))  # no zone: 168 hours
+
+
 def test_operator_report_counts_alerts_per_30_days_by_kind_and_severity_without_labels():
     alerts = [AlertSpan(t(0), t(10), "burst", "both", "critical"), AlertSpan(t(100), None, "night_flow", "flow_rate", "warning"),
               AlertSpan(t(200), t(201), "night_flow", "flow_rate", "critical"), AlertSpan(t(300), t(301), "spike", "flow_rate", "info")]
