@@ -88,6 +88,7 @@ def test_ordinary_runs_are_the_days_longest_at_the_90th_percentile():
     x[: 18 * 1440] = np.repeat(np.arange(18 * 1440 // 90), 90)
     assert ordinary_run_s(t, x, 1e-6, 60) == 5400.0
     assert ordinary_run_s(t, np.full(len(t), np.nan), 1e-6, 60) is None
+    assert ordinary_run_s(t[:3 * 1440], np.zeros(3 * 1440), 1e-6, 60) is None  # stuck from the start: nothing ordinary to learn
 
 
 def test_a_coarse_pressure_sensor_holding_still_at_night_is_no_flatline_but_a_stuck_one_is():
@@ -490,6 +491,32 @@ def test_a_seasonal_naive_forecast_that_copies_yesterdays_burst_is_not_judged(mo
     e.on_forecast(_seasonal_forecast(df, 1440 + 49, model))
     dev = kinds(run(e, df.iloc[1440 + 50:1440 + 120]), "forecast_deviation")
     assert bool(dev) is judged
+
+
+@pytest.mark.parametrize(("model", "judged"), [("seasonal-naive", False), ("v7", True)])
+def test_a_seasonal_naive_forecast_that_copies_a_stuck_sensor_is_not_judged(model, judged):
+    # yesterday the flow read 0 for two hours (a stuck or closed meter: flatline); seasonal naive
+    # copies the zeros today, and ordinary readings would "deviate" from them
+    e = engine(forecast_sustain_minutes=15, forecast_tolerance_pct=20)
+    df = frame(minutes=2 * 1440)
+    df.iloc[0:150, 0] = 0.0
+    assert kinds(run(e, df.iloc[:1440 + 50]), "flatline")
+    e.on_forecast(_seasonal_forecast(df, 1440 + 49, model))
+    assert bool(kinds(run(e, df.iloc[1440 + 50:1440 + 150]), "forecast_deviation")) is judged
+
+
+def test_nights_with_no_flow_are_no_baseline():
+    """A meter that starts on a closed inlet (zero flow for five nights) held every later night
+    "high" against a baseline of zeros, one alarm for 80 nights; nights without flow are left out."""
+    rule = NightLeakRule(DetectorSettings())
+    rng = np.random.default_rng(2)
+    days = [date(2026, 3, 2) + timedelta(days=i) for i in range(40)]
+    alarms = []
+    for i, d in enumerate(days):
+        judged = rule.judge(d, 0.0, 0.0 if i < 5 else float(40 + rng.normal(0, 1.5)))
+        alarms.append(judged is not None and judged[1] is not None and rule.alarm(judged[0], bool(alarms and alarms[-1])))
+    assert not any(alarms)
+    assert rule.baseline(False)[0] > 35  # the baseline of the nights with flow
 
 
 @pytest.mark.parametrize(("model", "judged"), [("seasonal-naive", False), ("v7", True)])

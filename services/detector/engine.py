@@ -74,7 +74,7 @@ from shared.store.base import NightFlow, reading_columns
 if TYPE_CHECKING:  # frames are accepted (flowwatch evaluate) but pandas is never imported here
     import pandas as pd
 
-_TAINTING = ("burst", "pressure_loss", "pressure_drop")  # a forecast issued while one is open is not used for deviation
+_TAINTING = ("burst", "pressure_loss", "pressure_drop", "flatline")  # a forecast issued while one is open is not used for deviation; nor one that copies it (SeasonalEchoes)
 _NEVER = datetime.min.replace(tzinfo=UTC)  # static bands: any stored or learned ones are newer
 Key = tuple[str, str]
 MeterSpec = Callable[[str], tuple[Sequence[str], float]]  # meter id -> (its signals, its interval in s)

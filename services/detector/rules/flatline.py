@@ -29,7 +29,9 @@ def ordinary_run_s(ts: np.ndarray, values: np.ndarray, tolerance: float, interva
     """How long this meter's signal ordinarily stays within ``tolerance`` of a value (the rule's
     definition: a run lasts while readings stay within the tolerance of its first), in seconds to the
     end of its last reading: each day's longest run (by the day it ends, UTC), their 90th percentile,
-    one of those days (a day or two with a fault in it do not move it). None without readings."""
+    one of those days (a day or two with a fault in it do not move it). A run of a day or more is
+    never ordinary (a stuck meter, a closed inlet: a meter that starts so would learn it as normal).
+    None without an ordinary run."""
     ok = np.isfinite(values)
     t, x = np.asarray(ts, dtype=np.float64)[ok], np.asarray(values, dtype=np.float64)[ok]
     if len(t) == 0:
@@ -40,10 +42,14 @@ def ordinary_run_s(ts: np.ndarray, values: np.ndarray, tolerance: float, interva
     for i in range(1, len(tl) + 1):
         if i == len(tl) or abs(xl[i] - ref) > tolerance:
             end = tl[i - 1]
-            day = int(end // 86_400)
-            longest[day] = max(longest.get(day, 0.0), end - start + interval_s)
+            run = end - start + interval_s
+            if run < 86_400:
+                day = int(end // 86_400)
+                longest[day] = max(longest.get(day, 0.0), run)
             if i < len(tl):
                 start, ref = tl[i], xl[i]
+    if not longest:
+        return None
     return float(np.quantile(list(longest.values()), 0.9, method="lower"))  # of 28 days, 3 may hold still longer
 
 

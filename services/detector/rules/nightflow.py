@@ -25,6 +25,7 @@ recorded and judged against the earlier nights:
   moves them along the CUSUM's run-length curve (Siegmund's approximation for the CUSUM, the normal
   tail for one night) so that ordinary nights cross them that many times as often: at 4, about
   four times the false leaks of 1, and leaks are seen a night or so sooner (:func:`budget_limits`).
+- A night with no flow at all (a closed inlet, a meter not yet in service) is no baseline.
 - Nights that raise or keep up the alarm (S over the limit, or one night over ``night_single_z``)
   and themselves add to S (z over the slack) are left out of the baseline, so a leak is not
   learned as the new normal; every other night counts, high ones included, so the spread is not
@@ -207,6 +208,9 @@ class NightLeakRule:
             self.cusum = min(max(0.0, self.cusum + z - cfg.night_cusum_slack), 2 * self.limit)
             self.normal_run = self.normal_run + 1 if z <= cfg.night_clear_z else 0
         suspect = (self.cusum > self.limit or z > self.single_z) and z > cfg.night_cusum_slack
+        # no district draws nothing at night: a closed inlet, a meter not yet in service or a dead one is
+        # no baseline (five such nights at the start held every later night "high" for 80 nights)
+        suspect = suspect or value <= 0
         self.nights[day] = (value, suspect, off)
         while len(self.nights) > cfg.night_baseline_nights * 3:
             self.nights.popitem(last=False)
