@@ -251,7 +251,7 @@ def test_simulator_events_appear_where_scheduled(tmp_path, mqtt):
 def test_replay_csv_as_fast_as_possible(tmp_path, mqtt):
     csv = tmp_path / "r.csv"
     csv.write_text("timestamp,flow_rate,pressure\n2026-03-02T00:00:00Z,10.5,3.1\n2026-03-02T00:01:00Z,abc,3.2\n"
-                   "2026-03-02T00:02:00Z,,3.3\n2026-03-02T00:03:00Z,5000,3.4\n")
+                   "2026-03-02T00:02:00Z,,3.3\n2026-03-02T00:03:00Z,50000,3.4\n")
     lis = Listener(mqtt, "replay", "lis-replay")
     s = collector_settings(tmp_path, mqtt, "replay", source="replay", speed=0, replay={"file": str(csv)})
     svc, t = start(s)
@@ -260,6 +260,6 @@ def test_replay_csv_as_fast_as_possible(tmp_path, mqtt):
     finally:
         stop(svc, t)
         lis.close()
-    assert [r.flow_rate for r in lis.readings] == [10.5, None, 5000]
+    assert [r.flow_rate for r in lis.readings] == [10.5, None, 50000]
     assert lis.readings[1].quality == ("flow_rate_missing",) and lis.readings[2].quality == ("flow_rate_out_of_range",)
     assert "line 3" in lis.dead[0].reason and bytes.fromhex(lis.dead[0].payload_hex).startswith(b"2026-03-02T00:01")
