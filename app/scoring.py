@@ -158,12 +158,17 @@ def in_labels(times: pd.DatetimeIndex, labels: Iterable[Label], slack: timedelta
 
 def week_back(target: pd.DatetimeIndex, tz: str | None = None) -> pd.DatetimeIndex:
     """``target`` (UTC) a week earlier at the same local wall time in ``tz`` (168 hours, or 167 / 169
-    across a daylight-saving change: ``shared.eventtime.wall_clock_back``, vectorised); None: 168 h."""
-    back = target - pd.Timedelta(days=7)
+    across a daylight-saving change), as the forecaster's seasonal naive copies it
+    (``shared.eventtime.wall_clock_back``); None: 168 hours."""
     if tz is None:
-        return back
-    offset = lambda ix: ix.tz_convert(tz).tz_localize(None) - ix.tz_localize(None)  # noqa: E731 - local minus UTC
-    return back + (offset(target) - offset(back))
+        return target - pd.Timedelta(days=7)
+    from zoneinfo import ZoneInfo
+
+    from shared.eventtime import wall_clock_back
+
+    zone = ZoneInfo(tz)
+    seconds = [int(wall_clock_back(float(t), 7 * 86_400, zone)) for t in target.as_unit("s").asi8]
+    return pd.DatetimeIndex(pd.to_datetime(np.array(seconds, dtype="int64"), unit="s", utc=True)).as_unit(target.unit)
 
 
 def forecast_metrics(forecasts: pd.DataFrame, actual: pd.Series, step_minutes: int, labels: Sequence[Label] = (),
