@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from services.detector.engine import DetectionEngine
-from services.detector.rules.nightflow import NightLeakRule, night_window, parse_hhmm
+from services.detector.rules.nightflow import NightAccumulator, NightLeakRule, night_window, parse_hhmm
 from services.detector.rules.thresholds import HourCells, local_cells, next_boundary
 from shared.eventtime import DaysOff
 from shared.messages import Forecast
@@ -730,3 +730,56 @@ def test_the_bands_follow_a_seasonal_rise_weekly_while_the_step_thresholds_keep_
     assert len(learned_weekly) >= 7 and all((b.weekday(), b.hour) == (6, 15) or b == quarter for b in learned_weekly)  # Mondays 00:00 local
     # the step thresholds: learned daily while learning, at the quarter, then kept through the weekly boundaries
     assert steps[-1] == quarter.timestamp() and steps.count(steps[-1]) >= 7
+
+
+def _seasons(change: str, days: int = 49, at: int = 28, **kw):
+    """Minute readings of ``days`` days with a day factor (3 %, the whole local day); from day ``at`` the
+    demand is 30 % higher ("demand": the whole day scaled, as a season or new customers) or a leak adds
+    the same flow to the night and the day ("leak": +30 % of the night flow, all day). The night_flow
+    alerts and the night-flow records."""
+    e = engine(**kw)
+    rng = np.random.default_rng(5)
+    day0 = datetime(2026, 3, 1, 15, 0, tzinfo=UTC)  # 00:00 local, 2 March
+    out = []
+    for i in range(days):
+        df = frame(start=day0 + timedelta(days=i), minutes=24 * 60, seed=i)
+        df["flow_rate"] *= 1 + rng.normal(0, 0.03)
+        if i >= at:
+            df["flow_rate"] = df["flow_rate"] * 1.3 if change == "demand" else df["flow_rate"] + 9.0  # night flow ~30
+        out += run(e, df)
+    return kinds(out, "night_flow"), e.take_night_flows()
+
+
+def test_a_night_flow_that_rose_with_the_days_demand_closes_and_a_leak_of_the_same_size_does_not():
+    """A season (or customers connected) raises the night flow in proportion with the day's: the
+    night's share of the day stays as it was. A leak adds the same flow to both, so the night's share
+    rises. Both open night_flow the first night; after detector.night_demand_nights (7) the demand
+    change closes, saying why, and the baseline follows it (nothing more over two weeks); the leak stays
+    open. Without the check (0), the demand change stays open as the leak does."""
+    demand, nights = _seasons("demand")
+    assert nights[1].day_mean is not None and nights[0].day_mean is None  # the day before the first night: not seen
+    assert [a.state for a in demand] == ["open", "closed"], [(a.state, a.start) for a in demand]
+    opened, closed = demand
+    assert opened.start == nights[28].ts  # the first night after the change
+    assert nights[28 + 6].ts <= closed.end <= nights[28 + 13].ts  # after a week of nights, within two
+    assert "change of demand" in closed.message and "detector.night_demand_nights" in closed.message
+    leak, _ = _seasons("leak")
+    assert [a.state for a in leak] == ["open"] and leak[0].start == nights[28].ts
+    never, _ = _seasons("demand", night_demand_nights=0)
+    assert [a.state for a in never] == ["open"]
+
+
+def test_the_day_mean_beside_a_night_is_the_flow_between_it_and_the_night_before():
+    # 02:00-04:00 local nights at 4 m³/h, 10 between them. The first night has no day before it seen; the
+    # third's day lost 10 of its 22 hours (under night_min_coverage): no day mean, the night still counts.
+    acc = NightAccumulator(parse_hhmm("02:00"), parse_hhmm("04:00"), ZoneInfo(TZ), 60.0, 0.8, 900.0)
+    t0 = datetime(2026, 3, 2, 16, 0, tzinfo=UTC).timestamp()  # 01:00 local, 3 March
+    done = []
+    for k in range(3 * 24 * 60):
+        local_h = (k // 60 + 1) % 24
+        if 1440 + 600 <= k < 1440 + 1200:  # 4 March 11:00-21:00 lost
+            continue
+        r = acc.add(t0 + 60 * k, 4.0 if 2 <= local_h < 4 else 10.0)
+        if r:
+            done.append(r)
+    assert [(d.day, v, dm) for d, _ws, v, dm in done] == [(3, 4.0, None), (4, 4.0, 10.0), (5, 4.0, None)]

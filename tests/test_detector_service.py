@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -870,3 +870,68 @@ def test_a_15_minute_meter_is_judged_against_the_forecast_of_each_readings_own_b
     finally:
         svc.stop()
         t.join(30)
+
+
+@pytest.mark.parametrize("change", ["demand", "leak"])
+def test_a_night_flow_that_rose_with_the_days_demand_closes_over_a_restart_and_a_leak_stays_open(settings, store, tmp_path, change):
+    """Through the broker and the store, a 15-minute flow-only meter. Four weeks are stored as the
+    detector left them (readings, and each night's flow with its day's mean flow); ten more days are
+    published in which the demand is 30 % higher (a season: the whole day scaled) or a leak adds as
+    much to the night (the same flow all day), with a restart after the third night. night_flow opens
+    the first night either way; the demand change closes after a week of nights, saying why, and the
+    leak stays open. The same night_flow decisions as one uninterrupted run of the engine; every
+    reading stored."""
+    import numpy as np
+
+    from shared.settings import MeterSettings
+
+    s, site = unique(settings)
+    s = s.model_copy(update={"data_dir": tmp_path, "meters": [MeterSettings(id="m1", signals=["flow_rate"], interval_s=900)]})
+    start = datetime(2026, 3, 1, 15, 0, tzinfo=UTC)  # 00:00 local, 2 March
+    days, cut = 38, 28 * 96
+    idx = pd.date_range(start, periods=days * 96, freq="15min", tz="UTC")
+    rng = np.random.default_rng(3)
+    local = idx.tz_convert(s.tz)
+    hour = local.hour.to_numpy() + local.minute.to_numpy() / 60
+    day = (local.normalize() - local[0].normalize()).days.to_numpy()
+    flow = (50 + 20 * np.sin(2 * np.pi * (hour - 9) / 24)) * (1 + rng.normal(0, 0.03, days))[day] + rng.normal(0, 0.5, len(idx))
+    changed = day >= 28
+    flow[changed] = flow[changed] * 1.3 if change == "demand" else flow[changed] + 9.0  # the night flow is ~30
+    df = pd.DataFrame({"flow_rate": flow, "pressure": np.nan}, index=idx)
+    whole = DetectionEngine.from_settings(s)
+    expected = {(a.kind, a.start): a for a in whole.process_frame(site, "m1", df) if a.kind == "night_flow"}
+    before = DetectionEngine.from_settings(s)
+    before.process_frame(site, "m1", df.iloc[:cut])
+    store.write_reading_frame(site, "m1", df.iloc[:cut])
+    store.write_night_flow(before.take_night_flows())
+    rs = readings(df.iloc[cut:], site=site)
+    restart = 3 * 96 + 40  # the third night after the change is judged, then the detector stops and starts again
+    pub = client(s, f"pub-{change}")
+    try:
+        for part in (rs[:restart], rs[restart:]):
+            svc = DetectorService(s, store=store)
+            t = svc.start_in_thread()
+            assert svc.ready.wait(30)
+            try:
+                for r in part:
+                    pub.publish(topics.reading(site, "m1"), r)
+                assert wait_for(lambda part=part, svc=svc: svc.counters.get("readings_stored") >= len(part), timeout=90)
+            finally:
+                svc.stop()
+                t.join(30)
+    finally:
+        pub.close()
+    assert len(store.read_readings(site, "m1", start, idx[-1] + timedelta(minutes=1))) == len(idx)
+    got = store.read_anomalies(site, "m1", start, idx[-1])
+    got = got[got["kind"] == "night_flow"]
+    want = sorted((k[1], a.state, a.end) for k, a in expected.items())
+    assert sorted((r.start.to_pydatetime(), r.state, None if pd.isna(r.end) else r.end.to_pydatetime()) for r in got.itertuples()) == want
+    assert len(want) == 1  # opened the first night after the change
+    (only,) = got.itertuples()
+    assert only.start.to_pydatetime().astimezone(s.tz).date() == (start + timedelta(days=28)).astimezone(s.tz).date()
+    if change == "demand":
+        assert only.state == "closed" and "change of demand" in only.message
+    else:
+        assert only.state == "open"
+    nights = store.read_night_flow(site, "m1", date(2026, 3, 1), date(2026, 5, 1))
+    assert len(nights) >= days - 1 and all(n.day_mean is not None for n in nights[1:])  # each with the day before's mean

@@ -202,6 +202,29 @@ def test_night_flow(store):
     store.write_night_flow(items[:1])
     got = store.read_night_flow("s1", "m1", date(2026, 3, 2), date(2026, 3, 5))
     assert [n.day.day for n in got] == [2, 3, 4] and got[0].value == 3.0
+    assert all(n.day_mean is None for n in got)
+    # the day's mean flow beside the night (the demand check of night_flow): kept as written, None or not
+    store.write_night_flow([NightFlow("s1", "m1", date(2026, 3, 3), items[2].ts, 4.0, 11.5)])
+    got = store.read_night_flow("s1", "m1", date(2026, 3, 2), date(2026, 3, 5))
+    assert [(n.value, n.day_mean) for n in got] == [(3.0, None), (4.0, 11.5), (5.0, None)]
+
+
+def test_a_database_from_before_the_day_mean_gets_the_column(tmp_path):
+    """A store file created before night_flow had day_mean: opened, upgraded in place, its nights kept."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE night_flow (site TEXT NOT NULL, meter TEXT NOT NULL, day TEXT NOT NULL, ts INTEGER NOT NULL, "
+               "value REAL NOT NULL, PRIMARY KEY (site, meter, day)) WITHOUT ROWID")
+    db.execute("INSERT INTO night_flow VALUES ('s1', 'm1', '2026-03-02', 1772380800, 3.0)")
+    db.commit()
+    db.close()
+    s = SqliteStore(path)
+    try:
+        s.write_night_flow([NightFlow("s1", "m1", date(2026, 3, 3), T0, 4.0, 11.5)])
+        got = s.read_night_flow("s1", "m1", date(2026, 3, 1), date(2026, 3, 5))
+        assert [(n.value, n.day_mean) for n in got] == [(3.0, None), (4.0, 11.5)]
+    finally:
+        s.close()
 
 
 def test_purge(store):

@@ -324,13 +324,16 @@ class DetectionEngine:
         if c is not None:
             self._apply(m, "forecast_deviation", sig, t, c, out)
 
-    def _night_done(self, m: _Meter, day: date, ws: float, minimum: float, out: list[Anomaly]) -> None:
+    def _night_done(self, m: _Meter, day: date, ws: float, minimum: float, day_mean: float | None, out: list[Anomaly]) -> None:
         if not self._replay:
-            self._night_out.append(NightFlow(m.site, m.meter, day, _dt(ws), float(minimum)))
-        self._judge_night(m, day, ws, minimum, out)
+            self._night_out.append(NightFlow(m.site, m.meter, day, _dt(ws), float(minimum), day_mean))
+        self._judge_night(m, day, ws, minimum, day_mean, out)
 
-    def _judge_night(self, m: _Meter, day: date, ws: float, value: float, out: list[Anomaly]) -> None:
-        c = m.leak.check(day, ws, value, m.alerts.get(("night_flow", "flow_rate")))
+    def _judge_night(self, m: _Meter, day: date, ws: float, value: float, day_mean: float | None, out: list[Anomaly]) -> None:
+        alert = m.alerts.get(("night_flow", "flow_rate"))
+        c = m.leak.check(day, ws, value, alert, day_mean)
+        if m.leak.closing and alert is not None and alert.is_open:  # closed for another reason than two normal nights: say why
+            alert.message = f"{alert.message}; closed: {m.leak.closing}"
         self._apply(m, "night_flow", "flow_rate", ws, c, out)
 
     # --- wall-clock liveness ----------------------------------------------------------------
@@ -503,7 +506,7 @@ class DetectionEngine:
         try:
             sink: list[Anomaly] = []
             for n in sorted(nights, key=lambda n: n.day):
-                self._judge_night(m, n.day, n.ts.timestamp(), n.value, sink)
+                self._judge_night(m, n.day, n.ts.timestamp(), n.value, n.day_mean, sink)
             for an in anomalies:
                 if an.state == "open" and an.kind in SEVERITY and an.kind not in ("night_flow", "gap", "spike") \
                         and an.start.timestamp() < first:

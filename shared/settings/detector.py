@@ -127,6 +127,10 @@ class DetectorSettings(Section):
     night_single_z: float = Field(
         default=3.5, gt=0, description="One night this many sigmas above the baseline raises 'night_flow' at once (a medium or large leak)."
     )
+    night_demand_nights: int = Field(
+        default=7, ge=0,
+        description="An open 'night_flow' whose last this many nights rose no more than the day's flow did, in proportion (the night's share of the day as usual), closes: a change of demand (season, new customers), not a leak; the baseline follows the new level. 0: never.",
+    )
     night_critical_pct: float = Field(
         default=25.0, gt=0, description="A 'night_flow' whose excess is at least this % of the baseline night flow is critical (a large leak); smaller ones are warnings."
     )

@@ -65,6 +65,7 @@ class NightFlow:
     day: date
     ts: datetime  # start of the night window, UTC
     value: float
+    day_mean: float | None = None  # mean flow between the night before and this one (None: too few readings)
 
 
 @dataclass(frozen=True)

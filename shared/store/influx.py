@@ -381,7 +381,7 @@ class InfluxStore(Store):
 
     def write_night_flow(self, items: Sequence[NightFlow]) -> int:
         return self._write_lines([
-            f"night_flow,meter={_tag(n.meter)},site={_tag(n.site)} {_fields([('value', float(n.value)), ('day', n.day.isoformat())])} {epoch(n.ts)}"
+            f"night_flow,meter={_tag(n.meter)},site={_tag(n.site)} {_fields([('value', float(n.value)), ('day', n.day.isoformat()), ('day_mean', n.day_mean)])} {epoch(n.ts)}"
             for n in items
         ])
 
@@ -455,12 +455,12 @@ class InfluxStore(Store):
         return thresholds_from_payload(rows[0][0]) if rows else None
 
     def read_night_flow(self, site: str, meter: str, start: date, end: date) -> list[NightFlow]:
-        series = self._select(f"SELECT value, day FROM night_flow WHERE {self._where(site, meter)}")
+        series = self._select(f"SELECT * FROM night_flow WHERE {self._where(site, meter)}")
         out = []
-        for ts, value, day in self._rows(series, ["time", "value", "day"]):
+        for ts, value, day, dm in self._rows(series, ["time", "value", "day", "day_mean"]):
             d = date.fromisoformat(day)
             if start <= d < end:
-                out.append(NightFlow(site, meter, d, from_epoch(ts), float(value)))
+                out.append(NightFlow(site, meter, d, from_epoch(ts), float(value), None if dm is None else float(dm)))
         return sorted(out, key=lambda n: n.day)
 
     def last_reading_time(self, site: str, meter: str) -> datetime | None:

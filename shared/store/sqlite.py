@@ -90,7 +90,7 @@ CREATE TABLE IF NOT EXISTS thresholds (
     PRIMARY KEY (site, meter, signal, computed_at)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS night_flow (
-    site TEXT NOT NULL, meter TEXT NOT NULL, day TEXT NOT NULL, ts INTEGER NOT NULL, value REAL NOT NULL,
+    site TEXT NOT NULL, meter TEXT NOT NULL, day TEXT NOT NULL, ts INTEGER NOT NULL, value REAL NOT NULL, day_mean REAL,
     PRIMARY KEY (site, meter, day)
 ) WITHOUT ROWID;
 -- readings that arrived for a stored (meter, ts) with other values: the stored one was kept.
@@ -156,7 +156,13 @@ class SqliteStore(Store):
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute(f"PRAGMA busy_timeout={int(self.settings.busy_timeout_ms)}")
         self._retry(lambda: self._db.executescript(SCHEMA), "create schema")
+        self._retry(self._migrate, "upgrade schema")
         self._mids: dict[tuple[str, str], int] = {}
+
+    def _migrate(self) -> None:
+        """Columns added since a database was created (``CREATE TABLE IF NOT EXISTS`` keeps an old table as it was)."""
+        if "day_mean" not in {r[1] for r in self._db.execute("PRAGMA table_info(night_flow)")}:
+            self._db.execute("ALTER TABLE night_flow ADD COLUMN day_mean REAL")
 
     def _mid(self, site: str, meter: str, create: bool = True) -> int | None:
         """The small integer id of (site, meter); created on first write."""
@@ -369,8 +375,8 @@ class SqliteStore(Store):
 
     def write_night_flow(self, items: Sequence[NightFlow]) -> int:
         return self._write(
-            "INSERT OR REPLACE INTO night_flow (site, meter, day, ts, value) VALUES (?, ?, ?, ?, ?)",
-            [(n.site, n.meter, n.day.isoformat(), epoch(n.ts), n.value) for n in items],
+            "INSERT OR REPLACE INTO night_flow (site, meter, day, ts, value, day_mean) VALUES (?, ?, ?, ?, ?, ?)",
+            [(n.site, n.meter, n.day.isoformat(), epoch(n.ts), n.value, n.day_mean) for n in items],
             "write night flow",
         )
 
@@ -427,10 +433,10 @@ class SqliteStore(Store):
 
     def read_night_flow(self, site: str, meter: str, start: date, end: date) -> list[NightFlow]:
         rows = self._query(
-            "SELECT day, ts, value FROM night_flow WHERE site = ? AND meter = ? AND day >= ? AND day < ? ORDER BY day",
+            "SELECT day, ts, value, day_mean FROM night_flow WHERE site = ? AND meter = ? AND day >= ? AND day < ? ORDER BY day",
             (site, meter, start.isoformat(), end.isoformat()),
         )
-        return [NightFlow(site, meter, date.fromisoformat(d), from_epoch(ts), v) for d, ts, v in rows]
+        return [NightFlow(site, meter, date.fromisoformat(d), from_epoch(ts), v, dm) for d, ts, v, dm in rows]
 
     def last_reading_time(self, site: str, meter: str) -> datetime | None:
         rows = self._query("SELECT MAX(ts) FROM readings WHERE mid = ?", (self._mid(site, meter, create=False) or -1,))

@@ -68,10 +68,12 @@ class NightAccumulator:
     """Tracks the night flow of the current night window of one meter: the lowest mean flow over
     ``bin_s`` (bins from the window's start; a meter whose readings are that far apart or farther:
     the lowest reading). A night counts when at least ``min_coverage`` of its readings (every
-    ``interval_s``) arrived."""
+    ``interval_s``) arrived. Beside it, the mean flow of the day before the night (from the end of
+    the night window before to the start of this one), with the same coverage: a night flow that
+    rose with the day's flow is a change of demand, not a leak (:class:`NightLeakRule`)."""
 
-    __slots__ = ("bin", "bin_n", "bin_s", "bin_sum", "count", "day", "end", "interval_s", "min_coverage", "minimum", "start", "tz",
-                 "we", "ws")
+    __slots__ = ("bin", "bin_n", "bin_s", "bin_sum", "count", "day", "day_from", "day_n", "day_sum", "end", "interval_s",
+                 "min_coverage", "minimum", "start", "tz", "we", "ws")
 
     def __init__(self, start: time, end: time, tz: ZoneInfo, interval_s: float, min_coverage: float, bin_s: float) -> None:
         self.start, self.end, self.tz = start, end, tz
@@ -82,9 +84,13 @@ class NightAccumulator:
         self.minimum = float("inf")
         self.count = 0
         self.bin, self.bin_sum, self.bin_n = -1, 0.0, 0
+        self.day_from, self.day_sum, self.day_n = math.inf, 0.0, 0  # the day before the current window
 
     def _open(self, ts: float) -> None:
         ws, we, day = night_window(datetime.fromtimestamp(ts, ZoneInfo("UTC")), self.start, self.end, self.tz)
+        # the day before the new window starts where the last one ended (nothing before a meter's first window)
+        self.day_from = self.we if self.day is not None and self.we <= ws.timestamp() else math.inf
+        self.day_sum, self.day_n = 0.0, 0
         self.ws, self.we, self.day = ws.timestamp(), we.timestamp(), day
         self.minimum, self.count = float("inf"), 0  # the bin was closed (or never opened) before
 
@@ -93,27 +99,36 @@ class NightAccumulator:
             self.minimum = min(self.minimum, self.bin_sum / self.bin_n)
         self.bin, self.bin_sum, self.bin_n = -1, 0.0, 0
 
-    def add(self, ts: float, flow: float | None) -> tuple[date, float, float] | None:
-        """Feed one reading; returns (day, window start epoch, night flow) when a night window completed."""
+    def _covered(self, n: int, span_s: float) -> bool:
+        return n > 0 and n >= self.min_coverage * span_s / self.interval_s
+
+    def add(self, ts: float, flow: float | None) -> tuple[date, float, float, float | None] | None:
+        """Feed one reading; returns (day, window start epoch, night flow, the day before's mean flow or
+        None) when a night window completed."""
         done = None
         if self.day is None:
             self._open(ts)
         elif ts >= self.we:
             self._close_bin()
-            if self.count and self.count >= self.min_coverage * (self.we - self.ws) / self.interval_s:
-                done = (self.day, self.ws, self.minimum)
+            if self._covered(self.count, self.we - self.ws):
+                day_mean = self.day_sum / self.day_n if self._covered(self.day_n, self.ws - self.day_from) else None
+                done = (self.day, self.ws, self.minimum, day_mean)
             self._open(ts)
-        if flow is not None and self.ws <= ts < self.we:
-            self.count += 1
-            if not self.bin_s:
-                self.minimum = min(self.minimum, flow)
-            else:
-                b = int((ts - self.ws) // self.bin_s)
-                if b != self.bin:
-                    self._close_bin()
-                    self.bin = b
-                self.bin_sum += flow
-                self.bin_n += 1
+        if flow is not None:
+            if self.day_from <= ts < self.ws:
+                self.day_sum += flow
+                self.day_n += 1
+            elif self.ws <= ts < self.we:
+                self.count += 1
+                if not self.bin_s:
+                    self.minimum = min(self.minimum, flow)
+                else:
+                    b = int((ts - self.ws) // self.bin_s)
+                    if b != self.bin:
+                        self._close_bin()
+                        self.bin = b
+                    self.bin_sum += flow
+                    self.bin_n += 1
         return done
 
 
@@ -153,10 +168,13 @@ class NightLeakRule:
         self.cfg = cfg
         self.off = off  # which local dates are days off: their nights are judged against the weekend nights
         self.limit, self.single_z = budget_limits(cfg)
-        self.nights: OrderedDict[date, tuple[float, bool, bool]] = OrderedDict()  # day -> (value, suspect, weekend)
+        # day -> (value, suspect, weekend, the day before's mean flow or None)
+        self.nights: OrderedDict[date, tuple[float, bool, bool, float | None]] = OrderedDict()
         self.cusum = 0.0
         self.normal_run = 0  # nights in a row with z <= night_clear_z
         self.last_day: date | None = None
+        self.opened: date | None = None  # the night that opened the alert now open
+        self.closing = ""  # why the alert just closed, when not by two normal nights
 
     def baseline(self, weekend: bool | None = None) -> tuple[float | None, float | None]:
         """(median, sigma) of the recent non-suspect nights; (None, None) while too few.
@@ -168,7 +186,7 @@ class NightLeakRule:
         ``night_sigma_long_nights`` non-suspect nights are kept, sigma is at least the same spread
         over all of them (up to three baselines' worth): the MAD of a few weeks of nights swings
         with the sample, and a quiet stretch that narrows it made ordinary nights look like leaks."""
-        kept = [(v, wk) for v, suspect, wk in self.nights.values() if not suspect]
+        kept = [(v, wk) for v, suspect, wk, _dm in self.nights.values() if not suspect]
         recent = kept[-self.cfg.night_baseline_nights :]
         if len(recent) < self.cfg.night_min_baseline_nights:
             return None, None
@@ -192,7 +210,7 @@ class NightLeakRule:
         med = statistics.median(v for v, _ in nights)
         return med, statistics.median(abs(v - med) for v, _ in nights)
 
-    def judge(self, day: date, ws: float, value: float) -> tuple[float, float | None, float | None] | None:
+    def judge(self, day: date, ws: float, value: float, day_mean: float | None = None) -> tuple[float, float | None, float | None] | None:
         """Record a night; returns (z, baseline, sigma) with :attr:`cusum` updated, or None for a
         night at or before the last judged (a replay) and while the baseline is still being learned
         (z = 0 then)."""
@@ -211,7 +229,7 @@ class NightLeakRule:
         # no district draws nothing at night: a closed inlet, a meter not yet in service or a dead one is
         # no baseline (five such nights at the start held every later night "high" for 80 nights)
         suspect = suspect or value <= 0
-        self.nights[day] = (value, suspect, off)
+        self.nights[day] = (value, suspect, off, day_mean)
         while len(self.nights) > cfg.night_baseline_nights * 3:
             self.nights.popitem(last=False)
         return z, base, sigma
@@ -220,17 +238,82 @@ class NightLeakRule:
         """Whether "night_flow" is (still) raised after the night just judged: it opens when the CUSUM
         passes its limit or one night alone passes ``night_single_z``; an open one closes after two
         normal nights in a row, which also resets the CUSUM."""
+        self.closing = ""
         if is_open:
             if self.normal_run >= 2:
-                self.cusum = 0.0
+                self.cusum, self.opened = 0.0, None
+                return False
+            note = self.demand_explains()
+            if note:
+                self.closing = note
+                self._follow_demand()
                 return False
             return True
-        return self.cusum > self.limit or z > self.single_z
+        if self.cusum > self.limit or z > self.single_z:
+            self.opened = self.last_day
+            return True
+        return False
 
-    def check(self, day: date, ws: float, value: float, alert: AlertState | None) -> Condition | None:
+    def _since_opened(self) -> tuple[list[tuple[date, float, bool, float | None]], list[tuple[float, bool, float | None]]]:
+        """(the nights since the open alert opened, the ordinary nights before it): (day, value, weekend,
+        day mean) and (value, weekend, day mean)."""
+        since = [(d, v, wk, dm) for d, (v, _s, wk, dm) in self.nights.items() if self.opened is not None and d >= self.opened]
+        before = [(v, wk, dm) for d, (v, _s, wk, dm) in self.nights.items() if self.opened is None or d < self.opened]
+        return since, before[-self.cfg.night_baseline_nights :]
+
+    def demand_explains(self) -> str:
+        """While "night_flow" is open: whether its nights rose no more than the day's flow did, in
+        proportion — a change of demand (a season, customers connected or a boundary valve opened), not a
+        leak, which adds the same flow to the night and the day and so raises the night's share of the
+        day. Judged over the last ``night_demand_nights`` nights once the alert has been open that long:
+        each night's flow over the day before's mean flow (the ratio) against the ordinary nights' ratios
+        of its day type (median, sigma as for the night flow), the mean of those z (clipped at ±3) at most
+        0. Returns what to tell the operator, or "" while it does not."""
+        k = self.cfg.night_demand_nights
+        if not k or self.opened is None:
+            return ""
+        since, before = self._since_opened()
+        last = [(v, wk, dm) for _d, v, wk, dm in since[-k:] if dm is not None and dm > 0] if len(since) >= k else []
+        ratios = [(v / dm, wk) for v, wk, dm in before if dm is not None and dm > 0]
+        if len(last) < (k + 1) // 2 or len(ratios) < self.cfg.night_min_baseline_nights:
+            return ""
+        zs = []
+        for v, wk, dm in last:
+            med, mad = self._median_mad(ratios, wk)
+            sigma = max(1.4826 * mad, abs(med) * self.cfg.night_sigma_min_pct / 100.0, 1e-9)
+            zs.append(min(3.0, max(-3.0, (v / dm - med) / sigma)))
+        if statistics.fmean(zs) > 0:
+            return ""
+        night = statistics.median(v for v, _wk, _dm in last) / statistics.median(v for v, _wk, _dm in before) - 1
+        day = self._demand_factor(last, before) - 1
+        return (f"the night flow rose with the day's demand ({night:+.0%} at night, {day:+.0%} over the day, the night's share of "
+                f"the day as usual over the last {len(last)} nights): a change of demand, not a leak; the baseline follows the "
+                f"new level (detector.night_demand_nights)")
+
+    @staticmethod
+    def _demand_factor(last: list[tuple[float, bool, float | None]], before: list[tuple[float, bool, float | None]]) -> float:
+        new = [dm for _v, _wk, dm in last if dm is not None and dm > 0]
+        old = [dm for _v, _wk, dm in before if dm is not None and dm > 0]
+        return statistics.median(new) / statistics.median(old) if new and old else 1.0
+
+    def _follow_demand(self) -> None:
+        """After :meth:`demand_explains`: the nights since the alert opened become ordinary, and the
+        ones before are scaled by the change of the day's mean flow, so the baseline keeps its nights
+        and its spread at the new level."""
+        since, before = self._since_opened()
+        k = self.cfg.night_demand_nights
+        f = self._demand_factor([(v, wk, dm) for _d, v, wk, dm in since[-k:]], before)
+        for d, (v, s, wk, dm) in list(self.nights.items()):
+            if d >= self.opened:  # type: ignore[operator]  # set while an alert is open
+                self.nights[d] = (v, False, wk, dm)
+            else:
+                self.nights[d] = (v * f, s, wk, None if dm is None else dm * f)
+        self.cusum, self.normal_run, self.opened = 0.0, 0, None
+
+    def check(self, day: date, ws: float, value: float, alert: AlertState | None, day_mean: float | None = None) -> Condition | None:
         """Judge the night of ``day`` (window start ``ws``, minimum ``value``): the condition of the
         meter's "night_flow" alert, or None for a replayed night and while the baseline is learned."""
-        judged = self.judge(day, ws, value)
+        judged = self.judge(day, ws, value, day_mean)
         if judged is None:
             return None
         z, base, sigma = judged
