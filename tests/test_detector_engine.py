@@ -378,7 +378,7 @@ def test_night_flow_closes_after_two_nights_near_the_baseline_and_they_renew_it(
     assert [a.state for a in leak] == ["open", "closed"]
     assert leak[0].start == nf[10].ts and leak[1].end == nf[14].ts
     # nights that keep the alarm up and add to it stay out of the baseline; once closed, such nights count again
-    suspect = [s for _, s, _ in e._meters[("s1", "m1")].leak.nights.values()]
+    suspect = [s for _, s, _, _ in e._meters[("s1", "m1")].leak.nights.values()]
     assert suspect == [False] * 10 + [True] * 5 + [False] * 2
 
 

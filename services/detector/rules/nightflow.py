@@ -267,8 +267,9 @@ class NightLeakRule:
         leak, which adds the same flow to the night and the day and so raises the night's share of the
         day. Judged over the last ``night_demand_nights`` nights once the alert has been open that long:
         each night's flow over the day before's mean flow (the ratio) against the ordinary nights' ratios
-        of its day type (median, sigma as for the night flow), the mean of those z (clipped at ±3) at most
-        0. Returns what to tell the operator, or "" while it does not."""
+        of its day type (median, sigma as for the night flow): the mean of those z (clipped at ±3) at most
+        0, and the last two nights each at most 1 (a leak that started within the week raises the latest
+        nights' share). Returns what to tell the operator, or "" while it does not."""
         k = self.cfg.night_demand_nights
         if not k or self.opened is None:
             return ""
@@ -282,7 +283,7 @@ class NightLeakRule:
             med, mad = self._median_mad(ratios, wk)
             sigma = max(1.4826 * mad, abs(med) * self.cfg.night_sigma_min_pct / 100.0, 1e-9)
             zs.append(min(3.0, max(-3.0, (v / dm - med) / sigma)))
-        if statistics.fmean(zs) > 0:
+        if statistics.fmean(zs) > 0 or max(zs[-2:]) > 1.0:
             return ""
         night = statistics.median(v for v, _wk, _dm in last) / statistics.median(v for v, _wk, _dm in before) - 1
         day = self._demand_factor(last, before) - 1
@@ -297,16 +298,18 @@ class NightLeakRule:
         return statistics.median(new) / statistics.median(old) if new and old else 1.0
 
     def _follow_demand(self) -> None:
-        """After :meth:`demand_explains`: the nights since the alert opened become ordinary, and the
-        ones before are scaled by the change of the day's mean flow, so the baseline keeps its nights
-        and its spread at the new level."""
+        """After :meth:`demand_explains`: the nights it judged become ordinary (not the earlier ones
+        since the alert opened: a leak repaired since may have opened it), and the ones before the
+        alert are scaled by the change of the day's mean flow, so the baseline keeps its nights and its
+        spread at the new level."""
         since, before = self._since_opened()
         k = self.cfg.night_demand_nights
+        judged = {d for d, *_ in since[-k:]}
         f = self._demand_factor([(v, wk, dm) for _d, v, wk, dm in since[-k:]], before)
         for d, (v, s, wk, dm) in list(self.nights.items()):
-            if d >= self.opened:  # type: ignore[operator]  # set while an alert is open
+            if d in judged:
                 self.nights[d] = (v, False, wk, dm)
-            else:
+            elif d < self.opened:  # type: ignore[operator]  # set while an alert is open
                 self.nights[d] = (v * f, s, wk, None if dm is None else dm * f)
         self.cusum, self.normal_run, self.opened = 0.0, 0, None
 
