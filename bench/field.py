@@ -11,7 +11,8 @@ AR(1) noise; nothing happens in it: every alert is a false one), changed in one 
 - ``coarse meter``: a small district's flow in whole m³/h (2 to 6);
 - ``large district``: tens of thousands of customers, peaks near 2,800 m³/h;
 - ``local time``: timestamps as a logger writes them, local wall time without an offset, read with
-  ``--naive-tz`` (and, to show what the note is for, without it);
+  ``--naive-tz`` (and, to show what the note is for, without it); in Berlin, across the clock changes
+  (an hour written twice in October, one skipped in March);
 - ``minute logger``: one reading a minute on a clock that jitters by 20 s, a reading lost now and then;
 - ``commissioning``: the meter reads 0 for its first five days (put in service on a closed inlet).
 
@@ -65,6 +66,7 @@ CASES = [
     Case("large district (peaks 2,800 m³/h)", days=60, scale=2000.0),
     Case("local time, --naive-tz", days=60, naive=True, args=["--naive-tz", "Asia/Seoul"]),
     Case("local time, read as UTC", days=60, naive=True),
+    Case("Berlin year in local wall time, --naive-tz", days=357, tz="Europe/Berlin", naive=True, args=["--naive-tz", "Europe/Berlin"]),
     Case("minute logger: clock ±20 s, 0.5 % dropped", days=60, step_minutes=1, jitter_s=20, drop=0.005),
     Case("commissioning: 5 days of zero flow first", zero_days=5),
 ]

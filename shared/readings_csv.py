@@ -97,18 +97,29 @@ def _row_text(raw: pd.DataFrame, i: int) -> str:
     return ",".join("" if isinstance(v, float) and v != v else str(v) for v in raw.iloc[i].tolist())
 
 
-def _timestamps(text: pd.Series, naive_tz: str) -> pd.Series:
-    """UTC timestamps (NaT where unparseable). Fast path for the canonical 2026-01-01T00:00:00Z form."""
+def _timestamps(text: pd.Series, naive_tz: str) -> tuple[pd.Series, np.ndarray]:
+    """UTC timestamps (NaT where unparseable), and which rows are local wall times that do not exist
+    in ``naive_tz`` (skipped when the clocks went forward). Fast path for the canonical
+    2026-01-01T00:00:00Z form.
+
+    A logger on local time writes the hour the clocks go back twice: the first pass is summer time,
+    the second (the wall clock fell back to or below a time already written) winter time. Rows in file
+    order, so a file sorted otherwise or cut inside that hour can misplace an hour a year."""
     ts = pd.to_datetime(text, format="%Y-%m-%dT%H:%M:%S%z", errors="coerce", utc=True)
+    missing = np.zeros(len(text), dtype=bool)
     if not ts.isna().any():
-        return ts
+        return ts, missing
     text = text.str.strip()
     ts = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
     naive = ~text.str.contains(TIME_OFFSET.pattern, regex=True)
     if naive.any() and naive_tz != "UTC":
-        local = pd.to_datetime(text[naive], format="ISO8601", errors="coerce").dt.tz_localize(naive_tz, ambiguous="NaT", nonexistent="NaT")
+        wall = pd.to_datetime(text[naive], format="ISO8601", errors="coerce")
+        seen = wall.cummax().shift(1)  # the latest wall time before each row
+        summer = ~(seen >= wall).to_numpy()  # not yet back at a time already written: the first pass
+        local = wall.dt.tz_localize(naive_tz, ambiguous=summer, nonexistent="NaT")
         ts[naive] = local.dt.tz_convert("UTC")
-    return ts
+        missing[np.flatnonzero(naive.to_numpy())[(local.isna() & wall.notna()).to_numpy()]] = True
+    return ts, missing
 
 
 def _implausible_times(ts: pd.Series, limits: RangeLimits) -> list[tuple[int, str]]:
@@ -140,10 +151,13 @@ def parse_chunk(raw: pd.DataFrame, first_line: int | np.ndarray, limits: RangeLi
     n = len(raw)
     lines = np.arange(first_line, first_line + n) if np.isscalar(first_line) else np.asarray(first_line)
     rejects: list[Reject] = []
-    ts = _timestamps(raw["timestamp"], naive_tz)
+    ts, skipped = _timestamps(raw["timestamp"], naive_tz)
     bad = ts.isna().to_numpy().copy()
     for i in np.flatnonzero(bad):
-        rejects.append(Reject(int(lines[i]), f"timestamp {str(raw['timestamp'].iloc[i]).strip()!r} is not ISO 8601", _row_text(raw, i)))
+        text = str(raw["timestamp"].iloc[i]).strip()
+        why = (f"timestamp {text!r} does not exist in {naive_tz} (--naive-tz): the clocks went forward over it" if skipped[i]
+               else f"timestamp {text!r} is not ISO 8601")
+        rejects.append(Reject(int(lines[i]), why, _row_text(raw, i)))
     for i, reason in _implausible_times(ts, limits):
         bad[i] = True
         rejects.append(Reject(int(lines[i]), reason, _row_text(raw, i)))

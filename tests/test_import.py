@@ -151,6 +151,24 @@ def test_import_naive_tz(tmp_path):
     assert r.returncode == 0 and "--naive-tz" not in r.stderr, r.stderr
 
 
+
+def test_import_naive_tz_across_the_clock_changes(tmp_path):
+    """A logger on local wall time (Berlin) writes 02:00-02:59 twice when the clocks go back: the first
+    pass is summer time, the second winter time, every row placed half an hour after the one before.
+    A wall time the clocks skipped in spring is rejected, saying so."""
+    autumn = ["01:00", "01:30", "02:00", "02:30", "02:00", "02:30", "03:00"]
+    text = "timestamp,flow_rate,pressure\n" + "".join(f"2026-10-25 {t}:00,{i},2\n" for i, t in enumerate(autumn))
+    r, store = run_import(tmp_path, text, "--naive-tz", "Europe/Berlin")
+    assert r.returncode == 0, r.stderr
+    df = store.read_readings("s1", "m1", datetime(2026, 10, 24, tzinfo=UTC), datetime(2026, 10, 26, tzinfo=UTC))
+    assert df.index.tolist() == list(pd.date_range("2026-10-24T23:00:00Z", periods=7, freq="30min"))
+    assert df["flow_rate"].tolist() == [float(i) for i in range(7)]
+    r, _ = run_import(tmp_path, "timestamp,flow_rate,pressure\n2026-03-29 01:30:00,1,2\n2026-03-29 02:30:00,1,2\n2026-03-29 03:00:00,1,2\n",
+                      "--naive-tz", "Europe/Berlin")
+    assert r.returncode == 1 and "line 3: " in r.stderr, r.stderr
+    assert "'2026-03-29 02:30:00' does not exist in Europe/Berlin (--naive-tz): the clocks went forward" in r.stderr, r.stderr
+
+
 cell = st.one_of(st.text(max_size=12), st.floats(allow_nan=True, allow_infinity=True).map(repr), st.just(""))
 
 
