@@ -14,7 +14,10 @@ AR(1) noise; nothing happens in it: every alert is a false one), changed in one 
   ``--naive-tz`` (and, to show what the note is for, without it); in Berlin, across the clock changes
   (an hour written twice in October, one skipped in March);
 - ``minute logger``: one reading a minute on a clock that jitters by 20 s, a reading lost now and then;
-- ``commissioning``: the meter reads 0 for its first five days (put in service on a closed inlet).
+- ``commissioning``: the meter reads 0 for its first five days (put in service on a closed inlet);
+- ``meter swapped``: from day 60 the meter reads 8 % more (a new meter, another calibration);
+- ``five days without data``: a logger or link down for five days in the middle;
+- ``logger set to 5 minutes``: 15-minute readings, then every 5 minutes from day 60.
 
 Scored from day 28 (four weeks of learning). docs/evaluation.md ("Files from the field") has the
 figures before and after the changes they led to.
@@ -53,6 +56,9 @@ class Case:
     jitter_s: int = 0  # the logger's clock, this many seconds either way
     drop: float = 0.0  # share of readings lost
     zero_days: int = 0  # the first days read 0 (a meter put in service on a closed inlet)
+    swap: tuple[int, float] | None = None  # (day, factor): the meter replaced by one that reads this much more from that day
+    outage: tuple[int, int] | None = None  # (day, days): nothing arrives for that long
+    faster: int | None = None  # from this day on, a reading every 5 minutes instead of every step
     args: list[str] = field(default_factory=list)
     seed: int = 1
 
@@ -69,29 +75,40 @@ CASES = [
     Case("Berlin year in local wall time, --naive-tz", days=357, tz="Europe/Berlin", naive=True, args=["--naive-tz", "Europe/Berlin"]),
     Case("minute logger: clock ±20 s, 0.5 % dropped", days=60, step_minutes=1, jitter_s=20, drop=0.005),
     Case("commissioning: 5 days of zero flow first", zero_days=5),
+    Case("meter swapped on day 60: reads 8 % more", swap=(60, 1.08)),
+    Case("five days without data from day 50", outage=(50, 5)),
+    Case("logger set to 5 minutes on day 60", faster=60),
 ]
 
 
 def district(case: Case) -> pd.DataFrame:
     rng = np.random.default_rng(case.seed)
-    per_day = 1440 // case.step_minutes
-    idx = pd.date_range(case.start, periods=case.days * per_day, freq=f"{case.step_minutes}min", tz=case.tz)
+    step = 5 if case.faster is not None else case.step_minutes  # drawn at 5 minutes, kept at the step before ``faster``
+    per_day = 1440 // step
+    idx = pd.date_range(case.start, periods=case.days * per_day, freq=f"{step}min", tz=case.tz)
     n = len(idx)
     hour = idx.hour.to_numpy() + idx.minute.to_numpy() / 60
     shape = 0.45 + 0.55 * np.exp(-(((hour - 8) / 2.5) ** 2)) + 0.5 * np.exp(-(((hour - 20) / 3) ** 2))
     day = (idx.normalize() - idx[0].normalize()).days.to_numpy()
     day_factor = 1 + rng.normal(0, 0.04, day.max() + 1)[day]
-    rho = 0.8 ** (case.step_minutes / 15)  # the same noise in time at any interval
+    rho = 0.8 ** (step / 15)  # the same noise in time at any interval
     ar, e = np.zeros(n), rng.normal(0, 0.03 * np.sqrt((1 - rho**2) / (1 - 0.64)), n)
     for i in range(1, n):
         ar[i] = rho * ar[i - 1] + e[i]
     flow = case.scale * shape * day_factor * (1 + case.growth * np.arange(n) / n) * (1 + ar)
     flow[: case.zero_days * per_day] = 0.0
+    keep = np.ones(n, dtype=bool)
+    if case.swap:
+        flow[day >= case.swap[0]] *= case.swap[1]
+    if case.outage:
+        keep &= (day < case.outage[0]) | (day >= case.outage[0] + case.outage[1])
+    if case.faster is not None:  # 15-minute readings (the 5-minute draw's every third) until that day
+        keep &= (day >= case.faster) | (np.arange(n) % 3 == 0)
     if case.jitter_s:
         idx = idx + pd.to_timedelta(rng.integers(-case.jitter_s, case.jitter_s + 1, n), unit="s")
     stamps = idx.strftime("%Y-%m-%d %H:%M:%S") if case.naive else idx.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
     out = pd.DataFrame({"timestamp": stamps, "flow_rate": np.round(flow, case.decimals)})
-    return out[rng.random(n) >= case.drop]
+    return out[(rng.random(n) >= case.drop) & keep]
 
 
 def run(case: Case, work: Path) -> dict:

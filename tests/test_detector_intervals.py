@@ -173,3 +173,21 @@ def test_a_reading_is_compared_with_the_forecast_of_its_own_bin():
     h = ForecastDeviationRule("flow_rate", DetectorSettings(), 3600)
     h.offer(t0, [t0 + 3600], [100.0], False)
     assert h.check(t0 + 3600, 500.0, None) is None
+
+
+def test_a_meter_that_reads_less_often_than_configured_has_no_gap_storm_and_keeps_its_nights():
+    """Configured at 5 minutes, read every 15 (a logger set otherwise, or a file whose cadence changes).
+    Each step was a gap, and no night had the readings it needed (80 % of 24 five-minute readings):
+    the night-flow rule never learned. Now the gap rule takes the meter's own cadence (the median of its
+    last 16 steps, after 8), and a night counts its quarter hours, not its readings. A real hole of 3
+    hours is still a gap; the same meter configured at 15 minutes records the same nights."""
+    df = series(900, 9)
+    df = df.drop(df.index[400:412])  # 3 hours missing on day 5
+    e, out = drive(df, 300, FLOW)
+    gaps = [a for a in out if a.kind == "gap"]
+    assert len(gaps) <= 8 and all(a.start < df.index[9].to_pydatetime() for a in gaps[:-1]), [a.start for a in gaps]
+    hole = gaps[-1]
+    assert hole.start == df.index[399].to_pydatetime() and "lately every 15" in hole.message, hole.message
+    nights = e.take_night_flows()
+    same, _ = drive(df, 900, FLOW)
+    assert len(nights) >= 8 and [(n.day, n.value) for n in nights] == [(n.day, n.value) for n in same.take_night_flows()]

@@ -67,18 +67,23 @@ def night_window(ts: datetime, start: time, end: time, tz: ZoneInfo) -> tuple[da
 class NightAccumulator:
     """Tracks the night flow of the current night window of one meter: the lowest mean flow over
     ``bin_s`` (bins from the window's start; a meter whose readings are that far apart or farther:
-    the lowest reading). A night counts when at least ``min_coverage`` of its readings (every
-    ``interval_s``) arrived. Beside it, the mean flow of the day before the night (from the end of
-    the night window before to the start of this one), with the same coverage: a night flow that
-    rose with the day's flow is a change of demand, not a leak (:class:`NightLeakRule`)."""
+    the lowest reading). A night counts when at least ``min_coverage`` of its slots had a reading (a
+    slot: a bin, or an interval where a reading is its own bin; so a meter that reads less often than
+    its interval says, or loses readings here and there, still has its nights). Beside it, the mean
+    flow of the day before the night (from the end of the night window before to the start of this
+    one), with the same coverage: a night flow that rose with the day's flow is a change of demand,
+    not a leak (:class:`NightLeakRule`)."""
 
-    __slots__ = ("bin", "bin_n", "bin_s", "bin_sum", "count", "day", "day_from", "day_n", "day_sum", "end", "interval_s",
-                 "min_coverage", "minimum", "start", "tz", "we", "ws")
+    __slots__ = ("bin", "bin_n", "bin_s", "bin_sum", "count", "day", "day_from", "day_n", "day_slot", "day_slots", "day_sum", "end",
+                 "interval_s", "min_coverage", "minimum", "night_slot", "slot_s", "start", "tz", "we", "ws")
 
     def __init__(self, start: time, end: time, tz: ZoneInfo, interval_s: float, min_coverage: float, bin_s: float) -> None:
         self.start, self.end, self.tz = start, end, tz
         self.interval_s, self.min_coverage = interval_s, min_coverage
         self.bin_s = bin_s if bin_s > interval_s else 0.0  # 0: every reading is its own bin
+        self.slot_s = self.bin_s or interval_s
+        self.night_slot = self.day_slot = -1
+        self.day_slots = 0
         self.ws = self.we = 0.0
         self.day: date | None = None
         self.minimum = float("inf")
@@ -90,17 +95,17 @@ class NightAccumulator:
         ws, we, day = night_window(datetime.fromtimestamp(ts, ZoneInfo("UTC")), self.start, self.end, self.tz)
         # the day before the new window starts where the last one ended (nothing before a meter's first window)
         self.day_from = self.we if self.day is not None and self.we <= ws.timestamp() else math.inf
-        self.day_sum, self.day_n = 0.0, 0
+        self.day_sum, self.day_n, self.day_slots, self.day_slot = 0.0, 0, 0, -1
         self.ws, self.we, self.day = ws.timestamp(), we.timestamp(), day
-        self.minimum, self.count = float("inf"), 0  # the bin was closed (or never opened) before
+        self.minimum, self.count, self.night_slot = float("inf"), 0, -1  # the bin was closed (or never opened) before
 
     def _close_bin(self) -> None:
         if self.bin_n:
             self.minimum = min(self.minimum, self.bin_sum / self.bin_n)
         self.bin, self.bin_sum, self.bin_n = -1, 0.0, 0
 
-    def _covered(self, n: int, span_s: float) -> bool:
-        return n > 0 and n >= self.min_coverage * span_s / self.interval_s
+    def _covered(self, slots: int, span_s: float) -> bool:
+        return slots > 0 and slots >= self.min_coverage * round(span_s / self.slot_s)
 
     def add(self, ts: float, flow: float | None) -> tuple[date, float, float, float | None] | None:
         """Feed one reading; returns (day, window start epoch, night flow, the day before's mean flow or
@@ -111,15 +116,20 @@ class NightAccumulator:
         elif ts >= self.we:
             self._close_bin()
             if self._covered(self.count, self.we - self.ws):
-                day_mean = self.day_sum / self.day_n if self._covered(self.day_n, self.ws - self.day_from) else None
+                day_mean = self.day_sum / self.day_n if self._covered(self.day_slots, self.ws - self.day_from) else None
                 done = (self.day, self.ws, self.minimum, day_mean)
             self._open(ts)
         if flow is not None:
             if self.day_from <= ts < self.ws:
                 self.day_sum += flow
                 self.day_n += 1
+                slot = int((ts - self.day_from) // self.slot_s)
+                if slot != self.day_slot:
+                    self.day_slot, self.day_slots = slot, self.day_slots + 1
             elif self.ws <= ts < self.we:
-                self.count += 1
+                slot = int((ts - self.ws) // self.slot_s)
+                if slot != self.night_slot:
+                    self.night_slot, self.count = slot, self.count + 1
                 if not self.bin_s:
                     self.minimum = min(self.minimum, flow)
                 else:
