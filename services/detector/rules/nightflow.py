@@ -82,7 +82,7 @@ class NightAccumulator:
         self.interval_s, self.min_coverage = interval_s, min_coverage
         self.bin_s = bin_s if bin_s > interval_s else 0.0  # 0: every reading is its own bin
         self.slot_s = self.bin_s or interval_s
-        self.night_slot = self.day_slot = -1
+        self.night_slot = self.day_slot = -math.inf  # when the next slot starts (epoch s)
         self.day_slots = 0
         self.ws = self.we = 0.0
         self.day: date | None = None
@@ -95,9 +95,9 @@ class NightAccumulator:
         ws, we, day = night_window(datetime.fromtimestamp(ts, ZoneInfo("UTC")), self.start, self.end, self.tz)
         # the day before the new window starts where the last one ended (nothing before a meter's first window)
         self.day_from = self.we if self.day is not None and self.we <= ws.timestamp() else math.inf
-        self.day_sum, self.day_n, self.day_slots, self.day_slot = 0.0, 0, 0, -1
+        self.day_sum, self.day_n, self.day_slots, self.day_slot = 0.0, 0, 0, -math.inf
         self.ws, self.we, self.day = ws.timestamp(), we.timestamp(), day
-        self.minimum, self.count, self.night_slot = float("inf"), 0, -1  # the bin was closed (or never opened) before
+        self.minimum, self.count, self.night_slot = float("inf"), 0, -math.inf  # the bin was closed (or never opened) before
 
     def _close_bin(self) -> None:
         if self.bin_n:
@@ -123,13 +123,13 @@ class NightAccumulator:
             if self.day_from <= ts < self.ws:
                 self.day_sum += flow
                 self.day_n += 1
-                slot = int((ts - self.day_from) // self.slot_s)
-                if slot != self.day_slot:
-                    self.day_slot, self.day_slots = slot, self.day_slots + 1
+                if ts >= self.day_slot:  # the first reading of a new slot (day_slot: when the next one starts)
+                    self.day_slots += 1
+                    self.day_slot = self.day_from + (int((ts - self.day_from) // self.slot_s) + 1) * self.slot_s
             elif self.ws <= ts < self.we:
-                slot = int((ts - self.ws) // self.slot_s)
-                if slot != self.night_slot:
-                    self.night_slot, self.count = slot, self.count + 1
+                if ts >= self.night_slot:
+                    self.count += 1
+                    self.night_slot = self.ws + (int((ts - self.ws) // self.slot_s) + 1) * self.slot_s
                 if not self.bin_s:
                     self.minimum = min(self.minimum, flow)
                 else:
