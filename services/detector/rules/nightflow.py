@@ -265,8 +265,10 @@ class NightLeakRule:
         return False
 
     def _since_opened(self) -> tuple[list[tuple[date, float, bool, float | None]], list[tuple[float, bool, float | None]]]:
-        """(the nights since the open alert opened, the ordinary nights before it): (day, value, weekend,
-        day mean) and (value, weekend, day mean)."""
+        """(the nights since the open alert opened, up to ``night_baseline_nights`` nights before it):
+        (day, value, weekend, day mean) and (value, weekend, day mean). The nights before count whether
+        they raised an alarm or not: the ratio baseline of :meth:`demand_explains` left out the high
+        ones, and its level and spread came out too low, so a change of demand never looked like one."""
         since = [(d, v, wk, dm) for d, (v, _s, wk, dm) in self.nights.items() if self.opened is not None and d >= self.opened]
         before = [(v, wk, dm) for d, (v, _s, wk, dm) in self.nights.items() if self.opened is None or d < self.opened]
         return since, before[-self.cfg.night_baseline_nights :]
