@@ -17,7 +17,8 @@ AR(1) noise; nothing happens in it: every alert is a false one), changed in one 
 - ``commissioning``: the meter reads 0 for its first five days (put in service on a closed inlet);
 - ``meter swapped``: from day 60 the meter reads 8 % more (a new meter, another calibration);
 - ``five days without data``: a logger or link down for five days in the middle;
-- ``logger set to 5 minutes``: 15-minute readings, then every 5 minutes from day 60.
+- ``logger set to 5 minutes``: 15-minute readings, then every 5 minutes from day 60;
+- ``summer watering``: afternoon demand up to 50 % higher at midsummer, the night unchanged.
 
 Scored from day 28 (four weeks of learning). docs/evaluation.md ("Files from the field") has the
 figures before and after the changes they led to.
@@ -59,6 +60,7 @@ class Case:
     swap: tuple[int, float] | None = None  # (day, factor): the meter replaced by one that reads this much more from that day
     outage: tuple[int, int] | None = None  # (day, days): nothing arrives for that long
     faster: int | None = None  # from this day on, a reading every 5 minutes instead of every step
+    irrigation: float = 0.0  # summer watering: the afternoon's demand up by this share at midsummer (none at night)
     args: list[str] = field(default_factory=list)
     seed: int = 1
 
@@ -78,6 +80,7 @@ CASES = [
     Case("meter swapped on day 60: reads 8 % more", swap=(60, 1.08)),
     Case("five days without data from day 50", outage=(50, 5)),
     Case("logger set to 5 minutes on day 60", faster=60),
+    Case("summer watering: afternoons +50 % at midsummer", irrigation=0.5, start="2026-05-04"),
 ]
 
 
@@ -96,6 +99,8 @@ def district(case: Case) -> pd.DataFrame:
     for i in range(1, n):
         ar[i] = rho * ar[i - 1] + e[i]
     flow = case.scale * shape * day_factor * (1 + case.growth * np.arange(n) / n) * (1 + ar)
+    if case.irrigation:  # rises and falls over the run, 14:00-20:00 local, nothing at night
+        flow *= 1 + case.irrigation * np.sin(np.pi * np.arange(n) / n) * np.exp(-(((hour - 17) / 2) ** 2))
     flow[: case.zero_days * per_day] = 0.0
     keep = np.ones(n, dtype=bool)
     if case.swap:
