@@ -455,7 +455,7 @@ class InfluxStore(Store):
         return thresholds_from_payload(rows[0][0]) if rows else None
 
     def read_night_flow(self, site: str, meter: str, start: date, end: date) -> list[NightFlow]:
-        series = self._select(f"SELECT * FROM night_flow WHERE {self._where(site, meter)}")
+        series = self._select(f"SELECT value, day, day_mean FROM night_flow WHERE {self._where(site, meter)}")
         out = []
         for ts, value, day, dm in self._rows(series, ["time", "value", "day", "day_mean"]):
             d = date.fromisoformat(day)

@@ -74,8 +74,8 @@ class NightAccumulator:
     one), with the same coverage: a night flow that rose with the day's flow is a change of demand,
     not a leak (:class:`NightLeakRule`)."""
 
-    __slots__ = ("bin", "bin_n", "bin_s", "bin_sum", "count", "day", "day_from", "day_n", "day_slot", "day_slots", "day_sum", "end",
-                 "interval_s", "min_coverage", "minimum", "night_slot", "slot_s", "start", "tz", "we", "ws")
+    __slots__ = ("bin", "bin_n", "bin_s", "bin_sum", "day", "day_from", "day_n", "day_slot", "day_slots", "day_sum", "end",
+                 "interval_s", "min_coverage", "minimum", "night_slot", "night_slots", "slot_s", "start", "tz", "we", "ws")
 
     def __init__(self, start: time, end: time, tz: ZoneInfo, interval_s: float, min_coverage: float, bin_s: float) -> None:
         self.start, self.end, self.tz = start, end, tz
@@ -87,7 +87,7 @@ class NightAccumulator:
         self.ws = self.we = 0.0
         self.day: date | None = None
         self.minimum = float("inf")
-        self.count = 0
+        self.night_slots = 0
         self.bin, self.bin_sum, self.bin_n = -1, 0.0, 0
         self.day_from, self.day_sum, self.day_n = math.inf, 0.0, 0  # the day before the current window
 
@@ -97,7 +97,7 @@ class NightAccumulator:
         self.day_from = self.we if self.day is not None and self.we <= ws.timestamp() else math.inf
         self.day_sum, self.day_n, self.day_slots, self.day_slot = 0.0, 0, 0, -math.inf
         self.ws, self.we, self.day = ws.timestamp(), we.timestamp(), day
-        self.minimum, self.count, self.night_slot = float("inf"), 0, -math.inf  # the bin was closed (or never opened) before
+        self.minimum, self.night_slots, self.night_slot = float("inf"), 0, -math.inf  # the bin was closed (or never opened) before
 
     def _close_bin(self) -> None:
         if self.bin_n:
@@ -115,7 +115,7 @@ class NightAccumulator:
             self._open(ts)
         elif ts >= self.we:
             self._close_bin()
-            if self._covered(self.count, self.we - self.ws):
+            if self._covered(self.night_slots, self.we - self.ws):
                 day_mean = self.day_sum / self.day_n if self._covered(self.day_slots, self.ws - self.day_from) else None
                 done = (self.day, self.ws, self.minimum, day_mean)
             self._open(ts)
@@ -128,7 +128,7 @@ class NightAccumulator:
                     self.day_slot = self.day_from + (int((ts - self.day_from) // self.slot_s) + 1) * self.slot_s
             elif self.ws <= ts < self.we:
                 if ts >= self.night_slot:
-                    self.count += 1
+                    self.night_slots += 1
                     self.night_slot = self.ws + (int((ts - self.ws) // self.slot_s) + 1) * self.slot_s
                 if not self.bin_s:
                     self.minimum = min(self.minimum, flow)
@@ -253,10 +253,10 @@ class NightLeakRule:
             if self.normal_run >= 2:
                 self.cusum, self.opened = 0.0, None
                 return False
-            note = self.demand_explains()
-            if note:
-                self.closing = note
-                self._follow_demand()
+            change = self._demand_change()
+            if change is not None:
+                self.closing, judged, factor = change
+                self._follow_demand(judged, factor)
                 return False
             return True
         if self.cusum > self.limit or z > self.single_z:
@@ -267,13 +267,13 @@ class NightLeakRule:
     def _since_opened(self) -> tuple[list[tuple[date, float, bool, float | None]], list[tuple[float, bool, float | None]]]:
         """(the nights since the open alert opened, up to ``night_baseline_nights`` nights before it):
         (day, value, weekend, day mean) and (value, weekend, day mean). The nights before count whether
-        they raised an alarm or not: the ratio baseline of :meth:`demand_explains` left out the high
+        they raised an alarm or not: the ratio baseline of :meth:`_demand_change` left out the high
         ones, and its level and spread came out too low, so a change of demand never looked like one."""
         since = [(d, v, wk, dm) for d, (v, _s, wk, dm) in self.nights.items() if self.opened is not None and d >= self.opened]
         before = [(v, wk, dm) for d, (v, _s, wk, dm) in self.nights.items() if self.opened is None or d < self.opened]
         return since, before[-self.cfg.night_baseline_nights :]
 
-    def demand_explains(self) -> str:
+    def _demand_change(self) -> tuple[str, set[date], float] | None:
         """While "night_flow" is open: whether its nights rose no more than the day's flow did, in
         proportion — a change of demand (a season, customers connected or a boundary valve opened), not a
         leak, which adds the same flow to the night and the day and so raises the night's share of the
@@ -281,48 +281,41 @@ class NightLeakRule:
         each night's flow over the day before's mean flow (the ratio) against the ordinary nights' ratios
         of its day type (median, sigma as for the night flow): the mean of those z (clipped at ±3) at most
         0, and the last two nights each at most 1 (a leak that started within the week raises the latest
-        nights' share). Returns what to tell the operator, or "" while it does not."""
+        nights' share). Returns what to tell the operator, the nights judged and the change of the day's
+        mean flow (:meth:`_follow_demand`), or None while it does not."""
         k = self.cfg.night_demand_nights
         if not k or self.opened is None:
-            return ""
+            return None
         since, before = self._since_opened()
         last = [(v, wk, dm) for _d, v, wk, dm in since[-k:] if dm is not None and dm > 0] if len(since) >= k else []
-        ratios = [(v / dm, wk) for v, wk, dm in before if dm is not None and dm > 0]
+        usual = [(v, wk, dm) for v, wk, dm in before if dm is not None and dm > 0]
+        ratios = [(v / dm, wk) for v, wk, dm in usual]
         if len(last) < (k + 1) // 2 or len(ratios) < self.cfg.night_min_baseline_nights:
-            return ""
+            return None
         zs = []
         for v, wk, dm in last:
             med, mad = self._median_mad(ratios, wk)
             sigma = max(1.4826 * mad, abs(med) * self.cfg.night_sigma_min_pct / 100.0, 1e-9)
             zs.append(min(3.0, max(-3.0, (v / dm - med) / sigma)))
         if statistics.fmean(zs) > 0 or max(zs[-2:]) > 1.0:
-            return ""
+            return None
         night = statistics.median(v for v, _wk, _dm in last) / statistics.median(v for v, _wk, _dm in before) - 1
-        day = self._demand_factor(last, before) - 1
-        return (f"the night flow rose with the day's demand ({night:+.0%} at night, {day:+.0%} over the day, the night's share of "
-                f"the day as usual over the last {len(last)} nights): a change of demand, not a leak; the baseline follows the "
-                f"new level (detector.night_demand_nights)")
+        factor = statistics.median(dm for _v, _wk, dm in last) / statistics.median(dm for _v, _wk, dm in usual)
+        note = (f"the night flow rose with the day's demand ({night:+.0%} at night, {factor - 1:+.0%} over the day, the night's "
+                f"share of the day as usual over the last {len(last)} nights): a change of demand, not a leak; the baseline "
+                f"follows the new level (detector.night_demand_nights)")
+        return note, {d for d, *_ in since[-k:]}, factor
 
-    @staticmethod
-    def _demand_factor(last: list[tuple[float, bool, float | None]], before: list[tuple[float, bool, float | None]]) -> float:
-        new = [dm for _v, _wk, dm in last if dm is not None and dm > 0]
-        old = [dm for _v, _wk, dm in before if dm is not None and dm > 0]
-        return statistics.median(new) / statistics.median(old) if new and old else 1.0
-
-    def _follow_demand(self) -> None:
-        """After :meth:`demand_explains`: the nights it judged become ordinary (not the earlier ones
+    def _follow_demand(self, judged: set[date], factor: float) -> None:
+        """After :meth:`_demand_change`: the nights it judged become ordinary (not the earlier ones
         since the alert opened: a leak repaired since may have opened it), and the ones before the
-        alert are scaled by the change of the day's mean flow, so the baseline keeps its nights and its
-        spread at the new level."""
-        since, before = self._since_opened()
-        k = self.cfg.night_demand_nights
-        judged = {d for d, *_ in since[-k:]}
-        f = self._demand_factor([(v, wk, dm) for _d, v, wk, dm in since[-k:]], before)
+        alert are scaled by ``factor``, the change of the day's mean flow, so the baseline keeps its
+        nights and its spread at the new level."""
         for d, (v, s, wk, dm) in list(self.nights.items()):
             if d in judged:
                 self.nights[d] = (v, False, wk, dm)
             elif d < self.opened:  # type: ignore[operator]  # set while an alert is open
-                self.nights[d] = (v * f, s, wk, None if dm is None else dm * f)
+                self.nights[d] = (v * factor, s, wk, None if dm is None else dm * factor)
         self.cusum, self.normal_run, self.opened = 0.0, 0, None
 
     def check(self, day: date, ws: float, value: float, alert: AlertState | None, day_mean: float | None = None) -> Condition | None:
