@@ -935,3 +935,40 @@ def test_a_night_flow_that_rose_with_the_days_demand_closes_over_a_restart_and_a
         assert only.state == "open"
     nights = store.read_night_flow(site, "m1", date(2026, 3, 1), date(2026, 5, 1))
     assert len(nights) >= days - 1 and all(n.day_mean is not None for n in nights[1:])  # each with the day before's mean
+
+
+def test_a_meter_that_reads_less_often_than_configured_keeps_its_nights_and_raises_no_gap_storm(settings, store, tmp_path):
+    """Through the broker and the store: a flow-only meter configured at 5 minutes that sends every 15
+    (a logger set otherwise). Every step was a gap alert and no night was recorded (the night-flow rule
+    never learned); now a few gaps at the start, then the meter's own cadence; its nights are stored.
+    Every reading published is stored."""
+    import numpy as np
+
+    from shared.settings import MeterSettings
+
+    s, site = unique(settings)
+    s = s.model_copy(update={"data_dir": tmp_path, "meters": [MeterSettings(id="m1", signals=["flow_rate"], interval_s=300)]})
+    start = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)  # 00:00 local, 3 March
+    idx = pd.date_range(start, periods=3 * 96, freq="15min", tz="UTC")
+    hour = idx.tz_convert(s.tz).hour.to_numpy()
+    flow = 50 + 20 * np.sin(2 * np.pi * (hour - 9) / 24) + np.random.default_rng(4).normal(0, 0.5, len(idx))
+    rs = readings(pd.DataFrame({"flow_rate": flow, "pressure": np.nan}, index=idx), site=site)
+    svc = DetectorService(s, store=store)
+    t = svc.start_in_thread()
+    assert svc.ready.wait(30)
+    pub = client(s, "pub-cadence")
+    try:
+        for r in rs:
+            pub.publish(topics.reading(site, "m1"), r)
+        assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs), timeout=90)
+    finally:
+        pub.close()
+        svc.stop()
+        t.join(30)
+    end = idx[-1] + timedelta(minutes=1)
+    assert len(store.read_readings(site, "m1", start, end)) == len(rs)
+    stored = store.read_anomalies(site, "m1", start, end)
+    assert (stored["kind"] == "gap").sum() <= 8, stored[["kind", "start"]]
+    nights = store.read_night_flow(site, "m1", date(2026, 3, 1), date(2026, 3, 10))
+    assert [n.day for n in nights] == [date(2026, 3, 3), date(2026, 3, 4), date(2026, 3, 5)]
+    assert nights[0].day_mean is None and all(n.day_mean is not None for n in nights[1:])
