@@ -18,7 +18,8 @@ AR(1) noise; nothing happens in it: every alert is a false one), changed in one 
 - ``meter swapped``: from day 60 the meter reads 8 % more (a new meter, another calibration);
 - ``five days without data``: a logger or link down for five days in the middle;
 - ``logger set to 5 minutes``: 15-minute readings, then every 5 minutes from day 60;
-- ``summer watering``: afternoon demand up to 50 % higher at midsummer, the night unchanged.
+- ``summer watering``: afternoon demand up to 50 % higher at midsummer, the night unchanged;
+- ``hourly meter``: one reading an hour (many district loggers and billing feeds), a Berlin year.
 
 Scored from day 28 (four weeks of learning). docs/evaluation.md ("Files from the field") has the
 figures before and after the changes they led to.
@@ -81,6 +82,7 @@ CASES = [
     Case("five days without data from day 50", outage=(50, 5)),
     Case("logger set to 5 minutes on day 60", faster=60),
     Case("summer watering: afternoons +50 % at midsummer", irrigation=0.5, start="2026-05-04"),
+    Case("hourly meter, a year (Berlin)", days=357, tz="Europe/Berlin", step_minutes=60),
 ]
 
 

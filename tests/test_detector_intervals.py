@@ -191,3 +191,21 @@ def test_a_meter_that_reads_less_often_than_configured_has_no_gap_storm_and_keep
     nights = e.take_night_flows()
     same, _ = drive(df, 900, FLOW)
     assert len(nights) >= 8 and [(n.day, n.value) for n in nights] == [(n.day, n.value) for n in same.take_night_flows()]
+
+
+@pytest.mark.parametrize("interval_s", [900, 3600])
+def test_bands_are_learned_at_an_hour_and_on_a_meters_first_weekends(interval_s):
+    """An hourly meter has 20 weekday and 8 weekend readings per hour in 28 days, fewer than a band
+    needs (30): its bands stayed static for good and a flow 30 m³/h over the day's (a leak on a
+    Saturday) raised nothing. Now such a cell takes its spread from the nearest hours of its day
+    type around its own median. The same for a 15-minute meter's weekend cells in its first weeks."""
+    df = series(interval_s, 21)
+    t0 = START + timedelta(days=19, hours=9)  # Saturday 24 January, 18:00 local
+    leak = (df.index >= t0) & (df.index < t0 + timedelta(hours=8))
+    df.loc[leak, "flow_rate"] += 30.0
+    e, out = drive(df, interval_s, FLOW)
+    th = opened(out, "threshold")
+    assert len(th) == 1 and t0 <= th[0].start < t0 + timedelta(hours=4), [(a.kind, a.state, a.start, a.message[:160]) for a in out]
+    assert "learned from" in th[0].message and "weekend" in th[0].message
+    _, quiet = drive(series(interval_s, 21), interval_s, FLOW)
+    assert opened(quiet, "threshold") == [], [(a.start, a.message[:160]) for a in opened(quiet, "threshold")]

@@ -20,7 +20,7 @@ from services.detector.engine import DetectionEngine
 from services.detector.service import DetectorService
 from shared.bus import Bus
 from shared.messages import Anomaly, Command, DeadLetter, Thresholds
-from shared.settings import Settings
+from shared.settings import DetectorSettings, Settings
 from shared.topics import Topics
 from tests.detector_synth import frame, readings
 from tests.harness import wait_for
@@ -972,3 +972,51 @@ def test_a_meter_that_reads_less_often_than_configured_keeps_its_nights_and_rais
     nights = store.read_night_flow(site, "m1", date(2026, 3, 1), date(2026, 3, 10))
     assert [n.day for n in nights] == [date(2026, 3, 3), date(2026, 3, 4), date(2026, 3, 5)]
     assert nights[0].day_mean is None and all(n.day_mean is not None for n in nights[1:])
+
+
+def test_an_hourly_meter_learns_its_bands_from_the_store_and_a_saturday_leak_is_caught(settings, store, tmp_path):
+    """Through the broker and the store, a flow-only hourly meter with 19 days stored: an hour holds
+    too few readings for a band of its own (five Saturdays and holidays: five weekend readings an
+    hour), so its bands stayed the static limits and a Saturday flow 30 m³/h over the usual raised
+    nothing. Now the bands learned at start are stored with every weekend hour its own, and the
+    threshold alert is published and stored. Every reading published is stored."""
+    import numpy as np
+
+    from shared.settings import MeterSettings
+
+    s, site = unique(settings)
+    s = s.model_copy(update={"data_dir": tmp_path, "meters": [MeterSettings(id="m1", signals=["flow_rate"], interval_s=3600)]})
+    idx = pd.date_range(LOCAL_DAY0, periods=20 * 24, freq="1h", tz="UTC")  # to Saturday 21 March, 24:00 local
+    hour = idx.tz_convert(s.tz).hour.to_numpy()
+    flow = 100 + 30 * np.sin(2 * np.pi * (hour - 9) / 24) + np.random.default_rng(8).normal(0, 2, len(idx))
+    saturday = idx >= LOCAL_DAY0 + 19 * DAY
+    leak = saturday & (hour >= 10) & (hour < 18)
+    flow[leak] += 30.0
+    df = pd.DataFrame({"flow_rate": flow, "pressure": np.nan}, index=idx)
+    store.write_reading_frame(site, "m1", df[~saturday])
+    svc = DetectorService(s, store=store)
+    t = svc.start_in_thread()
+    assert svc.ready.wait(30)
+    watch, pub = client(s, "watch-hourly"), client(s, "pub-hourly")
+    sink = Sink()
+    watch.subscribe(topics.all_meters("anomaly"), Anomaly, sink)
+    rs = readings(df[saturday], site=site)
+    try:
+        assert svc.maintenance_idle(60)
+        th = store.latest_thresholds(site, "m1", "flow_rate")
+        assert th is not None and th.method == "learned"
+        static = DetectorSettings().static_limits["flow_rate"]
+        assert all((b.lower, b.upper) != static for b in th.bands), [b for b in th.bands if (b.lower, b.upper) == static]
+        for r in rs:
+            pub.publish(topics.reading(site, "m1"), r)
+        assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs), timeout=60)
+        assert wait_for(lambda: sink.of("threshold"), timeout=30)
+    finally:
+        watch.close(), pub.close()
+        svc.stop()
+        t.join(30)
+    (opened_,) = [a for a in sink.of("threshold") if a.state == "open"]
+    assert df.index[leak][0] <= opened_.start <= df.index[leak][2] and "weekend" in opened_.message
+    stored = store.read_anomalies(site, "m1", idx[0], idx[-1] + DAY)
+    assert "threshold" in set(stored["kind"]) <= {"threshold", "burst"}, stored[["kind", "start"]]  # a step of 30: a burst too
+    assert len(store.read_readings(site, "m1", idx[0], idx[-1] + timedelta(minutes=1))) == len(idx)

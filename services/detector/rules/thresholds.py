@@ -28,7 +28,8 @@ from shared.eventtime import floor, weekend
 from shared.messages import SIGNALS, Band, Thresholds
 from shared.settings import DetectorSettings
 
-MIN_BAND_SAMPLES = 30  # fewer readings than this in one hour/day-type cell: that band stays static
+MIN_BAND_SAMPLES = 30  # fewer readings than this in one hour/day-type cell: its spread is pooled with the nearest hours
+MIN_CELL_SAMPLES = 4  # fewer than this: that band stays static
 _STEP = {"day": timedelta(hours=36), "week": timedelta(days=8), "month": timedelta(days=40),
          "quarter": timedelta(days=100), "year": timedelta(days=400)}
 
@@ -74,20 +75,48 @@ def learn_thresholds(
         order = np.argsort(c, kind="stable")
         v, c = v[order], c[order]
         bounds = np.searchsorted(c, np.arange(49))
+        cells = [v[bounds[i] : bounds[i + 1]] for i in range(48)]
         min_spread = cfg.threshold_min_spread.get(sig, 0.0)
         bands = []
         for b in static.bands:
             idx = b.hour * 2 + (b.daytype == "weekend")
-            sel = v[bounds[idx] : bounds[idx + 1]]
-            if len(sel) < MIN_BAND_SAMPLES:
+            sel = cells[idx]
+            if len(sel) >= MIN_BAND_SAMPLES:
+                lo, hi = np.quantile(sel, [q_lo, q_hi])
+            elif (spread := pooled_spread(cells, idx, q_lo, q_hi)) is not None:
+                mid = float(np.median(sel))
+                lo, hi = mid + spread[0], mid + spread[1]
+            else:
                 bands.append(b)
                 continue
-            lo, hi = np.quantile(sel, [q_lo, q_hi])
             margin = max((hi - lo) * cfg.threshold_margin_pct / 100.0, min_spread)
             bands.append(Band(hour=b.hour, daytype=b.daytype, lower=round(float(lo - margin), 6), upper=round(float(hi + margin), 6)))
         out.append(Thresholds(site=site, meter=meter, signal=sig, computed_at=at, method="learned", bands=tuple(bands),
                               sample_days=round(sample_days, 3)))
     return out
+
+
+def pooled_spread(cells: Sequence[np.ndarray], idx: int, q_lo: float, q_hi: float) -> tuple[float, float] | None:
+    """The band of a cell with fewer than MIN_BAND_SAMPLES readings (an hourly meter has 20 weekday
+    and 8 weekend readings per hour in 28 days; a 15-minute one on a month with holidays), as offsets
+    from its own median: the quantiles of the readings of it and of the nearest hours of its day type
+    (one hour either side, then two, ...), each less its own hour's median, until there are
+    MIN_BAND_SAMPLES; None where the cell itself has fewer than MIN_CELL_SAMPLES readings or the
+    day type has too few in all (the static band stays)."""
+    hour, off = divmod(idx, 2)
+    if len(cells[idx]) < MIN_CELL_SAMPLES:
+        return None
+    parts, n = [], 0
+    for k in range(12):
+        for h in sorted({(hour - k) % 24, (hour + k) % 24}):
+            sel = cells[h * 2 + off]
+            if len(sel) >= MIN_CELL_SAMPLES:
+                parts.append(sel - np.median(sel))
+                n += len(sel)
+        if n >= 2 * MIN_BAND_SAMPLES:
+            lo, hi = np.quantile(np.concatenate(parts), [q_lo, q_hi])
+            return float(lo), float(hi)
+    return None
 
 
 class HourCells:
