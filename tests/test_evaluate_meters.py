@@ -109,3 +109,26 @@ def test_evaluate_names_the_limit_that_makes_a_large_meters_readings_invalid(tmp
     assert note.startswith("2 of 3 flow_rate readings (66.7%) are outside limits 0..2000 m³/h") and "limits.flow_rate_max" in note
     frame, _ = read_all(p)
     assert out_of_range_notes(frame, RangeLimits()) == []  # the default range covers a large district
+
+
+def test_forecasts_are_not_scored_against_readings_judged_invalid(tmp_path):
+    """A meter that sends 10⁹ m³/h now and then: those readings are judged invalid (alerts), and no
+    forecast is scored against them. Scored with them, five in three weeks made the forecast's
+    WAPE about 1 and persistence's about 2."""
+    readings, out = tmp_path / "hourly.csv", tmp_path / "out"
+    hourly_flow_csv(readings, 21)
+    lines = readings.read_text().splitlines()
+    for i in (200, 250, 300, 350, 400):
+        ts, _ = lines[i].split(",")
+        lines[i] = f"{ts},1e9"
+    readings.write_text("\n".join(lines) + "\n")
+    cfg = tmp_path / "flowwatch.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'var'}\n")
+    r = subprocess.run([sys.executable, "-m", "app.cli", "evaluate", "-c", str(cfg), "--readings", str(readings),
+                        "--score-from-day", "8", "--out", str(out), "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "5 of 504 flow_rate readings" in r.stderr
+    rep = json.loads((out / "report.json").read_text())
+    flow = rep["forecast"]["flow_rate"]
+    assert 0 < flow["wape"] < 0.1 and 0 < flow["persistence_wape"] < 0.2, flow
+    assert rep["per_30_days_by_kind"]["invalid"]
