@@ -19,7 +19,10 @@ AR(1) noise; nothing happens in it: every alert is a false one), changed in one 
 - ``five days without data``: a logger or link down for five days in the middle;
 - ``logger set to 5 minutes``: 15-minute readings, then every 5 minutes from day 60;
 - ``summer watering``: afternoon demand up to 50 % higher at midsummer, the night unchanged;
-- ``hourly meter``: one reading an hour (many district loggers and billing feeds), a Berlin year.
+- ``hourly meter``: one reading an hour (many district loggers and billing feeds), a Berlin year;
+- ``a tank filled``: a storage tank in the district (an apartment block's, on a float valve) fills
+  two to four times a day at any hour, the inflow 17 m³/h (a quarter of the mean) higher for one to
+  two hours, at 1 and at 15 minutes.
 
 Scored from day 28 (four weeks of learning). docs/evaluation.md ("Files from the field") has the
 figures before and after the changes they led to.
@@ -62,6 +65,7 @@ class Case:
     outage: tuple[int, int] | None = None  # (day, days): nothing arrives for that long
     faster: int | None = None  # from this day on, a reading every 5 minutes instead of every step
     irrigation: float = 0.0  # summer watering: the afternoon's demand up by this share at midsummer (none at night)
+    tank: float = 0.0  # a storage tank filled 2-4 times a day at any hour for 1-2 hours: the inflow up by this much (m³/h)
     args: list[str] = field(default_factory=list)
     seed: int = 1
 
@@ -83,6 +87,8 @@ CASES = [
     Case("logger set to 5 minutes on day 60", faster=60),
     Case("summer watering: afternoons +50 % at midsummer", irrigation=0.5, start="2026-05-04"),
     Case("hourly meter, a year (Berlin)", days=357, tz="Europe/Berlin", step_minutes=60),
+    Case("a tank filled 2-4 times a day (1-minute)", days=70, step_minutes=1, tank=17.0),
+    Case("a tank filled 2-4 times a day (15-minute)", tank=17.0),
 ]
 
 
@@ -103,6 +109,14 @@ def district(case: Case) -> pd.DataFrame:
     flow = case.scale * shape * day_factor * (1 + case.growth * np.arange(n) / n) * (1 + ar)
     if case.irrigation:  # rises and falls over the run, 14:00-20:00 local, nothing at night
         flow *= 1 + case.irrigation * np.sin(np.pi * np.arange(n) / n) * np.exp(-(((hour - 17) / 2) ** 2))
+    if case.tank:
+        hours = np.arange(n) * step / 60
+        on = np.zeros(n, dtype=bool)
+        for d in range(case.days):
+            for _ in range(int(rng.integers(2, 5))):
+                s0 = d * 24 + rng.uniform(0, 24)
+                on |= (hours >= s0) & (hours < s0 + rng.uniform(1, 2))
+        flow[on] += case.tank
     flow[: case.zero_days * per_day] = 0.0
     keep = np.ones(n, dtype=bool)
     if case.swap:

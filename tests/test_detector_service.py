@@ -1020,3 +1020,40 @@ def test_an_hourly_meter_learns_its_bands_from_the_store_and_a_saturday_leak_is_
     stored = store.read_anomalies(site, "m1", idx[0], idx[-1] + DAY)
     assert "threshold" in set(stored["kind"]) <= {"threshold", "burst"}, stored[["kind", "start"]]  # a step of 30: a burst too
     assert len(store.read_readings(site, "m1", idx[0], idx[-1] + timedelta(minutes=1))) == len(idx)
+
+
+def test_a_tank_filling_day_after_day_raises_no_burst_through_the_broker_and_a_burst_does(settings, store, tmp_path):
+    """Through the broker and the store, a flow-only 1-minute meter of a district with a storage tank
+    filled 2-4 times a day (+25 % of the mean flow for an hour or two). 30 days stored; the detector
+    calibrates from them at start, then a published day of fills raises no burst (it raised one at
+    nearly every fill) and a 60 % burst at its end does. Every reading published is stored."""
+    from shared.settings import MeterSettings
+    from tests.test_detector_calibration import lumpy_district, with_burst, with_tank_fills
+
+    s, site = unique(settings)
+    s = s.model_copy(update={"data_dir": tmp_path, "meters": [MeterSettings(id="m1", signals=["flow_rate"], interval_s=60)]})
+    df = with_tank_fills(lumpy_district(31, lumps=False)).assign(pressure=float("nan"))
+    cut = df.index[0] + timedelta(days=30)
+    burst_at = df.index[-1] - timedelta(minutes=30)
+    df = with_burst(df, burst_at, 60).assign(pressure=float("nan"))
+    store.write_reading_frame(site, "m1", df[df.index < cut])
+    rs = readings(df[df.index >= cut], site=site)
+    svc = DetectorService(s, store=store)
+    t = svc.start_in_thread()
+    assert svc.ready.wait(60)
+    pub = client(s, "pub-tank")
+    try:
+        assert svc.maintenance_idle(120)
+        cal = svc.engine.calibration(site, "m1")
+        assert cal is not None and min(x for x in cal.flow_rel if x is not None) > 0.25
+        for r in rs:
+            pub.publish(topics.reading(site, "m1"), r)
+        assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs), timeout=120)
+    finally:
+        pub.close()
+        svc.stop()
+        t.join(30)
+    stored = store.read_anomalies(site, "m1", cut, df.index[-1] + DAY)
+    bursts = stored[stored["kind"] == "burst"]
+    assert len(bursts) == 1 and burst_at <= bursts["start"].iloc[0] <= burst_at + timedelta(minutes=5), stored[["kind", "start"]]
+    assert len(store.read_readings(site, "m1", df.index[0], df.index[-1] + timedelta(minutes=1))) == len(df)

@@ -57,6 +57,7 @@ _TAIL_Q = 0.95
 _MIN_SAMPLES = 200  # fewer steps than this in all: no tail is fitted, the defaults stay
 _MIN_PER_HOUR = 20  # fewer steps than this in an hour (with its neighbours): that hour keeps the default
 _MIN_OWN_CENTRE = 5  # an hour with this many steps of its own is centred on them (else on its neighbours' too)
+RECUR_DAYS = 3  # steps over an hour's threshold on this many days are the district's own, not a one-off event
 
 
 @dataclass
@@ -223,7 +224,20 @@ def tail_threshold(s: np.ndarray, p: float) -> float | None:
     return _exceeded(*_fit(s), p)
 
 
-def per_cell(cell: np.ndarray, s: np.ndarray, p: float, floor: float, over_centre: bool = False) -> list[float | None]:
+def recurring(x: np.ndarray, day: np.ndarray, thr: float) -> float:
+    """``thr``, or above the steps ``x`` that cross it when they do so on ``RECUR_DAYS`` or more days
+    (``day``: each step's day): a step that comes back day after day is the district's own (a tank
+    filling, a pump, a scheduled load), not a one-off event that the tail may leave out, and the
+    threshold goes over the largest of them by half its excess over ``thr`` (their sizes vary)."""
+    over = x > thr
+    if not over.any() or len(np.unique(day[over])) < RECUR_DAYS:
+        return thr
+    top = float(x[over].max())
+    return top + 0.5 * (top - thr)
+
+
+def per_cell(cell: np.ndarray, s: np.ndarray, p: float, floor: float, over_centre: bool = False,
+             day: np.ndarray | None = None) -> list[float | None]:
     """Per local cell (hour * 2 + weekend): a threshold exceeded by ordinary steps with probability ``p``.
 
     An hour with enough steps (with its neighbours) for a tail of its own (a 1-minute meter): that
@@ -236,6 +250,7 @@ def per_cell(cell: np.ndarray, s: np.ndarray, p: float, floor: float, over_centr
     than a weekday's) and takes the higher of the two: never more sensitive than the hour."""
     ok = np.isfinite(s)
     cell, s = cell[ok], s[ok]
+    day = day[ok] if day is not None else None
     hour = cell >> 1
     near = [(hour == h) | (hour == (h + 1) % 24) | (hour == (h - 1) % 24) for h in range(24)]  # each hour and its neighbours
     hc, scale = np.full(24, np.nan), np.full(24, np.nan)
@@ -285,6 +300,8 @@ def per_cell(cell: np.ndarray, s: np.ndarray, p: float, floor: float, over_centr
             u_h, b_h = _fit(x)
             own, top = _exceeded(u_h, b_h, p), float(x.max())
             thr = max(own, top) if top <= _outlier(u_h, b_h, len(x)) else own
+            if day is not None:
+                thr = recurring(x, day[near[h]], thr)
             out[2 * h] = out[2 * h + 1] = round(max(thr, floor), 6)
             continue
         if not np.isfinite(scale[h]):
@@ -311,6 +328,7 @@ def calibrate(ts: np.ndarray, flow: np.ndarray | None, pressure: np.ndarray | No
     ts = np.asarray(ts, dtype=np.float64)
     grid_t = ts[0] + np.arange(int(np.rint((ts[-1] - ts[0]) / interval_s)) + 1) * interval_s
     cell = local_cells(grid_t, tz, off)  # hour * 2 + day off, local time
+    day = ((grid_t - grid_t[0]) // 86_400).astype(np.int64)
     # independent tests in one local hour over 30 days: one per LEVEL_N readings at a minute, where the
     # readings' noise is correlated; one per reading on a coarse meter, whose steps a reading apart
     # are nearly independent (lag-1 correlation ~0.1 on an hourly daily cycle)
@@ -324,12 +342,12 @@ def calibrate(ts: np.ndarray, flow: np.ndarray | None, pressure: np.ndarray | No
         with np.errstate(invalid="ignore", divide="ignore"):
             rel = steps(g, base_readings(flow_base_s, interval_s)) / mean
         rel[~np.isfinite(mean) | (mean <= 0)] = np.nan
-        cal.flow_rel = per_cell(cell, rel, p, 0.0)
+        cal.flow_rel = per_cell(cell, rel, p, 0.0, day=day)
     if pressure is not None and np.isfinite(pressure).any():
         g = _grid(ts, np.asarray(pressure, dtype=np.float64), interval_s)
         n_ok = max(n_ok, int(np.isfinite(g).sum()))
-        cal.pressure_drop = per_cell(cell, -steps(g, base_readings(pressure_base_s, interval_s)), p, MIN_DROP_BAR)
-        cal.burst_pressure = per_cell(cell, -steps(g, base_readings(flow_base_s, interval_s)), p * CONFIRM, min_burst_drop, over_centre=True)
+        cal.pressure_drop = per_cell(cell, -steps(g, base_readings(pressure_base_s, interval_s)), p, MIN_DROP_BAR, day=day)
+        cal.burst_pressure = per_cell(cell, -steps(g, base_readings(flow_base_s, interval_s)), p * CONFIRM, min_burst_drop, over_centre=True, day=day)
     cal.days = round(n_ok * interval_s / 86_400, 3)
     return cal
 
