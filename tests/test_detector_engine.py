@@ -609,6 +609,23 @@ def _judge_nights(rule, lows, day0=date(2026, 3, 2)):
     return raised
 
 
+def test_a_meter_in_whole_units_is_not_a_leak_one_unit_up_for_a_night_but_is_for_good():
+    """A small district's meter that reads whole m³/h: 2 every night, so the MAD is 0 and sigma its
+    3 % floor, and one night at 3 was 17 sigmas (a critical leak, 6 in 329 days of ``python -m
+    bench.field``'s coarse meter). Sigma is at least half the meter's own resolution (the smallest
+    step between its nights): one night a unit up is ordinary, a unit up night after night is not."""
+    lows = [2.0] * 20
+    for i in (9, 14):
+        lows[i] = 3.0
+    assert _judge_nights(NightLeakRule(DetectorSettings()), lows) == []
+    assert _judge_nights(NightLeakRule(DetectorSettings()), [2.0] * 10 + [3.0]) == []  # the first 3 ever: the same
+    raised = _judge_nights(NightLeakRule(DetectorSettings()), [2.0] * 10 + [3.0] * 6)
+    assert raised and 10 < raised[0] <= 14, raised
+    # a meter whose nights vary finely is judged as before: half its resolution is far under its spread
+    fine = [5.0, 5.3, 4.8, 5.1, 4.9, 5.2, 5.0, 4.7, 5.1, 5.0]
+    assert _judge_nights(NightLeakRule(DetectorSettings()), fine + [6.2]) == [10]
+
+
 def test_a_quiet_stretch_does_not_narrow_the_night_spread_into_false_leaks():
     # 8 weeks of nights with an 8 % spread, then three quiet weeks (1 %): the MAD of the last 28
     # nights falls to ~3 %, and ordinary nights of the old spread (+15 %, +10 %) looked like a leak

@@ -1057,3 +1057,48 @@ def test_a_tank_filling_day_after_day_raises_no_burst_through_the_broker_and_a_b
     bursts = stored[stored["kind"] == "burst"]
     assert len(bursts) == 1 and burst_at <= bursts["start"].iloc[0] <= burst_at + timedelta(minutes=5), stored[["kind", "start"]]
     assert len(store.read_readings(site, "m1", df.index[0], df.index[-1] + timedelta(minutes=1))) == len(df)
+
+
+def test_a_meter_in_whole_units_one_unit_up_for_a_night_raises_no_leak_through_the_broker(settings, store, tmp_path):
+    """Through the broker and the store, a flow-only 15-minute meter that reads whole m³/h (a small
+    district: 2 every night). Three weeks stored as the detector left them; three more days published,
+    one night at 3: no night_flow (it was a critical leak, 17 sigmas: the nights' MAD is 0), that night
+    stored as it was. Every reading published is stored."""
+    import numpy as np
+
+    from shared.settings import MeterSettings
+
+    s, site = unique(settings)
+    s = s.model_copy(update={"data_dir": tmp_path, "meters": [MeterSettings(id="m1", signals=["flow_rate"], interval_s=900)]})
+    start = datetime(2026, 3, 1, 15, 0, tzinfo=UTC)  # 00:00 local, 2 March
+    days, cut = 24, 21 * 96
+    idx = pd.date_range(start, periods=days * 96, freq="15min", tz="UTC")
+    local = idx.tz_convert(s.tz)
+    hour = local.hour.to_numpy() + local.minute.to_numpy() / 60
+    flow = np.round(2.2 + 3 * np.exp(-(((hour - 8) / 3) ** 2)) + 2 * np.exp(-(((hour - 20) / 3) ** 2))
+                    + np.random.default_rng(6).normal(0, 0.15, len(idx)))
+    up = (idx >= start + timedelta(days=22)) & (hour >= 2) & (hour < 4) & (local.normalize() == local[0].normalize() + pd.Timedelta(days=22))
+    flow[up] = np.maximum(flow[up], 3.0)
+    df = pd.DataFrame({"flow_rate": flow, "pressure": np.nan}, index=idx)
+    before = DetectionEngine.from_settings(s)
+    assert [a for a in before.process_frame(site, "m1", df.iloc[:cut]) if a.kind == "night_flow"] == []
+    store.write_reading_frame(site, "m1", df.iloc[:cut])
+    store.write_night_flow(before.take_night_flows())
+    rs = readings(df.iloc[cut:], site=site)
+    svc = DetectorService(s, store=store)
+    t = svc.start_in_thread()
+    assert svc.ready.wait(30)
+    pub = client(s, "pub-whole-units")
+    try:
+        for r in rs:
+            pub.publish(topics.reading(site, "m1"), r)
+        assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs), timeout=90)
+    finally:
+        pub.close()
+        svc.stop()
+        t.join(30)
+    assert len(store.read_readings(site, "m1", start, idx[-1] + timedelta(minutes=1))) == len(idx)
+    got = store.read_anomalies(site, "m1", start, idx[-1])
+    assert "night_flow" not in set(got["kind"]), got[["kind", "start", "message"]]
+    nights = {n.day: n.value for n in store.read_night_flow(site, "m1", date(2026, 3, 1), date(2026, 4, 1))}
+    assert nights[date(2026, 3, 24)] == 3.0 and {nights[d] for d in nights if d != date(2026, 3, 24)} == {2.0}

@@ -206,6 +206,14 @@ class NightLeakRule:
         sigma = max(1.4826 * mad, abs(med) * self.cfg.night_sigma_min_pct / 100.0, 1e-6)
         return med, sigma
 
+    def resolution(self, value: float) -> float:
+        """The smallest difference between two distinct nights kept, ``value`` (tonight) included: the
+        meter's resolution where it reads in whole units (0 where all are equal). Sigma is at least half
+        of it: a meter that reads 2 m³/h every night and 3 one night has not leaked a third of its flow
+        (the MAD of such nights is 0, and that one night was 17 sigmas above them)."""
+        vals = sorted({v for v, _s, _wk, _dm in self.nights.values()} | {value})
+        return min((b - a for a, b in zip(vals, vals[1:])), default=0.0)
+
     def _median_mad(self, nights: list[tuple[float, bool]], weekend: bool | None) -> tuple[float, float]:
         """The median of ``nights`` (of the day type ``weekend``, see :meth:`baseline`) and their
         median absolute deviation, each night against the median of its own day type."""
@@ -232,6 +240,7 @@ class NightLeakRule:
         base, sigma = self.baseline(off)
         z = 0.0
         if base is not None and sigma is not None:
+            sigma = max(sigma, self.resolution(value) / 2)
             z = (value - base) / sigma
             self.cusum = min(max(0.0, self.cusum + z - cfg.night_cusum_slack), 2 * self.limit)
             self.normal_run = self.normal_run + 1 if z <= cfg.night_clear_z else 0
