@@ -34,6 +34,7 @@ recorded and judged against the earlier nights:
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections import OrderedDict
@@ -212,7 +213,7 @@ class NightLeakRule:
         of it: a meter that reads 2 m³/h every night and 3 one night has not leaked a third of its flow
         (the MAD of such nights is 0, and that one night was 17 sigmas above them)."""
         vals = sorted({v for v, _s, _wk, _dm in self.nights.values()} | {value})
-        return min((b - a for a, b in zip(vals, vals[1:])), default=0.0)
+        return min((b - a for a, b in itertools.pairwise(vals)), default=0.0)
 
     def _median_mad(self, nights: list[tuple[float, bool]], weekend: bool | None) -> tuple[float, float]:
         """The median of ``nights`` (of the day type ``weekend``, see :meth:`baseline`) and their
