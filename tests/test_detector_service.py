@@ -80,6 +80,26 @@ def feed_around_a_forecast(svc, pub: Bus, site: str, rs: list, issue: int, value
     assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs), timeout=60)
 
 
+def publish_to_detector(s: Settings, store, site: str, rs: list, name: str, timeout: float = 90, ready=None) -> DetectorService:
+    """Start a detector on ``store``, call ``ready(svc)`` once it is ready, publish ``rs`` through the
+    broker and return once every one is stored; the detector is stopped by then."""
+    svc = DetectorService(s, store=store)
+    t = svc.start_in_thread()
+    assert svc.ready.wait(60)
+    pub = client(s, name)
+    try:
+        if ready is not None:
+            ready(svc)
+        for r in rs:
+            pub.publish(topics.reading(site, "m1"), r)
+        assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs), timeout=timeout)
+    finally:
+        pub.close()
+        svc.stop()
+        t.join(30)
+    return svc
+
+
 @pytest.fixture
 def running(settings, store):
     """A detector in a thread on the given store; yields (service, settings, site)."""
@@ -953,18 +973,7 @@ def test_a_meter_that_reads_less_often_than_configured_keeps_its_nights_and_rais
     hour = idx.tz_convert(s.tz).hour.to_numpy()
     flow = 50 + 20 * np.sin(2 * np.pi * (hour - 9) / 24) + np.random.default_rng(4).normal(0, 0.5, len(idx))
     rs = readings(pd.DataFrame({"flow_rate": flow, "pressure": np.nan}, index=idx), site=site)
-    svc = DetectorService(s, store=store)
-    t = svc.start_in_thread()
-    assert svc.ready.wait(30)
-    pub = client(s, "pub-cadence")
-    try:
-        for r in rs:
-            pub.publish(topics.reading(site, "m1"), r)
-        assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs), timeout=90)
-    finally:
-        pub.close()
-        svc.stop()
-        t.join(30)
+    publish_to_detector(s, store, site, rs, "pub-cadence")
     end = idx[-1] + timedelta(minutes=1)
     assert len(store.read_readings(site, "m1", start, end)) == len(rs)
     stored = store.read_anomalies(site, "m1", start, end)
@@ -994,27 +1003,21 @@ def test_an_hourly_meter_learns_its_bands_from_the_store_and_a_saturday_leak_is_
     flow[leak] += 30.0
     df = pd.DataFrame({"flow_rate": flow, "pressure": np.nan}, index=idx)
     store.write_reading_frame(site, "m1", df[~saturday])
-    svc = DetectorService(s, store=store)
-    t = svc.start_in_thread()
-    assert svc.ready.wait(30)
-    watch, pub = client(s, "watch-hourly"), client(s, "pub-hourly")
-    sink = Sink()
+    watch, sink = client(s, "watch-hourly"), Sink()
     watch.subscribe(topics.all_meters("anomaly"), Anomaly, sink)
-    rs = readings(df[saturday], site=site)
-    try:
+
+    def learned(svc: DetectorService) -> None:
         assert svc.maintenance_idle(60)
         th = store.latest_thresholds(site, "m1", "flow_rate")
         assert th is not None and th.method == "learned"
         static = DetectorSettings().static_limits["flow_rate"]
         assert all((b.lower, b.upper) != static for b in th.bands), [b for b in th.bands if (b.lower, b.upper) == static]
-        for r in rs:
-            pub.publish(topics.reading(site, "m1"), r)
-        assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs), timeout=60)
+
+    try:
+        publish_to_detector(s, store, site, readings(df[saturday], site=site), "pub-hourly", ready=learned)
         assert wait_for(lambda: sink.of("threshold"), timeout=30)
     finally:
-        watch.close(), pub.close()
-        svc.stop()
-        t.join(30)
+        watch.close()
     (opened_,) = [a for a in sink.of("threshold") if a.state == "open"]
     assert df.index[leak][0] <= opened_.start <= df.index[leak][2] and "weekend" in opened_.message
     stored = store.read_anomalies(site, "m1", idx[0], idx[-1] + DAY)
@@ -1037,22 +1040,13 @@ def test_a_tank_filling_day_after_day_raises_no_burst_through_the_broker_and_a_b
     burst_at = df.index[-1] - timedelta(minutes=30)
     df = with_burst(df, burst_at, 60).assign(pressure=float("nan"))
     store.write_reading_frame(site, "m1", df[df.index < cut])
-    rs = readings(df[df.index >= cut], site=site)
-    svc = DetectorService(s, store=store)
-    t = svc.start_in_thread()
-    assert svc.ready.wait(60)
-    pub = client(s, "pub-tank")
-    try:
+
+    def over_the_fills(svc: DetectorService) -> None:
         assert svc.maintenance_idle(120)
         cal = svc.engine.calibration(site, "m1")
         assert cal is not None and min(x for x in cal.flow_rel if x is not None) > 0.25
-        for r in rs:
-            pub.publish(topics.reading(site, "m1"), r)
-        assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs), timeout=120)
-    finally:
-        pub.close()
-        svc.stop()
-        t.join(30)
+
+    publish_to_detector(s, store, site, readings(df[df.index >= cut], site=site), "pub-tank", timeout=120, ready=over_the_fills)
     stored = store.read_anomalies(site, "m1", cut, df.index[-1] + DAY)
     bursts = stored[stored["kind"] == "burst"]
     assert len(bursts) == 1 and burst_at <= bursts["start"].iloc[0] <= burst_at + timedelta(minutes=5), stored[["kind", "start"]]
@@ -1084,19 +1078,7 @@ def test_a_meter_in_whole_units_one_unit_up_for_a_night_raises_no_leak_through_t
     assert [a for a in before.process_frame(site, "m1", df.iloc[:cut]) if a.kind == "night_flow"] == []
     store.write_reading_frame(site, "m1", df.iloc[:cut])
     store.write_night_flow(before.take_night_flows())
-    rs = readings(df.iloc[cut:], site=site)
-    svc = DetectorService(s, store=store)
-    t = svc.start_in_thread()
-    assert svc.ready.wait(30)
-    pub = client(s, "pub-whole-units")
-    try:
-        for r in rs:
-            pub.publish(topics.reading(site, "m1"), r)
-        assert wait_for(lambda: svc.counters.get("readings_stored") >= len(rs), timeout=90)
-    finally:
-        pub.close()
-        svc.stop()
-        t.join(30)
+    publish_to_detector(s, store, site, readings(df.iloc[cut:], site=site), "pub-whole-units")
     assert len(store.read_readings(site, "m1", start, idx[-1] + timedelta(minutes=1))) == len(idx)
     got = store.read_anomalies(site, "m1", start, idx[-1])
     assert "night_flow" not in set(got["kind"]), got[["kind", "start", "message"]]
