@@ -100,14 +100,15 @@ def pooled_spread(cells: Sequence[np.ndarray], idx: int, q_lo: float, q_hi: floa
     """The band of a cell with fewer than MIN_BAND_SAMPLES readings (an hourly meter has 20 weekday
     and 8 weekend readings per hour in 28 days; a 15-minute one on a month with holidays), as offsets
     from its own median: the quantiles of the readings of it and of the nearest hours of its day type
-    (one hour either side, then two, ...), each less its own hour's median, until there are
-    MIN_BAND_SAMPLES; None where the cell itself has fewer than MIN_CELL_SAMPLES readings or the
-    day type has too few in all (the static band stays)."""
+    (one hour either side, then two, ...), each less its own hour's median, until there are twice
+    MIN_BAND_SAMPLES (with 30, the hourly band of a quiet hourly district raised threshold alerts
+    that 60 does not: docs/detector.md); None where the cell itself has fewer than MIN_CELL_SAMPLES
+    readings or the day type has too few in all (the static band stays)."""
     hour, off = divmod(idx, 2)
     if len(cells[idx]) < MIN_CELL_SAMPLES:
         return None
     parts, n = [], 0
-    for k in range(12):
+    for k in range(13):
         for h in sorted({(hour - k) % 24, (hour + k) % 24}):
             sel = cells[h * 2 + off]
             if len(sel) >= MIN_CELL_SAMPLES:
