@@ -22,7 +22,7 @@ AR(1) noise; nothing happens in it: every alert is a false one), changed in one 
 - ``hourly meter``: one reading an hour (many district loggers and billing feeds), a Berlin year;
 - ``a tank filled``: a storage tank in the district (an apartment block's, on a float valve) fills
   two to four times a day at any hour, the inflow 17 m³/h (a quarter of the mean) higher for one to
-  two hours, at 1 and at 15 minutes.
+  two hours, at 1 and at 15 minutes; and once or twice a day.
 
 Scored from day 28 (four weeks of learning). docs/evaluation.md ("Files from the field") has the
 figures before and after the changes they led to.
@@ -65,7 +65,8 @@ class Case:
     outage: tuple[int, int] | None = None  # (day, days): nothing arrives for that long
     faster: int | None = None  # from this day on, a reading every 5 minutes instead of every step
     irrigation: float = 0.0  # summer watering: the afternoon's demand up by this share at midsummer (none at night)
-    tank: float = 0.0  # a storage tank filled 2-4 times a day at any hour for 1-2 hours: the inflow up by this much (m³/h)
+    tank: float = 0.0  # a storage tank filled at any hour for 1-2 hours: the inflow up by this much (m³/h)...
+    fills: tuple[int, int] = (2, 4)  # ... this many times a day (at least, at most)
     args: list[str] = field(default_factory=list)
     seed: int = 1
 
@@ -89,6 +90,7 @@ CASES = [
     Case("hourly meter, a year (Berlin)", days=357, tz="Europe/Berlin", step_minutes=60),
     Case("a tank filled 2-4 times a day (1-minute)", days=70, step_minutes=1, tank=17.0),
     Case("a tank filled 2-4 times a day (15-minute)", tank=17.0),
+    Case("a tank filled once or twice a day (1-minute)", days=70, step_minutes=1, tank=17.0, fills=(1, 2)),
 ]
 
 
@@ -113,7 +115,7 @@ def district(case: Case) -> pd.DataFrame:
         hours = np.arange(n) * step / 60
         on = np.zeros(n, dtype=bool)
         for d in range(case.days):
-            for _ in range(int(rng.integers(2, 5))):
+            for _ in range(int(rng.integers(case.fills[0], case.fills[1] + 1))):
                 s0 = d * 24 + rng.uniform(0, 24)
                 on |= (hours >= s0) & (hours < s0 + rng.uniform(1, 2))
         flow[on] += case.tank

@@ -30,6 +30,11 @@ each threshold so that ordinary data would have crossed it at most the rule's sh
   interval the ramp is the step (an hourly meter of a simulated district raised a false
   pressure_drop every weekend late morning, 16 in 60 days, when both day types shared one centre).
 
+A step left out as an outlier that comes back is the district's own (a tank filling, a pump), not
+a one-off event: :func:`recurring` (large steps over an hour's threshold on ``RECUR_DAYS`` days)
+and :func:`over_pulses` (flow pulses, up and down again within ``PULSE_S``, on ``RECUR_DAYS`` days
+at any hours) raise the thresholds over them.
+
 Flow steps are relative to the mean flow of the last day (as the burst rule scales them), pressure
 steps are in bar. Pure numpy, no pandas: the service stays small.
 """
@@ -58,6 +63,8 @@ _MIN_SAMPLES = 200  # fewer steps than this in all: no tail is fitted, the defau
 _MIN_PER_HOUR = 20  # fewer steps than this in an hour (with its neighbours): that hour keeps the default
 _MIN_OWN_CENTRE = 5  # an hour with this many steps of its own is centred on them (else on its neighbours' too)
 RECUR_DAYS = 3  # steps over an hour's threshold on this many days are the district's own, not a one-off event
+PULSE_S = (15 * 60.0, 3 * 3600.0)  # a flow that rose over its threshold and fell back this long after: a load that cycles
+
 
 
 @dataclass
@@ -226,14 +233,46 @@ def tail_threshold(s: np.ndarray, p: float) -> float | None:
 
 def recurring(x: np.ndarray, day: np.ndarray, thr: float) -> float:
     """``thr``, or above the steps ``x`` that cross it when they do so on ``RECUR_DAYS`` or more days
-    (``day``: each step's day): a step that comes back day after day is the district's own (a tank
-    filling, a pump, a scheduled load), not a one-off event that the tail may leave out, and the
-    threshold goes over the largest of them by half its excess over ``thr`` (their sizes vary)."""
+    (``day``: each step's day; counted: the steps at least halfway from ``thr`` to the largest): a
+    step that comes back day after day is the district's own (a tank filling, a pump, a scheduled
+    load), not a one-off event that the tail may leave out, and the threshold goes over the largest
+    of them by half its excess over ``thr`` (their sizes vary)."""
     over = x > thr
-    if not over.any() or len(np.unique(day[over])) < RECUR_DAYS:
+    if not over.any():
         return thr
     top = float(x[over].max())
+    if len(np.unique(day[x > (thr + top) / 2])) < RECUR_DAYS:  # the large ones must recur: a burst beside two days of noise over thr does not
+        return thr
     return top + 0.5 * (top - thr)
+
+
+def over_pulses(thr: list[float | None], fitted: list[float | None], rel: np.ndarray, cell: np.ndarray, day: np.ndarray,
+                interval_s: float) -> list[float | None]:
+    """The burst's flow thresholds ``thr`` (per cell), raised over the meter's short pulses where they
+    recur: a flow step over its hour's fitted threshold (``fitted``: before :func:`recurring`) that falls back (a step down of at least half of it)
+    within ``PULSE_S`` (15 minutes to 3 hours) is a load switched on and off again — a storage tank
+    filling, a pump — and where such pulses come on ``RECUR_DAYS`` days or more, at any hours, the
+    load is the district's own: no hour's threshold stays under the largest of them (each goes over it
+    by half its excess over the hour's own). A burst runs until it is repaired, hours or days: it is
+    no pulse. (:func:`recurring` raises an hour over steps that recur in that hour; a tank filled once
+    or twice a day comes to an hour too seldom for that, and each hour it had missed raised a burst.)"""
+    t_cell = np.array([np.inf if x is None else x for x in fitted])
+    over = np.nan_to_num(rel, nan=-np.inf) > t_cell[cell]
+    starts = np.flatnonzero(over & ~np.concatenate(([False], over[:-1])))
+    lo, hi = (int(round(s / interval_s)) for s in PULSE_S)
+    pulses = []
+    for i in starts.tolist():
+        run_end = i
+        while run_end + 1 < len(over) and over[run_end + 1]:
+            run_end += 1
+        peak = float(np.nanmax(rel[i : run_end + 1]))
+        after = rel[i + lo : i + hi + 1]
+        if len(after) and np.nanmin(after, initial=np.inf) < -0.5 * peak:
+            pulses.append((int(day[i]), peak))
+    top = max((pk for _, pk in pulses), default=0.0)
+    if len({d for d, pk in pulses if pk >= top / 2}) < RECUR_DAYS:  # pulses of the size of the largest
+        return thr
+    return [x if x is None or x >= top else round(top + 0.5 * (top - x), 6) for x in thr]
 
 
 def per_cell(cell: np.ndarray, s: np.ndarray, p: float, floor: float, over_centre: bool = False,
@@ -343,6 +382,7 @@ def calibrate(ts: np.ndarray, flow: np.ndarray | None, pressure: np.ndarray | No
             rel = steps(g, base_readings(flow_base_s, interval_s)) / mean
         rel[~np.isfinite(mean) | (mean <= 0)] = np.nan
         cal.flow_rel = per_cell(cell, rel, p, 0.0, day=day)
+        cal.flow_rel = over_pulses(cal.flow_rel, per_cell(cell, rel, p, 0.0), rel, cell, day, interval_s)
     if pressure is not None and np.isfinite(pressure).any():
         g = _grid(ts, np.asarray(pressure, dtype=np.float64), interval_s)
         n_ok = max(n_ok, int(np.isfinite(g).sum()))
