@@ -66,7 +66,6 @@ RECUR_DAYS = 3  # steps over an hour's threshold on this many days are the distr
 PULSE_S = (15 * 60.0, 3 * 3600.0)  # a flow that rose over its threshold and fell back this long after: a load that cycles
 
 
-
 @dataclass
 class StepCalibration:
     """Per local cell (hour * 2 + weekend, 0..47): the thresholds of one meter's step rules. ``None``
@@ -241,7 +240,7 @@ def recurring(x: np.ndarray, day: np.ndarray, thr: float) -> float:
     if not over.any():
         return thr
     top = float(x[over].max())
-    if len(np.unique(day[x > (thr + top) / 2])) < RECUR_DAYS:  # the large ones must recur: a burst beside two days of noise over thr does not
+    if len(np.unique(day[x > (thr + top) / 2])) < RECUR_DAYS:  # the large ones: not a burst beside two days of noise over thr
         return thr
     return top + 0.5 * (top - thr)
 
@@ -249,8 +248,9 @@ def recurring(x: np.ndarray, day: np.ndarray, thr: float) -> float:
 def over_pulses(thr: list[float | None], fitted: list[float | None], rel: np.ndarray, cell: np.ndarray, day: np.ndarray,
                 interval_s: float) -> list[float | None]:
     """The burst's flow thresholds ``thr`` (per cell), raised over the meter's short pulses where they
-    recur: a flow step over its hour's fitted threshold (``fitted``: before :func:`recurring`) that falls back (a step down of at least half of it)
-    within ``PULSE_S`` (15 minutes to 3 hours) is a load switched on and off again — a storage tank
+    recur: a flow step over its hour's fitted threshold (``fitted``: before :func:`recurring`) that
+    falls back (a step down of at least half of it) within ``PULSE_S`` (15 minutes to 3 hours) is a
+    load switched on and off again — a storage tank
     filling, a pump — and where such pulses come on ``RECUR_DAYS`` days or more, at any hours, the
     load is the district's own: no hour's threshold stays under the largest of them (each goes over it
     by half its excess over the hour's own). A burst runs until it is repaired, hours or days: it is
