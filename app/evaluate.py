@@ -194,21 +194,10 @@ def _forecast_scores(readings: pd.DataFrame, forecasts: pd.DataFrame, score_from
 
     out = {}
     for s in SIGNALS:
-        actual = scoring.bins(readings.index, valid_values(readings, s), step_minutes)
+        actual = scoring.bins(readings.index, readings[s].to_numpy(dtype="float64", na_value=np.nan), step_minutes)
         f = forecasts[(forecasts["signal"] == s) & (forecasts["target_time"] > score_from)] if len(forecasts) else forecasts
         out[s] = scoring.forecast_metrics(f, actual, step_minutes, labels, tz)
     return out
-
-
-def valid_values(readings: pd.DataFrame, signal: str) -> np.ndarray:
-    """``signal``'s readings with those judged invalid (outside the limits: the ``invalid`` alert) as
-    NaN: no forecast is made from them, and none is scored against them (five readings of 10⁹ m³/h
-    in a month made every forecast's WAPE about 1 and persistence's 2.5) or plotted (the rest of the
-    series lay flat along the axis)."""
-    v = readings[signal].to_numpy(dtype="float64", na_value=np.nan)
-    if "quality" in readings:
-        v = np.where(readings["quality"].astype(str).str.contains(f"{signal}_out_of_range", regex=False).to_numpy(), np.nan, v)
-    return v
 
 
 def _scored_days(readings: pd.DataFrame, score_from: datetime) -> tuple[datetime, float]:
@@ -283,7 +272,7 @@ def plot(path: Path, readings: pd.DataFrame, labels: pd.DataFrame, anomalies: pd
     fig, axes = plt.subplots(2, 1, figsize=(16, 7), sharex=True)
     colors = {"burst": "tab:red", "leak": "tab:orange", "sensor_fault": "tab:purple"}
     for ax, s, unit in ((axes[0], "flow_rate", "m³/h"), (axes[1], "pressure", "bar")):
-        ax.plot(readings.index, valid_values(readings, s), lw=0.3, color="tab:blue", label=s)
+        ax.plot(readings.index, readings[s], lw=0.3, color="tab:blue", label=s)
         if len(forecasts):
             f = forecasts[forecasts["signal"] == s]
             ax.plot(f["target_time"], f["value"], ".", ms=1, color="tab:green", label="forecast")
@@ -389,9 +378,14 @@ def main(argv: Sequence[str]) -> int:
     print(f"wrote {args.out / 'anomalies.csv'} and {args.out / 'forecasts.csv'}")
     start = frame.index[0].to_pydatetime()
     sf = args.score_from_day if args.score_from_day is not None else (args.train_days or 0.0)
-    from shared.features import resolution
+    from shared.features import clean_values, resolution
 
     step = resolution(settings, settings.meter).step_minutes  # the meter's bins (hourly readings: hourly)
+    # scored and plotted as the forecaster sees them: a reading judged invalid (outside the limits) is
+    # none (five readings of 10⁹ m³/h in a month made every forecast's WAPE about 1 and persistence's 2.5)
+    limits = settings.limits_of(settings.meter)
+    frame = frame.assign(**{s: clean_values(s, frame[s].to_numpy(dtype="float64", na_value=np.nan), frame["quality"], limits)
+                            for s in SIGNALS})
     rep = report(frame, res.anomalies, res.forecasts, start + timedelta(days=sf), step, settings.timezone)
     (args.out / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
     if labels is None:

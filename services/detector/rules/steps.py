@@ -258,14 +258,12 @@ def over_pulses(thr: list[float | None], fitted: list[float | None], rel: np.nda
     or twice a day comes to an hour too seldom for that, and each hour it had missed raised a burst.)"""
     t_cell = np.array([np.inf if x is None else x for x in fitted])
     over = np.nan_to_num(rel, nan=-np.inf) > t_cell[cell]
-    starts = np.flatnonzero(over & ~np.concatenate(([False], over[:-1])))
+    edge = np.diff(np.concatenate(([0], over.astype(np.int8), [0])))
+    starts, ends = np.flatnonzero(edge == 1), np.flatnonzero(edge == -1)  # each run over the threshold: [start, end)
     lo, hi = (int(round(s / interval_s)) for s in PULSE_S)
     pulses = []
-    for i in starts.tolist():
-        run_end = i
-        while run_end + 1 < len(over) and over[run_end + 1]:
-            run_end += 1
-        peak = float(np.nanmax(rel[i : run_end + 1]))
+    for i, j in zip(starts.tolist(), ends.tolist(), strict=True):
+        peak = float(np.nanmax(rel[i:j]))
         after = rel[i + lo : i + hi + 1]
         if len(after) and np.nanmin(after, initial=np.inf) < -0.5 * peak:
             pulses.append((int(day[i]), peak))
@@ -276,7 +274,7 @@ def over_pulses(thr: list[float | None], fitted: list[float | None], rel: np.nda
 
 
 def per_cell(cell: np.ndarray, s: np.ndarray, p: float, floor: float, over_centre: bool = False,
-             day: np.ndarray | None = None) -> list[float | None]:
+             day: np.ndarray | None = None, fitted: list[float | None] | None = None) -> list[float | None]:
     """Per local cell (hour * 2 + weekend): a threshold exceeded by ordinary steps with probability ``p``.
 
     An hour with enough steps (with its neighbours) for a tail of its own (a 1-minute meter): that
@@ -286,7 +284,12 @@ def per_cell(cell: np.ndarray, s: np.ndarray, p: float, floor: float, over_centr
     z, z exceeded with probability ``p``, at least the hour's largest step unless that one is an
     outlier of the tail. A cell with ``_MIN_OWN_CENTRE`` steps of its own is also judged about its own
     centre (at a coarse interval the ramp is the step, and a weekend's ramp comes later and steeper
-    than a weekday's) and takes the higher of the two: never more sensitive than the hour."""
+    than a weekday's) and takes the higher of the two: never more sensitive than the hour.
+
+    With ``day`` (each step's day), an hour's own tail is lifted over steps that recur
+    (:func:`recurring`); ``fitted``, where given, receives the thresholds before that (48 values)."""
+    if fitted is not None:
+        fitted[:] = [None] * 48
     ok = np.isfinite(s)
     cell, s = cell[ok], s[ok]
     day = day[ok] if day is not None else None
@@ -339,6 +342,8 @@ def per_cell(cell: np.ndarray, s: np.ndarray, p: float, floor: float, over_centr
             u_h, b_h = _fit(x)
             own, top = _exceeded(u_h, b_h, p), float(x.max())
             thr = max(own, top) if top <= _outlier(u_h, b_h, len(x)) else own
+            if fitted is not None:
+                fitted[2 * h] = fitted[2 * h + 1] = round(max(thr, floor), 6)
             if day is not None:
                 thr = recurring(x, day[near[h]], thr)
             out[2 * h] = out[2 * h + 1] = round(max(thr, floor), 6)
@@ -353,6 +358,8 @@ def per_cell(cell: np.ndarray, s: np.ndarray, p: float, floor: float, over_centr
                 mid = float(np.median(mine))
                 thr = max(thr, above(mid, (mine - mid) / scale[h], h))
             out[c] = round(thr, 6)
+            if fitted is not None:
+                fitted[c] = out[c]
     return out
 
 
@@ -381,8 +388,8 @@ def calibrate(ts: np.ndarray, flow: np.ndarray | None, pressure: np.ndarray | No
         with np.errstate(invalid="ignore", divide="ignore"):
             rel = steps(g, base_readings(flow_base_s, interval_s)) / mean
         rel[~np.isfinite(mean) | (mean <= 0)] = np.nan
-        cal.flow_rel = per_cell(cell, rel, p, 0.0, day=day)
-        cal.flow_rel = over_pulses(cal.flow_rel, per_cell(cell, rel, p, 0.0), rel, cell, day, interval_s)
+        fitted: list[float | None] = []
+        cal.flow_rel = over_pulses(per_cell(cell, rel, p, 0.0, day=day, fitted=fitted), fitted, rel, cell, day, interval_s)
     if pressure is not None and np.isfinite(pressure).any():
         g = _grid(ts, np.asarray(pressure, dtype=np.float64), interval_s)
         n_ok = max(n_ok, int(np.isfinite(g).sum()))

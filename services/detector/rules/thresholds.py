@@ -76,6 +76,8 @@ def learn_thresholds(
         v, c = v[order], c[order]
         bounds = np.searchsorted(c, np.arange(49))
         cells = [v[bounds[i] : bounds[i + 1]] for i in range(48)]
+        mids = [float(np.median(x)) if len(x) >= MIN_CELL_SAMPLES else math.nan for x in cells]
+        resid = [x - m for x, m in zip(cells, mids, strict=True)]  # each cell's readings less its median (pooled_spread)
         min_spread = cfg.threshold_min_spread.get(sig, 0.0)
         bands = []
         for b in static.bands:
@@ -83,9 +85,8 @@ def learn_thresholds(
             sel = cells[idx]
             if len(sel) >= MIN_BAND_SAMPLES:
                 lo, hi = np.quantile(sel, [q_lo, q_hi])
-            elif (spread := pooled_spread(cells, idx, q_lo, q_hi)) is not None:
-                mid = float(np.median(sel))
-                lo, hi = mid + spread[0], mid + spread[1]
+            elif (spread := pooled_spread(resid, idx, q_lo, q_hi)) is not None:
+                lo, hi = mids[idx] + spread[0], mids[idx] + spread[1]
             else:
                 bands.append(b)
                 continue
@@ -96,24 +97,24 @@ def learn_thresholds(
     return out
 
 
-def pooled_spread(cells: Sequence[np.ndarray], idx: int, q_lo: float, q_hi: float) -> tuple[float, float] | None:
+def pooled_spread(resid: Sequence[np.ndarray], idx: int, q_lo: float, q_hi: float) -> tuple[float, float] | None:
     """The band of a cell with fewer than MIN_BAND_SAMPLES readings (an hourly meter has 20 weekday
     and 8 weekend readings per hour in 28 days; a 15-minute one on a month with holidays), as offsets
-    from its own median: the quantiles of the readings of it and of the nearest hours of its day type
-    (one hour either side, then two, ...), each less its own hour's median, until there are twice
+    from its own median: the quantiles of ``resid`` (each cell's readings less its own median) of it
+    and of the nearest hours of its day type (one hour either side, then two, ...), until there are twice
     MIN_BAND_SAMPLES (with 30, the hourly band of a quiet hourly district raised threshold alerts
     that 60 does not: docs/detector.md); None where the cell itself has fewer than MIN_CELL_SAMPLES
     readings or the day type has too few in all (the static band stays)."""
     hour, off = divmod(idx, 2)
-    if len(cells[idx]) < MIN_CELL_SAMPLES:
+    if len(resid[idx]) < MIN_CELL_SAMPLES:
         return None
     parts, n = [], 0
     for k in range(13):
         for h in sorted({(hour - k) % 24, (hour + k) % 24}):
-            sel = cells[h * 2 + off]
-            if len(sel) >= MIN_CELL_SAMPLES:
-                parts.append(sel - np.median(sel))
-                n += len(sel)
+            r = resid[h * 2 + off]
+            if len(r) >= MIN_CELL_SAMPLES:
+                parts.append(r)
+                n += len(r)
         if n >= 2 * MIN_BAND_SAMPLES:
             lo, hi = np.quantile(np.concatenate(parts), [q_lo, q_hi])
             return float(lo), float(hi)
