@@ -17,6 +17,7 @@ side it left.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -116,8 +117,14 @@ def pooled_spread(resid: Sequence[np.ndarray], idx: int, q_lo: float, q_hi: floa
                 parts.append(r)
                 n += len(r)
         if n >= 2 * MIN_BAND_SAMPLES:
-            lo, hi = np.quantile(np.concatenate(parts), [q_lo, q_hi])
-            return float(lo), float(hi)
+            r = np.concatenate(parts)
+            lo, hi = np.quantile(r, [q_lo, q_hi])
+            # the pooled readings come from the same few weeks of days (an hour's neighbours share its
+            # day's demand): their extreme quantiles are those days' extremes; never narrower than the
+            # normal tail of their robust spread
+            sd = 1.4826 * float(np.median(np.abs(r)))
+            normal = statistics.NormalDist()
+            return min(float(lo), normal.inv_cdf(q_lo) * sd), max(float(hi), normal.inv_cdf(q_hi) * sd)
     return None
 
 
